@@ -1,0 +1,61 @@
+"""Small pieces shared by the verbs: time, progress reporting, expiry parsing."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import time
+from typing import Protocol
+
+from secpack.errors import InputError
+from secpack.sign.policy import parse_duration
+
+__all__ = ["NullProgress", "Progress", "now", "parse_expires", "source_date_epoch"]
+
+
+class Progress(Protocol):
+    def start(self, total: int, what: str) -> None: ...
+
+    def advance(self, n: int) -> None: ...
+
+
+class NullProgress:
+    def start(self, total: int, what: str) -> None:
+        pass
+
+    def advance(self, n: int) -> None:
+        pass
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def source_date_epoch() -> int:
+    """Creation time: ``SOURCE_DATE_EPOCH`` when set (reproducible builds), else now."""
+    value = os.environ.get("SOURCE_DATE_EPOCH")
+    if value is None:
+        return now()
+    if not value.isdigit():
+        raise InputError("input.invalid", "SOURCE_DATE_EPOCH must be a non-negative integer")
+    return int(value)
+
+
+def parse_expires(text: str, created: int) -> int:
+    """An ISO-8601 time ('2027-01-01', '2027-01-01T00:00:00Z') or a duration ('90d')."""
+    try:
+        return created + parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise InputError(
+            "input.invalid", f"--expires {text!r}: not an ISO-8601 time or a duration like 90d"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    value = int(when.timestamp())
+    if value <= created:
+        raise InputError("input.invalid", f"--expires {text!r} is not after the creation time")
+    return value

@@ -1,0 +1,114 @@
+"""Loading keys and trust from the paths and settings a user gives."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from cryptography.hazmat.primitives.asymmetric import x25519
+
+from secpack.errors import KeyUseError, OutputError, PolicyError
+from secpack.recipes.keys import (
+    SigningPrivateKey,
+    generate_recipient,
+    generate_signing,
+    load_private_pem,
+    load_public_pem,
+    private_pem,
+    public_pem,
+)
+from secpack.sign.policy import Policy, policy_from_keys
+from secpack.transport.files import read_small, write_private, write_public
+
+__all__ = [
+    "POLICY_ENV",
+    "keygen",
+    "load_identity",
+    "load_recipient",
+    "load_signing_key",
+    "passphrase_from_env",
+    "resolve_policy",
+]
+
+POLICY_ENV = "SECPACK_POLICY"
+
+
+def passphrase_from_env(var: str | None) -> bytes | None:
+    if var is None:
+        return None
+    value = os.environ.get(var)
+    if value is None:
+        raise KeyUseError("key.passphrase", f"environment variable {var} is not set")
+    return value.encode("utf-8")
+
+
+def load_signing_key(path: str, passphrase: bytes | None = None) -> SigningPrivateKey:
+    key = load_private_pem(read_small(path, "signing key"), passphrase, path)
+    if isinstance(key, x25519.X25519PrivateKey):
+        raise KeyUseError("key.invalid", f"{path} is a recipient (X25519) key, not a signing key")
+    return key
+
+
+def load_identity(path: str, passphrase: bytes | None = None) -> x25519.X25519PrivateKey:
+    key = load_private_pem(read_small(path, "identity"), passphrase, path)
+    if not isinstance(key, x25519.X25519PrivateKey):
+        raise KeyUseError("key.invalid", f"{path} is not an X25519 recipient private key")
+    return key
+
+
+def load_recipient(path: str) -> x25519.X25519PublicKey:
+    key = load_public_pem(read_small(path, "recipient"), path)
+    if not isinstance(key, x25519.X25519PublicKey):
+        raise KeyUseError("key.invalid", f"{path} is not an X25519 recipient public key")
+    return key
+
+
+def resolve_policy(trust: Sequence[str], policy_path: str | None) -> Policy:
+    """Trust comes from ``--trust`` keys, a ``--policy`` file, or ``$SECPACK_POLICY``.
+
+    Having none is an error: secpack never verifies or opens anything unsigned.
+    """
+    if trust and policy_path:
+        raise PolicyError("policy.invalid", "give either --trust keys or --policy, not both")
+    if trust:
+        return policy_from_keys([(p, read_small(p, "trusted key")) for p in trust])
+    path = policy_path or os.environ.get(POLICY_ENV)
+    if not path:
+        raise PolicyError(
+            "policy.none",
+            f"no trust anchor: give --trust KEY.pub, --policy FILE or set {POLICY_ENV}",
+        )
+    base = os.path.dirname(os.path.abspath(path))
+
+    def read_key(rel: str) -> bytes:
+        return read_small(os.path.join(base, rel), "trusted key")
+
+    text = read_small(path, "policy")
+    try:
+        decoded = text.decode("utf-8")
+    except UnicodeDecodeError:
+        raise PolicyError("policy.invalid", f"{path} is not UTF-8 text") from None
+    return Policy.from_toml(decoded, read_key, path)
+
+
+def keygen(
+    kind: str,
+    path: str,
+    alg: str = "ed25519",
+    passphrase: bytes | None = None,
+    overwrite: bool = False,
+) -> bytes:
+    """Write ``path`` (private, 0600) and ``path.pub``; return the public PEM."""
+    for target in (path, path + ".pub"):
+        if not overwrite and os.path.lexists(target):
+            raise OutputError("output.exists", f"{target} exists (use --force to replace it)")
+    if kind == "signing":
+        key: SigningPrivateKey | x25519.X25519PrivateKey = generate_signing(alg)
+    elif kind == "recipient":
+        key = generate_recipient()
+    else:
+        raise ValueError(f"unknown key kind {kind!r}")
+    pub = public_pem(key.public_key())
+    write_private(path, private_pem(key, passphrase), overwrite)
+    write_public(path + ".pub", pub, overwrite)
+    return pub

@@ -1,0 +1,147 @@
+"""``seal``: a model directory in, one signed (and usually encrypted) package out."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.asymmetric import x25519
+
+from secpack import __version__
+from secpack.api.common import NullProgress, Progress, parse_expires, source_date_epoch
+from secpack.codec.segment import LEVELS
+from secpack.errors import InputError
+from secpack.format import cbor
+from secpack.format.limits import DEFAULT_LIMITS
+from secpack.format.manifest import PACKAGE_NAME_RE, Manifest
+from secpack.format.sections import SIG_TYPE_COSE_SIGN1, SignatureEntry
+from secpack.package import assemble
+from secpack.package.plan import DEFAULT_SEGMENT, make_plan
+from secpack.package.writer import SealSettings, placeholder_manifest, write_blobs
+from secpack.recipes.keys import SigningPrivateKey, key_id
+from secpack.sign.cose import sign_manifest
+from secpack.transport.atomic import AtomicFile
+from secpack.transport.inputs import scan_input
+
+__all__ = ["SealReport", "seal"]
+
+
+@dataclass(frozen=True)
+class SealReport:
+    path: str
+    manifest: Manifest
+    manifest_digest: bytes
+    package_size: int
+    signers: tuple[bytes, ...]
+    seconds: float
+
+
+def _recipient_map(
+    component_names: Sequence[str],
+    recipients: Sequence[tuple[str | None, x25519.X25519PublicKey]],
+) -> dict[str, list[x25519.X25519PublicKey]]:
+    out: dict[str, list[x25519.X25519PublicKey]] = {name: [] for name in component_names}
+    for scope, pub in recipients:
+        if scope is not None and scope not in out:
+            raise InputError(
+                "input.invalid",
+                f"--recipient {scope}=...: no component {scope!r} (have {', '.join(out)})",
+            )
+        for name in out if scope is None else [scope]:
+            if all(key_id(p) != key_id(pub) for p in out[name]):
+                out[name].append(pub)
+    for name, pubs in out.items():
+        if not pubs:
+            raise InputError(
+                "input.invalid",
+                f"component {name!r} has no recipient: add --recipient PUB or {name}=PUB",
+            )
+    return out
+
+
+def seal(
+    source: str,
+    output: str,
+    *,
+    sign_keys: Sequence[SigningPrivateKey] = (),
+    recipients: Sequence[tuple[str | None, x25519.X25519PublicKey]] = (),
+    encrypt: bool = True,
+    name: str | None = None,
+    version: int = 1,
+    expires: str | None = None,
+    components: Sequence[tuple[str, str]] = (),
+    segment_size: int = DEFAULT_SEGMENT,
+    level: str = "balanced",
+    threads: int = 0,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> SealReport:
+    """Seal ``source`` (a model directory or one file) into the package ``output``.
+
+    Raises ``input.*`` for unusable input or options, ``key.*`` for unusable keys,
+    ``output.*`` when the package cannot be written. Nothing is left at ``output``
+    unless the whole package was written.
+    """
+    started = time.perf_counter()
+    if encrypt and not recipients:
+        raise InputError("input.invalid", "no --recipient given (or use --no-encrypt)")
+    if not encrypt and recipients:
+        raise InputError("input.invalid", "--no-encrypt cannot be combined with --recipient")
+    if level not in LEVELS:
+        raise InputError("input.invalid", f"--level must be one of {', '.join(LEVELS)}")
+    if type(version) is not int or not 1 <= version < 2**63:
+        raise InputError("input.invalid", "--version must be a positive integer")
+    progress = progress or NullProgress()
+    tree = scan_input(source, DEFAULT_LIMITS)
+    pkg_name = name if name is not None else tree.default_name
+    if not PACKAGE_NAME_RE.fullmatch(pkg_name):
+        raise InputError(
+            "input.invalid", f"package name {pkg_name!r} is not allowed; pass --name [A-Za-z0-9._-]"
+        )
+    plan = make_plan(tree, components, segment_size, DEFAULT_LIMITS)
+    created = source_date_epoch()
+    settings = SealSettings(
+        name=pkg_name,
+        version=version,
+        created=created,
+        expires=parse_expires(expires, created) if expires else None,
+        metadata={"generator": f"secpack {__version__}"},
+        recipients=_recipient_map([c.name for c in plan.components], recipients) if encrypt else {},
+        level=LEVELS[level],
+        threads=threads,
+    )
+    room = assemble.header_room(placeholder_manifest(plan, settings))
+    with AtomicFile(output, overwrite=overwrite) as out:
+        position = room
+
+        def sink(data: bytes) -> None:
+            nonlocal position
+            out.pwrite(position, data)
+            position += len(data)
+
+        progress.start(sum(c.size for c in plan.components), "sealing")
+        manifest = write_blobs(tree, plan, settings, sink, progress.advance)
+        manifest_bytes = cbor.encode(manifest.to_cbor())
+        header = assemble.fit_header(manifest_bytes, manifest, room)
+        if header is None:
+            header = assemble.fit_header(manifest_bytes, manifest, None)
+            assert header is not None
+            out.move_range(room, len(header), manifest.stored_size)
+        out.pwrite(0, header)
+        entries = [
+            SignatureEntry(SIG_TYPE_COSE_SIGN1, sign_manifest(k, manifest_bytes)) for k in sign_keys
+        ]
+        tail = assemble.signature_tail(entries)
+        out.pwrite(len(header) + manifest.stored_size, tail)
+        package_size = len(header) + manifest.stored_size + len(tail)
+        out.commit()
+    return SealReport(
+        path=output,
+        manifest=manifest,
+        manifest_digest=hashlib.sha256(manifest_bytes).digest(),
+        package_size=package_size,
+        signers=tuple(key_id(k.public_key()) for k in sign_keys),
+        seconds=time.perf_counter() - started,
+    )

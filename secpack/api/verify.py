@@ -1,0 +1,63 @@
+"""``verify``: check a package against a trust policy without any secret key."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from secpack.api.common import NullProgress, Progress, now
+from secpack.format.manifest import Manifest
+from secpack.package.reader import (
+    check_trust,
+    read_header,
+    select_components,
+    verify_segments,
+)
+from secpack.sign.policy import Policy, Signer
+from secpack.transport.spkfile import FileSource
+
+__all__ = ["VerifyReport", "verify"]
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    path: str
+    manifest: Manifest
+    manifest_digest: bytes
+    package_size: int
+    signers: tuple[Signer, ...]
+    seconds: float
+
+
+def verify(
+    package: str,
+    policy: Policy,
+    *,
+    components: Sequence[str] | None = None,
+    threads: int = 0,
+    progress: Progress | None = None,
+    expected_name: str | None = None,
+) -> VerifyReport:
+    """Check framing, the strict manifest, signatures against ``policy``, freshness,
+    and the digest of every stored segment. Decrypts nothing.
+
+    Raises a :class:`~secpack.errors.SecpackError` on the first failure; returns a
+    report only when everything holds.
+    """
+    started = time.perf_counter()
+    progress = progress or NullProgress()
+    with FileSource(package) as src:
+        header = read_header(src, policy.limits)
+        signers = check_trust(header, policy, now(), expected_name)
+        indices = select_components(header.manifest, components)
+        progress.start(sum(header.manifest.components[i].stored_size for i in indices), "verifying")
+        verify_segments(src, header, indices, threads, progress.advance)
+        return VerifyReport(
+            path=package,
+            manifest=header.manifest,
+            manifest_digest=header.digest,
+            package_size=src.size,
+            signers=tuple(signers),
+            seconds=time.perf_counter() - started,
+        )

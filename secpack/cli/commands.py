@@ -1,0 +1,429 @@
+"""The verbs. Each parses its options, calls the library, and renders the report."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Annotated
+
+import typer
+
+from secpack.cli import (
+    JsonOpt,
+    PassEnvOpt,
+    PolicyOpt,
+    QuietOpt,
+    ThreadsOpt,
+    TrustOpt,
+    _run,
+    app,
+    keygen_app,
+)
+
+__all__: list[str] = []
+
+
+def _pair(text: str, what: str) -> tuple[str | None, str]:
+    """'NAME=VALUE' -> (NAME, VALUE); a bare VALUE -> (None, VALUE)."""
+    name, sep, value = text.partition("=")
+    if not sep:
+        return None, text
+    if not name or not value:
+        raise ValueError(f"{what} {text!r}: expected NAME=VALUE")
+    return name, value
+
+
+def _hex(kid: bytes) -> str:
+    return "sha256:" + kid.hex()
+
+
+@app.command(
+    epilog="Example: secpack seal ./model -o model.spk --sign-key release.key --recipient prod.pub"
+)
+def seal(
+    source: Annotated[str, typer.Argument(help="Model directory (or one file) to seal.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Package to write.")],
+    sign_key: Annotated[
+        list[str] | None,
+        typer.Option("--sign-key", metavar="KEY", help="Signing key (repeatable)."),
+    ] = None,
+    recipient: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--recipient",
+            metavar="[COMPONENT=]PUB",
+            help="X25519 public key that may open the package, or only COMPONENT (repeatable).",
+        ),
+    ] = None,
+    no_encrypt: Annotated[
+        bool, typer.Option("--no-encrypt", help="Sign and compress only (reproducible).")
+    ] = False,
+    name: Annotated[
+        str | None, typer.Option(help="Package name (default: directory name).")
+    ] = None,
+    version: Annotated[
+        int, typer.Option("--version", help="Package version, a positive integer.")
+    ] = 1,
+    expires: Annotated[
+        str | None, typer.Option(help="Expiry: ISO-8601 time or a duration such as 90d.")
+    ] = None,
+    component: Annotated[
+        list[str] | None,
+        typer.Option("--component", metavar="NAME=GLOB", help="Put matching files in NAME."),
+    ] = None,
+    level: Annotated[
+        str, typer.Option(help="Compression profile: fast, balanced, max.")
+    ] = "balanced",
+    segment_mib: Annotated[
+        int, typer.Option("--segment-size", help="Segment size in MiB (1-16).")
+    ] = 4,
+    threads: ThreadsOpt = 0,
+    passphrase_env: PassEnvOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing output.")] = False,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Seal a model directory into one signed, encrypted, compressed package."""
+
+    def action() -> None:
+        from secpack.api.keyfiles import load_recipient, load_signing_key, passphrase_from_env
+        from secpack.api.seal import seal as do_seal
+        from secpack.cli.render import human_ratio, human_size, out, progress_for
+
+        passphrase = passphrase_from_env(passphrase_env)
+        keys = [load_signing_key(p, passphrase) for p in sign_key or []]
+        recips = []
+        for text in recipient or []:
+            scope, path = _pair(text, "--recipient")
+            recips.append((scope, load_recipient(path)))
+        overrides = []
+        for text in component or []:
+            comp, glob = _pair(text, "--component")
+            if comp is None:
+                raise ValueError(f"--component {text!r}: expected NAME=GLOB")
+            overrides.append((comp, glob))
+        size_hint = _tree_size(source)
+        bar = progress_for(quiet, as_json, size_hint)
+        try:
+            report = do_seal(
+                source,
+                output,
+                sign_keys=keys,
+                recipients=recips,
+                encrypt=not no_encrypt,
+                name=name,
+                version=version,
+                expires=expires,
+                components=overrides,
+                segment_size=segment_mib << 20,
+                level=level,
+                threads=threads,
+                overwrite=force,
+                progress=bar,
+            )
+        finally:
+            bar.stop()
+        m = report.manifest
+        plain = m.plain_size
+        lines = [
+            f"sealed {m.name} v{m.version} -> {report.path}",
+            f"  components: {', '.join(c.name for c in m.components)}",
+            f"  size: {human_size(plain)} -> {human_size(report.package_size)}"
+            f"  ratio {human_ratio(report.package_size, plain)}",
+            "  encryption: "
+            + ("none (--no-encrypt)" if no_encrypt else "AES-256-GCM per component"),
+            f"  signatures: {len(report.signers)}"
+            + ("" if report.signers else "  (unsigned: add one with `secpack sign`)"),
+            f"  manifest: sha256:{report.manifest_digest.hex()}",
+            f"  {plain / max(report.seconds, 1e-9) / 1e6:.0f} MB/s in {report.seconds:.2f} s",
+        ]
+        out(
+            {
+                "package": report.path,
+                "name": m.name,
+                "version": m.version,
+                "components": [c.name for c in m.components],
+                "original_bytes": plain,
+                "package_bytes": report.package_size,
+                "ratio": report.package_size / plain if plain else None,
+                "encrypted": not no_encrypt,
+                "signers": [_hex(k) for k in report.signers],
+                "manifest_digest": "sha256:" + report.manifest_digest.hex(),
+                "seconds": report.seconds,
+            },
+            as_json,
+            lines,
+            quiet,
+        )
+
+    _run(as_json, action)
+
+
+def _tree_size(path: str) -> int:
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+    total = 0
+    for root, _, files in os.walk(path):
+        for f in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, f)).st_size
+    return total
+
+
+@app.command(epilog="Example: secpack verify model.spk --trust release.pub")
+def verify(
+    package: Annotated[str, typer.Argument(help="Package to verify.")],
+    trust: TrustOpt = None,
+    policy: PolicyOpt = None,
+    component: Annotated[
+        list[str] | None, typer.Option("--component", help="Check only these components.")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="Require this package name.")] = None,
+    threads: ThreadsOpt = 0,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Check signatures, freshness and every stored byte. Needs no secret key."""
+
+    def action() -> None:
+        from secpack.api.keyfiles import resolve_policy
+        from secpack.api.verify import verify as do_verify
+        from secpack.cli.render import human_size, human_time, out, progress_for
+
+        pol = resolve_policy(trust or [], policy)
+        bar = progress_for(
+            quiet, as_json, os.path.getsize(package) if os.path.isfile(package) else 0
+        )
+        try:
+            report = do_verify(
+                package,
+                pol,
+                components=component,
+                threads=threads,
+                progress=bar,
+                expected_name=name,
+            )
+        finally:
+            bar.stop()
+        m = report.manifest
+        signers = [f"{_hex(s.key_id)} ({s.alg})" for s in report.signers]
+        lines = [
+            f"OK {m.name} v{m.version}: {len(report.signers)} trusted signature(s), "
+            f"{len(m.components)} component(s), {human_size(report.package_size)} verified",
+            *[f"  signer {s}" for s in signers],
+            f"  created {human_time(m.created)}, expires {human_time(m.expires)}",
+            f"  manifest sha256:{report.manifest_digest.hex()}",
+        ]
+        out(
+            {
+                "package": report.path,
+                "name": m.name,
+                "version": m.version,
+                "created": m.created,
+                "expires": m.expires,
+                "components": [c.name for c in m.components],
+                "signers": [{"key_id": _hex(s.key_id), "alg": s.alg} for s in report.signers],
+                "manifest_digest": "sha256:" + report.manifest_digest.hex(),
+                "seconds": report.seconds,
+            },
+            as_json,
+            lines,
+            quiet,
+        )
+
+    _run(as_json, action)
+
+
+@app.command(
+    "open",
+    epilog="Example: secpack open model.spk -o ./model --identity prod.key --trust release.pub",
+)
+def open_(
+    package: Annotated[str, typer.Argument(help="Package to open.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Directory to create.")],
+    identity: Annotated[
+        list[str] | None,
+        typer.Option("--identity", metavar="KEY", help="X25519 private key (repeatable)."),
+    ] = None,
+    trust: TrustOpt = None,
+    policy: PolicyOpt = None,
+    component: Annotated[
+        list[str] | None, typer.Option("--component", help="Open only these components.")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="Require this package name.")] = None,
+    threads: ThreadsOpt = 0,
+    passphrase_env: PassEnvOpt = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Verify, decrypt and write the original files, byte for byte, into a new directory."""
+
+    def action() -> None:
+        from secpack.api.extract import extract
+        from secpack.api.keyfiles import load_identity, passphrase_from_env, resolve_policy
+        from secpack.cli.render import human_size, out, progress_for
+
+        pol = resolve_policy(trust or [], policy)
+        passphrase = passphrase_from_env(passphrase_env)
+        ids = [load_identity(p, passphrase) for p in identity or []]
+        bar = progress_for(
+            quiet, as_json, os.path.getsize(package) if os.path.isfile(package) else 0
+        )
+        try:
+            report = extract(
+                package,
+                output,
+                identities=ids,
+                policy=pol,
+                components=component,
+                threads=threads,
+                progress=bar,
+                expected_name=name,
+            )
+        finally:
+            bar.stop()
+        m = report.manifest
+        lines = [
+            f"opened {m.name} v{m.version} -> {report.output}",
+            f"  {report.files} file(s), {human_size(report.bytes_written)} from "
+            f"{', '.join(report.components)}",
+            f"  signed by {', '.join(_hex(s.key_id) for s in report.signers)}",
+            f"  {report.bytes_written / max(report.seconds, 1e-9) / 1e6:.0f} MB/s "
+            f"in {report.seconds:.2f} s",
+        ]
+        out(
+            {
+                "package": report.path,
+                "output": report.output,
+                "name": m.name,
+                "version": m.version,
+                "components": list(report.components),
+                "files": report.files,
+                "bytes": report.bytes_written,
+                "signers": [{"key_id": _hex(s.key_id), "alg": s.alg} for s in report.signers],
+                "manifest_digest": "sha256:" + report.manifest_digest.hex(),
+                "seconds": report.seconds,
+            },
+            as_json,
+            lines,
+            quiet,
+        )
+
+    _run(as_json, action)
+
+
+@app.command(epilog="Example: secpack inspect model.spk --identity prod.key --trust release.pub")
+def inspect(
+    package: Annotated[str, typer.Argument(help="Package to describe.")],
+    identity: Annotated[
+        list[str] | None,
+        typer.Option("--identity", metavar="KEY", help="Also list files and tensors (repeatable)."),
+    ] = None,
+    trust: TrustOpt = None,
+    policy: PolicyOpt = None,
+    passphrase_env: PassEnvOpt = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Show what a package holds, without executing or (by default) decrypting anything."""
+
+    def action() -> None:
+        from secpack.api.inspect import inspect as do_inspect
+        from secpack.api.keyfiles import load_identity, passphrase_from_env, resolve_policy
+        from secpack.cli.inspect_view import render_inspect
+
+        pol = None
+        if trust or policy or identity or os.environ.get("SECPACK_POLICY"):
+            pol = resolve_policy(trust or [], policy)
+        passphrase = passphrase_from_env(passphrase_env)
+        ids = [load_identity(p, passphrase) for p in identity or []]
+        render_inspect(do_inspect(package, policy=pol, identities=ids), as_json, quiet)
+
+    _run(as_json, action)
+
+
+@app.command(epilog="Example: secpack sign model.spk --key qa.key")
+def sign(
+    package: Annotated[str, typer.Argument(help="Package to sign.")],
+    key: Annotated[str, typer.Option("--key", help="Signing private key.")],
+    output: Annotated[
+        str | None, typer.Option("--output", "-o", help="Write a signed copy instead.")
+    ] = None,
+    passphrase_env: PassEnvOpt = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Add a signature. Only the signature section changes; signed bytes and blobs stay."""
+
+    def action() -> None:
+        from secpack.api.keyfiles import load_signing_key, passphrase_from_env
+        from secpack.api.signing import add_signature
+        from secpack.cli.render import out
+
+        signing_key = load_signing_key(key, passphrase_from_env(passphrase_env))
+        report = add_signature(package, signing_key, output)
+        verb = "signed" if report.added else "already signed by"
+        out(
+            {
+                "package": report.path,
+                "key_id": _hex(report.key_id),
+                "added": report.added,
+                "signatures": report.signatures,
+            },
+            as_json,
+            [f"{verb} {_hex(report.key_id)}: {report.path} ({report.signatures} signature(s))"],
+            quiet,
+        )
+
+    _run(as_json, action)
+
+
+def _keygen(
+    kind: str,
+    output: str,
+    alg: str,
+    passphrase_env: str | None,
+    force: bool,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    def action() -> None:
+        from secpack.api.keyfiles import keygen, passphrase_from_env
+        from secpack.cli.render import out
+        from secpack.recipes.keys import key_id, load_public_pem
+
+        pub = keygen(kind, output, alg, passphrase_from_env(passphrase_env), force)
+        kid = _hex(key_id(load_public_pem(pub, output + ".pub")))
+        out(
+            {"private_key": output, "public_key": output + ".pub", "key_id": kid, "kind": kind},
+            as_json,
+            [f"wrote {output} (private, 0600) and {output}.pub", f"  key id {kid}"],
+            quiet,
+        )
+
+    _run(as_json, action)
+
+
+@keygen_app.command("signing", epilog="Example: secpack keygen signing -o release.key")
+def keygen_signing(
+    output: Annotated[str, typer.Option("--output", "-o", help="Private key path.")],
+    alg: Annotated[str, typer.Option(help="ed25519, ecdsa-p256 or ecdsa-p384.")] = "ed25519",
+    passphrase_env: PassEnvOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace existing files.")] = False,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Create a signing key pair."""
+    _keygen("signing", output, alg, passphrase_env, force, as_json, quiet)
+
+
+@keygen_app.command("recipient", epilog="Example: secpack keygen recipient -o prod.key")
+def keygen_recipient(
+    output: Annotated[str, typer.Option("--output", "-o", help="Private key path.")],
+    passphrase_env: PassEnvOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace existing files.")] = False,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Create an X25519 recipient key pair (the identity that opens packages)."""
+    _keygen("recipient", output, "x25519", passphrase_env, force, as_json, quiet)

@@ -1,0 +1,114 @@
+"""Turning reports into what people read (and into JSON). Only the CLI prints."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import sys
+from typing import Any
+
+from secpack.errors import SecpackError
+
+__all__ = ["fail", "human_ratio", "human_size", "human_time", "out", "progress_for"]
+
+
+def human_size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def human_ratio(part: int, whole: int) -> str:
+    if whole == 0:
+        return "n/a"
+    ratio = part / whole
+    return f"{ratio:.3f} ({(ratio - 1) * 100:+.1f}%)"
+
+
+def human_time(ts: int | None) -> str:
+    if ts is None:
+        return "never"
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def out(obj: dict[str, Any], as_json: bool, lines: list[str], quiet: bool) -> None:
+    """Print a success: JSON on stdout, or human lines unless quiet."""
+    if as_json:
+        sys.stdout.write(json.dumps({"ok": True, **obj}, sort_keys=True) + "\n")
+    elif not quiet:
+        for line in lines:
+            sys.stdout.write(line + "\n")
+
+
+def fail(err: SecpackError, as_json: bool) -> None:
+    """Report an error: ``error[<code>]: <message>`` on stderr, or JSON on stdout."""
+    message = err.detail
+    if as_json:
+        sys.stdout.write(
+            json.dumps({"ok": False, "error": {"code": err.code, "message": message}}) + "\n"
+        )
+    sys.stderr.write(f"error[{err.code}]: {message}\n")
+
+
+class _RichProgress:
+    def __init__(self) -> None:
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        self._progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(binary_units=True),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            transient=True,
+        )
+        self._task: Any = None
+
+    def start(self, total: int, what: str) -> None:
+        if self._task is None:
+            self._progress.start()
+            self._task = self._progress.add_task(what, total=total)
+        else:
+            self._progress.update(self._task, description=what, total=total, completed=0)
+
+    def advance(self, n: int) -> None:
+        if self._task is not None:
+            self._progress.advance(self._task, n)
+
+    def stop(self) -> None:
+        self._progress.stop()
+
+
+class _Quiet:
+    def start(self, total: int, what: str) -> None:
+        pass
+
+    def advance(self, n: int) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+# Work shorter than about a second finishes before a bar is worth drawing.
+_BAR_THRESHOLD = 256 << 20
+
+
+def progress_for(quiet: bool, as_json: bool, size_hint: int) -> _RichProgress | _Quiet:
+    """A progress bar on a terminal for work worth watching; silence otherwise."""
+    if quiet or as_json or not sys.stderr.isatty() or os.environ.get("CI"):
+        return _Quiet()
+    if size_hint < _BAR_THRESHOLD:
+        return _Quiet()
+    return _RichProgress()

@@ -1,0 +1,137 @@
+"""Segment codecs (docs/FORMAT.md, "Codecs").
+
+Float weights barely compress as a byte stream: their exponent bytes are
+skewed but interleaved with near-random mantissa bytes. ``bg`` (byte grouping)
+first rotates every element left by one bit, so that the top byte of an fp32 or
+bf16 element holds the exponent alone, then stores byte k of every element as
+plane k and compresses each plane on its own. zstd's per-block Huffman tables
+adapt to each plane; planes that do not shrink are stored raw.
+
+Every encoder falls back to ``raw`` when coding would not make the segment
+smaller, which lets the reader refuse any stored form larger than the raw one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from secpack.codec import zstd
+from secpack.errors import CodecError
+from secpack.format.manifest import Codec, Plane
+
+__all__ = ["LEVELS", "decode", "encode"]
+
+# zstd level per profile. Level 1 is the default: on high-entropy planes zstd's
+# match finder costs time and gains nothing, and the entropy stage is the same.
+LEVELS = {"fast": 1, "balanced": 1, "max": 9}
+
+# Little-endian on every host: plane k is byte k of the element as stored on disk.
+_UINT = {w: np.dtype(f"<u{w}") for w in (1, 2, 4, 8)}
+
+
+@dataclass(frozen=True)
+class Encoded:
+    codec: Codec
+    payload: bytes
+
+
+def _rotl1(buf: bytes | memoryview, width: int) -> np.ndarray:
+    x = np.frombuffer(buf, dtype=_UINT[width])
+    bits = 8 * width
+    return (x << 1) | (x >> (bits - 1))
+
+
+def _rotr1_inplace(x: np.ndarray, width: int) -> None:
+    bits = 8 * width
+    low = x & 1
+    x >>= 1
+    x |= low << (bits - 1)
+
+
+def _is_constant(buf: memoryview, width: int) -> bool:
+    n = len(buf) // width
+    if n < 2:
+        return False
+    x = np.frombuffer(buf, dtype=_UINT[width])
+    # Cheap probes first: most segments differ at one of these positions.
+    if x[0] != x[-1] or x[0] != x[n // 2]:
+        return False
+    return bool(np.all(x == x[0]))
+
+
+def encode(data: bytes | memoryview, width: int, grouped: bool, level: int) -> Encoded:
+    """Pick and apply the smallest codec for one segment's plaintext.
+
+    ``width`` is the element size (1 for opaque bytes); ``grouped`` asks for byte
+    grouping, which is only worth trying for IEEE-style floats.
+    """
+    view = memoryview(data).cast("B")
+    n = len(view)
+    if n == 0:
+        raise ValueError("empty segment")
+    w = width if width in _UINT and n % width == 0 else 1
+    if _is_constant(view, w):
+        return Encoded(Codec("const", width=w), bytes(view[:w]))
+    best = Encoded(Codec("raw"), bytes(view))
+    if grouped and w > 1:
+        rotated = _rotl1(view, w).view(np.uint8).reshape(-1, w)
+        planes: list[Plane] = []
+        parts: list[bytes] = []
+        for k in range(w):
+            plane = np.ascontiguousarray(rotated[:, k])
+            packed = zstd.compress(plane.data, level)
+            if len(packed) < len(plane):
+                planes.append(Plane("zstd", len(packed)))
+                parts.append(packed)
+            else:
+                planes.append(Plane("raw", len(plane)))
+                parts.append(plane.tobytes())
+        total = sum(p.size for p in planes)
+        if total < n:
+            best = Encoded(Codec("bg", width=w, rot=1, planes=tuple(planes)), b"".join(parts))
+    else:
+        packed = zstd.compress(view, level)
+        if len(packed) < n:
+            best = Encoded(Codec("zstd", size=len(packed)), packed)
+    return best
+
+
+def decode(codec: Codec, payload: bytes | memoryview, out: memoryview, max_window: int) -> None:
+    """Decode ``payload`` into ``out``, which has exactly the segment's plaintext length.
+
+    The manifest schema has already tied the payload length to the codec record,
+    so every length used here is known to be consistent.
+    """
+    n = len(out)
+    if len(payload) != codec.payload_len(n):
+        raise CodecError("codec.invalid", "payload length disagrees with the codec record")
+    if codec.id == "raw":
+        out[:] = payload
+    elif codec.id == "zstd":
+        out[:] = zstd.decompress(payload, n, max_window)
+    elif codec.id == "const":
+        w = codec.width
+        target = np.frombuffer(out, dtype=_UINT[w])
+        target[:] = np.frombuffer(payload, dtype=_UINT[w])[0]
+    elif codec.id == "bg":
+        _decode_grouped(codec, payload, out, max_window)
+    else:  # pragma: no cover - the schema refuses unknown codec ids
+        raise CodecError("codec.invalid", f"unknown codec {codec.id!r}")
+
+
+def _decode_grouped(
+    codec: Codec, payload: bytes | memoryview, out: memoryview, max_window: int
+) -> None:
+    w = codec.width
+    count = len(out) // w
+    grid = np.frombuffer(out, dtype=np.uint8).reshape(count, w)
+    pos = 0
+    for k, plane in enumerate(codec.planes):
+        chunk = payload[pos : pos + plane.size]
+        pos += plane.size
+        raw = chunk if plane.id == "raw" else zstd.decompress(chunk, count, max_window)
+        grid[:, k] = np.frombuffer(raw, dtype=np.uint8)
+    if codec.rot:
+        _rotr1_inplace(np.frombuffer(out, dtype=_UINT[w]), w)

@@ -1,0 +1,70 @@
+"""Bounded zstd: one frame, exact size, capped window, nothing else in the input.
+
+python-zstandard sizes its output from the frame header and ignores
+``max_output_size`` when the header carries a content size, so the header is
+checked against the size the signed manifest promises *before* decompressing:
+a 100 KB frame that claims 4 GB is refused without allocating anything.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import zstandard
+
+from secpack.errors import CodecError
+
+__all__ = ["compress", "decompress"]
+
+# Little-endian zstd frame magic. Skippable frames (0x184D2A5?) and legacy formats
+# are refused by requiring exactly this value at the start of the payload.
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_local = threading.local()
+
+
+def _cctx(level: int) -> zstandard.ZstdCompressor:
+    # Contexts are not thread-safe, and building one costs more than a small segment.
+    cache: dict[int, zstandard.ZstdCompressor] = _local.__dict__.setdefault("cctx", {})
+    ctx = cache.get(level)
+    if ctx is None:
+        ctx = zstandard.ZstdCompressor(level=level, write_content_size=True, write_checksum=False)
+        cache[level] = ctx
+    return ctx
+
+
+def _dctx(max_window: int) -> zstandard.ZstdDecompressor:
+    cache: dict[int, zstandard.ZstdDecompressor] = _local.__dict__.setdefault("dctx", {})
+    ctx = cache.get(max_window)
+    if ctx is None:
+        ctx = zstandard.ZstdDecompressor(max_window_size=max_window)
+        cache[max_window] = ctx
+    return ctx
+
+
+def compress(data: bytes | memoryview, level: int) -> bytes:
+    return _cctx(level).compress(data)
+
+
+def decompress(payload: bytes | memoryview, expected: int, max_window: int) -> bytes:
+    """Decompress one frame that must produce exactly ``expected`` bytes."""
+    if bytes(payload[:4]) != _ZSTD_MAGIC:
+        raise CodecError("codec.invalid", "payload is not a single zstd frame")
+    try:
+        params = zstandard.get_frame_parameters(payload)
+    except zstandard.ZstdError:
+        raise CodecError("codec.invalid", "unreadable zstd frame header") from None
+    if params.content_size != expected:
+        raise CodecError("codec.invalid", "zstd frame size disagrees with the manifest")
+    if params.window_size > max_window:
+        raise CodecError("codec.invalid", f"zstd window {params.window_size} above the cap")
+    if params.dict_id:
+        raise CodecError("codec.invalid", "zstd frame needs a dictionary")
+    try:
+        out = _dctx(max_window).decompress(
+            payload, max_output_size=expected, allow_extra_data=False
+        )
+    except zstandard.ZstdError:
+        raise CodecError("codec.invalid", "zstd frame does not decode cleanly") from None
+    if len(out) != expected:
+        raise CodecError("codec.invalid", "zstd frame produced the wrong length")
+    return out

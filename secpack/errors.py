@@ -1,0 +1,158 @@
+"""The one exception hierarchy of secpack.
+
+Every failure that a user or an attacker can cause is a :class:`SecpackError`
+with a stable ``code``. Codes never change meaning once released; tests and
+callers match on ``err.code``, never on message text. The table of codes lives
+in ``docs/FORMAT.md`` ("Error codes") and is checked against :data:`CODES` by a
+test.
+
+Integrity failures (a digest that does not match, an AEAD tag that does not
+verify, a key commitment that does not match, a trusted key whose signature
+does not verify) all share the single code ``integrity`` so that no oracle
+reveals which check failed.
+
+Caller mistakes (wrong argument types, impossible option combinations) stay
+``TypeError`` / ``ValueError``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CODES",
+    "CborError",
+    "CodecError",
+    "ContainerError",
+    "FreshnessError",
+    "InputError",
+    "IntegrityError",
+    "KeyUseError",
+    "LimitError",
+    "OutputError",
+    "PolicyError",
+    "SchemaError",
+    "SecpackError",
+    "SignatureError",
+    "TensorError",
+]
+
+
+class SecpackError(Exception):
+    """Base of every secpack error. ``code`` is stable; ``detail`` is for humans."""
+
+    code: str = "error"
+
+    def __init__(self, code: str, detail: str = "") -> None:
+        if code not in CODES:
+            raise ValueError(f"unknown secpack error code {code!r}")
+        super().__init__(f"{code}: {detail}" if detail else code)
+        self.code = code
+        self.detail = detail or CODES[code]
+
+
+class ContainerError(SecpackError):
+    """The container framing is wrong: magic, version, section lengths, truncation."""
+
+
+class CborError(SecpackError):
+    """A CBOR item is malformed, forbidden, non-canonical or over a limit."""
+
+
+class SchemaError(SecpackError):
+    """Well-formed CBOR that does not follow the schema of docs/FORMAT.md."""
+
+
+class SignatureError(SecpackError):
+    """Missing, untrusted, malformed or insufficient signatures."""
+
+
+class PolicyError(SecpackError):
+    """No trust anchor, or a trust policy that cannot be used."""
+
+
+class FreshnessError(SecpackError):
+    """An expired package, or one older than the policy allows."""
+
+
+class IntegrityError(SecpackError):
+    """Stored bytes do not match what the signed manifest commits to."""
+
+    def __init__(self, detail: str = "") -> None:
+        # One opaque code for every integrity failure; detail stays generic on purpose.
+        super().__init__("integrity", detail)
+
+
+class KeyUseError(SecpackError):
+    """A key file that cannot be used, or no identity that can read a component."""
+
+
+class CodecError(SecpackError):
+    """A signed segment whose compressed form breaks the codec rules."""
+
+
+class TensorError(SecpackError):
+    """A tensor table entry that breaks the dtype, shape or layout rules."""
+
+
+class InputError(SecpackError):
+    """A model directory or file that secpack refuses to seal."""
+
+
+class OutputError(SecpackError):
+    """An output path that is unsafe, already exists, or cannot be written."""
+
+
+class LimitError(SecpackError):
+    """A configured resource limit would be exceeded."""
+
+
+# code -> one-line meaning. The order and wording here are mirrored in docs/FORMAT.md.
+CODES: dict[str, str] = {
+    # framing
+    "container.magic": "not a secpack package (bad magic)",
+    "container.version": "unsupported container version or reserved field set",
+    "container.framing": "section lengths do not match the file (truncated, extended, overlapping)",
+    # CBOR
+    "cbor.malformed": "malformed CBOR (truncated item, invalid UTF-8, trailing bytes)",
+    "cbor.forbidden": "forbidden CBOR feature (tag, indefinite length, non-text key, simple value)",
+    "cbor.noncanonical": "CBOR is not in deterministic encoding (includes duplicate map keys)",
+    "cbor.limit": "CBOR item exceeds the depth, item-count or size limit",
+    # schema
+    "schema.invalid": "document does not follow the schema",
+    "schema.unsupported": "document needs a feature this reader does not implement",
+    # signatures and trust
+    "sig.missing": "package carries no signature",
+    "sig.malformed": "a signature structure is malformed or uses a forbidden header",
+    "sig.untrusted": "no signature from a trusted key",
+    "sig.threshold": "fewer distinct trusted signatures than the policy's threshold",
+    "policy.none": "no trust anchor given (use --trust, --policy or SECPACK_POLICY)",
+    "policy.invalid": "the trust policy cannot be used",
+    "policy.name": "package name is not the one the caller expected",
+    "policy.unmet": "package does not meet a requirement of the trust policy",
+    "fresh.expired": "package has expired",
+    "fresh.max-age": "package is older than the policy's maximum age",
+    "fresh.future": "package claims a creation time in the future",
+    # integrity (one opaque code)
+    "integrity": "integrity check failed",
+    # keys
+    "key.invalid": "key file cannot be used for this operation",
+    "key.passphrase": "wrong or missing passphrase for an encrypted key",
+    "key.no-recipient": "the identity is not a recipient of a requested component",
+    # decoding after verification
+    "codec.invalid": "segment breaks the codec rules",
+    "tensor.invalid": "tensor table breaks the dtype, shape or layout rules",
+    # sealing input
+    "input.missing": "input path does not exist",
+    "input.unsafe": "input contains a symlink, device, or a path that escapes the directory",
+    "input.safetensors": "a safetensors input file is malformed",
+    "input.invalid": "input or seal options are not usable",
+    # output
+    "output.exists": "output path already exists",
+    "output.unsafe": "a path inside the package is unsafe to write",
+    "output.io": "the output could not be written",
+    # resources
+    "limit.exceeded": "a resource limit would be exceeded",
+    # component selection
+    "component.unknown": "no such component in the package",
+    # a bug in secpack itself; the CLI reports it without a traceback
+    "internal": "internal error (set SECPACK_DEBUG=1 for a traceback)",
+}

@@ -1,0 +1,261 @@
+"""A component's contents: its files and tensor table (docs/FORMAT.md, "Contents").
+
+The contents are encrypted with the component when it is encrypted, so file
+names and the tensor table stay confidential. They are validated against the
+component's public segment list before anything is written or decoded.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from secpack.errors import SchemaError, TensorError
+from secpack.format.limits import Limits
+from secpack.format.paths import collision_key, path_problem
+from secpack.format.schema import as_list, as_map, as_text, as_uint, fail
+from secpack.tensors.dtypes import DTYPE_SIZES, checked_nbytes
+
+__all__ = ["Contents", "FileEntry", "TensorRecord", "Unit", "parse_contents"]
+
+FORMAT_RAW = "raw"
+FORMAT_SAFETENSORS = "safetensors"
+# Permission bits only: no setuid, setgid or sticky bit ever travels in a package.
+MODE_MASK = 0o777
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str
+    size: int
+    mode: int
+    format: str
+    first: int  # first segment index (within the component)
+    count: int  # number of segments
+    header: int = 0  # safetensors: bytes before the data region (8-byte prefix + JSON)
+
+    def to_cbor(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "path": self.path,
+            "size": self.size,
+            "mode": self.mode,
+            "format": self.format,
+            "segments": [self.first, self.count],
+        }
+        if self.format == FORMAT_SAFETENSORS:
+            out["header"] = self.header
+        return out
+
+
+@dataclass(frozen=True)
+class TensorRecord:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    file: int  # index into Contents.files
+    offset: int  # absolute byte offset within that file
+    length: int
+    first: int
+    count: int
+
+    def to_cbor(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "dtype": self.dtype,
+            "shape": list(self.shape),
+            "file": self.file,
+            "offset": self.offset,
+            "length": self.length,
+            "segments": [self.first, self.count],
+        }
+
+
+@dataclass(frozen=True)
+class Unit:
+    """What one segment belongs to; bound into its AEAD associated data."""
+
+    label: tuple[str, str]  # ("file"|"header", path) or ("tensor", name)
+    part: int  # index of the segment within its unit
+    last: bool  # whether it is the unit's final segment
+
+
+@dataclass(frozen=True)
+class Contents:
+    files: tuple[FileEntry, ...]
+    tensors: tuple[TensorRecord, ...]
+
+    def to_cbor(self) -> dict[str, Any]:
+        return {
+            "files": [f.to_cbor() for f in self.files],
+            "tensors": [t.to_cbor() for t in self.tensors],
+        }
+
+    def units(self) -> list[Unit]:
+        """The unit of every segment, in segment order."""
+        out: list[Unit] = []
+
+        def add(label: tuple[str, str], count: int) -> None:
+            out.extend(Unit(label, i, i == count - 1) for i in range(count))
+
+        by_file: dict[int, list[TensorRecord]] = {}
+        for t in self.tensors:
+            by_file.setdefault(t.file, []).append(t)
+        for index, f in enumerate(self.files):
+            if f.format == FORMAT_RAW:
+                add(("file", f.path), f.count)
+                continue
+            tensors = by_file.get(index, [])
+            header_count = f.count - sum(t.count for t in tensors)
+            add(("header", f.path), header_count)
+            for t in tensors:
+                add(("tensor", t.name), t.count)
+        return out
+
+    def tensor(self, name: str) -> TensorRecord:
+        for t in self.tensors:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+
+def _range(value: Any, where: str) -> tuple[int, int]:
+    pair = as_list(value, where, 2, 2)
+    return as_uint(pair[0], f"{where}[0]"), as_uint(pair[1], f"{where}[1]")
+
+
+def parse_contents(obj: Any, plains: Sequence[int], limits: Limits) -> Contents:
+    """Validate decoded contents against the component's segment plaintext lengths."""
+    c = as_map(obj, "contents", ("files", "tensors"))
+    files = tuple(
+        _parse_file(f, f"contents.files[{i}]", limits)
+        for i, f in enumerate(as_list(c["files"], "contents.files", limits.max_files))
+    )
+    tensors = tuple(
+        _parse_tensor(t, f"contents.tensors[{i}]", limits)
+        for i, t in enumerate(as_list(c["tensors"], "contents.tensors", limits.max_tensors))
+    )
+    _check_paths(files)
+    # Files tile the segment list: in order, back to back, with nothing left over.
+    cursor = 0
+    for i, f in enumerate(files):
+        if f.first != cursor:
+            raise fail(f"contents.files[{i}].segments", "not contiguous with the previous file")
+        cursor = f.first + f.count
+        if cursor > len(plains):
+            raise fail(f"contents.files[{i}].segments", "past the component's segments")
+        if sum(plains[f.first : cursor]) != f.size:
+            raise fail(f"contents.files[{i}].size", "does not equal its segments")
+    if cursor != len(plains):
+        raise fail("contents.files", "segments not covered by any file")
+    _check_tensors(files, tensors, plains)
+    return Contents(files, tensors)
+
+
+def _check_paths(files: tuple[FileEntry, ...]) -> None:
+    seen: dict[str, str] = {}
+    dirs: set[str] = set()
+    for f in files:
+        key = collision_key(f.path)
+        if key in seen:
+            raise SchemaError("schema.invalid", f"paths {seen[key]!r} and {f.path!r} collide")
+        seen[key] = f.path
+        parts = key.split("/")
+        dirs.update("/".join(parts[:n]) for n in range(1, len(parts)))
+    clash = dirs & set(seen)
+    if clash:
+        raise SchemaError("schema.invalid", f"{seen[min(clash)]!r} is both a file and a directory")
+
+
+def _check_tensors(
+    files: tuple[FileEntry, ...], tensors: tuple[TensorRecord, ...], plains: Sequence[int]
+) -> None:
+    names: set[str] = set()
+    by_file: dict[int, list[TensorRecord]] = {}
+    for i, t in enumerate(tensors):
+        key = unicodedata.normalize("NFC", t.name)
+        if key in names:
+            raise TensorError("tensor.invalid", f"duplicate tensor name {t.name!r}")
+        names.add(key)
+        if t.file >= len(files) or files[t.file].format != FORMAT_SAFETENSORS:
+            raise TensorError("tensor.invalid", f"tensors[{i}] points at a non-tensor file")
+        by_file.setdefault(t.file, []).append(t)
+    for index, f in enumerate(files):
+        if f.format != FORMAT_SAFETENSORS:
+            continue
+        group = by_file.get(index, [])
+        # The header occupies the file's first segments, then tensors follow in order.
+        seg = f.first
+        offset = 0
+        while offset < f.header:
+            if seg >= f.first + f.count:
+                raise TensorError("tensor.invalid", f"{f.path}: header runs past its segments")
+            offset += plains[seg]
+            seg += 1
+        if offset != f.header:
+            raise TensorError("tensor.invalid", f"{f.path}: header does not end on a segment")
+        for t in group:
+            if t.offset != offset or t.first != seg:
+                raise TensorError("tensor.invalid", f"tensor {t.name!r} is aliased or out of order")
+            if t.first + t.count > f.first + f.count:
+                raise TensorError("tensor.invalid", f"tensor {t.name!r} runs past its file")
+            if sum(plains[t.first : t.first + t.count]) != t.length:
+                raise TensorError("tensor.invalid", f"tensor {t.name!r} length disagrees")
+            offset += t.length
+            seg += t.count
+        if seg != f.first + f.count or offset != f.size:
+            raise TensorError("tensor.invalid", f"{f.path}: tensors leave bytes unaccounted for")
+
+
+def _parse_file(obj: Any, where: str, limits: Limits) -> FileEntry:
+    f = as_map(obj, where, ("path", "size", "mode", "format", "segments"), ("header",))
+    path = as_text(f["path"], f"{where}.path", limits.max_path_bytes)
+    problem = path_problem(path, limits.max_path_bytes)
+    if problem:
+        raise SchemaError("schema.invalid", f"{where}.path {path!r}: {problem}")
+    fmt = as_text(f["format"], f"{where}.format", 32)
+    if fmt not in (FORMAT_RAW, FORMAT_SAFETENSORS):
+        raise SchemaError("schema.unsupported", f"{where}: file format {fmt!r}")
+    if (fmt == FORMAT_SAFETENSORS) != ("header" in f):
+        raise fail(where, "header is required for safetensors files and only for them")
+    first, count = _range(f["segments"], f"{where}.segments")
+    size = as_uint(f["size"], f"{where}.size", 0, limits.max_total_plain)
+    header = as_uint(f["header"], f"{where}.header", 10, size) if "header" in f else 0
+    return FileEntry(
+        path=path,
+        size=size,
+        mode=as_uint(f["mode"], f"{where}.mode", 0, MODE_MASK),
+        format=fmt,
+        first=first,
+        count=count,
+        header=header,
+    )
+
+
+def _parse_tensor(obj: Any, where: str, limits: Limits) -> TensorRecord:
+    t = as_map(obj, where, ("name", "dtype", "shape", "file", "offset", "length", "segments"))
+    name = as_text(t["name"], f"{where}.name", 1024)
+    if not name:
+        raise TensorError("tensor.invalid", f"{where}: empty tensor name")
+    dtype = as_text(t["dtype"], f"{where}.dtype", 16)
+    if dtype not in DTYPE_SIZES:
+        raise TensorError("tensor.invalid", f"{where}: dtype {dtype!r} is not supported")
+    shape_raw = t["shape"]
+    if type(shape_raw) is not list:
+        raise TensorError("tensor.invalid", f"{where}.shape: expected an array")
+    shape = tuple(shape_raw)
+    length = as_uint(t["length"], f"{where}.length", 0, limits.max_total_plain)
+    if checked_nbytes(dtype, shape, limits.max_tensor_ndim) != length:
+        raise TensorError("tensor.invalid", f"{where}: prod(shape) * itemsize != length")
+    first, count = _range(t["segments"], f"{where}.segments")
+    return TensorRecord(
+        name=name,
+        dtype=dtype,
+        shape=shape,
+        file=as_uint(t["file"], f"{where}.file"),
+        offset=as_uint(t["offset"], f"{where}.offset"),
+        length=length,
+        first=first,
+        count=count,
+    )

@@ -1,0 +1,313 @@
+"""Planning a seal: which file goes to which component, how each file is cut
+into units (a safetensors header, one tensor, a whole plain file) and segments,
+and which segments share a blob. Pure except for the header reads it asks of
+the input tree.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import posixpath
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from secpack.errors import InputError
+from secpack.format.contents import (
+    FORMAT_RAW,
+    FORMAT_SAFETENSORS,
+    Contents,
+    FileEntry,
+    TensorRecord,
+    Unit,
+)
+from secpack.format.limits import Limits
+from secpack.format.manifest import COMPONENT_NAME_RE
+from secpack.tensors import safetensors
+from secpack.tensors.dtypes import DTYPE_SIZES, FLOAT_DTYPES
+
+__all__ = ["InputFile", "InputTree", "Plan", "PlannedComponent", "PlannedSegment", "make_plan"]
+
+MiB = 1 << 20
+DEFAULT_SEGMENT = 4 * MiB
+MIN_SEGMENT = 1 * MiB
+MAX_SEGMENT = 16 * MiB
+# A blob closes at the first unit boundary after this many plaintext bytes, so small
+# tensors share a blob while a changed tensor still dirties only its own neighbourhood.
+BLOB_TARGET = 16 * MiB
+# A single unit larger than this is spread over several blobs (at segment boundaries)
+# so that transfers can be parallel and resumable.
+BLOB_MAX = 64 * MiB
+
+CONFIG_NAMES = frozenset(
+    {
+        "config.json",
+        "generation_config.json",
+        "preprocessor_config.json",
+        "processor_config.json",
+        "feature_extractor_config.json",
+        "image_processor_config.json",
+        "sentence_bert_config.json",
+        "config_sentence_transformers.json",
+        "modules.json",
+        "params.json",
+    }
+)
+TOKENIZER_NAMES = frozenset(
+    {
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "added_tokens.json",
+        "vocab.txt",
+        "vocab.json",
+        "merges.txt",
+        "tokenizer.model",
+        "spiece.model",
+        "sentencepiece.model",
+        "sentencepiece.bpe.model",
+        "chat_template.jinja",
+        "chat_template.json",
+    }
+)
+ADAPTER_MARKER = "adapter_config.json"
+_ORDER = {"config": 0, "tokenizer": 1, "weights": 2, "adapter": 3}
+
+
+@dataclass(frozen=True)
+class InputFile:
+    path: str  # relative POSIX path, already checked against the path rules
+    size: int
+    mode: int
+
+
+class InputTree(Protocol):
+    @property
+    def files(self) -> Sequence[InputFile]: ...
+
+    def read_at(self, path: str, offset: int, length: int) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class PlannedSegment:
+    path: str
+    offset: int
+    length: int
+    width: int
+    grouped: bool
+    unit: Unit
+    blob: int
+
+
+@dataclass(frozen=True)
+class PlannedComponent:
+    name: str
+    kind: str
+    media_type: str
+    contents: Contents
+    segments: tuple[PlannedSegment, ...]
+
+    @property
+    def size(self) -> int:
+        return sum(s.length for s in self.segments)
+
+
+@dataclass(frozen=True)
+class Plan:
+    components: tuple[PlannedComponent, ...]
+    blob_count: int
+
+
+def kind_of(name: str, has_tensors: bool) -> str:
+    if name in ("config", "tokenizer", "weights", "files"):
+        return name
+    if name.startswith("adapter:"):
+        return "adapter"
+    return "weights" if has_tensors else "files"
+
+
+def _default_component(path: str, adapter_dirs: Sequence[str]) -> str:
+    for d in adapter_dirs:
+        if path.startswith(d + "/"):
+            return "adapter:" + _sanitize(posixpath.basename(d))
+    base = posixpath.basename(path)
+    if base.endswith(".safetensors"):
+        return "weights"
+    if base in TOKENIZER_NAMES or base.endswith(".tiktoken"):
+        return "tokenizer"
+    if base in CONFIG_NAMES or (base.endswith("config.json") and base != "tokenizer_config.json"):
+        return "config"
+    return "files"
+
+
+def _sanitize(text: str) -> str:
+    cleaned = "".join(c if c.isascii() and (c.isalnum() or c in "._-") else "-" for c in text)
+    return cleaned.strip("-._")[:64] or "adapter"
+
+
+def assign_components(
+    files: Sequence[InputFile], overrides: Sequence[tuple[str, str]]
+) -> dict[str, list[InputFile]]:
+    """Group files into components: ``--component NAME=GLOB`` rules first, then defaults."""
+    for name, _ in overrides:
+        if not COMPONENT_NAME_RE.fullmatch(name):
+            raise InputError("input.invalid", f"component name {name!r} is not allowed")
+    adapter_dirs = sorted(
+        {posixpath.dirname(f.path) for f in files if posixpath.basename(f.path) == ADAPTER_MARKER}
+        - {""},
+        key=len,
+        reverse=True,
+    )
+    used = [False] * len(overrides)
+    groups: dict[str, list[InputFile]] = {}
+    for f in files:
+        target = None
+        for i, (name, pattern) in enumerate(overrides):
+            if fnmatch.fnmatchcase(f.path, pattern):
+                target, used[i] = name, True
+                break
+        if target is None:
+            target = _default_component(f.path, adapter_dirs)
+        groups.setdefault(target, []).append(f)
+    for i, (name, pattern) in enumerate(overrides):
+        if not used[i]:
+            raise InputError("input.invalid", f"--component {name}={pattern} matches no file")
+    return groups
+
+
+def _order_key(name: str) -> tuple[int, str]:
+    if name == "files":
+        return (9, name)
+    return (_ORDER.get(name.split(":", maxsplit=1)[0], 5), name)
+
+
+class _Builder:
+    """Accumulates segments for one component and assigns them to blobs."""
+
+    def __init__(self, first_blob: int, segment_size: int) -> None:
+        self.segment_size = segment_size
+        self.segments: list[PlannedSegment] = []
+        self.blob = first_blob - 1
+        self.blob_fill = BLOB_TARGET  # forces a new blob at the first unit
+
+    def add_unit(
+        self, label: tuple[str, str], path: str, offset: int, length: int, width: int, grouped: bool
+    ) -> tuple[int, int]:
+        first = len(self.segments)
+        if length == 0:
+            return first, 0
+        if self.blob_fill >= BLOB_TARGET:
+            self.blob += 1
+            self.blob_fill = 0
+        count = -(-length // self.segment_size)
+        for part in range(count):
+            start = part * self.segment_size
+            size = min(self.segment_size, length - start)
+            if self.blob_fill and self.blob_fill + size > BLOB_MAX:
+                self.blob += 1
+                self.blob_fill = 0
+            unit = Unit(label, part, part == count - 1)
+            self.segments.append(
+                PlannedSegment(path, offset + start, size, width, grouped, unit, self.blob)
+            )
+            self.blob_fill += size
+        return first, count
+
+    @property
+    def next_blob(self) -> int:
+        return self.blob + 1
+
+
+def make_plan(
+    tree: InputTree,
+    overrides: Sequence[tuple[str, str]] = (),
+    segment_size: int = DEFAULT_SEGMENT,
+    limits: Limits | None = None,
+) -> Plan:
+    """Plan the components, units, segments and blobs for sealing ``tree``."""
+    limits = limits or Limits()
+    # Multiples of 64 keep every segment boundary on an element boundary for all dtypes.
+    if not MIN_SEGMENT <= segment_size <= MAX_SEGMENT or segment_size % 64:
+        raise ValueError(f"segment size must be a multiple of 64 in [{MIN_SEGMENT}, {MAX_SEGMENT}]")
+    if not tree.files:
+        raise InputError("input.invalid", "nothing to seal: the input holds no files")
+    groups = assign_components(tree.files, overrides)
+    components = []
+    next_blob = 0
+    for name in sorted(groups, key=_order_key):
+        files = sorted(groups[name], key=lambda f: f.path.encode("utf-8"))
+        builder = _Builder(next_blob, segment_size)
+        entries: list[FileEntry] = []
+        tensors: list[TensorRecord] = []
+        for f in files:
+            first = len(builder.segments)
+            if f.path.endswith(".safetensors"):
+                layout = _read_layout(tree, f, limits)
+                builder.add_unit(("header", f.path), f.path, 0, layout.header_len, 1, False)
+                for t in layout.tensors:
+                    width = DTYPE_SIZES[t.dtype]
+                    offset = layout.header_len + t.begin
+                    t_first, t_count = builder.add_unit(
+                        ("tensor", t.name),
+                        f.path,
+                        offset,
+                        t.end - t.begin,
+                        width,
+                        t.dtype in FLOAT_DTYPES and width > 1,
+                    )
+                    tensors.append(
+                        TensorRecord(
+                            t.name,
+                            t.dtype,
+                            t.shape,
+                            len(entries),
+                            offset,
+                            t.end - t.begin,
+                            t_first,
+                            t_count,
+                        )
+                    )
+                fmt, header = FORMAT_SAFETENSORS, layout.header_len
+            else:
+                builder.add_unit(("file", f.path), f.path, 0, f.size, 1, False)
+                fmt, header = FORMAT_RAW, 0
+            entries.append(
+                FileEntry(f.path, f.size, f.mode, fmt, first, len(builder.segments) - first, header)
+            )
+        _check_unique_tensor_names(name, tensors)
+        kind = kind_of(name, bool(tensors))
+        components.append(
+            PlannedComponent(
+                name=name,
+                kind=kind,
+                media_type=f"application/vnd.secpack.{kind}.v1",
+                contents=Contents(tuple(entries), tuple(tensors)),
+                segments=tuple(builder.segments),
+            )
+        )
+        next_blob = builder.next_blob
+    return Plan(tuple(components), next_blob)
+
+
+def _read_layout(tree: InputTree, f: InputFile, limits: Limits) -> safetensors.SafetensorsLayout:
+    prefix = tree.read_at(f.path, 0, safetensors.PREFIX_LEN)
+    try:
+        n = safetensors.parse_prefix(prefix, f.size, limits.max_safetensors_header)
+        return safetensors.parse_header(
+            tree.read_at(f.path, safetensors.PREFIX_LEN, n), f.size, limits.max_tensor_ndim
+        )
+    except InputError as exc:
+        raise InputError("input.safetensors", f"{f.path}: {exc.detail}") from None
+
+
+def _check_unique_tensor_names(component: str, tensors: list[TensorRecord]) -> None:
+    import unicodedata
+
+    seen: set[str] = set()
+    for t in tensors:
+        key = unicodedata.normalize("NFC", t.name)
+        if key in seen:
+            raise InputError(
+                "input.safetensors", f"tensor {t.name!r} appears twice in component {component!r}"
+            )
+        seen.add(key)

@@ -1,0 +1,167 @@
+"""Reading a package in the order docs/FORMAT.md ("Reading order") fixes:
+framing, bounded header, strict CBOR, schema, signatures against the policy,
+freshness, and only then the digests of the segments being read.
+
+Nothing here decrypts or decodes; see :mod:`secpack.package.decode`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Protocol
+
+from secpack.errors import FreshnessError, IntegrityError, PolicyError, SecpackError
+from secpack.format import cbor, container
+from secpack.format.limits import Limits
+from secpack.format.manifest import Manifest, parse_manifest
+from secpack.format.sections import (
+    SignatureEntry,
+    check_index,
+    parse_signature_section,
+)
+from secpack.package.parallel import ordered
+from secpack.sign.policy import Policy, Signer, evaluate_signatures
+
+__all__ = [
+    "ByteSource",
+    "Header",
+    "check_trust",
+    "read_header",
+    "read_segment",
+    "select_components",
+    "verify_segments",
+]
+
+
+class ByteSource(Protocol):
+    @property
+    def size(self) -> int: ...
+
+    def read_at(self, offset: int, length: int) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class Header:
+    """Everything before the blobs, parsed and validated but not yet trusted."""
+
+    layout: container.Layout
+    manifest_bytes: bytes
+    manifest: Manifest
+    signatures: tuple[SignatureEntry, ...]
+    signature_section: bytes
+
+    @property
+    def digest(self) -> bytes:
+        return hashlib.sha256(self.manifest_bytes).digest()
+
+    def segment_offset(self, comp: int, seg: int) -> int:
+        """Absolute file offset of one segment (derived, never read from the file)."""
+        segment = self.manifest.components[comp].segments[seg]
+        return (
+            self.layout.blobs_off
+            + self._blob_offsets[segment.blob]
+            + self.manifest.segment_offsets[comp][seg]
+        )
+
+    @property
+    def _blob_offsets(self) -> list[int]:
+        cached: list[int] | None = self.__dict__.get("_blob_offsets_cache")
+        if cached is None:
+            cached, pos = [], 0
+            for blob in self.manifest.blobs:
+                cached.append(pos)
+                pos += blob.size
+            object.__setattr__(self, "_blob_offsets_cache", cached)
+        return cached
+
+
+def read_header(src: ByteSource, limits: Limits) -> Header:
+    """Steps 1-4: framing, bounded header, strict CBOR, schema."""
+    head = src.read_at(0, min(container.PREAMBLE_LEN, src.size))
+    layout = container.parse_preamble(head, src.size, limits)
+    sig_head = src.read_at(layout.sigs_off, container.SIG_HEADER_LEN)
+    s_len = container.parse_sig_header(sig_head, layout, limits)
+    manifest_bytes = src.read_at(layout.manifest_off, layout.manifest_len)
+    obj = cbor.decode(
+        manifest_bytes,
+        max_bytes=limits.max_manifest_bytes,
+        max_depth=limits.max_cbor_depth,
+        max_items=limits.max_cbor_items,
+    )
+    manifest = parse_manifest(obj, limits)
+    check_index(src.read_at(layout.index_off, layout.index_len), manifest, layout.blobs_len, limits)
+    section = src.read_at(layout.sigs_off + container.SIG_HEADER_LEN, s_len)
+    entries = parse_signature_section(section, limits)
+    return Header(layout, manifest_bytes, manifest, tuple(entries), section)
+
+
+def check_trust(
+    header: Header, policy: Policy, now: int, expected_name: str | None = None
+) -> list[Signer]:
+    """Steps 5-6: signatures against the policy, then freshness and requirements."""
+    signers = evaluate_signatures(header.manifest_bytes, header.signatures, policy)
+    m = header.manifest
+    if expected_name is not None and m.name != expected_name:
+        raise PolicyError("policy.name", f"package is {m.name!r}, expected {expected_name!r}")
+    if m.expires is not None and now >= m.expires:
+        raise FreshnessError("fresh.expired", f"package expired at {m.expires} (now {now})")
+    if m.created > now + policy.max_clock_skew:
+        raise FreshnessError("fresh.future", f"created {m.created - now} s in the future")
+    if policy.max_age is not None and now - m.created > policy.max_age:
+        raise FreshnessError("fresh.max-age", f"created {now - m.created} s ago")
+    if policy.require_expires and m.expires is None:
+        raise PolicyError("policy.unmet", "the policy requires packages to carry an expiry")
+    names = {c.name for c in m.components}
+    missing = [c for c in policy.required_components if c not in names]
+    if missing:
+        raise PolicyError("policy.unmet", f"required component(s) missing: {missing}")
+    return signers
+
+
+def read_segment(src: ByteSource, header: Header, comp: int, seg: int) -> bytes:
+    """Step 7 for one segment: its stored bytes, digest-checked."""
+    segment = header.manifest.components[comp].segments[seg]
+    data = src.read_at(header.segment_offset(comp, seg), segment.stored)
+    if hashlib.sha256(data).digest() != segment.digest:
+        raise IntegrityError("segment digest does not match the manifest")
+    return data
+
+
+def verify_segments(
+    src: ByteSource,
+    header: Header,
+    components: Sequence[int] | None = None,
+    threads: int = 0,
+    progress: Callable[[int], None] | None = None,
+) -> None:
+    """Check the digest of every stored segment (of the given components)."""
+    indices = range(len(header.manifest.components)) if components is None else components
+    threads = threads or os.cpu_count() or 1
+    jobs = [
+        (lambda c=c, s=s: read_segment(src, header, c, s))
+        for c in indices
+        for s in range(len(header.manifest.components[c].segments))
+    ]
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="secpack-verify") as pool:
+        for data in ordered(pool, jobs, 2 * threads + 2):
+            if progress:
+                progress(len(data))
+
+
+def select_components(manifest: Manifest, names: Sequence[str] | None) -> list[int]:
+    """Indices of the named components (all when ``names`` is empty), in package order."""
+    comps = manifest.components
+    if not names:
+        return list(range(len(comps)))
+    index = {c.name: i for i, c in enumerate(comps)}
+    unknown = [n for n in names if n not in index]
+    if unknown:
+        raise SecpackError(
+            "component.unknown",
+            f"no component {', '.join(map(repr, unknown))} (have {', '.join(index)})",
+        )
+    return sorted({index[n] for n in names})

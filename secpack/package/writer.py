@@ -1,0 +1,228 @@
+"""Executing a seal plan: read, code, encrypt and hash every segment on a thread
+pool, and hand the stored bytes to a sink in blob order.
+
+Memory stays bounded by the in-flight window (a few segments per worker),
+never by the model size: results are consumed strictly in order, and no more
+than ``window`` segments are ever read ahead.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from cryptography.hazmat.primitives.asymmetric import x25519
+
+from secpack.codec import segment as codec
+from secpack.envelope import dek as envelope
+from secpack.errors import InputError
+from secpack.format import cbor
+from secpack.format.manifest import (
+    DIGEST_LEN,
+    SALT_LEN,
+    TAG_LEN,
+    Blob,
+    Codec,
+    Component,
+    Encryption,
+    Manifest,
+    Plane,
+    Recipient,
+    Segment,
+)
+from secpack.package.parallel import ordered
+from secpack.package.plan import InputTree, Plan, PlannedComponent, PlannedSegment
+
+__all__ = ["SealSettings", "placeholder_manifest", "write_blobs"]
+
+
+@dataclass(frozen=True)
+class SealSettings:
+    name: str
+    version: int
+    created: int
+    expires: int | None
+    metadata: Mapping[str, str]
+    # component name -> recipients; an empty mapping means sign-and-compress only.
+    recipients: Mapping[str, Sequence[x25519.X25519PublicKey]] = field(default_factory=dict)
+    level: int = codec.LEVELS["balanced"]
+    threads: int = 0  # 0: one per CPU
+
+    @property
+    def encrypt(self) -> bool:
+        return bool(self.recipients)
+
+
+@dataclass
+class _Result:
+    stored: bytes
+    segment: Segment
+
+
+def _seal_one(
+    tree: InputTree, comp: str, seg: PlannedSegment, dek: bytes | None, level: int
+) -> _Result:
+    plain = tree.read_at(seg.path, seg.offset, seg.length)
+    if len(plain) != seg.length:
+        raise InputError("input.invalid", f"{seg.path} changed while it was being sealed")
+    enc = codec.encode(plain, seg.width, seg.grouped, level)
+    salt = None
+    stored = enc.payload
+    if dek is not None:
+        salt = envelope.new_salt()
+        aad = envelope.segment_aad(comp, seg.unit, seg.length, enc.codec)
+        stored = envelope.seal_segment(dek, salt, aad, enc.payload)
+    digest = hashlib.sha256(stored).digest()
+    return _Result(stored, Segment(seg.blob, len(stored), seg.length, enc.codec, digest, salt))
+
+
+def _encryption(
+    comp: PlannedComponent, settings: SealSettings
+) -> tuple[bytes | None, Encryption | None, bytes]:
+    """Return (DEK, encryption record, stored contents) for one component."""
+    contents = cbor.encode(comp.contents.to_cbor())
+    if not settings.encrypt:
+        return None, None, contents
+    recipients = settings.recipients.get(comp.name, ())
+    if not recipients:
+        raise InputError("input.invalid", f"component {comp.name!r} has no recipient")
+    dek = envelope.new_dek()
+    salt = envelope.new_salt()
+    record = envelope.encryption_record(dek, salt, recipients, comp.name)
+    return dek, record, envelope.seal_contents(dek, salt, comp.name, contents)
+
+
+def write_blobs(
+    tree: InputTree,
+    plan: Plan,
+    settings: SealSettings,
+    sink: Callable[[bytes], None],
+    progress: Callable[[int], None] | None = None,
+) -> Manifest:
+    """Seal every segment of ``plan`` into ``sink`` (in blob order); return the manifest."""
+    threads = settings.threads or os.cpu_count() or 1
+    window = 2 * threads + 2
+    components: list[Component] = []
+    blobs: list[Blob] = []
+    blob_hash = hashlib.sha256()
+    blob_size = 0
+
+    def close_blob() -> None:
+        nonlocal blob_hash, blob_size
+        if blob_size:
+            blobs.append(Blob(blob_hash.digest(), blob_size))
+        blob_hash, blob_size = hashlib.sha256(), 0
+
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="secpack-seal") as pool:
+        for comp in plan.components:
+            dek, encryption, contents = _encryption(comp, settings)
+            done: list[Segment] = []
+            current = -1
+            jobs = (
+                functools.partial(_seal_one, tree, comp.name, seg, dek, settings.level)
+                for seg in comp.segments
+            )
+            for result in ordered(pool, jobs, window):
+                if result.segment.blob != current:
+                    close_blob()
+                    current = result.segment.blob
+                    if current != len(blobs):
+                        raise AssertionError("plan produced blobs out of order")
+                blob_hash.update(result.stored)
+                blob_size += len(result.stored)
+                sink(result.stored)
+                done.append(result.segment)
+                if progress:
+                    progress(result.segment.plain)
+            close_blob()
+            components.append(
+                Component(
+                    comp.name,
+                    comp.kind,
+                    comp.media_type,
+                    comp.size,
+                    contents,
+                    tuple(done),
+                    encryption,
+                )
+            )
+    return Manifest(
+        settings.name,
+        settings.version,
+        settings.created,
+        settings.expires,
+        dict(settings.metadata),
+        tuple(components),
+        tuple(blobs),
+    )
+
+
+def placeholder_manifest(plan: Plan, settings: SealSettings) -> Manifest:
+    """A manifest at least as large, once encoded, as the one the seal will produce:
+    every size field takes its largest possible value. Writers use it to reserve
+    room for the header before the blobs are known."""
+    components = []
+    blob_sizes = [0] * plan.blob_count
+    for comp in plan.components:
+        contents_len = len(cbor.encode(comp.contents.to_cbor())) + (
+            TAG_LEN if settings.encrypt else 0
+        )
+        encryption = None
+        if settings.encrypt:
+            count = len(settings.recipients.get(comp.name, ()))
+            encryption = Encryption(
+                "A256GCM",
+                bytes(DIGEST_LEN),
+                bytes(SALT_LEN),
+                tuple(
+                    Recipient("hpke-x25519", bytes(32), bytes(32), bytes(48)) for _ in range(count)
+                ),
+            )
+        segs = []
+        for s in comp.segments:
+            codec_max = (
+                Codec(
+                    "bg",
+                    width=s.width,
+                    rot=1,
+                    planes=(Plane("zstd", s.length // s.width),) * s.width,
+                )
+                if s.grouped and s.width > 1
+                else Codec("zstd", size=s.length)
+            )
+            stored = s.length + (TAG_LEN if settings.encrypt else 0)
+            blob_sizes[s.blob] += stored
+            segs.append(
+                Segment(
+                    s.blob,
+                    stored,
+                    s.length,
+                    codec_max,
+                    bytes(DIGEST_LEN),
+                    bytes(SALT_LEN) if settings.encrypt else None,
+                )
+            )
+        components.append(
+            Component(
+                comp.name,
+                comp.kind,
+                comp.media_type,
+                comp.size,
+                bytes(contents_len),
+                tuple(segs),
+                encryption,
+            )
+        )
+    return Manifest(
+        settings.name,
+        settings.version,
+        settings.created,
+        settings.expires,
+        dict(settings.metadata),
+        tuple(components),
+        tuple(Blob(bytes(DIGEST_LEN), size) for size in blob_sizes),
+    )

@@ -1,0 +1,47 @@
+"""Symmetric recipes: HKDF-SHA256 key derivation and one-shot AES-256-GCM.
+
+Every AES-GCM key derived here encrypts exactly one message, so the nonce can be
+the fixed all-zero value: uniqueness of (key, nonce) comes from the fresh
+random salt that goes into each derivation (docs/FORMAT.md, "Segment encryption").
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from secpack.errors import IntegrityError
+
+__all__ = ["KEY_LEN", "ZERO_NONCE", "derive", "equal", "open_", "random_bytes", "seal"]
+
+KEY_LEN = 32  # AES-256
+# Safe only because each key is single-use (see module docstring); never reuse a key.
+ZERO_NONCE = bytes(12)
+
+
+def random_bytes(n: int) -> bytes:
+    return os.urandom(n)
+
+
+def derive(ikm: bytes, salt: bytes, info: bytes, length: int = KEY_LEN) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(ikm)
+
+
+def seal(key: bytes, aad: bytes, plaintext: bytes | memoryview) -> bytes:
+    return AESGCM(key).encrypt(ZERO_NONCE, plaintext, aad)
+
+
+def open_(key: bytes, aad: bytes, ciphertext: bytes | memoryview) -> bytes:
+    try:
+        return AESGCM(key).decrypt(ZERO_NONCE, ciphertext, aad)
+    except InvalidTag:
+        raise IntegrityError("authentication tag does not verify") from None
+
+
+def equal(a: bytes, b: bytes) -> bool:
+    return hmac.compare_digest(a, b)

@@ -1,0 +1,48 @@
+"""Tensor element types and checked size arithmetic.
+
+The names are safetensors' own. Only types with a fixed whole-byte width are
+allowed; anything else is refused rather than guessed at.
+"""
+
+from __future__ import annotations
+
+from secpack.errors import TensorError
+
+__all__ = ["DTYPE_SIZES", "FLOAT_DTYPES", "checked_nbytes"]
+
+DTYPE_SIZES: dict[str, int] = {
+    "BOOL": 1,
+    "U8": 1,
+    "I8": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "I16": 2,
+    "U16": 2,
+    "F16": 2,
+    "BF16": 2,
+    "I32": 4,
+    "U32": 4,
+    "F32": 4,
+    "I64": 8,
+    "U64": 8,
+    "F64": 8,
+}
+
+# IEEE-style layouts (sign, exponent, mantissa) that byte grouping knows how to split.
+FLOAT_DTYPES = frozenset({"F8_E4M3", "F8_E5M2", "F16", "BF16", "F32", "F64"})
+
+
+def checked_nbytes(dtype: str, shape: list[int] | tuple[int, ...], max_ndim: int) -> int:
+    """``prod(shape) * itemsize`` with every input checked; Python ints never overflow,
+    so the only question is whether the inputs are sane."""
+    size = DTYPE_SIZES.get(dtype)
+    if size is None:
+        raise TensorError("tensor.invalid", f"dtype {dtype!r} is not supported")
+    if len(shape) > max_ndim:
+        raise TensorError("tensor.invalid", f"{len(shape)} dimensions (limit {max_ndim})")
+    count = 1
+    for dim in shape:
+        if type(dim) is not int or dim < 0:
+            raise TensorError("tensor.invalid", f"dimension {dim!r} is not a non-negative integer")
+        count *= dim
+    return count * size

@@ -1,0 +1,137 @@
+"""A strict reader for the safetensors header (pure: bytes in, table out).
+
+Stricter than safetensors itself (see docs/FORMAT.md, "Safetensors input"):
+duplicate JSON keys, names equal after NFC normalisation, NaN/Infinity
+literals, non-integer dimensions, unknown entry fields, gaps, overlaps, and a
+zero-size tensor placed anywhere but at the running offset are all refused.
+"""
+
+from __future__ import annotations
+
+import json
+import unicodedata
+from dataclasses import dataclass
+from typing import Any
+
+from secpack.errors import InputError, TensorError
+from secpack.tensors.dtypes import checked_nbytes
+
+__all__ = ["SafetensorsLayout", "TensorEntry", "parse_header", "parse_prefix"]
+
+PREFIX_LEN = 8  # little-endian u64 header length
+_MAX_NAME_BYTES = 1024
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    begin: int  # offset within the data region
+    end: int
+
+
+@dataclass(frozen=True)
+class SafetensorsLayout:
+    header_len: int  # prefix + JSON, i.e. where the data region starts in the file
+    tensors: tuple[TensorEntry, ...]  # in data-region order
+    metadata: dict[str, str]
+
+
+def _bad(why: str) -> InputError:
+    return InputError("input.safetensors", why)
+
+
+def parse_prefix(prefix: bytes, file_size: int, max_header: int) -> int:
+    """Return the JSON header length declared by the first eight bytes."""
+    if len(prefix) < PREFIX_LEN or file_size < PREFIX_LEN:
+        raise _bad("file shorter than the 8-byte header length")
+    n = int.from_bytes(prefix[:PREFIX_LEN], "little")
+    if n < 2 or n > max_header:
+        raise _bad(f"header length {n} out of range")
+    if PREFIX_LEN + n > file_size:
+        raise _bad("header runs past the end of the file")
+    return n
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _bad(f"duplicate JSON key {key!r}")
+        out[key] = value
+    return out
+
+
+def _no_constant(token: str) -> Any:
+    raise _bad(f"JSON constant {token} is not allowed")
+
+
+def parse_header(header: bytes, file_size: int, max_ndim: int) -> SafetensorsLayout:
+    """Validate the JSON header and the tensor layout against the file size."""
+    if not header.startswith(b"{"):
+        raise _bad("header does not start with '{'")
+    try:
+        text = header.decode("utf-8")
+        doc = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise _bad(f"header is not valid JSON: {type(exc).__name__}") from None
+    if not isinstance(doc, dict):
+        raise _bad("header is not a JSON object")
+    metadata: dict[str, str] = {}
+    entries: list[TensorEntry] = []
+    normalised: set[str] = set()
+    for name, info in doc.items():
+        if name == "__metadata__":
+            if not isinstance(info, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in info.items()
+            ):
+                raise _bad("__metadata__ must map strings to strings")
+            metadata = dict(info)
+            continue
+        if not name or len(name.encode("utf-8", errors="surrogatepass")) > _MAX_NAME_BYTES:
+            raise _bad("empty or over-long tensor name")
+        key = unicodedata.normalize("NFC", name)
+        if key in normalised:
+            raise _bad(f"tensor name {name!r} duplicates another after NFC normalisation")
+        normalised.add(key)
+        entries.append(_parse_entry(name, info, max_ndim))
+
+    data_len = file_size - PREFIX_LEN - len(header)
+    # Zero-size tensors sort before a non-empty tensor at the same offset, so the
+    # running-offset check accepts them only where they really sit.
+    entries.sort(key=lambda e: (e.begin, e.end, e.name))
+    cursor = 0
+    for e in entries:
+        if e.begin != cursor:
+            what = "overlaps or aliases" if e.begin < cursor else "leaves a gap before"
+            raise _bad(f"tensor {e.name!r} {what} the data at offset {cursor}")
+        cursor = e.end
+    if cursor != data_len:
+        raise _bad(f"tensors cover {cursor} bytes but the data region holds {data_len}")
+    return SafetensorsLayout(PREFIX_LEN + len(header), tuple(entries), metadata)
+
+
+def _parse_entry(name: str, info: Any, max_ndim: int) -> TensorEntry:
+    if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+        raise _bad(f"tensor {name!r} needs exactly dtype, shape and data_offsets")
+    dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+    if not isinstance(dtype, str) or not isinstance(shape, list):
+        raise _bad(f"tensor {name!r} has a malformed dtype or shape")
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or any(type(o) is not int or o < 0 for o in offsets)
+        or offsets[0] > offsets[1]
+    ):
+        raise _bad(f"tensor {name!r} has malformed data_offsets")
+    try:
+        nbytes = checked_nbytes(dtype, shape, max_ndim)
+    except TensorError as exc:
+        raise _bad(f"tensor {name!r}: {exc.detail}") from None
+    if nbytes != offsets[1] - offsets[0]:
+        raise _bad(
+            f"tensor {name!r}: shape and dtype give {nbytes} bytes, offsets give "
+            f"{offsets[1] - offsets[0]}"
+        )
+    return TensorEntry(name, dtype, tuple(shape), offsets[0], offsets[1])

@@ -1,0 +1,204 @@
+"""Atomic output: everything is written under a temporary name in the
+destination's own directory and renamed into place only once complete and
+flushed to disk. On any failure the temporary is removed, so the destination
+holds either nothing new or the whole result.
+
+Temporary names are ``.<name>.secpack-tmp-<pid>-<random>``: recognisable, and
+tied to the process that owns them so that stale ones can be cleaned up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+import shutil
+from types import TracebackType
+
+from secpack.errors import OutputError
+
+__all__ = ["TMP_MARKER", "AtomicDirectory", "AtomicFile", "fsync_dir", "temp_name"]
+
+TMP_MARKER = ".secpack-tmp-"
+
+
+def temp_name(dest: str) -> str:
+    parent, base = os.path.split(os.path.abspath(dest))
+    return os.path.join(parent, f".{base}{TMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+_COPY_CHUNK = 8 << 20  # bytes per user-space copy when copy_file_range is unavailable
+
+
+def _copy_range(src_fd: int, dst_fd: int, src_off: int, dst_off: int, length: int) -> None:
+    done = 0
+    try:
+        while done < length:
+            n = os.copy_file_range(src_fd, dst_fd, length - done, src_off + done, dst_off + done)
+            if n == 0:
+                raise OSError(errno.EIO, "source ended early")
+            done += n
+        return
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise
+    while done < length:
+        chunk = os.pread(src_fd, min(_COPY_CHUNK, length - done), src_off + done)
+        if not chunk:
+            raise OSError(errno.EIO, "source ended early")
+        view = memoryview(chunk)
+        while view:
+            n = os.pwrite(dst_fd, view, dst_off + done)
+            view = view[n:]
+            done += n
+
+
+def _io_error(what: str, exc: OSError) -> OutputError:
+    return OutputError("output.io", f"{what}: {exc.strerror or exc}")
+
+
+class AtomicFile:
+    """A file that appears at ``dest`` only when :meth:`commit` succeeds."""
+
+    def __init__(self, dest: str, overwrite: bool = False, mode: int = 0o644) -> None:
+        self.dest = os.path.abspath(dest)
+        self.overwrite = overwrite
+        self.mode = mode
+        if not overwrite and os.path.lexists(self.dest):
+            raise OutputError("output.exists", f"{dest} exists (use --force to replace it)")
+        parent = os.path.dirname(self.dest)
+        if not os.path.isdir(parent):
+            raise OutputError("output.io", f"directory {parent} does not exist")
+        self.tmp = temp_name(self.dest)
+        try:
+            self.fd = os.open(self.tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+        except OSError as exc:
+            raise _io_error(f"cannot create a file next to {dest}", exc) from None
+        self._committed = False
+
+    def pwrite(self, offset: int, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        try:
+            while view:
+                n = os.pwrite(self.fd, view, offset)
+                view, offset = view[n:], offset + n
+        except OSError as exc:
+            raise _io_error(f"writing {self.dest}", exc) from None
+
+    def size(self) -> int:
+        return os.fstat(self.fd).st_size
+
+    def pread(self, offset: int, length: int) -> bytes:
+        return os.pread(self.fd, length, offset)
+
+    def copy_from(self, src_fd: int, src_off: int, dst_off: int, length: int) -> None:
+        """Copy bytes from another file, in the kernel where the file system allows."""
+        try:
+            _copy_range(src_fd, self.fd, src_off, dst_off, length)
+        except OSError as exc:
+            raise _io_error(f"writing {self.dest}", exc) from None
+
+    def move_range(self, src: int, dst: int, length: int) -> None:
+        """Copy ``length`` bytes from ``src`` to ``dst`` via a fresh temporary file
+        (the ranges may overlap) and continue with that file."""
+        other = temp_name(self.dest)
+        fd = os.open(other, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, self.mode)
+        try:
+            _copy_range(self.fd, fd, src, dst, length)
+        except OSError as exc:
+            os.close(fd)
+            os.unlink(other)
+            raise _io_error(f"writing {self.dest}", exc) from None
+        os.close(self.fd)
+        os.unlink(self.tmp)
+        self.fd, self.tmp = fd, other
+
+    def commit(self) -> None:
+        try:
+            os.fsync(self.fd)
+            os.close(self.fd)
+            self.fd = -1
+            if self.overwrite:
+                os.replace(self.tmp, self.dest)
+            else:
+                # link() fails if dest appeared meanwhile: never clobber without --force.
+                os.link(self.tmp, self.dest)
+                os.unlink(self.tmp)
+            fsync_dir(os.path.dirname(self.dest))
+        except FileExistsError:
+            raise OutputError("output.exists", f"{self.dest} appeared while writing") from None
+        except OSError as exc:
+            raise _io_error(f"finishing {self.dest}", exc) from None
+        self._committed = True
+
+    def abort(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.tmp)
+
+    def __enter__(self) -> AtomicFile:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if not self._committed:
+            self.abort()
+
+
+class AtomicDirectory:
+    """A directory that appears at ``dest`` only when :meth:`commit` succeeds.
+
+    ``dest`` may already exist only as an empty directory, which rename(2)
+    replaces atomically; anything else is refused.
+    """
+
+    def __init__(self, dest: str) -> None:
+        self.dest = os.path.abspath(dest)
+        if os.path.islink(self.dest) or (os.path.lexists(self.dest) and not self._empty_dir()):
+            raise OutputError("output.exists", f"{dest} exists and is not an empty directory")
+        parent = os.path.dirname(self.dest)
+        if not os.path.isdir(parent):
+            raise OutputError("output.io", f"directory {parent} does not exist")
+        self.tmp = temp_name(self.dest)
+        try:
+            os.mkdir(self.tmp, 0o755)
+        except OSError as exc:
+            raise _io_error(f"cannot create a directory next to {dest}", exc) from None
+        self._committed = False
+
+    def _empty_dir(self) -> bool:
+        return os.path.isdir(self.dest) and not os.listdir(self.dest)
+
+    def commit(self) -> None:
+        try:
+            if os.path.lexists(self.dest) and not self._empty_dir():
+                raise OutputError("output.exists", f"{self.dest} appeared while writing")
+            os.rename(self.tmp, self.dest)
+            fsync_dir(os.path.dirname(self.dest))
+        except OSError as exc:
+            raise _io_error(f"finishing {self.dest}", exc) from None
+        self._committed = True
+
+    def abort(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self) -> AtomicDirectory:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if not self._committed:
+            self.abort()

@@ -1,0 +1,42 @@
+"""Small-file I/O for keys and policies, and private-key files written 0600."""
+
+from __future__ import annotations
+
+import os
+
+from secpack.errors import InputError
+from secpack.transport.atomic import AtomicFile
+
+__all__ = ["read_small", "write_private", "write_public"]
+
+# Keys and policies are a few KiB; a cap stops a mistaken path (a model file) early.
+MAX_SMALL_FILE = 1 << 20
+
+
+def read_small(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_SMALL_FILE + 1)
+    except FileNotFoundError:
+        raise InputError("input.missing", f"{what} {path} does not exist") from None
+    except OSError as exc:
+        raise InputError("input.missing", f"{what} {path}: {exc.strerror}") from None
+    if len(data) > MAX_SMALL_FILE:
+        raise InputError("input.invalid", f"{what} {path} is larger than {MAX_SMALL_FILE} bytes")
+    return data
+
+
+def _write(path: str, data: bytes, mode: int, overwrite: bool) -> None:
+    with AtomicFile(path, overwrite=overwrite, mode=mode) as out:
+        os.fchmod(out.fd, mode)  # the umask may have narrowed it; set exactly
+        out.pwrite(0, data)
+        out.commit()
+
+
+def write_private(path: str, data: bytes, overwrite: bool = False) -> None:
+    """Write key material readable by its owner only (mode 0600, set before any byte)."""
+    _write(path, data, 0o600, overwrite)
+
+
+def write_public(path: str, data: bytes, overwrite: bool = False) -> None:
+    _write(path, data, 0o644, overwrite)

@@ -1,0 +1,116 @@
+"""Reading a model directory (or one file) to seal.
+
+Symlinks, devices, FIFOs and sockets are refused, as is any name that breaks
+the package path rules: secpack never seals what it would refuse to open.
+Files are opened with O_NOFOLLOW and re-checked at every read, so a file
+swapped for a symlink or changed in size during the seal is caught.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from secpack.errors import InputError
+from secpack.format.contents import MODE_MASK
+from secpack.format.limits import Limits
+from secpack.format.paths import collision_key, path_problem
+from secpack.package.plan import InputFile
+
+__all__ = ["InputDirectory", "scan_input"]
+
+
+@dataclass(frozen=True)
+class InputDirectory:
+    root: str  # the directory, or the parent of a single input file
+    files: Sequence[InputFile]
+    default_name: str
+
+    def read_at(self, path: str, offset: int, length: int) -> bytes:
+        full = os.path.join(self.root, *path.split("/"))
+        try:
+            fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+        except OSError as exc:
+            raise InputError("input.unsafe", f"{path}: cannot open ({exc.strerror})") from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise InputError("input.unsafe", f"{path} is no longer a regular file")
+            chunks = []
+            got = 0
+            while got < length:
+                chunk = os.pread(fd, length - got, offset + got)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                got += len(chunk)
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        finally:
+            os.close(fd)
+
+
+def _refuse(path: str, why: str) -> InputError:
+    return InputError("input.unsafe", f"{path}: {why}")
+
+
+def scan_input(source: str, limits: Limits) -> InputDirectory:
+    """List the regular files under ``source`` (a directory or one file)."""
+    try:
+        st = os.lstat(source)
+    except FileNotFoundError:
+        raise InputError("input.missing", f"{source} does not exist") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise _refuse(source, "is a symlink")
+    if stat.S_ISREG(st.st_mode):
+        root, base = os.path.split(os.path.abspath(source))
+        _check_name(base, limits)
+        return InputDirectory(
+            root, [InputFile(base, st.st_size, st.st_mode & MODE_MASK)], _stem(base)
+        )
+    if not stat.S_ISDIR(st.st_mode):
+        raise _refuse(source, "is not a regular file or directory")
+    root = os.path.abspath(source)
+    files: list[InputFile] = []
+    _walk(root, "", files, limits)
+    seen: dict[str, str] = {}
+    for f in files:
+        key = collision_key(f.path)
+        if key in seen:
+            raise _refuse(f.path, f"collides with {seen[key]!r} on case-insensitive systems")
+        seen[key] = f.path
+    return InputDirectory(root, files, os.path.basename(root.rstrip("/")) or "model")
+
+
+def _stem(name: str) -> str:
+    return name.rsplit(".", 1)[0] if "." in name[1:] else name
+
+
+def _check_name(rel: str, limits: Limits) -> None:
+    problem = path_problem(rel, limits.max_path_bytes)
+    if problem:
+        raise _refuse(rel, problem)
+
+
+def _walk(root: str, rel: str, out: list[InputFile], limits: Limits) -> None:
+    here = os.path.join(root, rel) if rel else root
+    try:
+        entries = sorted(os.scandir(here), key=lambda e: e.name)
+    except OSError as exc:
+        raise InputError("input.unsafe", f"{rel or '.'}: cannot list ({exc.strerror})") from None
+    for entry in entries:
+        name = entry.name
+        child = f"{rel}/{name}" if rel else name
+        _check_name(child, limits)
+        st = entry.stat(follow_symlinks=False)
+        if stat.S_ISLNK(st.st_mode):
+            raise _refuse(child, "is a symlink; secpack seals regular files only")
+        if stat.S_ISDIR(st.st_mode):
+            _walk(root, child, out, limits)
+        elif stat.S_ISREG(st.st_mode):
+            out.append(InputFile(child, st.st_size, st.st_mode & MODE_MASK))
+            if len(out) > limits.max_files:
+                raise InputError("input.invalid", f"more than {limits.max_files} files")
+        else:
+            raise _refuse(child, "is a device, FIFO or socket")

@@ -1,0 +1,57 @@
+"""The ``.spk`` file as a random-access byte source."""
+
+from __future__ import annotations
+
+import os
+import stat
+from types import TracebackType
+
+from secpack.errors import ContainerError, InputError
+
+__all__ = ["FileSource"]
+
+
+class FileSource:
+    """Positional reads from one package file; safe to share between threads."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        try:
+            self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise InputError("input.missing", f"{path} does not exist") from None
+        except OSError as exc:
+            raise InputError("input.missing", f"{path}: {exc.strerror}") from None
+        st = os.fstat(self.fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(self.fd)
+            raise InputError("input.invalid", f"{path} is not a regular file")
+        self.size = st.st_size
+        self.bytes_read = 0  # for tests and benchmarks of selective reads
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise ContainerError("container.framing", "read beyond the end of the package")
+        parts = []
+        got = 0
+        while got < length:
+            chunk = os.pread(self.fd, length - got, offset + got)
+            if not chunk:
+                raise ContainerError("container.framing", "package shrank while being read")
+            parts.append(chunk)
+            got += len(chunk)
+        self.bytes_read += got
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> FileSource:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
