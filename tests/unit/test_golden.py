@@ -1,0 +1,300 @@
+"""Golden vectors keep docs/FORMAT.md and the code together.
+
+- The sign-only vector is rebuilt from the fixed model, keys and time and must
+  come out bit for bit identical to the committed file.
+- Both vectors must verify and open with secpack.
+- An independent reader, written from docs/FORMAT.md with nothing but struct,
+  cbor2, hashlib, zstandard and cryptography (no secpack code), must verify
+  the signatures and reproduce every file of the model from both vectors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import struct
+from pathlib import Path
+from typing import Any
+
+import cbor2
+import pytest
+import zstandard
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, x25519
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.hpke import AEAD, KDF, KEM, Suite
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from secpack.api.extract import extract
+from secpack.api.keyfiles import load_identity
+from secpack.api.verify import verify
+from secpack.errors import SecpackError
+from secpack.sign.policy import policy_from_keys
+
+ROOT = Path(__file__).resolve().parents[2]
+VECTORS = ROOT / "tests" / "vectors"
+KEYS = ROOT / "keys-example"
+
+_spec = importlib.util.spec_from_file_location("golden_generate", VECTORS / "generate.py")
+assert _spec and _spec.loader
+gen = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(gen)
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    target = tmp_path_factory.mktemp("golden") / "golden"
+    gen.build_model(target)
+    return target
+
+
+def _policy(*names: str) -> Any:
+    return policy_from_keys([(n, (KEYS / n).read_bytes()) for n in names])
+
+
+def test_sign_only_vector_is_reproduced_bit_for_bit(
+    model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "0")  # the generator sets its own
+    out = tmp_path / "again.spk"
+    gen.seal_plain(model, out)
+    assert out.read_bytes() == (VECTORS / gen.PLAIN).read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("vector", "trust", "identity"),
+    [
+        (gen.PLAIN, ["signing-ed25519.key.pub"], None),
+        (gen.PLAIN, ["signing-p256.key.pub"], None),
+        (gen.ENCRYPTED, ["signing-p384.key.pub"], "recipient-x25519.key"),
+    ],
+)
+def test_vectors_verify_and_open(
+    model: Path, tmp_path: Path, vector: str, trust: list[str], identity: str | None
+) -> None:
+    path = str(VECTORS / vector)
+    report = verify(path, _policy(*trust))
+    assert report.manifest.name == "golden" and report.manifest.version == 3
+    ids = [load_identity(str(KEYS / identity))] if identity else []
+    extract(path, str(tmp_path / "out"), identities=ids, policy=_policy(*trust))
+    assert _tree(tmp_path / "out") == _tree(model)
+
+
+def test_encrypted_vector_refuses_untrusted_signer_and_wrong_identity(tmp_path: Path) -> None:
+    path = str(VECTORS / gen.ENCRYPTED)
+    with pytest.raises(SecpackError) as err:
+        verify(path, _policy("signing-ed25519.key.pub"))
+    assert err.value.code == "sig.untrusted"
+    with pytest.raises(SecpackError) as err:
+        extract(
+            path,
+            str(tmp_path / "out"),
+            identities=[load_identity(str(KEYS / "other-recipient-x25519.key"))],
+            policy=_policy("signing-p384.key.pub"),
+        )
+    assert err.value.code == "key.no-recipient"
+    assert not (tmp_path / "out").exists()
+
+
+# --- an independent reader, written from docs/FORMAT.md only -----------------------
+
+
+def _canonical(obj: Any) -> bytes:
+    return bytes(cbor2.dumps(obj, canonical=True))
+
+
+def _hkdf(ikm: bytes, salt: bytes, info: bytes) -> bytes:
+    return HKDF(hashes.SHA256(), 32, salt, info).derive(ikm)
+
+
+def _kid(pub: Any) -> bytes:
+    der = pub.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(der).digest()
+
+
+def _check_signatures(section: bytes, manifest: bytes, trusted: list[Any]) -> int:
+    by_kid = {_kid(k): k for k in trusted}
+    good = 0
+    for entry in cbor2.loads(section)["signatures"]:
+        assert entry["type"] == "cose-sign1"
+        tag = cbor2.loads(entry["data"])
+        assert tag.tag == 18
+        protected, unprotected, payload, sig = tag.value
+        assert unprotected == {} and payload is None
+        header = cbor2.loads(protected)
+        key = by_kid.get(header[4])
+        if key is None:
+            continue
+        tbs = _canonical(["Signature1", protected, b"", manifest])
+        if header[1] == -8:
+            key.verify(sig, tbs)
+        else:
+            size, algo = {-7: (32, hashes.SHA256()), -35: (48, hashes.SHA384())}[header[1]]
+            r, s = int.from_bytes(sig[:size], "big"), int.from_bytes(sig[size:], "big")
+            key.verify(encode_dss_signature(r, s), tbs, ec.ECDSA(algo))
+        good += 1
+    return good
+
+
+def _zstd(frame: bytes, size: int) -> bytes:
+    assert frame[:4] == b"\x28\xb5\x2f\xfd"
+    assert zstandard.get_frame_parameters(frame).content_size == size
+    return zstandard.ZstdDecompressor().decompress(frame, allow_extra_data=False)
+
+
+def _decode(codec: dict[str, Any], payload: bytes, plain: int) -> bytes:
+    if codec["id"] == "raw":
+        return payload
+    if codec["id"] == "zstd":
+        return _zstd(payload, plain)
+    if codec["id"] == "const":
+        return payload * (plain // codec["width"])
+    w, n = codec["width"], plain // codec["width"]
+    planes, pos = [], 0
+    for p in codec["planes"]:
+        chunk = payload[pos : pos + p["size"]]
+        pos += p["size"]
+        planes.append(chunk if p["id"] == "raw" else _zstd(chunk, n))
+    out = bytearray(plain)
+    for k, plane in enumerate(planes):
+        out[k::w] = plane
+    if codec["rot"]:
+        bits = 8 * w
+        mask = (1 << bits) - 1
+        for i in range(n):
+            v = int.from_bytes(out[i * w : (i + 1) * w], "little")
+            v = ((v >> 1) | (v << (bits - 1))) & mask
+            out[i * w : (i + 1) * w] = v.to_bytes(w, "little")
+    return bytes(out)
+
+
+def _units(contents: dict[str, Any]) -> list[tuple[str, str, int, bool]]:
+    units: list[tuple[str, str, int, bool]] = []
+
+    def add(kind: str, name: str, count: int) -> None:
+        units.extend((kind, name, i, i == count - 1) for i in range(count))
+
+    for index, f in enumerate(contents["files"]):
+        first, count = f["segments"]
+        if f["format"] == "raw":
+            add("file", f["path"], count)
+            continue
+        tensors = [t for t in contents["tensors"] if t["file"] == index]
+        add("header", f["path"], count - sum(t["segments"][1] for t in tensors))
+        for t in tensors:
+            add("tensor", t["name"], t["segments"][1])
+    return units
+
+
+def spec_read(
+    path: Path, trusted: list[Any], identity: x25519.X25519PrivateKey | None
+) -> dict[str, bytes]:
+    data = path.read_bytes()
+    magic, version, r1, m_len, i_len, b_len, r2 = struct.unpack(">8sHHIIQI", data[:32])
+    assert (magic, version, r1, r2) == (b"\x89SPK\r\n\x1a\n", 1, 0, 0)
+    manifest_bytes = data[32 : 32 + m_len]
+    blobs_off = 32 + m_len + i_len
+    sigs_off = blobs_off + b_len
+    assert data[sigs_off : sigs_off + 4] == b"SIGS"
+    (s_len,) = struct.unpack(">I", data[sigs_off + 4 : sigs_off + 8])
+    assert sigs_off + 8 + s_len == len(data)
+    manifest = cbor2.loads(manifest_bytes)
+    assert _canonical(manifest) == manifest_bytes
+    assert _check_signatures(data[sigs_off + 8 :], manifest_bytes, trusted) >= 1
+
+    blob_offsets, pos = [], 0
+    for blob in manifest["blobs"]:
+        blob_offsets.append(pos)
+        assert (
+            hashlib.sha256(data[blobs_off + pos : blobs_off + pos + blob["size"]]).digest()
+            == blob["digest"]
+        )
+        pos += blob["size"]
+    index = cbor2.loads(data[32 + m_len : blobs_off])
+    assert index["offsets"] == blob_offsets and set(index["pad"]) <= {0}
+
+    files: dict[str, bytes] = {}
+    fill: dict[int, int] = {}
+    for comp in manifest["components"]:
+        name, enc = comp["name"], comp["encryption"]
+        stored = []
+        for seg in comp["segments"]:
+            start = blobs_off + blob_offsets[seg["blob"]] + fill.get(seg["blob"], 0)
+            fill[seg["blob"]] = fill.get(seg["blob"], 0) + seg["stored"]
+            chunk = data[start : start + seg["stored"]]
+            assert hashlib.sha256(chunk).digest() == seg["digest"]
+            stored.append(chunk)
+        dek = None
+        raw_contents = comp["contents"]
+        if enc is not None:
+            assert identity is not None
+            mine = _kid(identity.public_key())
+            stanza = next(r for r in enc["recipients"] if r["kid"] == mine)
+            suite = Suite(KEM.X25519, KDF.HKDF_SHA256, AEAD.AES_256_GCM)
+            dek = suite.decrypt(
+                stanza["enc"] + stanza["wrapped"],
+                identity,
+                info=_canonical(["secpack/1 dek", name]),
+            )
+            assert _hkdf(dek, b"", b"secpack/1 key commitment") == enc["commitment"]
+            key = _hkdf(dek, enc["contents_salt"], b"secpack/1 contents key")
+            raw_contents = AESGCM(key).decrypt(
+                bytes(12), raw_contents, _canonical(["secpack/1 contents", name])
+            )
+        contents = cbor2.loads(raw_contents)
+        units = _units(contents)
+        plain_segments = []
+        for i, (seg, chunk) in enumerate(zip(comp["segments"], stored, strict=True)):
+            payload = chunk
+            if dek is not None:
+                kind, unit, part, last = units[i]
+                aad = _canonical(
+                    ["secpack/1 segment", name, kind, unit, part, last, seg["plain"], seg["codec"]]
+                )
+                key = _hkdf(dek, seg["salt"], b"secpack/1 segment key")
+                payload = AESGCM(key).decrypt(bytes(12), chunk, aad)
+            plain_segments.append(_decode(seg["codec"], payload, seg["plain"]))
+        for f in contents["files"]:
+            first, count = f["segments"]
+            files[f["path"]] = b"".join(plain_segments[first : first + count])
+            assert len(files[f["path"]]) == f["size"]
+    return files
+
+
+def _public(name: str) -> Any:
+    return serialization.load_pem_public_key((KEYS / name).read_bytes())
+
+
+def test_independent_reader_decodes_sign_only_vector(model: Path) -> None:
+    files = spec_read(VECTORS / gen.PLAIN, [_public("signing-ed25519.key.pub")], None)
+    assert files == _tree(model)
+
+
+def test_independent_reader_decodes_encrypted_vector(model: Path) -> None:
+    pem = (KEYS / "recipient-x25519.key").read_bytes()
+    identity = serialization.load_pem_private_key(pem, None)
+    assert isinstance(identity, x25519.X25519PrivateKey)
+    files = spec_read(VECTORS / gen.ENCRYPTED, [_public("signing-p384.key.pub")], identity)
+    assert files == _tree(model)
+
+
+def test_golden_vectors_exercise_every_codec() -> None:
+    seen = set()
+    for vector in (gen.PLAIN, gen.ENCRYPTED):
+        data = (VECTORS / vector).read_bytes()
+        (m_len,) = struct.unpack(">I", data[12:16])
+        manifest = cbor2.loads(data[32 : 32 + m_len])
+        for comp in manifest["components"]:
+            seen.update(seg["codec"]["id"] for seg in comp["segments"])
+    assert seen == {"raw", "zstd", "bg", "const"}

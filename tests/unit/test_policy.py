@@ -1,0 +1,105 @@
+"""Trust policies: the shipped files parse, and bad policies are refused by code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from secpack.api.keyfiles import resolve_policy
+from secpack.errors import PolicyError, SecpackError
+from secpack.recipes.keys import generate_signing, public_pem
+from secpack.sign.policy import Policy, parse_duration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _keys(tmp: Path, *names: str) -> None:
+    (tmp / "keys").mkdir(exist_ok=True)
+    for n in names:
+        (tmp / "keys" / n).write_bytes(public_pem(generate_signing("ed25519").public_key()))
+
+
+def test_dev_policy_trusts_the_example_key() -> None:
+    policy = resolve_policy([], str(ROOT / "policies" / "dev.toml"))
+    assert len(policy.keys) == 1 and policy.threshold == 1
+
+
+@pytest.mark.parametrize("name", ["default.toml", "strict.toml"])
+def test_shipped_policies_parse_once_keys_exist(tmp_path: Path, name: str) -> None:
+    text = (ROOT / "policies" / name).read_text()
+    (tmp_path / name).write_text(text)
+    _keys(tmp_path, "release.pub", "release-a.pub", "release-b.pub", "release-c.pub")
+    policy = resolve_policy([], str(tmp_path / name))
+    if name == "strict.toml":
+        assert policy.threshold == 2 and policy.require_expires and policy.max_age == 90 * 86400
+        assert policy.limits.max_signatures == 16
+        assert policy.required_components == ("config", "weights")
+
+
+def test_default_policy_without_its_key_is_an_error() -> None:
+    with pytest.raises(SecpackError) as err:
+        resolve_policy([], str(ROOT / "policies" / "default.toml"))
+    assert err.value.code == "input.missing"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "version = 2\n[trust]\nkeys = ['keys/a.pub']",
+        "version = 1",
+        "version = 1\n[trust]\nkeys = []",
+        "version = 1\n[trust]\nkeys = ['keys/a.pub']\nthreshold = 2",
+        "version = 1\n[trust]\nkeys = ['keys/a.pub']\nthreshold = 0",
+        "version = 1\n[trust]\nkeys = ['keys/a.pub']\nalgorithms = ['rsa']",
+        "version = 1\n[trust]\nkeys = ['keys/a.pub']\nsurprise = 1",
+        "version = 1\n[trust]\nkeys = ['keys/a.pub']\n[limits]\nmax_signatures = -1",
+        "version = 1\n[trust]\nkeys = ['keys/a.pub']\n[limits]\nmax_everything = 1",
+        "version = 1\n[trust]\nkeys = ['keys/a.pub']\n[freshness]\nmax_age = 'soon'",
+        "version = 1\n[trust\n",
+    ],
+)
+def test_bad_policies(tmp_path: Path, text: str) -> None:
+    _keys(tmp_path, "a.pub")
+    (tmp_path / "p.toml").write_text(text)
+    with pytest.raises(PolicyError) as err:
+        resolve_policy([], str(tmp_path / "p.toml"))
+    assert err.value.code == "policy.invalid"
+
+
+def test_no_trust_anchor(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SECPACK_POLICY", raising=False)
+    with pytest.raises(PolicyError) as err:
+        resolve_policy([], None)
+    assert err.value.code == "policy.none"
+
+
+def test_policy_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SECPACK_POLICY", str(ROOT / "policies" / "dev.toml"))
+    assert resolve_policy([], None).threshold == 1
+
+
+def test_trust_and_policy_together_is_refused() -> None:
+    with pytest.raises(PolicyError):
+        resolve_policy(
+            [str(ROOT / "keys-example" / "signing-ed25519.key.pub")],
+            str(ROOT / "policies" / "dev.toml"),
+        )
+
+
+def test_a_recipient_key_cannot_be_trusted_for_signing() -> None:
+    with pytest.raises(SecpackError) as err:
+        resolve_policy([str(ROOT / "keys-example" / "recipient-x25519.key.pub")], None)
+    assert err.value.code == "policy.invalid"
+
+
+def test_empty_policy_is_misuse() -> None:
+    with pytest.raises(PolicyError):
+        Policy(keys={})
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("90d", 7776000), ("12h", 43200), ("2w", 1209600)])
+def test_durations(text: str, seconds: int) -> None:
+    assert parse_duration(text) == seconds
+    with pytest.raises(ValueError):
+        parse_duration("0d")

@@ -1,0 +1,154 @@
+"""Golden-vector generator: fixed model, fixed keys (keys-example/), fixed time,
+fixed randomness. Run it to (re)build the vectors after a deliberate format
+change, and say so in docs/FORMAT.md in the same commit:
+
+    .venv/bin/python tests/vectors/generate.py
+
+The sign-only vector is rebuilt bit for bit by the tests. The encrypted vector
+cannot be: HPKE draws its ephemeral key inside cryptography, so the tests
+check that it still opens (and that an independent reader following
+docs/FORMAT.md decodes it) instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+KEYS = ROOT / "keys-example"
+# 2026-01-01T00:00:00Z: a fixed creation time for every vector.
+EPOCH = 1767225600
+PLAIN = "plain-signed.spk"
+ENCRYPTED = "encrypted.spk"
+
+
+def _f32(values: list[float]) -> bytes:
+    return struct.pack(f"<{len(values)}f", *values)
+
+
+def _bf16_from_f32(data: bytes) -> bytes:
+    # bf16 is the top half of an fp32: take bytes 2..3 of each little-endian element.
+    return b"".join(data[i + 2 : i + 4] for i in range(0, len(data), 4))
+
+
+def _safetensors(tensors: list[tuple[str, str, list[int], bytes]]) -> bytes:
+    header: dict[str, object] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, dtype, shape, data in tensors:
+        header[name] = {
+            "dtype": dtype,
+            "shape": shape,
+            "data_offsets": [offset, offset + len(data)],
+        }
+        offset += len(data)
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    return struct.pack("<Q", len(raw)) + raw + b"".join(t[3] for t in tensors)
+
+
+def build_model(target: Path) -> None:
+    """A small model with every feature the format must round-trip. Values come
+    from integer arithmetic only, so the bytes are the same on every platform."""
+    target.mkdir(parents=True, exist_ok=False)
+    weights = _f32([((i * 37) % 97 - 48) / 16.0 for i in range(64 * 16)])
+    tensors = [
+        ("embed.weight", "F32", [64, 16], weights),
+        ("embed.bf16", "BF16", [64, 16], _bf16_from_f32(weights)),
+        ("norm.f16", "F16", [8], struct.pack("<8e", *[i / 4 for i in range(8)])),
+        ("pos.ids", "I64", [5], struct.pack("<5q", 0, 1, 2, -3, 2**40)),
+        ("mask", "BOOL", [6], bytes([1, 0, 1, 1, 0, 0])),
+        ("empty", "F32", [0, 4], b""),
+        ("scale", "F32", [], _f32([0.5])),
+        ("pruned", "F32", [256], bytes(1024)),
+    ]
+    (target / "model.safetensors").write_bytes(_safetensors(tensors))
+    (target / "config.json").write_text('{"hidden_size": 16, "model_type": "golden"}\n')
+    (target / "tokenizer.json").write_text('{"version": "1.0", "vocab": {"a": 0, "b": 1}}\n')
+    (target / "vocab.txt").write_text("[PAD]\na\nb\n")
+    (target / "empty.txt").write_bytes(b"")
+    (target / "sub" / "deep").mkdir(parents=True)
+    (target / "sub" / "deep" / "notes.md").write_text("# golden\n" * 50)
+
+
+@contextmanager
+def fixed_randomness(seed: bytes = b"secpack golden vectors") -> Iterator[None]:
+    """Replace the CSPRNG behind DEKs and salts with a deterministic stream."""
+    from secpack.recipes import aead
+
+    counter = [0]
+
+    def deterministic(n: int) -> bytes:
+        counter[0] += 1
+        return hashlib.sha256(seed + counter[0].to_bytes(8, "big")).digest()[:n]
+
+    original = aead.random_bytes
+    aead.random_bytes = deterministic
+    try:
+        yield
+    finally:
+        aead.random_bytes = original
+
+
+def seal_plain(model: Path, out: Path) -> None:
+    from secpack.api.keyfiles import load_signing_key
+    from secpack.api.seal import seal
+
+    os.environ["SOURCE_DATE_EPOCH"] = str(EPOCH)
+    seal(
+        str(model),
+        str(out),
+        name="golden",
+        version=3,
+        encrypt=False,
+        sign_keys=[
+            load_signing_key(str(KEYS / "signing-ed25519.key")),
+            load_signing_key(str(KEYS / "signing-p256.key")),
+        ],
+    )
+
+
+def seal_encrypted(model: Path, out: Path) -> None:
+    from secpack.api.keyfiles import load_recipient, load_signing_key
+    from secpack.api.seal import seal
+
+    os.environ["SOURCE_DATE_EPOCH"] = str(EPOCH)
+    with fixed_randomness():
+        seal(
+            str(model),
+            str(out),
+            name="golden",
+            version=3,
+            expires="2100-01-01T00:00:00Z",
+            sign_keys=[load_signing_key(str(KEYS / "signing-p384.key"))],
+            recipients=[
+                (None, load_recipient(str(KEYS / "recipient-x25519.key.pub"))),
+                ("config", load_recipient(str(KEYS / "other-recipient-x25519.key.pub"))),
+            ],
+        )
+
+
+def main() -> None:
+    import tempfile
+
+    sys.path.insert(0, str(ROOT))
+    with tempfile.TemporaryDirectory() as tmp:
+        model = Path(tmp) / "golden"
+        build_model(model)
+        for name, fn in ((PLAIN, seal_plain), (ENCRYPTED, seal_encrypted)):
+            target = HERE / name
+            if target.exists():
+                target.unlink()
+            fn(model, target)
+            print(f"wrote {target} ({target.stat().st_size} bytes)")
+
+
+if __name__ == "__main__":
+    main()
