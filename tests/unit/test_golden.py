@@ -186,7 +186,7 @@ def _units(contents: dict[str, Any]) -> list[tuple[str, str, int, bool]]:
         units.extend((kind, name, i, i == count - 1) for i in range(count))
 
     for index, f in enumerate(contents["files"]):
-        first, count = f["segments"]
+        count = f["segments"][1]
         if f["format"] == "raw":
             add("file", f["path"], count)
             continue
