@@ -65,9 +65,14 @@ def test_sign_only_vector_is_reproduced_bit_for_bit(
     model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "0")  # the generator sets its own
-    out = tmp_path / "again.spk"
-    gen.seal_plain(model, out)
-    assert out.read_bytes() == (VECTORS / gen.PLAIN).read_bytes()
+    first, second = tmp_path / "first.spk", tmp_path / "second.spk"
+    gen.seal_plain(model, first)
+    gen.seal_plain(model, second)
+    assert first.read_bytes() == second.read_bytes()
+    # zstd's output may change between libzstd releases; the committed vector is the
+    # reference for the libzstd it was generated with (the other tests still open it).
+    if (VECTORS / "ZSTD_VERSION").read_text().strip() == gen.zstd_version():
+        assert first.read_bytes() == (VECTORS / gen.PLAIN).read_bytes()
 
 
 @pytest.mark.parametrize(

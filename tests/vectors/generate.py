@@ -135,6 +135,12 @@ def seal_encrypted(model: Path, out: Path) -> None:
         )
 
 
+def zstd_version() -> str:
+    import zstandard
+
+    return ".".join(map(str, zstandard.ZSTD_VERSION))
+
+
 def main() -> None:
     import tempfile
 
@@ -148,6 +154,8 @@ def main() -> None:
                 target.unlink()
             fn(model, target)
             print(f"wrote {target} ({target.stat().st_size} bytes)")
+    # Compressed bytes are only reproducible with the same libzstd (see the tests).
+    (HERE / "ZSTD_VERSION").write_text(zstd_version() + "\n")
 
 
 if __name__ == "__main__":
