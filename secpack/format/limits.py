@@ -28,8 +28,10 @@ class Limits:
     max_signatures: int = 64
     # Nesting in our schemas is at most 6 deep; 16 rejects stack-exhaustion games early.
     max_cbor_depth: int = 16
-    # Every segment record is ~10 items, so 4 M items is ~400 k segments (1.6 TiB at 4 MiB).
-    max_cbor_items: int = 4_000_000
+    # A segment record is ~40 CBOR items (a 4-plane fp32 codec record included), so
+    # 2 M items is ~50 k segments: 200 GiB at 4 MiB segments, 800 GiB at 16 MiB. The
+    # strict scan costs ~1 us per item, which bounds a hostile "items bomb" to ~2 s.
+    max_cbor_items: int = 2_000_000
     max_components: int = 1024
     max_recipients: int = 64
     max_segments: int = 1_000_000
