@@ -13,11 +13,14 @@ from secpack.errors import SecpackError
 __version__ = "0.1.0"
 
 __all__ = [
+    "Package",
     "SecpackError",
     "__version__",
     "add_signature",
     "extract",
     "inspect",
+    "load",
+    "open_package",
     "seal",
     "verify",
 ]
@@ -28,11 +31,15 @@ _LAZY = {
     "extract": "secpack.api.extract",
     "inspect": "secpack.api.inspect",
     "add_signature": "secpack.api.signing",
+    "open_package": "secpack.api.loader",
+    "load": "secpack.api.loader",
+    "Package": "secpack.api.loader",
 }
 
 if TYPE_CHECKING:
     from secpack.api.extract import extract
     from secpack.api.inspect import inspect
+    from secpack.api.loader import Package, load, open_package
     from secpack.api.seal import seal
     from secpack.api.signing import add_signature
     from secpack.api.verify import verify

@@ -131,6 +131,8 @@ CODES: dict[str, str] = {
     "fresh.expired": "package has expired",
     "fresh.max-age": "package is older than the policy's maximum age",
     "fresh.future": "package claims a creation time in the future",
+    "fresh.rollback": "package is older than a version already seen from the same signer",
+    "state.corrupt": "the rollback-protection state file cannot be read",
     # integrity (one opaque code)
     "integrity": "integrity check failed",
     # keys

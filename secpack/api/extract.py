@@ -12,11 +12,12 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric import x25519
 
-from secpack.api.common import NullProgress, Progress, now
+from secpack.api.common import NullProgress, Progress
+from secpack.api.trust import establish_trust, remember_version
 from secpack.format.manifest import Manifest
 from secpack.package.decode import OpenComponent
 from secpack.package.parallel import ordered
-from secpack.package.reader import check_trust, read_header, select_components
+from secpack.package.reader import select_components
 from secpack.sign.policy import Policy, Signer
 from secpack.transport.atomic import AtomicDirectory
 from secpack.transport.outdir import OutputTree
@@ -64,6 +65,7 @@ def extract(
     threads: int = 0,
     progress: Progress | None = None,
     expected_name: str | None = None,
+    allow_downgrade: bool = False,
 ) -> ExtractReport:
     """Verify ``package`` against ``policy``, then decrypt the selected components
     (all by default) with ``identities`` and write their files under ``output``.
@@ -75,8 +77,12 @@ def extract(
     progress = progress or NullProgress()
     threads = threads or os.cpu_count() or 1
     with FileSource(package) as src:
-        header = read_header(src, policy.limits)
-        signers = check_trust(header, policy, now(), expected_name)
+        header, signers = establish_trust(
+            src,
+            policy,
+            expected_name=expected_name,
+            allow_downgrade=allow_downgrade,
+        )
         indices = select_components(header.manifest, components)
         # Unwrap every key and validate every contents table before writing a byte.
         opened = [OpenComponent(src, header, i, identities, policy.limits) for i in indices]
@@ -109,6 +115,7 @@ def extract(
                             tree.finish(done.fd, done.path)
                 tree.close()
             target.commit()
+        remember_version(header, signers, policy)
     return ExtractReport(
         path=package,
         output=output,

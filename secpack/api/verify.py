@@ -6,14 +6,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from secpack.api.common import NullProgress, Progress, now
+from secpack.api.common import NullProgress, Progress
+from secpack.api.trust import establish_trust
 from secpack.format.manifest import Manifest
-from secpack.package.reader import (
-    check_trust,
-    read_header,
-    select_components,
-    verify_segments,
-)
+from secpack.package.reader import select_components, verify_segments
 from secpack.sign.policy import Policy, Signer
 from secpack.transport.spkfile import FileSource
 
@@ -38,6 +34,7 @@ def verify(
     threads: int = 0,
     progress: Progress | None = None,
     expected_name: str | None = None,
+    allow_downgrade: bool = False,
 ) -> VerifyReport:
     """Check framing, the strict manifest, signatures against ``policy``, freshness,
     and the digest of every stored segment. Decrypts nothing.
@@ -48,8 +45,12 @@ def verify(
     started = time.perf_counter()
     progress = progress or NullProgress()
     with FileSource(package) as src:
-        header = read_header(src, policy.limits)
-        signers = check_trust(header, policy, now(), expected_name)
+        header, signers = establish_trust(
+            src,
+            policy,
+            expected_name=expected_name,
+            allow_downgrade=allow_downgrade,
+        )
         indices = select_components(header.manifest, components)
         progress.start(sum(header.manifest.components[i].stored_size for i in indices), "verifying")
         verify_segments(src, header, indices, threads, progress.advance)

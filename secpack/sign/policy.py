@@ -58,6 +58,9 @@ class Policy:
     # Accept `created` at most this far in the future (clock skew between machines).
     max_clock_skew: int = 300
     required_components: tuple[str, ...] = ()
+    # Refuse a version lower than one already seen from the same signer (fresh.rollback).
+    rollback: bool = True
+    state_dir: str | None = None  # None: secpack.transport.state.default_state_dir()
     limits: Limits = field(default=DEFAULT_LIMITS)
     name: str = "<command line>"
 
@@ -111,7 +114,7 @@ def _check_keys(doc: dict[str, Any], allowed: set[str], where: str) -> None:
 
 
 def _from_doc(doc: dict[str, Any], read_key: Callable[[str], bytes], name: str) -> Policy:
-    _check_keys(doc, {"version", "trust", "freshness", "components", "limits"}, name)
+    _check_keys(doc, {"version", "trust", "freshness", "components", "rollback", "limits"}, name)
     if doc.get("version") != 1:
         raise PolicyError("policy.invalid", f"{name}: version must be 1")
     trust = doc.get("trust")
@@ -152,6 +155,14 @@ def _from_doc(doc: dict[str, Any], read_key: Callable[[str], bytes], name: str) 
     if "required" in comps:
         req = _expect(comps, "required", list, "components")
         kwargs["required_components"] = tuple(str(c) for c in req)
+    rollback = doc.get("rollback", {})
+    if not isinstance(rollback, dict):
+        raise PolicyError("policy.invalid", f"{name}: [rollback] must be a table")
+    _check_keys(rollback, {"protect", "state_dir"}, f"{name} [rollback]")
+    if "protect" in rollback:
+        kwargs["rollback"] = _expect(rollback, "protect", bool, "rollback")
+    if "state_dir" in rollback:
+        kwargs["state_dir"] = _expect(rollback, "state_dir", str, "rollback")
     kwargs["limits"] = _limits(doc.get("limits", {}), name)
     return Policy(**kwargs)
 

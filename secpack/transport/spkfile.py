@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 from types import TracebackType
 
 from secpack.errors import ContainerError, InputError
@@ -28,6 +29,7 @@ class FileSource:
             raise InputError("input.invalid", f"{path} is not a regular file")
         self.size = st.st_size
         self.bytes_read = 0  # for tests and benchmarks of selective reads
+        self._count_lock = threading.Lock()
 
     def read_at(self, offset: int, length: int) -> bytes:
         if offset < 0 or length < 0 or offset + length > self.size:
@@ -40,7 +42,8 @@ class FileSource:
                 raise ContainerError("container.framing", "package shrank while being read")
             parts.append(chunk)
             got += len(chunk)
-        self.bytes_read += got
+        with self._count_lock:
+            self.bytes_read += got
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def close(self) -> None:

@@ -1,0 +1,423 @@
+"""The runtime loader: selective, lazy tensors behind refuse-before-decode.
+
+::
+
+    import secpack
+    with secpack.open_package("m.spk", identity="r.key", policy="prod.toml") as pkg:
+        w = pkg.tensor("encoder.layer.0.attention.self.query.weight")
+        sd = pkg.state_dict("weights")
+
+Signatures, freshness and rollback are checked once, in :func:`open_package`.
+After that a tensor's segments are read, digest-checked, decrypted and decoded
+only when that tensor is asked for, straight into a 64-byte-aligned buffer of
+the tensor's exact size. A :class:`Package` is safe to share between threads.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import struct
+import threading
+import warnings
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric import x25519
+
+from secpack.api.trust import establish_trust, remember_version
+from secpack.errors import SecpackError, TensorError
+from secpack.format.contents import FileEntry, TensorRecord
+from secpack.format.manifest import Manifest
+from secpack.package.decode import OpenComponent
+from secpack.package.parallel import ordered
+from secpack.sign.policy import Policy, Signer
+from secpack.transport.spkfile import FileSource
+
+__all__ = ["ComponentInfo", "DtypeWarning", "Package", "load", "open_package"]
+
+# Arrays start on a 64-byte boundary: cache-line and AVX-512 aligned, as
+# torch and numpy kernels prefer.
+ALIGNMENT = 64
+
+_NUMPY_DTYPES = {
+    "BOOL": "|b1",
+    "U8": "|u1",
+    "I8": "|i1",
+    "I16": "<i2",
+    "U16": "<u2",
+    "F16": "<f2",
+    "I32": "<i4",
+    "U32": "<u4",
+    "F32": "<f4",
+    "I64": "<i8",
+    "U64": "<u8",
+    "F64": "<f8",
+}
+# Types numpy lacks: served by ml_dtypes when installed, else as raw unsigned integers.
+_ML_DTYPES = {
+    "BF16": ("bfloat16", "<u2"),
+    "F8_E4M3": ("float8_e4m3fn", "|u1"),
+    "F8_E5M2": ("float8_e5m2", "|u1"),
+}
+
+
+class DtypeWarning(UserWarning):
+    """A tensor came back as raw unsigned integers because ml_dtypes is not installed."""
+
+
+def numpy_dtype(dtype: str) -> np.dtype[Any]:
+    if dtype in _NUMPY_DTYPES:
+        return np.dtype(_NUMPY_DTYPES[dtype])
+    name, raw = _ML_DTYPES[dtype]
+    try:
+        import ml_dtypes
+    except ImportError:
+        warnings.warn(
+            f"{dtype} tensors are returned as {np.dtype(raw).name} bit patterns: "
+            "install ml_dtypes to get the real dtype",
+            DtypeWarning,
+            stacklevel=3,
+        )
+        return np.dtype(raw)
+    found: np.dtype[Any] = np.dtype(getattr(ml_dtypes, name))
+    return found
+
+
+def _aligned_buffer(nbytes: int) -> np.ndarray:
+    raw = np.empty(nbytes + ALIGNMENT, dtype=np.uint8)
+    shift = (-raw.ctypes.data) % ALIGNMENT
+    return raw[shift : shift + nbytes]
+
+
+def make_array(buffer: np.ndarray, record: TensorRecord) -> np.ndarray:
+    """Step 12: the array, from a fully decoded and checked buffer."""
+    dtype = numpy_dtype(record.dtype)
+    if buffer.nbytes != record.length or record.length % dtype.itemsize:
+        raise TensorError("tensor.invalid", f"{record.name}: buffer size disagrees with its type")
+    return buffer.view(dtype).reshape(record.shape)
+
+
+@dataclass(frozen=True)
+class ComponentInfo:
+    name: str
+    kind: str
+    size: int
+    stored_size: int
+    encrypted: bool
+
+
+def _as_identities(identity: Any) -> list[x25519.X25519PrivateKey]:
+    from secpack.api.keyfiles import load_identity
+
+    if identity is None:
+        return []
+    items = identity if isinstance(identity, (list, tuple)) else [identity]
+    out = []
+    for item in items:
+        if isinstance(item, x25519.X25519PrivateKey):
+            out.append(item)
+        elif isinstance(item, (str, os.PathLike)):
+            out.append(load_identity(os.fspath(item)))
+        else:
+            raise TypeError("identity must be a path or an X25519PrivateKey (or a list of them)")
+    return out
+
+
+def _as_policy(
+    policy: Policy | str | os.PathLike[str] | None, trust: Sequence[Any] | None
+) -> Policy:
+    from secpack.api.keyfiles import resolve_policy
+
+    if isinstance(policy, Policy):
+        if trust:
+            raise ValueError("give either trust or policy, not both")
+        return policy
+    return resolve_policy(
+        [os.fspath(t) for t in trust or []], os.fspath(policy) if policy else None
+    )
+
+
+class Package:
+    """An open, trusted package. Create it with :func:`open_package`."""
+
+    def __init__(
+        self,
+        src: FileSource,
+        policy: Policy,
+        identities: list[x25519.X25519PrivateKey],
+        threads: int,
+        expected_name: str | None,
+        allow_downgrade: bool,
+    ) -> None:
+        self._src = src
+        self._policy = policy
+        self._identities = identities
+        self._lock = threading.Lock()
+        self._components: dict[int, OpenComponent] = {}
+        self._threads = threads or os.cpu_count() or 1
+        self._pool: ThreadPoolExecutor | None = None
+        self._header, signers = establish_trust(
+            src, policy, expected_name=expected_name, allow_downgrade=allow_downgrade
+        )
+        remember_version(self._header, signers, policy)
+        self.signers: tuple[Signer, ...] = tuple(signers)
+
+    # --- public metadata -----------------------------------------------------------
+
+    @property
+    def manifest(self) -> Manifest:
+        return self._header.manifest
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def version(self) -> int:
+        return self.manifest.version
+
+    @property
+    def manifest_digest(self) -> bytes:
+        return self._header.digest
+
+    @property
+    def components(self) -> list[ComponentInfo]:
+        return [
+            ComponentInfo(c.name, c.kind, c.size, c.stored_size, c.encryption is not None)
+            for c in self.manifest.components
+        ]
+
+    @property
+    def bytes_read(self) -> int:
+        """Bytes read from the package file so far (header included)."""
+        return self._src.bytes_read
+
+    # --- components ----------------------------------------------------------------
+
+    def _component(self, name: str) -> OpenComponent:
+        index = next((i for i, c in enumerate(self.manifest.components) if c.name == name), -1)
+        if index < 0:
+            raise SecpackError(
+                "component.unknown",
+                f"no component {name!r} (have {', '.join(c.name for c in self.manifest.components)})",
+            )
+        with self._lock:
+            opened = self._components.get(index)
+            if opened is None:
+                opened = OpenComponent(
+                    self._src, self._header, index, self._identities, self._policy.limits
+                )
+                self._components[index] = opened
+            return opened
+
+    def _tensor_components(self) -> Iterable[OpenComponent]:
+        for comp in self.manifest.components:
+            if comp.kind in ("weights", "adapter"):
+                yield self._component(comp.name)
+
+    def _find(self, name: str, component: str | None) -> tuple[OpenComponent, TensorRecord]:
+        candidates = [self._component(component)] if component else self._tensor_components()
+        for comp in candidates:
+            for record in comp.contents.tensors:
+                if record.name == name:
+                    return comp, record
+        raise KeyError(name)
+
+    def tensor_names(self, component: str = "weights") -> list[str]:
+        return [t.name for t in self._component(component).contents.tensors]
+
+    def tensor_info(self, name: str, component: str | None = None) -> TensorRecord:
+        return self._find(name, component)[1]
+
+    def files(self, component: str) -> list[FileEntry]:
+        return list(self._component(component).contents.files)
+
+    # --- decoding ------------------------------------------------------------------
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="secpack-load")
+            return self._pool
+
+    def _decode_many(self, work: list[tuple[OpenComponent, int, memoryview]]) -> None:
+        if len(work) == 1:
+            comp, seg, out = work[0]
+            comp.decode_into(seg, out)
+            return
+        jobs = [functools.partial(c.decode_into, s, o) for c, s, o in work]
+        for _ in ordered(self._executor(), jobs, 2 * self._threads + 2):
+            pass
+
+    @staticmethod
+    def _segments_into(
+        comp: OpenComponent, first: int, count: int, buffer: np.ndarray
+    ) -> list[tuple[OpenComponent, int, memoryview]]:
+        view = buffer.data.cast("B")
+        work, pos = [], 0
+        for seg in range(first, first + count):
+            size = comp.component.segments[seg].plain
+            work.append((comp, seg, view[pos : pos + size]))
+            pos += size
+        return work
+
+    def tensor(self, name: str, component: str | None = None) -> np.ndarray:
+        """Decode one tensor; reads only that tensor's segments. Raises ``KeyError``
+        when no readable component has it, :class:`SecpackError` on any check."""
+        comp, record = self._find(name, component)
+        buffer = _aligned_buffer(record.length)
+        self._decode_many(self._segments_into(comp, record.first, record.count, buffer))
+        return make_array(buffer, record)
+
+    def state_dict(self, component: str = "weights", framework: str = "numpy") -> dict[str, Any]:
+        """Every tensor of ``component``, decoded in parallel, as ``name -> array``."""
+        comp = self._component(component)
+        buffers: list[tuple[TensorRecord, np.ndarray]] = []
+        work = []
+        for record in comp.contents.tensors:
+            buffer = _aligned_buffer(record.length)
+            buffers.append((record, buffer))
+            work.extend(self._segments_into(comp, record.first, record.count, buffer))
+        if work:
+            self._decode_many(work)
+        arrays = {record.name: make_array(buffer, record) for record, buffer in buffers}
+        if framework == "numpy":
+            return arrays
+        if framework == "torch":
+            return {r.name: _to_torch(arrays[r.name], r.dtype) for r, _ in buffers}
+        raise ValueError(f"framework must be 'numpy' or 'torch', not {framework!r}")
+
+    def read_file(self, component: str, path: str) -> bytes:
+        """The exact bytes of one original file of ``component``."""
+        comp = self._component(component)
+        for entry in comp.contents.files:
+            if entry.path == path:
+                buffer = np.empty(entry.size, dtype=np.uint8)
+                if entry.count:
+                    self._decode_many(self._segments_into(comp, entry.first, entry.count, buffer))
+                return buffer.tobytes()
+        raise KeyError(path)
+
+    def export_safetensors(
+        self,
+        names: Sequence[str] | None = None,
+        component: str = "weights",
+        path: str | None = None,
+    ) -> bytes | None:
+        """A safetensors file of the chosen tensors (all of ``component`` by default).
+        Returns the bytes, or writes them atomically to ``path`` and returns None."""
+        comp = self._component(component)
+        wanted = set(names) if names is not None else None
+        records = [r for r in comp.contents.tensors if wanted is None or r.name in wanted]
+        if wanted is not None and len(records) != len(wanted):
+            raise KeyError(sorted(wanted - {r.name for r in records}))
+        header: dict[str, Any] = {}
+        offset = 0
+        for r in records:
+            header[r.name] = {
+                "dtype": r.dtype,
+                "shape": list(r.shape),
+                "data_offsets": [offset, offset + r.length],
+            }
+            offset += r.length
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)
+        body = np.empty(offset, dtype=np.uint8)
+        work, pos = [], 0
+        for r in records:
+            work.extend(self._segments_into(comp, r.first, r.count, body[pos : pos + r.length]))
+            pos += r.length
+        if work:
+            self._decode_many(work)
+        data = struct.pack("<Q", len(raw)) + raw + body.tobytes()
+        if path is None:
+            return data
+        from secpack.transport.atomic import AtomicFile
+
+        with AtomicFile(path) as out:
+            out.pwrite(0, data)
+            out.commit()
+        return None
+
+    # --- lifetime ------------------------------------------------------------------
+
+    def close(self) -> None:
+        with self._lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
+        self._src.close()
+
+    def __enter__(self) -> Package:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def _to_torch(array: np.ndarray, dtype: str) -> Any:
+    try:
+        import torch
+    except ImportError:
+        raise ValueError("framework='torch' needs torch to be installed") from None
+    special = {
+        "BF16": torch.bfloat16,
+        "F8_E4M3": getattr(torch, "float8_e4m3fn", None),
+        "F8_E5M2": getattr(torch, "float8_e5m2", None),
+    }
+    if dtype in special:
+        raw = array.view(np.uint16 if dtype == "BF16" else np.uint8)
+        target = special[dtype]
+        if target is None:
+            raise ValueError(f"this torch has no dtype for {dtype}")
+        return torch.from_numpy(raw.copy()).view(target)
+    return torch.from_numpy(array)
+
+
+def open_package(
+    path: str | os.PathLike[str],
+    *,
+    identity: Any = None,
+    policy: Policy | str | os.PathLike[str] | None = None,
+    trust: Sequence[str | os.PathLike[str]] | None = None,
+    expected_name: str | None = None,
+    allow_downgrade: bool = False,
+    threads: int = 0,
+) -> Package:
+    """Open and trust a package for loading.
+
+    ``identity``: X25519 private key(s), as paths or key objects, for encrypted
+    components. Trust comes from ``policy`` (a :class:`Policy` or a TOML path),
+    ``trust`` (public key paths), or ``$SECPACK_POLICY``; there is no default.
+
+    Raises :class:`SecpackError` for anything unsigned, untrusted, expired, a
+    downgrade, or malformed, before any tensor is decoded.
+    """
+    pol = _as_policy(policy, trust)
+    identities = _as_identities(identity)
+    src = FileSource(os.fspath(path))
+    try:
+        return Package(src, pol, identities, threads, expected_name, allow_downgrade)
+    except BaseException:
+        src.close()
+        raise
+
+
+def load(
+    path: str | os.PathLike[str],
+    *,
+    component: str = "weights",
+    framework: str = "numpy",
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """Open, trust and return every tensor of ``component`` in one call."""
+    with open_package(path, **kwargs) as pkg:
+        return pkg.state_dict(component, framework)

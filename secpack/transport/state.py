@@ -1,0 +1,115 @@
+"""Rollback protection state: the highest version seen per package name and signer.
+
+One small JSON file per state directory, read and rewritten under an exclusive
+``fcntl`` lock and replaced atomically, so concurrent loaders in several
+processes never lose an update or see a half-written file. A state file that
+cannot be parsed fails closed (``state.corrupt``): silently starting over would
+re-open the door to downgrades.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from collections.abc import Iterator, Sequence
+
+from secpack.errors import FreshnessError, SecpackError
+from secpack.transport.atomic import fsync_dir, temp_name
+
+__all__ = ["VersionState", "default_state_dir"]
+
+STATE_ENV = "SECPACK_STATE_DIR"
+_FILE = "versions.json"
+_LOCK = "versions.lock"
+_FORMAT = 1
+
+
+def default_state_dir() -> str:
+    """``$SECPACK_STATE_DIR``, else ``$XDG_STATE_HOME/secpack``, else ``~/.local/state/secpack``."""
+    explicit = os.environ.get(STATE_ENV)
+    if explicit:
+        return explicit
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "state"
+    )
+    return os.path.join(base, "secpack")
+
+
+class VersionState:
+    def __init__(self, directory: str | None = None) -> None:
+        self.directory = directory or default_state_dir()
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[dict[str, dict[str, int]]]:
+        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        lock_fd = os.open(
+            os.path.join(self.directory, _LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
+        )
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            data = self._read()
+            before = json.dumps(data, sort_keys=True)
+            yield data
+            if json.dumps(data, sort_keys=True) != before:
+                self._write(data)
+        finally:
+            fcntl.flock(lock_fd, fcntl.LOCK_UN)
+            os.close(lock_fd)
+
+    def _path(self) -> str:
+        return os.path.join(self.directory, _FILE)
+
+    def _read(self) -> dict[str, dict[str, int]]:
+        try:
+            with open(self._path(), "rb") as fh:
+                doc = json.loads(fh.read(16 << 20))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError):
+            raise SecpackError("state.corrupt", f"{self._path()} cannot be read") from None
+        packages = doc.get("packages") if isinstance(doc, dict) else None
+        if doc.get("format") != _FORMAT or not isinstance(packages, dict):
+            raise SecpackError("state.corrupt", f"{self._path()} is not a secpack state file")
+        for signers in packages.values():
+            if not isinstance(signers, dict) or not all(type(v) is int for v in signers.values()):
+                raise SecpackError("state.corrupt", f"{self._path()} holds malformed entries")
+        return packages
+
+    def _write(self, packages: dict[str, dict[str, int]]) -> None:
+        path = self._path()
+        tmp = temp_name(path)
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump({"format": _FORMAT, "packages": packages}, fh, sort_keys=True, indent=1)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        fsync_dir(self.directory)
+
+    def check(
+        self,
+        name: str,
+        signers: Sequence[bytes],
+        version: int,
+        *,
+        record: bool,
+        allow_downgrade: bool,
+    ) -> int | None:
+        """Refuse ``version`` if any of ``signers`` was seen signing a higher version of
+        ``name`` (``fresh.rollback``) unless ``allow_downgrade``; optionally record it.
+        Returns the highest version previously seen, if any."""
+        with self._locked() as packages:
+            seen = packages.setdefault(name, {})
+            highest = max((seen.get(s.hex(), 0) for s in signers), default=0) or None
+            if highest is not None and version < highest and not allow_downgrade:
+                raise FreshnessError(
+                    "fresh.rollback",
+                    f"{name} v{version} is older than v{highest}, already seen from the same signer",
+                )
+            if record:
+                for s in signers:
+                    seen[s.hex()] = max(seen.get(s.hex(), 0), version)
+            if not seen:
+                del packages[name]
+            return highest
