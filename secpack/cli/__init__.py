@@ -45,6 +45,13 @@ PassEnvOpt = Annotated[
     str | None,
     typer.Option("--passphrase-env", metavar="VAR", help="Read the key passphrase from $VAR."),
 ]
+DowngradeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-downgrade",
+        help="Accept a version older than one already seen from the same signer (logged).",
+    ),
+]
 ThreadsOpt = Annotated[int, typer.Option("--threads", help="Worker threads (0: one per CPU).")]
 
 

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from secpack.cli import (
+    DowngradeOpt,
     JsonOpt,
     PassEnvOpt,
     PolicyOpt,
@@ -179,6 +180,7 @@ def verify(
         list[str] | None, typer.Option("--component", help="Check only these components.")
     ] = None,
     name: Annotated[str | None, typer.Option(help="Require this package name.")] = None,
+    allow_downgrade: DowngradeOpt = False,
     threads: ThreadsOpt = 0,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -202,6 +204,7 @@ def verify(
                 threads=threads,
                 progress=bar,
                 expected_name=name,
+                allow_downgrade=allow_downgrade,
             )
         finally:
             bar.stop()
@@ -251,6 +254,7 @@ def open_(
         list[str] | None, typer.Option("--component", help="Open only these components.")
     ] = None,
     name: Annotated[str | None, typer.Option(help="Require this package name.")] = None,
+    allow_downgrade: DowngradeOpt = False,
     threads: ThreadsOpt = 0,
     passphrase_env: PassEnvOpt = None,
     as_json: JsonOpt = False,
@@ -279,6 +283,7 @@ def open_(
                 threads=threads,
                 progress=bar,
                 expected_name=name,
+                allow_downgrade=allow_downgrade,
             )
         finally:
             bar.stop()

@@ -1,0 +1,355 @@
+"""The runtime loader: exact arrays, selective reads, rollback and freeze protection,
+refuse-before-decode, and thread safety."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import logging
+import multiprocessing
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import secpack
+from secpack.api.keyfiles import load_recipient, load_signing_key
+from secpack.api.seal import seal
+from secpack.errors import SecpackError
+from secpack.sign.policy import Policy, policy_from_keys
+
+ROOT = Path(__file__).resolve().parents[2]
+KEYS = ROOT / "keys-example"
+
+
+def _source_tensors(path: Path) -> dict[str, tuple[str, list[int], bytes]]:
+    data = path.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + n])
+    header.pop("__metadata__", None)
+    base = 8 + n
+    return {
+        name: (
+            v["dtype"],
+            v["shape"],
+            data[base + v["data_offsets"][0] : base + v["data_offsets"][1]],
+        )
+        for name, v in header.items()
+    }
+
+
+def _write_safetensors(path: Path, tensors: dict[str, np.ndarray], dtypes: dict[str, str]) -> None:
+    header: dict[str, Any] = {}
+    blobs, offset = [], 0
+    for name, arr in tensors.items():
+        raw = arr.tobytes()
+        header[name] = {
+            "dtype": dtypes[name],
+            "shape": list(arr.shape),
+            "data_offsets": [offset, offset + len(raw)],
+        }
+        blobs.append(raw)
+        offset += len(raw)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(struct.pack("<Q", len(text)) + text + b"".join(blobs))
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("loader") / "m"
+    root.mkdir()
+    rng = np.random.default_rng(7)
+    f32 = rng.standard_normal((3000, 700)).astype(np.float32)  # ~8 MiB: several segments
+    tensors = {
+        "big.f32": f32,
+        "small.bf16": (f32[:10, :16].view(np.uint32) >> 16).astype(np.uint16),
+        "half": rng.standard_normal((33, 7)).astype(np.float16),
+        "ids": np.arange(-50, 50, dtype=np.int64),
+        "flags": rng.random(17) > 0.5,
+        "empty": np.zeros((0, 3), dtype=np.float32),
+        "scalar": np.array(2.5, dtype=np.float64),
+        "i8": np.arange(-5, 5, dtype=np.int8),
+        "u16": np.arange(9, dtype=np.uint16),
+    }
+    dtypes = {
+        "big.f32": "F32",
+        "small.bf16": "BF16",
+        "half": "F16",
+        "ids": "I64",
+        "flags": "BOOL",
+        "empty": "F32",
+        "scalar": "F64",
+        "i8": "I8",
+        "u16": "U16",
+    }
+    _write_safetensors(root / "model.safetensors", tensors, dtypes)
+    (root / "config.json").write_text('{"layers": 1}')
+    return root
+
+
+def _seal(model: Path, out: Path, **kw: Any) -> Path:
+    kw.setdefault("sign_keys", [load_signing_key(str(KEYS / "signing-ed25519.key"))])
+    kw.setdefault("recipients", [(None, load_recipient(str(KEYS / "recipient-x25519.key.pub")))])
+    seal(str(model), str(out), **kw)
+    return out
+
+
+@pytest.fixture(scope="module")
+def package(model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _seal(model, tmp_path_factory.mktemp("pkg") / "m.spk")
+
+
+def _open(path: Path, **kw: Any) -> secpack.Package:
+    kw.setdefault("identity", str(KEYS / "recipient-x25519.key"))
+    kw.setdefault("trust", [str(KEYS / "signing-ed25519.key.pub")])
+    return secpack.open_package(path, **kw)
+
+
+def test_arrays_equal_the_source_bytes_and_types(model: Path, package: Path) -> None:
+    source = _source_tensors(model / "model.safetensors")
+    expected_dtype = {
+        "F32": "float32",
+        "F16": "float16",
+        "I64": "int64",
+        "BOOL": "bool",
+        "F64": "float64",
+        "I8": "int8",
+        "U16": "uint16",
+        "BF16": "uint16",
+    }
+    with _open(package) as pkg, pytest.warns(secpack.api.loader.DtypeWarning):
+        sd = pkg.state_dict("weights")
+        assert set(sd) == set(source)
+        for name, (dtype, shape, raw) in source.items():
+            arr = sd[name]
+            assert arr.tobytes() == raw and list(arr.shape) == shape
+            assert arr.dtype.name == expected_dtype[dtype]
+            assert arr.size == 0 or arr.ctypes.data % 64 == 0
+            assert np.array_equal(pkg.tensor(name), arr)
+        assert pkg.read_file("config", "config.json") == (model / "config.json").read_bytes()
+        assert (
+            pkg.read_file("weights", "model.safetensors")
+            == (model / "model.safetensors").read_bytes()
+        )
+        with pytest.raises(KeyError):
+            pkg.tensor("missing")
+        with pytest.raises(SecpackError) as err:
+            pkg.state_dict("nope")
+        assert err.value.code == "component.unknown"
+
+
+def test_export_safetensors_round_trips(package: Path, model: Path, tmp_path: Path) -> None:
+    source = _source_tensors(model / "model.safetensors")
+    with _open(package) as pkg:
+        pkg.export_safetensors(["big.f32", "ids"], path=str(tmp_path / "sub.safetensors"))
+        full = pkg.export_safetensors()
+    part = _source_tensors(tmp_path / "sub.safetensors")
+    assert set(part) == {"big.f32", "ids"} and part["ids"] == source["ids"]
+    assert full is not None
+    (tmp_path / "full.safetensors").write_bytes(full)
+    assert _source_tensors(tmp_path / "full.safetensors") == source
+
+
+def test_torch_framework(package: Path) -> None:
+    torch = pytest.importorskip("torch")
+    with _open(package) as pkg:
+        sd = pkg.state_dict("weights", framework="torch")
+        assert sd["small.bf16"].dtype == torch.bfloat16
+        assert torch.equal(sd["ids"], torch.arange(-50, 50, dtype=torch.int64))
+
+
+def test_one_tensor_reads_only_header_signatures_and_its_segments(package: Path) -> None:
+    with _open(package) as pkg:
+        header_bytes = pkg.bytes_read
+        sigs_and_header = pkg._header.layout.manifest_len + pkg._header.layout.index_len
+        assert header_bytes < sigs_and_header + 32 + 8 + len(pkg._header.signature_section) + 1
+        weights = next(c for c in pkg.manifest.components if c.name == "weights")
+        record = pkg.tensor_info("ids")
+        expected = sum(
+            s.stored for s in weights.segments[record.first : record.first + record.count]
+        )
+        pkg.tensor("ids")
+        assert pkg.bytes_read - header_bytes == expected
+        assert pkg.bytes_read < 0.02 * package.stat().st_size
+
+
+def test_eight_threads_share_one_package(package: Path, model: Path) -> None:
+    source = _source_tensors(model / "model.safetensors")
+    names = sorted(source) * 6
+    with _open(package) as pkg, concurrent.futures.ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda n: (n, pkg.tensor(n).tobytes()), names))
+    for name, raw in results:
+        assert raw == source[name][2]
+
+
+def test_rollback_protection(model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    v1 = _seal(model, tmp_path / "v1.spk", version=1)
+    v2 = _seal(model, tmp_path / "v2.spk", version=2)
+    _open(v1).close()
+    _open(v2).close()
+    with pytest.raises(SecpackError) as err:
+        _open(v1)
+    assert err.value.code == "fresh.rollback"
+    with caplog.at_level(logging.WARNING, logger="secpack"):
+        _open(v1, allow_downgrade=True).close()
+    assert "downgrade" in caplog.text
+    # The same version again is fine.
+    _open(v2).close()
+
+
+def test_rollback_is_per_signer(model: Path, tmp_path: Path) -> None:
+    other = load_signing_key(str(KEYS / "signing-p256.key"))
+    v5 = _seal(model, tmp_path / "v5.spk", version=5, sign_keys=[other])
+    v1 = _seal(model, tmp_path / "v1.spk", version=1)
+    _open(v5, trust=[str(KEYS / "signing-p256.key.pub")]).close()
+    _open(v1).close()  # a different signer's track
+
+
+def test_expired_package_is_refused(
+    model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pkg = _seal(model, tmp_path / "e.spk", expires="1h")
+    from secpack.api import trust
+
+    real_now = trust.now
+    monkeypatch.setattr(trust, "now", lambda: real_now() + 7200)
+    with pytest.raises(SecpackError) as err:
+        _open(pkg)
+    assert err.value.code == "fresh.expired"
+
+
+class _Tripwire:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from secpack.api import loader
+        from secpack.codec import segment, zstd
+        from secpack.recipes import aead
+
+        self.calls: list[str] = []
+        for module, name in (
+            (aead, "open_"),
+            (segment, "decode"),
+            (zstd, "decompress"),
+            (loader, "make_array"),
+        ):
+            monkeypatch.setattr(module, name, self._trap(name, getattr(module, name)))
+
+    def _trap(self, name: str, fn: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            self.calls.append(name)
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+
+def _malformed_header(src: Path, dst: Path) -> Path:
+    data = bytearray(src.read_bytes())
+    data[40] ^= 0xFF  # inside the manifest
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+@pytest.mark.parametrize(
+    ("case", "code"),
+    [
+        ("unsigned", "sig.missing"),
+        ("untrusted", "sig.untrusted"),
+        ("threshold", "sig.threshold"),
+        ("expired", "fresh.expired"),
+        ("downgrade", "fresh.rollback"),
+        ("malformed", None),
+    ],
+)
+def test_refuse_before_decode(
+    case: str,
+    code: str | None,
+    model: Path,
+    package: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    kwargs: dict[str, Any] = {}
+    if case == "unsigned":
+        target = _seal(model, tmp_path / "u.spk", sign_keys=[])
+    elif case == "untrusted":
+        target = _seal(
+            model,
+            tmp_path / "t.spk",
+            sign_keys=[load_signing_key(str(KEYS / "untrusted-ed25519.key"))],
+        )
+    elif case == "threshold":
+        target = package
+        both = policy_from_keys(
+            [
+                (n, (KEYS / n).read_bytes())
+                for n in ("signing-ed25519.key.pub", "signing-p256.key.pub")
+            ],
+            threshold=2,
+        )
+        kwargs = {"policy": both, "trust": None}
+    elif case == "expired":
+        target = _seal(model, tmp_path / "e.spk", expires="1h")
+        from secpack.api import trust
+
+        real_now = trust.now
+        monkeypatch.setattr(trust, "now", lambda: real_now() + 7200)
+    elif case == "downgrade":
+        _open(_seal(model, tmp_path / "v9.spk", version=9)).close()
+        target = _seal(model, tmp_path / "v3.spk", version=3)
+    else:
+        target = _malformed_header(package, tmp_path / "bad.spk")
+    trip = _Tripwire(monkeypatch)
+    with pytest.raises(SecpackError) as err, _open(target, **kwargs) as pkg:
+        pkg.state_dict("weights")
+    if code:
+        assert err.value.code == code
+    else:
+        assert err.value.code.split(".")[0] in ("cbor", "schema", "container", "integrity", "sig")
+    assert trip.calls == []
+
+
+def _bump(state_dir: str, version: int) -> None:
+    from secpack.transport.state import VersionState
+
+    for i in range(20):
+        VersionState(state_dir).check(
+            "pkg", [b"k" * 32], version * 100 + i, record=True, allow_downgrade=True
+        )
+
+
+def test_state_file_survives_concurrent_writers(tmp_path: Path) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(8) as pool:
+        pool.starmap(_bump, [(str(tmp_path), v) for v in range(8)])
+    from secpack.transport.state import VersionState
+
+    with pytest.raises(SecpackError) as err:
+        VersionState(str(tmp_path)).check(
+            "pkg", [b"k" * 32], 718, record=False, allow_downgrade=False
+        )
+    assert err.value.code == "fresh.rollback"
+    doc = json.loads((tmp_path / "versions.json").read_text())
+    assert doc["packages"]["pkg"][(b"k" * 32).hex()] == 719
+
+
+def test_corrupt_state_fails_closed(model: Path, package: Path, tmp_path: Path) -> None:
+    (tmp_path / "versions.json").write_text("{not json")
+    policy = Policy(
+        keys=policy_from_keys([("k", (KEYS / "signing-ed25519.key.pub").read_bytes())]).keys,
+        state_dir=str(tmp_path),
+    )
+    with pytest.raises(SecpackError) as err:
+        _open(package, policy=policy, trust=None)
+    assert err.value.code == "state.corrupt"
+
+
+def test_load_one_call(package: Path, model: Path) -> None:
+    source = _source_tensors(model / "model.safetensors")
+    tensors = secpack.load(
+        package,
+        identity=str(KEYS / "recipient-x25519.key"),
+        trust=[str(KEYS / "signing-ed25519.key.pub")],
+    )
+    assert tensors["ids"].tobytes() == source["ids"][2]
