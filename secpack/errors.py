@@ -133,6 +133,7 @@ CODES: dict[str, str] = {
     "fresh.future": "package claims a creation time in the future",
     "fresh.rollback": "package is older than a version already seen from the same signer",
     "state.corrupt": "the rollback-protection state file cannot be read",
+    "state.io": "the rollback-protection state cannot be stored",
     # integrity (one opaque code)
     "integrity": "integrity check failed",
     # keys

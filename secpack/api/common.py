@@ -42,11 +42,21 @@ def source_date_epoch() -> int:
 
 
 def parse_expires(text: str, created: int) -> int:
-    """An ISO-8601 time ('2027-01-01', '2027-01-01T00:00:00Z') or a duration ('90d')."""
+    """An ISO-8601 time ('2027-01-01', '2027-01-01T00:00:00Z') or a duration ('90d')
+    after ``created``. A time that has already passed is refused: the package would be
+    dead on arrival."""
     try:
-        return created + parse_duration(text)
+        value = created + parse_duration(text)
     except ValueError:
-        pass
+        value = _parse_time(text)
+    if value <= created:
+        raise InputError("input.invalid", f"--expires {text!r} is not after the creation time")
+    if value <= now():
+        raise InputError("input.invalid", f"--expires {text!r} has already passed")
+    return value
+
+
+def _parse_time(text: str) -> int:
     try:
         when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
@@ -55,7 +65,4 @@ def parse_expires(text: str, created: int) -> int:
         ) from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.UTC)
-    value = int(when.timestamp())
-    if value <= created:
-        raise InputError("input.invalid", f"--expires {text!r} is not after the creation time")
-    return value
+    return int(when.timestamp())

@@ -49,9 +49,9 @@ class _Job:
     last: bool  # last segment of its file: the consumer closes the file after it
 
 
-def _decode_job(job: _Job) -> _Job:
+def _decode_job(tree: OutputTree, job: _Job) -> _Job:
     out = job.comp.decode(job.seg)
-    OutputTree.pwrite(job.fd, job.offset, out, job.path)
+    tree.pwrite(job.fd, job.offset, out, job.path)
     return job
 
 
@@ -104,7 +104,7 @@ def extract(
                             for seg in range(f.first, f.first + f.count):
                                 last = seg == f.first + f.count - 1
                                 yield functools.partial(
-                                    _decode_job, _Job(comp, seg, fd, offset, f.path, last)
+                                    _decode_job, tree, _Job(comp, seg, fd, offset, f.path, last)
                                 )
                                 offset += plains[seg]
 

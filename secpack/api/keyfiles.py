@@ -39,6 +39,10 @@ def passphrase_from_env(var: str | None) -> bytes | None:
     value = os.environ.get(var)
     if value is None:
         raise KeyUseError("key.passphrase", f"environment variable {var} is not set")
+    if not value:
+        # An empty passphrase would mean "no encryption" to PEM writers: refuse it
+        # rather than silently write a plaintext key the user asked to protect.
+        raise KeyUseError("key.passphrase", f"environment variable {var} is empty")
     return value.encode("utf-8")
 
 

@@ -85,6 +85,8 @@ def seal(
     unless the whole package was written.
     """
     started = time.perf_counter()
+    # One signature per key, however often (or under however many paths) it is given.
+    sign_keys = list({key_id(k.public_key()): k for k in sign_keys}.values())
     if encrypt and not recipients:
         raise InputError("input.invalid", "no --recipient given (or use --no-encrypt)")
     if not encrypt and recipients:

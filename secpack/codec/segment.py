@@ -13,7 +13,9 @@ smaller, which lets the reader refuse any stored form larger than the raw one.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -37,17 +39,56 @@ class Encoded:
     payload: bytes
 
 
-def _rotl1(buf: bytes | memoryview, width: int) -> np.ndarray:
-    x = np.frombuffer(buf, dtype=_UINT[width])
-    bits = 8 * width
-    return (x << 1) | (x >> (bits - 1))
+# Elements per block when rotating: the block and its temporaries stay in the L2
+# cache, and the temporaries are reused, so no multi-megabyte array is allocated
+# (and page-faulted in) per segment.
+_BLOCK = 1 << 15
+_scratch_local = threading.local()
+
+
+def _scratch(name: str, count: int, dtype: np.dtype[Any]) -> np.ndarray:
+    """A per-thread reusable array of at least ``count`` elements."""
+    cache: dict[str, np.ndarray] = _scratch_local.__dict__.setdefault("arrays", {})
+    arr = cache.get(name)
+    if arr is None or arr.dtype != dtype or arr.size < count:
+        arr = np.empty(max(count, 1), dtype=dtype)
+        cache[name] = arr
+    return arr[:count]
+
+
+def _split_planes(buf: bytes | memoryview, width: int, rotate: bool) -> np.ndarray:
+    """Rotate each element left by one bit (optionally) and return its byte planes as
+    rows of a (width, n) array. The array is per-thread scratch: use it before the
+    next call on the same thread."""
+    dtype = _UINT[width]
+    x = np.frombuffer(buf, dtype=dtype)
+    n = len(x)
+    planes = _scratch("planes", width * n, np.dtype(np.uint8)).reshape(width, n)
+    if not rotate:
+        planes[:] = x.view(np.uint8).reshape(n, width).T
+        return planes
+    a = _scratch("rot_a", _BLOCK, dtype)
+    b = _scratch("rot_b", _BLOCK, dtype)
+    top = 8 * width - 1
+    for start in range(0, n, _BLOCK):
+        xb = x[start : start + _BLOCK]
+        m = len(xb)
+        np.left_shift(xb, 1, out=a[:m])
+        np.right_shift(xb, top, out=b[:m])
+        np.bitwise_or(a[:m], b[:m], out=a[:m])
+        planes[:, start : start + m] = a[:m].view(np.uint8).reshape(m, width).T
+    return planes
 
 
 def _rotr1_inplace(x: np.ndarray, width: int) -> None:
-    bits = 8 * width
-    low = x & 1
-    x >>= 1
-    x |= low << (bits - 1)
+    top = 8 * width - 1
+    t = _scratch("unrot", _BLOCK, x.dtype)
+    for start in range(0, len(x), _BLOCK):
+        xb = x[start : start + _BLOCK]
+        m = len(xb)
+        np.left_shift(xb, top, out=t[:m])
+        np.right_shift(xb, 1, out=xb)
+        np.bitwise_or(xb, t[:m], out=xb)
 
 
 def _is_constant(buf: memoryview, width: int) -> bool:
@@ -74,28 +115,26 @@ def encode(data: bytes | memoryview, width: int, grouped: bool, level: int) -> E
     w = width if width in _UINT and n % width == 0 else 1
     if _is_constant(view, w):
         return Encoded(Codec("const", width=w), bytes(view[:w]))
-    best = Encoded(Codec("raw"), bytes(view))
     if grouped and w > 1:
-        rotated = _rotl1(view, w).view(np.uint8).reshape(-1, w)
+        grid = _split_planes(view, w, rotate=True)
         planes: list[Plane] = []
-        parts: list[bytes] = []
+        parts: list[bytes | memoryview] = []
         for k in range(w):
-            plane = np.ascontiguousarray(rotated[:, k])
-            packed = zstd.compress_plane(plane.data)
+            plane = grid[k].data
+            packed = zstd.compress_plane(plane)
             if len(packed) < len(plane):
                 planes.append(Plane("zstd", len(packed)))
                 parts.append(packed)
             else:
                 planes.append(Plane("raw", len(plane)))
-                parts.append(plane.tobytes())
-        total = sum(p.size for p in planes)
-        if total < n:
-            best = Encoded(Codec("bg", width=w, rot=1, planes=tuple(planes)), b"".join(parts))
+                parts.append(plane)
+        if sum(p.size for p in planes) < n:
+            return Encoded(Codec("bg", width=w, rot=1, planes=tuple(planes)), b"".join(parts))
     else:
         packed = zstd.compress(view, level)
         if len(packed) < n:
-            best = Encoded(Codec("zstd", size=len(packed)), packed)
-    return best
+            return Encoded(Codec("zstd", size=len(packed)), packed)
+    return Encoded(Codec("raw"), bytes(view))
 
 
 def decode(codec: Codec, payload: bytes | memoryview, out: memoryview, max_window: int) -> None:

@@ -17,6 +17,7 @@ import shutil
 from types import TracebackType
 
 from secpack.errors import OutputError
+from secpack.transport.syncer import Syncer
 
 __all__ = ["TMP_MARKER", "AtomicDirectory", "AtomicFile", "fsync_dir", "temp_name"]
 
@@ -84,15 +85,21 @@ class AtomicFile:
         except OSError as exc:
             raise _io_error(f"cannot create a file next to {dest}", exc) from None
         self._committed = False
+        self._syncer: Syncer | None = None
 
     def pwrite(self, offset: int, data: bytes | memoryview) -> None:
         view = memoryview(data)
+        size = len(view)
         try:
             while view:
                 n = os.pwrite(self.fd, view, offset)
                 view, offset = view[n:], offset + n
         except OSError as exc:
             raise _io_error(f"writing {self.dest}", exc) from None
+        if self._syncer is None and size >= 1 << 20:
+            self._syncer = Syncer()
+        if self._syncer is not None:
+            self._syncer.wrote(self.fd, size)
 
     def size(self) -> int:
         return os.fstat(self.fd).st_size
@@ -118,11 +125,18 @@ class AtomicFile:
             os.close(fd)
             os.unlink(other)
             raise _io_error(f"writing {self.dest}", exc) from None
+        self._stop_syncer()
         os.close(self.fd)
         os.unlink(self.tmp)
         self.fd, self.tmp = fd, other
 
+    def _stop_syncer(self) -> None:
+        if self._syncer is not None:
+            syncer, self._syncer = self._syncer, None
+            syncer.close()
+
     def commit(self) -> None:
+        self._stop_syncer()
         try:
             os.fsync(self.fd)
             os.close(self.fd)
@@ -141,6 +155,8 @@ class AtomicFile:
         self._committed = True
 
     def abort(self) -> None:
+        with contextlib.suppress(OutputError):
+            self._stop_syncer()
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1

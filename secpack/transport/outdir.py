@@ -8,11 +8,13 @@ write fail instead of escaping the root.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from types import TracebackType
 
 from secpack.errors import OutputError
+from secpack.transport.syncer import Syncer
 
 __all__ = ["OutputTree"]
 
@@ -26,6 +28,7 @@ class OutputTree:
         self._dirs: dict[str, int] = {"": self.root_fd}
         self._files: set[int] = set()  # open file descriptors, closed on any exit
         self._lock = threading.Lock()
+        self._syncer = Syncer()
 
     def _dir(self, rel: str) -> int:
         fd = self._dirs.get(rel)
@@ -48,8 +51,9 @@ class OutputTree:
         parent, _, name = path.rpartition("/")
         with self._lock:
             dir_fd = self._dir(parent)
-        # Only the execute bit travels from the package; nothing group- or world-writable.
-        perm = 0o755 if mode & 0o111 else 0o644
+        # Owner read/write always; group and others keep at most read and execute, so a
+        # private (0600) file stays private and nothing becomes group- or world-writable.
+        perm = (mode & 0o755) | 0o600
         try:
             fd = os.open(name, _FILE_FLAGS, perm, dir_fd=dir_fd)
         except OSError as exc:
@@ -65,27 +69,26 @@ class OutputTree:
             self._files.add(fd)
         return fd
 
-    @staticmethod
-    def pwrite(fd: int, offset: int, data: bytes | bytearray | memoryview, path: str) -> None:
+    def pwrite(self, fd: int, offset: int, data: bytes | bytearray | memoryview, path: str) -> None:
         view = memoryview(data)
+        size = len(view)
         try:
             while view:
                 n = os.pwrite(fd, view, offset)
                 view, offset = view[n:], offset + n
         except OSError as exc:
             raise OutputError("output.io", f"writing {path}: {exc.strerror}") from None
+        self._syncer.wrote(fd, size)
 
     def finish(self, fd: int, path: str) -> None:
+        """The file is complete: its fsync and close go to the background syncer."""
         with self._lock:
             self._files.discard(fd)
-        try:
-            os.fsync(fd)
-        except OSError as exc:
-            raise OutputError("output.io", f"writing {path}: {exc.strerror}") from None
-        finally:
-            os.close(fd)
+        self._syncer.finish(fd, close=True)
 
     def close(self) -> None:
+        """Wait until every file is on disk, then sync and close the directories."""
+        self._syncer.close()
         for fd in self._dirs.values():
             os.fsync(fd)
             os.close(fd)
@@ -97,6 +100,8 @@ class OutputTree:
     def __exit__(
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
+        with contextlib.suppress(OutputError):
+            self._syncer.close()
         for fd in list(self._files) + list(self._dirs.values()):
             os.close(fd)
         self._files.clear()

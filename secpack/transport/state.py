@@ -65,7 +65,7 @@ class VersionState:
         try:
             with open(self._path(), "rb") as fh:
                 doc = json.loads(fh.read(16 << 20))
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return {}
         except (OSError, ValueError):
             raise SecpackError("state.corrupt", f"{self._path()} cannot be read") from None
@@ -80,12 +80,18 @@ class VersionState:
     def _write(self, packages: dict[str, dict[str, int]]) -> None:
         path = self._path()
         tmp = temp_name(path)
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump({"format": _FORMAT, "packages": packages}, fh, sort_keys=True, indent=1)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        fsync_dir(self.directory)
+        try:
+            with open(tmp, "w", encoding="utf-8") as fh:
+                json.dump({"format": _FORMAT, "packages": packages}, fh, sort_keys=True, indent=1)
+                fh.flush()
+                os.fsync(fh.fileno())
+            # Readers never lock: they see the old file or the new one, never a mix.
+            os.replace(tmp, path)
+            fsync_dir(self.directory)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise SecpackError("state.io", f"{path}: {exc.strerror}") from None
 
     def check(
         self,
@@ -97,19 +103,28 @@ class VersionState:
         allow_downgrade: bool,
     ) -> int | None:
         """Refuse ``version`` if any of ``signers`` was seen signing a higher version of
-        ``name`` (``fresh.rollback``) unless ``allow_downgrade``; optionally record it.
-        Returns the highest version previously seen, if any."""
+        ``name`` (``fresh.rollback``) unless ``allow_downgrade``; with ``record``, remember
+        it. Returns the highest version previously seen, if any. A check that records
+        nothing takes no lock and creates nothing."""
+        if not record:
+            return _compare(name, self._read().get(name, {}), signers, version, allow_downgrade)
         with self._locked() as packages:
             seen = packages.setdefault(name, {})
-            highest = max((seen.get(s.hex(), 0) for s in signers), default=0) or None
-            if highest is not None and version < highest and not allow_downgrade:
-                raise FreshnessError(
-                    "fresh.rollback",
-                    f"{name} v{version} is older than v{highest}, already seen from the same signer",
-                )
-            if record:
-                for s in signers:
-                    seen[s.hex()] = max(seen.get(s.hex(), 0), version)
+            highest = _compare(name, seen, signers, version, allow_downgrade)
+            for s in signers:
+                seen[s.hex()] = max(seen.get(s.hex(), 0), version)
             if not seen:
                 del packages[name]
             return highest
+
+
+def _compare(
+    name: str, seen: dict[str, int], signers: Sequence[bytes], version: int, allow_downgrade: bool
+) -> int | None:
+    highest = max((seen.get(s.hex(), 0) for s in signers), default=0) or None
+    if highest is not None and version < highest and not allow_downgrade:
+        raise FreshnessError(
+            "fresh.rollback",
+            f"{name} v{version} is older than v{highest}, already seen from the same signer",
+        )
+    return highest

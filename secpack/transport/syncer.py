@@ -1,0 +1,71 @@
+"""Flushing written data to disk in the background while work goes on.
+
+Output is made durable (fsync) before it is renamed into place. Doing all of
+that at the end would stall for as long as the disk needs to absorb the whole
+package; instead, write-back is started every ``every`` bytes on a background
+thread, so the final fsync only waits for the tail. One worker thread runs the
+requests in order, so a file's last fsync always runs after its earlier syncs
+and before its close.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from secpack.errors import OutputError
+
+__all__ = ["Syncer"]
+
+# Large enough that the sync calls are few, small enough that the tail is short.
+SYNC_EVERY = 64 << 20
+
+
+class Syncer:
+    def __init__(self, every: int = SYNC_EVERY) -> None:
+        self.every = every
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="secpack-sync")
+        self._lock = threading.Lock()
+        self._unsynced: dict[int, int] = {}
+        self._futures: list[Future[None]] = []
+
+    def wrote(self, fd: int, n: int) -> None:
+        with self._lock:
+            pending = self._unsynced.get(fd, 0) + n
+            if pending < self.every:
+                self._unsynced[fd] = pending
+                return
+            self._unsynced[fd] = 0
+            self._futures.append(self._pool.submit(os.fdatasync, fd))
+
+    def finish(self, fd: int, close: bool) -> None:
+        """Queue the file's final fsync (and close, which then belongs to the syncer)."""
+
+        def job() -> None:
+            try:
+                os.fsync(fd)
+            finally:
+                if close:
+                    os.close(fd)
+
+        with self._lock:
+            self._unsynced.pop(fd, None)
+            self._futures.append(self._pool.submit(job))
+
+    def wait(self) -> None:
+        """Wait for every queued sync; raise ``output.io`` if any failed."""
+        with self._lock:
+            futures, self._futures = self._futures, []
+        errors = [f.exception() for f in futures]
+        failed = next((e for e in errors if e is not None), None)
+        if isinstance(failed, OSError):
+            raise OutputError("output.io", f"flushing output to disk: {failed.strerror}")
+        if failed is not None:
+            raise failed
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            self._pool.shutdown(wait=True)

@@ -1,0 +1,458 @@
+"""Keys, trust and output safety through the CLI: who may open and verify what,
+the error code each refusal carries, and `secpack sign` adding a signature
+without touching the signed bytes."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from helpers import (
+    COMPONENT_FILES,
+    KeyPair,
+    KeyRing,
+    assert_same_tree,
+    fails,
+    leftovers,
+    ok,
+    run_cli,
+)
+
+from secpack.format.limits import DEFAULT_LIMITS
+from secpack.package.reader import read_header
+from secpack.transport.spkfile import FileSource
+
+
+def sigs_offset(pkg: Path) -> int:
+    with FileSource(str(pkg)) as src:
+        return read_header(src, DEFAULT_LIMITS).layout.sigs_off
+
+
+def signature_count(pkg: Path) -> int:
+    with FileSource(str(pkg)) as src:
+        return len(read_header(src, DEFAULT_LIMITS).signatures)
+
+
+def assert_no_output(out: Path) -> None:
+    assert leftovers(out.parent, out.name) == [], "output or a temporary was left behind"
+
+
+# --- keygen --------------------------------------------------------------------------------
+
+
+def test_keygen_files_and_refusals(tmp_path: Path) -> None:
+    key = tmp_path / "k.key"
+    first = ok("keygen", "signing", "-o", key, "--json").json()
+    assert key.stat().st_mode & 0o777 == 0o600
+    assert Path(f"{key}.pub").read_bytes().startswith(b"-----BEGIN PUBLIC KEY-----")
+    fails("output.exists", "keygen", "signing", "-o", key, "--json")
+    again = ok("keygen", "signing", "-o", key, "--force", "--json").json()
+    assert again["key_id"] != first["key_id"]
+    fails("input.invalid", "keygen", "signing", "-o", tmp_path / "x.key", "--alg", "rsa-2048")
+    assert not (tmp_path / "x.key").exists()
+
+
+def test_wrong_key_kinds(
+    tmp_path: Path, model_dir: Path, sealed: Path, release_key: KeyPair, server_key: KeyPair
+) -> None:
+    pkg = tmp_path / "p.spk"
+    # A recipient key cannot sign, and a signing key is not a recipient.
+    fails("key.invalid", "seal", model_dir, "-o", pkg, "--sign-key", server_key.private)
+    fails(
+        "key.invalid",
+        "seal",
+        model_dir,
+        "-o",
+        pkg,
+        "--sign-key",
+        release_key.private,
+        "--recipient",
+        release_key.public,
+    )
+    assert_no_output(pkg)
+    fails("policy.invalid", "verify", sealed, "--trust", server_key.public)
+    out = tmp_path / "out"
+    fails(
+        "key.invalid",
+        "open",
+        sealed,
+        "-o",
+        out,
+        "--identity",
+        release_key.private,
+        "--trust",
+        release_key.public,
+    )
+    assert_no_output(out)
+    fails("key.invalid", "sign", sealed, "--key", server_key.private)
+
+
+# --- trust ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_untrusted_signer(
+    tmp_path: Path, sealed: Path, keys: KeyRing, server_key: KeyPair, as_json: bool
+) -> None:
+    other = keys.signing("other")
+    flags = ["--json"] if as_json else []
+    fails("sig.untrusted", "verify", sealed, "--trust", other.public, *flags)
+    out = tmp_path / "out"
+    fails(
+        "sig.untrusted",
+        "open",
+        sealed,
+        "-o",
+        out,
+        "--identity",
+        server_key.private,
+        "--trust",
+        other.public,
+        *flags,
+    )
+    assert_no_output(out)
+
+
+def test_unsigned_package(
+    tmp_path: Path, model_dir: Path, release_key: KeyPair, server_key: KeyPair
+) -> None:
+    pkg = tmp_path / "unsigned.spk"
+    ok("seal", model_dir, "-o", pkg, "--recipient", server_key.public, "-q")
+    assert signature_count(pkg) == 0
+    fails("sig.missing", "verify", pkg, "--trust", release_key.public)
+    fails("sig.missing", "verify", pkg, "--trust", release_key.public, "--json")
+    out = tmp_path / "out"
+    args = ("--identity", server_key.private, "--trust", release_key.public)
+    fails("sig.missing", "open", pkg, "-o", out, *args)
+    assert_no_output(out)
+    # Signing it afterwards makes it acceptable.
+    ok("sign", pkg, "--key", release_key.private, "-q")
+    ok("verify", pkg, "--trust", release_key.public, "-q")
+    ok("open", pkg, "-o", out, *args, "-q")
+    assert_same_tree(model_dir, out)
+
+
+def test_no_trust_at_all(tmp_path: Path, sealed: Path, server_key: KeyPair) -> None:
+    # run_cli() removes SECPACK_POLICY from the environment.
+    fails("policy.none", "verify", sealed)
+    fails("policy.none", "verify", sealed, "--json")
+    out = tmp_path / "out"
+    fails("policy.none", "open", sealed, "-o", out, "--identity", server_key.private)
+    assert_no_output(out)
+    fails("policy.none", "inspect", sealed, "--identity", server_key.private)
+
+
+def test_policy_file_from_environment(
+    tmp_path: Path, sealed: Path, keys: KeyRing, release_key: KeyPair
+) -> None:
+    policy = tmp_path / "policy.toml"
+    policy.write_text(f'version = 1\n[trust]\nkeys = ["{release_key.public}"]\n')
+    ok("verify", sealed, "-q", env={"SECPACK_POLICY": str(policy)})
+    ok("verify", sealed, "--policy", policy, "-q")
+    fails("policy.invalid", "verify", sealed, "--policy", policy, "--trust", release_key.public)
+    other = keys.signing("other")
+    strict = tmp_path / "strict.toml"
+    strict.write_text(f'version = 1\n[trust]\nkeys = ["{other.public}"]\n')
+    fails("sig.untrusted", "verify", sealed, env={"SECPACK_POLICY": str(strict)})
+
+
+def test_wrong_identity(
+    tmp_path: Path, sealed: Path, keys: KeyRing, release_key: KeyPair, server_key: KeyPair
+) -> None:
+    stranger = keys.recipient("stranger")
+    out = tmp_path / "out"
+    trust = ("--trust", release_key.public)
+    fails("key.no-recipient", "open", sealed, "-o", out, "--identity", stranger.private, *trust)
+    assert_no_output(out)
+    fails("key.no-recipient", "open", sealed, "-o", out, *trust)  # no identity at all
+    assert_no_output(out)
+    fails(
+        "key.no-recipient",
+        "open",
+        sealed,
+        "-o",
+        out,
+        "--identity",
+        stranger.private,
+        *trust,
+        "--component",
+        "config",
+        "--json",
+    )
+    assert_no_output(out)
+    # A second identity that is a recipient is enough.
+    ids = ("--identity", stranger.private, "--identity", server_key.private)
+    ok("open", sealed, "-o", out, *ids, *trust, "-q")
+
+
+def test_per_component_recipients(
+    tmp_path: Path, model_dir: Path, keys: KeyRing, release_key: KeyPair, server_key: KeyPair
+) -> None:
+    """A recipient scoped to one component opens that component and nothing else."""
+    edge = keys.recipient("edge")
+    pkg = tmp_path / "p.spk"
+    ok(
+        "seal",
+        model_dir,
+        "-o",
+        pkg,
+        "--sign-key",
+        release_key.private,
+        "--recipient",
+        server_key.public,
+        "--recipient",
+        f"weights={edge.public}",
+        "-q",
+    )
+    trust = ("--trust", release_key.public)
+    out = tmp_path / "out"
+    fails("key.no-recipient", "open", pkg, "-o", out, "--identity", edge.private, *trust)
+    assert_no_output(out)
+    ok("open", pkg, "-o", out, "--identity", edge.private, *trust, "--component", "weights", "-q")
+    assert_same_tree(model_dir, out, only=COMPONENT_FILES["weights"])
+
+
+def test_unknown_component(tmp_path: Path, sealed: Path, release_key: KeyPair) -> None:
+    fails("component.unknown", "verify", sealed, "--trust", release_key.public, "--component", "x")
+    out = tmp_path / "out"
+    fails(
+        "component.unknown",
+        "open",
+        sealed,
+        "-o",
+        out,
+        "--trust",
+        release_key.public,
+        "--component",
+        "adapter:none",
+    )
+    assert_no_output(out)
+
+
+# --- output safety -------------------------------------------------------------------------
+
+
+def test_open_refuses_existing_output(
+    tmp_path: Path, sealed: Path, release_key: KeyPair, server_key: KeyPair
+) -> None:
+    args = ("--identity", server_key.private, "--trust", release_key.public)
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "keep.txt").write_text("mine")
+    fails("output.exists", "open", sealed, "-o", busy, *args)
+    fails("output.exists", "open", sealed, "-o", busy, *args, "--json")
+    assert sorted(p.name for p in busy.iterdir()) == ["keep.txt"]
+    assert (busy / "keep.txt").read_text() == "mine"
+
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    fails("output.exists", "open", sealed, "-o", a_file, *args)
+    assert a_file.read_text() == "x"
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(empty)
+    fails("output.exists", "open", sealed, "-o", link, *args)
+    assert list(empty.iterdir()) == []
+    assert [p for p in tmp_path.iterdir() if ".secpack-tmp-" in p.name] == []
+
+
+def test_seal_refuses_existing_output(
+    tmp_path: Path, model_dir: Path, release_key: KeyPair
+) -> None:
+    pkg = tmp_path / "p.spk"
+    pkg.write_bytes(b"precious")
+    seal = ("seal", model_dir, "-o", pkg, "--sign-key", release_key.private, "--no-encrypt")
+    fails("output.exists", *seal)
+    assert pkg.read_bytes() == b"precious"
+    ok(*seal, "--force", "-q")
+    ok("verify", pkg, "--trust", release_key.public, "-q")
+    assert [p.name for p in tmp_path.iterdir()] == ["p.spk"]
+
+
+# --- sign ----------------------------------------------------------------------------------
+
+
+def test_sign_adds_second_signature(
+    tmp_path: Path, sealed: Path, keys: KeyRing, release_key: KeyPair
+) -> None:
+    qa = keys.signing("qa", "ecdsa-p256")
+    pkg = tmp_path / "p.spk"
+    shutil.copyfile(sealed, pkg)
+    before = pkg.read_bytes()
+    cut = sigs_offset(pkg)
+    assert 0 < cut < len(before)
+    assert signature_count(pkg) == 1
+    fails("sig.untrusted", "verify", pkg, "--trust", qa.public)
+
+    res = ok("sign", pkg, "--key", qa.private, "--json").json()
+    assert res["ok"] is True and res["added"] is True and res["signatures"] == 2
+    after = pkg.read_bytes()
+    assert after[:cut] == before[:cut], "signed bytes or blobs changed"
+    assert len(after) > len(before)
+    assert sigs_offset(pkg) == cut
+    assert signature_count(pkg) == 2
+
+    ver = ok("verify", pkg, "--trust", qa.public, "--json").json()
+    assert [s["alg"] for s in ver["signers"]] == ["ecdsa-p256"]
+    ok("verify", pkg, "--trust", release_key.public, "-q")
+    both = ok("verify", pkg, "--trust", release_key.public, "--trust", qa.public, "--json")
+    assert len(both.json()["signers"]) == 2
+
+    # Signing again with the same key adds nothing and leaves the file as it was.
+    res = ok("sign", pkg, "--key", qa.private, "--json").json()
+    assert res["added"] is False and res["signatures"] == 2
+    assert pkg.read_bytes() == after
+    res = ok("sign", pkg, "--key", release_key.private, "--json").json()
+    assert res["added"] is False and res["signatures"] == 2
+    assert pkg.read_bytes() == after
+
+
+def test_sign_to_copy_leaves_original(tmp_path: Path, sealed: Path, keys: KeyRing) -> None:
+    qa = keys.signing("qa", "ecdsa-p256")
+    original = sealed.read_bytes()
+    copy = tmp_path / "signed.spk"
+    res = ok("sign", sealed, "--key", qa.private, "-o", copy, "--json").json()
+    assert res["added"] is True and res["signatures"] == 2
+    assert sealed.read_bytes() == original
+    cut = sigs_offset(sealed)
+    assert copy.read_bytes()[:cut] == original[:cut]
+    ok("verify", copy, "--trust", qa.public, "-q")
+    fails("output.exists", "sign", sealed, "--key", qa.private, "-o", copy)
+
+
+def test_sign_refuses_tampered_package(tmp_path: Path, sealed: Path, keys: KeyRing) -> None:
+    """A signature vouches for every stored byte, so sign checks them first."""
+    qa = keys.signing("qa", "ecdsa-p256")
+    pkg = tmp_path / "p.spk"
+    data = bytearray(sealed.read_bytes())
+    data[sigs_offset(sealed) - 1] ^= 0x40  # last byte of the blob area
+    pkg.write_bytes(bytes(data))
+    fails("integrity", "sign", pkg, "--key", qa.private)
+    assert pkg.read_bytes() == bytes(data)
+
+
+# --- policy requirements -------------------------------------------------------------------
+
+
+def test_threshold_needs_distinct_signers(
+    tmp_path: Path, sealed: Path, keys: KeyRing, release_key: KeyPair
+) -> None:
+    qa = keys.signing("qa", "ecdsa-p256")
+    policy = tmp_path / "two.toml"
+    policy.write_text(
+        f'version = 1\n[trust]\nkeys = ["{release_key.public}", "{qa.public}"]\nthreshold = 2\n'
+    )
+    pkg = tmp_path / "p.spk"
+    shutil.copyfile(sealed, pkg)
+    fails("sig.threshold", "verify", pkg, "--policy", policy)
+    ok("sign", pkg, "--key", release_key.private, "-q")  # the same key again counts once
+    fails("sig.threshold", "verify", pkg, "--policy", policy)
+    ok("sign", pkg, "--key", qa.private, "-q")
+    assert len(ok("verify", pkg, "--policy", policy, "--json").json()["signers"]) == 2
+
+
+def test_sealing_an_already_expired_package_is_refused(
+    tmp_path: Path, model_dir: Path, release_key: KeyPair
+) -> None:
+    pkg = tmp_path / "dead.spk"
+    args = ["seal", model_dir, "-o", pkg, "--sign-key", release_key.private, "--no-encrypt"]
+    fails("input.invalid", *args, "--expires", "1d", env={"SOURCE_DATE_EPOCH": "1700000000"})
+    fails("input.invalid", *args, "--expires", "2001-01-01")
+    assert not pkg.exists()
+
+
+def test_expired_package(
+    tmp_path: Path, model_dir: Path, release_key: KeyPair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import secpack.api.common as common
+
+    pkg = tmp_path / "old.spk"
+    # Seal at a time long past (the clock and SOURCE_DATE_EPOCH agree), valid for a day.
+    with monkeypatch.context() as patched:
+        patched.setattr(common, "now", lambda: 1700000000)
+        ok(
+            "seal",
+            model_dir,
+            "-o",
+            pkg,
+            "--sign-key",
+            release_key.private,
+            "--no-encrypt",
+            "--expires",
+            "1d",
+            "-q",
+            env={"SOURCE_DATE_EPOCH": "1700000000"},
+        )
+    fails("fresh.expired", "verify", pkg, "--trust", release_key.public)
+    out = tmp_path / "out"
+    fails("fresh.expired", "open", pkg, "-o", out, "--trust", release_key.public)
+    assert_no_output(out)
+
+
+# --- regressions for bugs found while writing these tests ------------------------------------
+
+
+def test_bug_keygen_empty_passphrase_writes_unencrypted_key(tmp_path: Path) -> None:
+    """`--passphrase-env VAR` with VAR set to "" must not silently write a plaintext
+    private key (secpack.recipes.keys.private_pem treats b"" as "no passphrase"),
+    which the same `--passphrase-env VAR` then refuses to load."""
+    key = tmp_path / "k.key"
+    res = run_cli(
+        "keygen", "signing", "-o", key, "--passphrase-env", "EMPTY_PASS", env={"EMPTY_PASS": ""}
+    )
+    plain = key.exists() and b"BEGIN PRIVATE KEY" in key.read_bytes()
+    assert not plain, "keygen wrote an unencrypted private key although a passphrase was asked for"
+    assert res.returncode != 0, str(res)
+    assert res.error_code in {"key.passphrase", "input.invalid"}, str(res)
+    assert not key.exists() and not Path(f"{key}.pub").exists()
+
+
+def test_bug_seal_duplicate_sign_key_adds_duplicate_signature(
+    tmp_path: Path, model_dir: Path, release_key: KeyPair
+) -> None:
+    """`secpack sign` never adds a second signature by the same key; `seal` with the
+    same key given twice (here once through a copy of the file) should not either."""
+    copy = tmp_path / "same.key"
+    shutil.copyfile(release_key.private, copy)
+    copy.chmod(0o600)
+    pkg = tmp_path / "p.spk"
+    res = ok(
+        "seal",
+        model_dir,
+        "-o",
+        pkg,
+        "--sign-key",
+        release_key.private,
+        "--sign-key",
+        copy,
+        "--no-encrypt",
+        "--json",
+    ).json()
+    assert signature_count(pkg) == 1
+    assert len(res["signers"]) == 1
+
+
+def test_bug_verify_with_unusable_state_dir_raises_raw_oserror(
+    tmp_path: Path, sealed: Path, release_key: KeyPair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """verify() records nothing, yet it creates and locks the rollback state directory
+    (secpack.transport.state.VersionState._locked) and lets the OSError escape when it
+    cannot: a library caller gets FileNotFoundError/NotADirectoryError instead of a
+    SecpackError, and the CLI reports output.io for a read-only check."""
+    from secpack.api.verify import verify
+    from secpack.errors import SecpackError
+    from secpack.sign.policy import policy_from_keys
+
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    monkeypatch.setenv("SECPACK_STATE_DIR", str(blocker / "state"))
+    policy = policy_from_keys([("release", release_key.public.read_bytes())])
+    try:
+        verify(str(sealed), policy)
+    except SecpackError:
+        pass  # a clean refusal with a stable code would be acceptable
+    except OSError as exc:
+        pytest.fail(f"verify() let a raw {type(exc).__name__} escape: {exc}")
