@@ -367,7 +367,7 @@ def test_sealing_an_already_expired_package_is_refused(
 def test_expired_package(
     tmp_path: Path, model_dir: Path, release_key: KeyPair, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import secpack.api.common as common
+    from secpack.api import common
 
     pkg = tmp_path / "old.spk"
     # Seal at a time long past (the clock and SOURCE_DATE_EPOCH agree), valid for a day.
