@@ -43,6 +43,10 @@ class Limits:
     max_safetensors_header: int = 64 * MiB
     max_path_bytes: int = 4096
     max_total_plain: int = 4 * TiB
+    max_component_plain: int = 4 * TiB
+    # Largest plaintext/stored ratio of one segment. A constant 16 MiB segment stores
+    # one element plus a tag (~2^20 : 1); anything beyond that is not a real model.
+    max_expansion: int = 1 << 20
     # Largest segment plaintext the reader accepts; writers default to 4 MiB.
     max_segment_bytes: int = 16 * MiB
     # zstd window cap: secpack writers never need more than the segment size.

@@ -323,7 +323,9 @@ def _parse_component(obj: Any, where: str, limits: Limits) -> Component:
     if kind not in COMPONENT_KINDS:
         raise fail(f"{where}.kind", f"unknown kind {kind!r}")
     media_type = as_text(c["media_type"], f"{where}.media_type", 255)
-    size = as_uint(c["size"], f"{where}.size", 0, limits.max_total_plain)
+    size = as_uint(
+        c["size"], f"{where}.size", 0, min(limits.max_total_plain, limits.max_component_plain)
+    )
     contents = as_bytes(c["contents"], f"{where}.contents", max_size=limits.max_manifest_bytes)
     encryption = (
         None if c["encryption"] is None else _parse_encryption(c["encryption"], where, limits)
@@ -421,6 +423,8 @@ def _parse_segment(obj: Any, where: str, encrypted: bool, limits: Limits) -> Seg
         raise fail(f"{where}.stored", f"{stored} does not match the codec payload ({expected})")
     if stored > plain + (TAG_LEN if encrypted else 0):
         raise fail(f"{where}.stored", "stored form larger than raw")
+    if plain > stored * limits.max_expansion:
+        raise SchemaError("schema.invalid", f"{where}: expands more than {limits.max_expansion}x")
     return Segment(
         blob=as_uint(s["blob"], f"{where}.blob", 0, limits.max_blobs),
         stored=stored,
