@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import secrets
 import shutil
 from types import TracebackType
@@ -19,7 +20,14 @@ from types import TracebackType
 from secpack.errors import OutputError
 from secpack.transport.syncer import Syncer
 
-__all__ = ["TMP_MARKER", "AtomicDirectory", "AtomicFile", "fsync_dir", "temp_name"]
+__all__ = [
+    "TMP_MARKER",
+    "AtomicDirectory",
+    "AtomicFile",
+    "fsync_dir",
+    "remove_stale",
+    "temp_name",
+]
 
 TMP_MARKER = ".secpack-tmp-"
 
@@ -27,6 +35,41 @@ TMP_MARKER = ".secpack-tmp-"
 def temp_name(dest: str) -> str:
     parent, base = os.path.split(os.path.abspath(dest))
     return os.path.join(parent, f".{base}{TMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def remove_stale(dest: str) -> list[str]:
+    """Remove temporaries for ``dest`` left by secpack processes that no longer run
+    (killed mid-write); return what was removed. Temporaries of live processes,
+    including other writers of the same destination, are left alone."""
+    parent, base = os.path.split(os.path.abspath(dest))
+    pattern = re.compile(re.escape(f".{base}{TMP_MARKER}") + r"(\d+)-[0-9a-f]{8}")
+    removed: list[str] = []
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return removed
+    for name in names:
+        m = pattern.fullmatch(name)
+        if not m or int(m.group(1)) == os.getpid() or _alive(int(m.group(1))):
+            continue
+        path = os.path.join(parent, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        removed.append(path)
+    return removed
 
 
 def fsync_dir(path: str) -> None:
@@ -79,6 +122,7 @@ class AtomicFile:
         parent = os.path.dirname(self.dest)
         if not os.path.isdir(parent):
             raise OutputError("output.io", f"directory {parent} does not exist")
+        remove_stale(self.dest)
         self.tmp = temp_name(self.dest)
         try:
             self.fd = os.open(self.tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
@@ -187,6 +231,7 @@ class AtomicDirectory:
         parent = os.path.dirname(self.dest)
         if not os.path.isdir(parent):
             raise OutputError("output.io", f"directory {parent} does not exist")
+        remove_stale(self.dest)
         self.tmp = temp_name(self.dest)
         try:
             os.mkdir(self.tmp, 0o755)

@@ -16,7 +16,7 @@ import os
 from collections.abc import Iterator, Sequence
 
 from secpack.errors import FreshnessError, SecpackError
-from secpack.transport.atomic import fsync_dir, temp_name
+from secpack.transport.atomic import fsync_dir, remove_stale, temp_name
 
 __all__ = ["VersionState", "default_state_dir"]
 
@@ -79,6 +79,7 @@ class VersionState:
 
     def _write(self, packages: dict[str, dict[str, int]]) -> None:
         path = self._path()
+        remove_stale(path)
         tmp = temp_name(path)
         try:
             with open(tmp, "w", encoding="utf-8") as fh:
