@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 
 from secpack.errors import InputError
 from secpack.transport.atomic import AtomicFile
@@ -15,12 +16,23 @@ MAX_SMALL_FILE = 1 << 20
 
 def read_small(path: str, what: str) -> bytes:
     try:
-        with open(path, "rb") as fh:
-            data = fh.read(MAX_SMALL_FILE + 1)
+        # O_NONBLOCK: a FIFO or device named by mistake is refused, not waited on.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise InputError("input.missing", f"{what} {path} does not exist") from None
     except OSError as exc:
         raise InputError("input.missing", f"{what} {path}: {exc.strerror}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InputError("input.invalid", f"{what} {path} is not a regular file")
+        with os.fdopen(fd, "rb") as fh:
+            fd = -1
+            data = fh.read(MAX_SMALL_FILE + 1)
+    except OSError as exc:
+        raise InputError("input.missing", f"{what} {path}: {exc.strerror}") from None
+    finally:
+        if fd >= 0:
+            os.close(fd)
     if len(data) > MAX_SMALL_FILE:
         raise InputError("input.invalid", f"{what} {path} is larger than {MAX_SMALL_FILE} bytes")
     return data

@@ -31,7 +31,8 @@ class InputDirectory:
     def read_at(self, path: str, offset: int, length: int) -> bytes:
         full = os.path.join(self.root, *path.split("/"))
         try:
-            fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+            # O_NONBLOCK: a file swapped for a FIFO after the scan must not hang the seal.
+            fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as exc:
             raise InputError("input.unsafe", f"{path}: cannot open ({exc.strerror})") from None
         try:
