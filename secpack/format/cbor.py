@@ -81,83 +81,87 @@ def _scan(data: bytes, *, max_depth: int, max_items: int, text_keys: bool) -> No
     end = len(data)
     pos = 0
     items = 0
-    # Each open container: [items left, is_map, previous key span start, previous key span end].
+    # Open containers: [items left, is_map, previous key start, previous key end].
     stack: list[list[int]] = []
+    top: list[int] | None = None  # stack[-1], kept in a local: this loop is hot
+    from_bytes = int.from_bytes
     while True:
         if pos >= end:
             raise CborError("cbor.malformed", "truncated item")
-        is_key = bool(stack) and stack[-1][1] == 1 and stack[-1][0] % 2 == 0
-        key_start = pos
+        start = pos
         ib = data[pos]
-        major, ai = ib >> 5, ib & 0x1F
         pos += 1
-        if ai < 24:
-            arg = ai
-        elif ai in _ARG_BYTES:
-            width = _ARG_BYTES[ai]
-            if pos + width > end:
-                raise CborError("cbor.malformed", "truncated head")
-            arg = int.from_bytes(data[pos : pos + width], "big")
-            pos += width
-            if major != _MAJOR_SIMPLE and arg < _MIN_ARG[ai]:
-                raise CborError("cbor.noncanonical", f"non-shortest head at offset {key_start}")
-        elif ai == 31:
-            if major in (_MAJOR_BSTR, _MAJOR_TSTR, _MAJOR_ARRAY, _MAJOR_MAP):
-                raise CborError("cbor.forbidden", f"indefinite length at offset {key_start}")
-            raise CborError("cbor.malformed", f"break or invalid head at offset {key_start}")
-        else:
-            raise CborError("cbor.malformed", f"reserved additional information at {key_start}")
-
-        if is_key and major != _MAJOR_TSTR and (text_keys or major > _MAJOR_NINT):
-            raise CborError("cbor.forbidden", f"map key of major type {major} at {key_start}")
-
         items += 1
+        major = ib >> 5
+        ai = ib & 0x1F
+        is_key = top is not None and top[1] and not top[0] & 1
+        # Fast path: a one-byte integer that is not a map key (most array members).
+        if major <= _MAJOR_NINT and ai < 24 and not is_key:
+            pass
+        else:
+            if ai < 24:
+                arg = ai
+            elif ai in _ARG_BYTES:
+                width = _ARG_BYTES[ai]
+                if pos + width > end:
+                    raise CborError("cbor.malformed", "truncated head")
+                arg = from_bytes(data[pos : pos + width], "big")
+                pos += width
+                if major != _MAJOR_SIMPLE and arg < _MIN_ARG[ai]:
+                    raise CborError("cbor.noncanonical", f"non-shortest head at offset {start}")
+            elif ai == 31:
+                if _MAJOR_BSTR <= major <= _MAJOR_MAP:
+                    raise CborError("cbor.forbidden", f"indefinite length at offset {start}")
+                raise CborError("cbor.malformed", f"break or invalid head at offset {start}")
+            else:
+                raise CborError("cbor.malformed", f"reserved additional information at {start}")
+            if is_key and major != _MAJOR_TSTR and (text_keys or major > _MAJOR_NINT):
+                raise CborError("cbor.forbidden", f"map key of major type {major} at {start}")
+            if major in (_MAJOR_BSTR, _MAJOR_TSTR):
+                if arg > end - pos:
+                    raise CborError("cbor.malformed", f"string length {arg} runs past the input")
+                if major == _MAJOR_TSTR:
+                    try:
+                        data[pos : pos + arg].decode("utf-8")
+                    except UnicodeDecodeError:
+                        raise CborError(
+                            "cbor.malformed", f"invalid UTF-8 at offset {pos}"
+                        ) from None
+                pos += arg
+            elif major in (_MAJOR_ARRAY, _MAJOR_MAP):
+                # Every item takes at least one byte: a longer declared count cannot be real.
+                count = arg if major == _MAJOR_ARRAY else 2 * arg
+                if count > end - pos:
+                    raise CborError("cbor.malformed", f"container of {arg} runs past the input")
+                if count:
+                    if items > max_items:
+                        raise CborError("cbor.limit", f"more than {max_items} items")
+                    if len(stack) >= max_depth:
+                        raise CborError("cbor.limit", f"nesting deeper than {max_depth}")
+                    top = [count, major == _MAJOR_MAP, -1, -1]
+                    stack.append(top)
+                    continue
+            elif major == _MAJOR_TAG:
+                raise CborError("cbor.forbidden", f"tag {arg} at offset {start}")
+            elif major == _MAJOR_SIMPLE and ai not in _SIMPLE_ALLOWED and ai not in _FLOAT_AI:
+                raise CborError("cbor.forbidden", f"simple value at offset {start}")
+            if is_key and top is not None:
+                if top[2] >= 0 and data[top[2] : top[3]] >= data[start:pos]:
+                    raise CborError(
+                        "cbor.noncanonical", f"map keys unsorted or duplicated at {start}"
+                    )
+                top[2] = start
+                top[3] = pos
         if items > max_items:
             raise CborError("cbor.limit", f"more than {max_items} items")
-
-        opened = 0
-        if major in (_MAJOR_UINT, _MAJOR_NINT):
-            pass
-        elif major in (_MAJOR_BSTR, _MAJOR_TSTR):
-            if arg > end - pos:
-                raise CborError("cbor.malformed", f"string length {arg} runs past the input")
-            if major == _MAJOR_TSTR:
-                try:
-                    data[pos : pos + arg].decode("utf-8", errors="strict")
-                except UnicodeDecodeError:
-                    raise CborError("cbor.malformed", f"invalid UTF-8 at offset {pos}") from None
-            pos += arg
-        elif major in (_MAJOR_ARRAY, _MAJOR_MAP):
-            count = arg if major == _MAJOR_ARRAY else 2 * arg
-            # Every item takes at least one byte: a longer declared count cannot be real.
-            if count > end - pos:
-                raise CborError("cbor.malformed", f"container of {arg} runs past the input")
-            if count:
-                if len(stack) + 1 > max_depth:
-                    raise CborError("cbor.limit", f"nesting deeper than {max_depth}")
-                stack.append([count, 1 if major == _MAJOR_MAP else 0, -1, -1])
-                opened = 1
-        elif major == _MAJOR_TAG:
-            raise CborError("cbor.forbidden", f"tag {arg} at offset {key_start}")
-        elif ai not in _SIMPLE_ALLOWED and ai not in _FLOAT_AI:
-            raise CborError("cbor.forbidden", f"simple value at offset {key_start}")
-
-        if is_key:
-            top = stack[-1]
-            if top[2] >= 0 and data[top[2] : top[3]] >= data[key_start:pos]:
-                raise CborError(
-                    "cbor.noncanonical", f"map keys unsorted or duplicated at {key_start}"
-                )
-            top[2], top[3] = key_start, pos
-        if opened:
-            continue
         # Close every container this item completed.
-        while stack:
-            stack[-1][0] -= 1
-            if stack[-1][0]:
+        while top is not None:
+            top[0] -= 1
+            if top[0]:
                 break
             stack.pop()
-        if not stack:
+            top = stack[-1] if stack else None
+        if top is None:
             break
     if pos != end:
         raise CborError("cbor.malformed", f"{end - pos} trailing bytes")
