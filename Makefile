@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint typecheck unit bench clean
+.PHONY: setup demo test lint typecheck unit bench fuzz clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +23,8 @@ demo: setup
 	PATH="$(abspath $(BIN)):$$PATH" bash scripts/demo.sh
 
 lint: setup
-	$(BIN)/ruff check secpack tests bench scripts
-	$(BIN)/ruff format --check secpack tests bench scripts
+	$(BIN)/ruff check secpack tests bench scripts fuzz
+	$(BIN)/ruff format --check secpack tests bench scripts fuzz
 
 typecheck: setup
 	$(BIN)/mypy
@@ -36,6 +36,16 @@ test: lint typecheck unit
 
 bench: setup
 	$(BIN)/python bench/run.py
+
+# Coverage-guided fuzzing of the reader: make fuzz TARGET=header|manifest|open SECONDS=600
+TARGET  ?= open
+SECONDS ?= 600
+fuzz: setup
+	$(BIN)/pip install -q '.[fuzz]'
+	$(BIN)/python fuzz/seeds.py
+	mkdir -p fuzz/corpus/$(TARGET) fuzz/findings
+	cd fuzz/findings && ../../$(BIN)/python ../run.py $(TARGET) -max_total_time=$(SECONDS) \
+		-rss_limit_mb=1024 -timeout=10 ../corpus/$(TARGET) ../seeds/$(TARGET)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage .hypothesis
