@@ -114,8 +114,10 @@ def extract(
                         if done.last:
                             tree.finish(done.fd, done.path)
                 tree.close()
+            # Recorded before the output appears: a kill in between errs on the side
+            # of refusing older versions later.
+            remember_version(header, signers, policy)
             target.commit()
-        remember_version(header, signers, policy)
     return ExtractReport(
         path=package,
         output=output,

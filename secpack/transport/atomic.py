@@ -3,18 +3,21 @@ destination's own directory and renamed into place only once complete and
 flushed to disk. On any failure the temporary is removed, so the destination
 holds either nothing new or the whole result.
 
-Temporary names are ``.<name>.secpack-tmp-<pid>-<random>``: recognisable, and
-tied to the process that owns them so that stale ones can be cleaned up.
+Temporary names are ``.<name>.secpack-tmp-<origin>-<pid>-<random>``: recognisable,
+and tied to the process (and the boot and PID namespace, ``origin``) that owns
+them, so that stale ones can be cleaned up without touching a live writer's.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import re
 import secrets
 import shutil
+import socket
 from types import TracebackType
 
 from secpack.errors import OutputError
@@ -32,9 +35,40 @@ __all__ = [
 TMP_MARKER = ".secpack-tmp-"
 
 
+def _origin() -> str:
+    """Tags temporaries with the machine boot and PID namespace that made them: a pid
+    only says whether a writer is alive when it is read on that same boot, in that
+    same namespace (not across containers, NFS clients or reboots)."""
+    parts = [socket.gethostname()]
+    with (
+        contextlib.suppress(OSError),
+        open("/proc/sys/kernel/random/boot_id", encoding="ascii") as fh,
+    ):
+        parts.append(fh.read().strip())
+    with contextlib.suppress(OSError):
+        parts.append(os.readlink("/proc/self/ns/pid"))
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:8]
+
+
+_ORIGIN = _origin()
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask() would, racing threads)."""
+    with (
+        contextlib.suppress(OSError, ValueError),
+        open("/proc/self/status", encoding="ascii") as fh,
+    ):
+        for line in fh:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    return 0o022
+
+
 def temp_name(dest: str) -> str:
     parent, base = os.path.split(os.path.abspath(dest))
-    return os.path.join(parent, f".{base}{TMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}")
+    name = f".{base}{TMP_MARKER}{_ORIGIN}-{os.getpid()}-{secrets.token_hex(4)}"
+    return os.path.join(parent, name)
 
 
 def _alive(pid: int) -> bool:
@@ -52,7 +86,8 @@ def remove_stale(dest: str) -> list[str]:
     (killed mid-write); return what was removed. Temporaries of live processes,
     including other writers of the same destination, are left alone."""
     parent, base = os.path.split(os.path.abspath(dest))
-    pattern = re.compile(re.escape(f".{base}{TMP_MARKER}") + r"(\d+)-[0-9a-f]{8}")
+    # Only temporaries from this boot and PID namespace: elsewhere the pid means nothing.
+    pattern = re.compile(re.escape(f".{base}{TMP_MARKER}{_ORIGIN}-") + r"(\d+)-[0-9a-f]{8}")
     removed: list[str] = []
     try:
         names = os.listdir(parent)
@@ -117,12 +152,12 @@ class AtomicFile:
         self.dest = os.path.abspath(dest)
         self.overwrite = overwrite
         self.mode = mode
-        if not overwrite and os.path.lexists(self.dest):
-            raise OutputError("output.exists", f"{dest} exists (use --force to replace it)")
         parent = os.path.dirname(self.dest)
         if not os.path.isdir(parent):
             raise OutputError("output.io", f"directory {parent} does not exist")
         remove_stale(self.dest)
+        if not overwrite and os.path.lexists(self.dest):
+            raise OutputError("output.exists", f"{dest} exists (use --force to replace it)")
         self.tmp = temp_name(self.dest)
         try:
             self.fd = os.open(self.tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
@@ -226,15 +261,15 @@ class AtomicDirectory:
 
     def __init__(self, dest: str) -> None:
         self.dest = os.path.abspath(dest)
-        if os.path.islink(self.dest) or (os.path.lexists(self.dest) and not self._empty_dir()):
-            raise OutputError("output.exists", f"{dest} exists and is not an empty directory")
         parent = os.path.dirname(self.dest)
         if not os.path.isdir(parent):
             raise OutputError("output.io", f"directory {parent} does not exist")
         remove_stale(self.dest)
+        if os.path.islink(self.dest) or (os.path.lexists(self.dest) and not self._empty_dir()):
+            raise OutputError("output.exists", f"{dest} exists and is not an empty directory")
         self.tmp = temp_name(self.dest)
         try:
-            os.mkdir(self.tmp, 0o755)
+            os.mkdir(self.tmp, 0o700)
         except OSError as exc:
             raise _io_error(f"cannot create a directory next to {dest}", exc) from None
         self._committed = False
@@ -246,9 +281,15 @@ class AtomicDirectory:
         try:
             if os.path.lexists(self.dest) and not self._empty_dir():
                 raise OutputError("output.exists", f"{self.dest} appeared while writing")
+            # Readable by others only once complete: during the write (and after a
+            # kill) the decrypted files sit in a directory only the owner can enter.
+            os.chmod(self.tmp, 0o755 & ~_umask())
             os.rename(self.tmp, self.dest)
             fsync_dir(os.path.dirname(self.dest))
         except OSError as exc:
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
+                # Another writer's rename won the race since the check above.
+                raise OutputError("output.exists", f"{self.dest} appeared while writing") from None
             raise _io_error(f"finishing {self.dest}", exc) from None
         self._committed = True
 

@@ -9,12 +9,24 @@ write fail instead of escaping the root.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import threading
 from types import TracebackType
 
 from secpack.errors import OutputError
 from secpack.transport.syncer import Syncer
+
+# Errors that mean "something is in the way" (a planted symlink, an existing file or
+# directory): the package path is unsafe here. Anything else (ENOSPC, EDQUOT, EROFS,
+# EIO...) is an I/O failure of the output.
+_UNSAFE_ERRNOS = frozenset({errno.EEXIST, errno.ELOOP, errno.ENOTDIR, errno.EISDIR})
+
+
+def _error(what: str, exc: OSError) -> OutputError:
+    code = "output.unsafe" if exc.errno in _UNSAFE_ERRNOS else "output.io"
+    return OutputError(code, f"{what}: {exc.strerror}")
+
 
 __all__ = ["OutputTree"]
 
@@ -57,7 +69,7 @@ class OutputTree:
         try:
             fd = os.open(name, _FILE_FLAGS, perm, dir_fd=dir_fd)
         except OSError as exc:
-            raise OutputError("output.unsafe", f"cannot create {path}: {exc.strerror}") from None
+            raise _error(f"cannot create {path}", exc) from None
         try:
             os.fchmod(fd, perm)
             if size:

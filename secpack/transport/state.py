@@ -69,7 +69,9 @@ class VersionState:
             return {}
         except (OSError, ValueError):
             raise SecpackError("state.corrupt", f"{self._path()} cannot be read") from None
-        packages = doc.get("packages") if isinstance(doc, dict) else None
+        if not isinstance(doc, dict):
+            raise SecpackError("state.corrupt", f"{self._path()} is not a secpack state file")
+        packages = doc.get("packages")
         if doc.get("format") != _FORMAT or not isinstance(packages, dict):
             raise SecpackError("state.corrupt", f"{self._path()} is not a secpack state file")
         for signers in packages.values():
