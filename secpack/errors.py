@@ -154,6 +154,9 @@ CODES: dict[str, str] = {
     "output.io": "the output could not be written",
     # resources
     "limit.exceeded": "a resource limit would be exceeded",
+    # audit log
+    "audit.io": "the audit log cannot be written",
+    "audit.corrupt": "the audit log cannot be read",
     # component selection
     "component.unknown": "no such component in the package",
     # a bug in secpack itself; the CLI reports it without a traceback

@@ -55,6 +55,8 @@ def temporaries(parent: Path, dest_name: str, also: tuple[str, ...] = ()) -> dic
     for entry in sorted(os.listdir(parent)):
         if entry == dest_name or entry in also:
             continue
+        if any(temp_pattern(name).fullmatch(entry) for name in also):
+            continue  # a temporary of a neighbour (the audit log's head), cleaned the same way
         m = pattern.fullmatch(entry)
         assert m, f"unrecognisable leftover {entry!r} next to {dest_name!r} in {parent}"
         found[entry] = int(m.group(1))

@@ -129,8 +129,16 @@ def library_seal(
 
 def state_doc(state_dir: Path) -> dict[str, Any]:
     """The rollback state file: valid JSON of the documented shape, and nothing but
-    the file and its lock in the directory (no temporary left over)."""
-    assert sorted(os.listdir(state_dir)) == ["versions.json", "versions.lock"]
+    the file, its lock and the audit log in the directory (no temporary left over).
+    The audit log, written by the same concurrent processes, must verify."""
+    from secpack.audit.log import verify_log
+
+    names = sorted(os.listdir(state_dir))
+    assert names == sorted(
+        {"versions.json", "versions.lock"} | ({"audit.jsonl", "audit.jsonl.head"} & set(names))
+    ), names
+    if "audit.jsonl" in names:
+        assert verify_log(str(state_dir / "audit.jsonl")) is None
     doc = json.loads((state_dir / "versions.json").read_text())
     assert doc["format"] == 1 and isinstance(doc["packages"], dict), doc
     packages: dict[str, Any] = doc["packages"]

@@ -35,7 +35,8 @@ BIG_SCALE = 3 << 16
 TRIALS = 30
 SEEDS = {"seal": 1101, "open": 2202, "sign": 3303}
 
-LOCK = ("versions.lock",)  # the rollback state's lock file, next to versions.json
+# Beside versions.json: the rollback state's lock, and the audit log with its head.
+LOCK = ("versions.lock", "audit.jsonl", "audit.jsonl.head")
 NOTHING = "nothing"
 COMPLETE = "complete"
 

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric import x25519
 
+from secpack.api.auditing import audited, package_facts
 from secpack.api.trust import establish_trust, remember_version
 from secpack.errors import SecpackError, TensorError
 from secpack.format.contents import FileEntry, TensorRecord
@@ -403,12 +404,16 @@ def open_package(
     """
     pol = _as_policy(policy, trust)
     identities = _as_identities(identity)
-    src = FileSource(os.fspath(path))
-    try:
-        return Package(src, pol, identities, threads, expected_name, allow_downgrade)
-    except BaseException:
-        src.close()
-        raise
+    with audited("load") as audit:
+        audit["package"] = {"path": os.fspath(path)}
+        src = FileSource(os.fspath(path))
+        try:
+            pkg = Package(src, pol, identities, threads, expected_name, allow_downgrade)
+        except BaseException:
+            src.close()
+            raise
+        audit["package"].update(package_facts(pkg.name, pkg.version, pkg.manifest_digest))
+        return pkg
 
 
 def load(

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives.asymmetric import x25519
 
 from secpack import __version__
+from secpack.api.auditing import audited, package_facts
 from secpack.api.common import NullProgress, Progress, parse_expires, source_date_epoch
 from secpack.codec.segment import LEVELS
 from secpack.errors import InputError
@@ -87,63 +88,74 @@ def seal(
     started = time.perf_counter()
     # One signature per key, however often (or under however many paths) it is given.
     sign_keys = list({key_id(k.public_key()): k for k in sign_keys}.values())
-    if encrypt and not recipients:
-        raise InputError("input.invalid", "no --recipient given (or use --no-encrypt)")
-    if not encrypt and recipients:
-        raise InputError("input.invalid", "--no-encrypt cannot be combined with --recipient")
-    if level not in LEVELS:
-        raise InputError("input.invalid", f"--level must be one of {', '.join(LEVELS)}")
-    if type(version) is not int or not 1 <= version < 2**63:
-        raise InputError("input.invalid", "--version must be a positive integer")
-    progress = progress or NullProgress()
-    tree = scan_input(source, DEFAULT_LIMITS)
-    pkg_name = name if name is not None else tree.default_name
-    if not PACKAGE_NAME_RE.fullmatch(pkg_name):
-        raise InputError(
-            "input.invalid", f"package name {pkg_name!r} is not allowed; pass --name [A-Za-z0-9._-]"
+    with audited("seal") as audit:
+        audit["package"] = {"path": output}
+        if encrypt and not recipients:
+            raise InputError("input.invalid", "no --recipient given (or use --no-encrypt)")
+        if not encrypt and recipients:
+            raise InputError("input.invalid", "--no-encrypt cannot be combined with --recipient")
+        if level not in LEVELS:
+            raise InputError("input.invalid", f"--level must be one of {', '.join(LEVELS)}")
+        if type(version) is not int or not 1 <= version < 2**63:
+            raise InputError("input.invalid", "--version must be a positive integer")
+        progress = progress or NullProgress()
+        tree = scan_input(source, DEFAULT_LIMITS)
+        pkg_name = name if name is not None else tree.default_name
+        if not PACKAGE_NAME_RE.fullmatch(pkg_name):
+            raise InputError(
+                "input.invalid",
+                f"package name {pkg_name!r} is not allowed; pass --name [A-Za-z0-9._-]",
+            )
+        plan = make_plan(tree, components, segment_size, DEFAULT_LIMITS)
+        created = source_date_epoch()
+        settings = SealSettings(
+            name=pkg_name,
+            version=version,
+            created=created,
+            expires=parse_expires(expires, created) if expires else None,
+            metadata={"generator": f"secpack {__version__}"},
+            recipients=_recipient_map([c.name for c in plan.components], recipients)
+            if encrypt
+            else {},
+            level=LEVELS[level],
+            threads=threads,
         )
-    plan = make_plan(tree, components, segment_size, DEFAULT_LIMITS)
-    created = source_date_epoch()
-    settings = SealSettings(
-        name=pkg_name,
-        version=version,
-        created=created,
-        expires=parse_expires(expires, created) if expires else None,
-        metadata={"generator": f"secpack {__version__}"},
-        recipients=_recipient_map([c.name for c in plan.components], recipients) if encrypt else {},
-        level=LEVELS[level],
-        threads=threads,
-    )
-    room = assemble.header_room(placeholder_manifest(plan, settings))
-    with AtomicFile(output, overwrite=overwrite) as out:
-        position = room
+        room = assemble.header_room(placeholder_manifest(plan, settings))
+        with AtomicFile(output, overwrite=overwrite) as out:
+            position = room
 
-        def sink(data: bytes) -> None:
-            nonlocal position
-            out.pwrite(position, data)
-            position += len(data)
+            def sink(data: bytes) -> None:
+                nonlocal position
+                out.pwrite(position, data)
+                position += len(data)
 
-        progress.start(sum(c.size for c in plan.components), "sealing")
-        manifest = write_blobs(tree, plan, settings, sink, progress.advance)
-        manifest_bytes = cbor.encode(manifest.to_cbor())
-        header = assemble.fit_header(manifest_bytes, manifest, room)
-        if header is None:
-            header = assemble.fit_header(manifest_bytes, manifest, None)
-            assert header is not None
-            out.move_range(room, len(header), manifest.stored_size)
-        out.pwrite(0, header)
-        entries = [
-            SignatureEntry(SIG_TYPE_COSE_SIGN1, sign_manifest(k, manifest_bytes)) for k in sign_keys
-        ]
-        tail = assemble.signature_tail(entries)
-        out.pwrite(len(header) + manifest.stored_size, tail)
-        package_size = len(header) + manifest.stored_size + len(tail)
-        out.commit()
-    return SealReport(
-        path=output,
-        manifest=manifest,
-        manifest_digest=hashlib.sha256(manifest_bytes).digest(),
-        package_size=package_size,
-        signers=tuple(key_id(k.public_key()) for k in sign_keys),
-        seconds=time.perf_counter() - started,
-    )
+            progress.start(sum(c.size for c in plan.components), "sealing")
+            manifest = write_blobs(tree, plan, settings, sink, progress.advance)
+            manifest_bytes = cbor.encode(manifest.to_cbor())
+            audit["package"].update(
+                package_facts(
+                    manifest.name, manifest.version, hashlib.sha256(manifest_bytes).digest()
+                )
+            )
+            header = assemble.fit_header(manifest_bytes, manifest, room)
+            if header is None:
+                header = assemble.fit_header(manifest_bytes, manifest, None)
+                assert header is not None
+                out.move_range(room, len(header), manifest.stored_size)
+            out.pwrite(0, header)
+            entries = [
+                SignatureEntry(SIG_TYPE_COSE_SIGN1, sign_manifest(k, manifest_bytes))
+                for k in sign_keys
+            ]
+            tail = assemble.signature_tail(entries)
+            out.pwrite(len(header) + manifest.stored_size, tail)
+            package_size = len(header) + manifest.stored_size + len(tail)
+            out.commit()
+        return SealReport(
+            path=output,
+            manifest=manifest,
+            manifest_digest=hashlib.sha256(manifest_bytes).digest(),
+            package_size=package_size,
+            signers=tuple(key_id(k.public_key()) for k in sign_keys),
+            seconds=time.perf_counter() - started,
+        )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from secpack.api.auditing import audited, package_facts
 from secpack.format.limits import DEFAULT_LIMITS
 from secpack.format.sections import SIG_TYPE_COSE_SIGN1, SignatureEntry
 from secpack.package import assemble
@@ -33,23 +34,31 @@ class SignReport:
 def add_signature(package: str, key: SigningPrivateKey, output: str | None = None) -> SignReport:
     """Sign ``package`` with ``key``, in place or into ``output``."""
     kid = key_id(key.public_key())
-    with FileSource(package) as src:
-        header = read_header(src, DEFAULT_LIMITS)
-        verify_segments(src, header)
-        entries = list(header.signatures)
-        already = any(
-            e.type == SIG_TYPE_COSE_SIGN1 and cose.parse_sign1(e.data).kid == kid for e in entries
-        )
-        if already and output is None:
-            return SignReport(package, kid, False, len(entries))
-        if not already:
-            entries.append(
-                SignatureEntry(SIG_TYPE_COSE_SIGN1, cose.sign_manifest(key, header.manifest_bytes))
+    with audited("sign") as audit:
+        audit["package"] = {"path": package}
+        with FileSource(package) as src:
+            header = read_header(src, DEFAULT_LIMITS)
+            audit["package"].update(
+                package_facts(header.manifest.name, header.manifest.version, header.digest)
             )
-        tail = assemble.signature_tail(entries)
-        dest = output or package
-        with AtomicFile(dest, overwrite=output is None) as out:
-            out.copy_from(src.fd, 0, 0, header.layout.sigs_off)
-            out.pwrite(header.layout.sigs_off, tail)
-            out.commit()
-    return SignReport(dest, kid, not already, len(entries))
+            verify_segments(src, header)
+            entries = list(header.signatures)
+            already = any(
+                e.type == SIG_TYPE_COSE_SIGN1 and cose.parse_sign1(e.data).kid == kid
+                for e in entries
+            )
+            if already and output is None:
+                return SignReport(package, kid, False, len(entries))
+            if not already:
+                entries.append(
+                    SignatureEntry(
+                        SIG_TYPE_COSE_SIGN1, cose.sign_manifest(key, header.manifest_bytes)
+                    )
+                )
+            tail = assemble.signature_tail(entries)
+            dest = output or package
+            with AtomicFile(dest, overwrite=output is None) as out:
+                out.copy_from(src.fd, 0, 0, header.layout.sigs_off)
+                out.pwrite(header.layout.sigs_off, tail)
+                out.commit()
+        return SignReport(dest, kid, not already, len(entries))

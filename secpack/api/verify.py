@@ -6,6 +6,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from secpack.api.auditing import audited, package_facts
 from secpack.api.common import NullProgress, Progress
 from secpack.api.trust import establish_trust
 from secpack.format.manifest import Manifest
@@ -44,21 +45,28 @@ def verify(
     """
     started = time.perf_counter()
     progress = progress or NullProgress()
-    with FileSource(package) as src:
-        header, signers = establish_trust(
-            src,
-            policy,
-            expected_name=expected_name,
-            allow_downgrade=allow_downgrade,
-        )
-        indices = select_components(header.manifest, components)
-        progress.start(sum(header.manifest.components[i].stored_size for i in indices), "verifying")
-        verify_segments(src, header, indices, threads, progress.advance)
-        return VerifyReport(
-            path=package,
-            manifest=header.manifest,
-            manifest_digest=header.digest,
-            package_size=src.size,
-            signers=tuple(signers),
-            seconds=time.perf_counter() - started,
-        )
+    with audited("verify") as audit:
+        audit["package"] = {"path": package}
+        with FileSource(package) as src:
+            header, signers = establish_trust(
+                src,
+                policy,
+                expected_name=expected_name,
+                allow_downgrade=allow_downgrade,
+            )
+            audit["package"].update(
+                package_facts(header.manifest.name, header.manifest.version, header.digest)
+            )
+            indices = select_components(header.manifest, components)
+            progress.start(
+                sum(header.manifest.components[i].stored_size for i in indices), "verifying"
+            )
+            verify_segments(src, header, indices, threads, progress.advance)
+            return VerifyReport(
+                path=package,
+                manifest=header.manifest,
+                manifest_digest=header.digest,
+                package_size=src.size,
+                signers=tuple(signers),
+                seconds=time.perf_counter() - started,
+            )

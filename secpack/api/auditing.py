@@ -1,0 +1,60 @@
+"""Recording every verb in the audit log, whatever its outcome.
+
+A failure to write the audit log never hides the verb's own result: it is
+reported as a warning, unless ``SECPACK_AUDIT=required``, when it is an error.
+``SECPACK_AUDIT=off`` turns recording off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from secpack.errors import SecpackError
+
+__all__ = ["audited", "package_facts"]
+
+log = logging.getLogger("secpack")
+
+
+def package_facts(name: str, version: int, digest: bytes) -> dict[str, Any]:
+    return {"name": name, "version": version, "manifest_digest": "sha256:" + digest.hex()}
+
+
+def _record(action: str, outcome: str, code: str | None, facts: dict[str, Any]) -> None:
+    mode = os.environ.get("SECPACK_AUDIT", "on")
+    if mode == "off":
+        return
+    from secpack.audit.log import append
+
+    try:
+        append(
+            action,
+            outcome=outcome,
+            code=code,
+            package=facts.get("package"),
+            sign=facts.get("audit_key"),
+        )
+    except SecpackError as exc:
+        if mode == "required":
+            raise
+        log.warning("audit record not written: %s", exc)
+
+
+@contextlib.contextmanager
+def audited(action: str) -> Iterator[dict[str, Any]]:
+    """Wrap one verb: the caller stores ``package_facts(...)`` under ``"package"``
+    in the yielded dict as soon as it knows them."""
+    facts: dict[str, Any] = {}
+    try:
+        yield facts
+    except SecpackError as exc:
+        _record(action, "error", exc.code, facts)
+        raise
+    except BaseException:
+        _record(action, "error", "internal", facts)
+        raise
+    _record(action, "ok", None, facts)

@@ -1,0 +1,257 @@
+"""The audit log: append-only JSON Lines with a hash chain.
+
+Each record carries the SHA-256 of the previous line (``prev``), so an edited,
+deleted, inserted or reordered record breaks the chain at a line that
+:func:`verify_log` names. Truncation at the end leaves a valid chain, so every
+append also rewrites a small ``.head`` file next to the log (last sequence
+number and line hash) and, with an audit key, the records themselves are signed.
+
+Writers hold an exclusive ``fcntl`` lock on the log for the read-append cycle, so
+concurrent processes never interleave or fork the chain. Records hold only
+public facts (action, package name, version, manifest digest, outcome, error
+code, actor) and never keys, passphrases, file contents or paths inside packages.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import fcntl
+import getpass
+import hashlib
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from secpack.errors import SecpackError
+
+__all__ = ["AUDIT_ENV", "AuditProblem", "append", "default_log_path", "read_log", "verify_log"]
+
+AUDIT_ENV = "SECPACK_AUDIT_LOG"
+FORMAT = 1
+GENESIS = "0" * 64  # the "previous hash" of the first record
+# CI systems whose job identity is worth recording (never their tokens).
+_CI_VARS = {
+    "github": (
+        "GITHUB_ACTIONS",
+        ["GITHUB_REPOSITORY", "GITHUB_WORKFLOW_REF", "GITHUB_RUN_ID", "GITHUB_SHA", "GITHUB_REF"],
+    ),
+    "gitlab": ("GITLAB_CI", ["CI_PROJECT_PATH", "CI_PIPELINE_ID", "CI_JOB_ID", "CI_COMMIT_SHA"]),
+}
+
+
+def default_log_path() -> str:
+    explicit = os.environ.get(AUDIT_ENV)
+    if explicit:
+        return explicit
+    from secpack.transport.state import default_state_dir
+
+    return os.path.join(default_state_dir(), "audit.jsonl")
+
+
+def _actor() -> dict[str, Any]:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    actor: dict[str, Any] = {"user": user, "host": socket.gethostname()}
+    for system, (flag, names) in _CI_VARS.items():
+        if os.environ.get(flag):
+            actor["ci"] = {
+                "system": system,
+                **{n.lower(): os.environ[n] for n in names if n in os.environ},
+            }
+    return actor
+
+
+def _canonical(record: dict[str, Any]) -> bytes:
+    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def _line_hash(line: bytes) -> str:
+    return hashlib.sha256(line.rstrip(b"\n")).hexdigest()
+
+
+def _last_line(fd: int) -> bytes | None:
+    size = os.lseek(fd, 0, os.SEEK_END)
+    if size == 0:
+        return None
+    chunk = 4096
+    end = size
+    buf = b""
+    while end > 0:
+        start = max(0, end - chunk)
+        buf = os.pread(fd, end - start, start) + buf
+        end = start
+        body = buf.rstrip(b"\n")
+        cut = body.rfind(b"\n")
+        if cut >= 0:
+            return body[cut + 1 :]
+    return buf.rstrip(b"\n")
+
+
+def append(
+    action: str,
+    *,
+    outcome: str,
+    code: str | None = None,
+    package: dict[str, Any] | None = None,
+    path: str | None = None,
+    sign: Any = None,
+) -> dict[str, Any]:
+    """Append one record and return it. ``sign``, if given, is an Ed25519 or ECDSA
+    private key whose signature over the record is stored in it (``--audit-key``)."""
+    path = path or default_log_path()
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise SecpackError("audit.io", f"{path}: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        last = _last_line(fd)
+        if last is None:
+            seq, prev = 0, GENESIS
+        else:
+            try:
+                seq = int(json.loads(last)["seq"]) + 1
+            except (ValueError, KeyError, TypeError):
+                raise SecpackError("audit.corrupt", f"{path}: last record is unreadable") from None
+            prev = _line_hash(last)
+        record: dict[str, Any] = {
+            "v": FORMAT,
+            "seq": seq,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "actor": _actor(),
+            "action": action,
+            "outcome": outcome,
+            "code": code,
+            "package": package,
+            "prev": prev,
+        }
+        if sign is not None:
+            from secpack.recipes import signing
+            from secpack.recipes.keys import key_id
+
+            record["sig"] = {
+                "kid": key_id(sign.public_key()).hex(),
+                "alg": signing.cose_alg_of(sign),
+                "value": base64.b64encode(signing.sign(sign, _canonical(record))).decode(),
+            }
+        line = _canonical(record) + b"\n"
+        os.write(fd, line)
+        os.fsync(fd)
+        _write_head(path, seq, _line_hash(line))
+        return record
+    except OSError as exc:
+        raise SecpackError("audit.io", f"{path}: {exc.strerror}") from None
+    finally:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _write_head(path: str, seq: int, digest: str) -> None:
+    from secpack.transport.atomic import remove_stale, temp_name
+
+    head = path + ".head"
+    remove_stale(head)
+    tmp = temp_name(head)
+    with open(tmp, "w", encoding="ascii") as fh:
+        json.dump({"seq": seq, "hash": digest}, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, head)
+
+
+def read_log(path: str | None = None) -> Iterator[tuple[int, bytes]]:
+    """(line number from 1, raw line) for each line of the log."""
+    path = path or default_log_path()
+    try:
+        with open(path, "rb") as fh:
+            yield from enumerate(fh, start=1)
+    except FileNotFoundError:
+        return
+
+
+@dataclass(frozen=True)
+class AuditProblem:
+    line: int  # first bad line (1-based); the line after the last one for truncation
+    reason: str
+
+
+def verify_log(path: str | None = None, keys: dict[str, Any] | None = None) -> AuditProblem | None:
+    """Check the chain, sequence numbers, the head file, and (given ``keys``: key id
+    hex -> public key) every record's signature. Returns the first problem or None."""
+    path = path or default_log_path()
+    prev, expected_seq, last_hash = GENESIS, 0, None
+    count = 0
+    for number, raw in read_log(path):
+        count = number
+        if not raw.endswith(b"\n"):
+            return AuditProblem(number, "truncated record (no end of line)")
+        try:
+            record = json.loads(raw)
+        except ValueError:
+            return AuditProblem(number, "not a JSON record")
+        if not isinstance(record, dict) or _canonical(record) + b"\n" != raw:
+            return AuditProblem(number, "record was edited (not in canonical form)")
+        if record.get("prev") != prev:
+            return AuditProblem(
+                number,
+                "hash chain broken: a record before it was edited, deleted, inserted or moved",
+            )
+        if record.get("seq") != expected_seq:
+            return AuditProblem(
+                number, f"sequence number {record.get('seq')}, expected {expected_seq}"
+            )
+        if keys is not None:
+            problem = _check_signature(record, keys)
+            if problem:
+                return AuditProblem(number, problem)
+        prev = last_hash = _line_hash(raw)
+        expected_seq += 1
+    head = _read_head(path)
+    if head is not None and (head.get("seq") != expected_seq - 1 or head.get("hash") != last_hash):
+        if isinstance(head.get("seq"), int) and head["seq"] >= expected_seq:
+            return AuditProblem(
+                count + 1,
+                f"log truncated: the head records {head['seq'] + 1} "
+                f"record(s), the log holds {expected_seq}",
+            )
+        return AuditProblem(count, "the last record does not match the head file")
+    return None
+
+
+def _read_head(path: str) -> dict[str, Any] | None:
+    try:
+        with open(path + ".head", encoding="ascii") as fh:
+            head = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    return head if isinstance(head, dict) else None
+
+
+def _check_signature(record: dict[str, Any], keys: dict[str, Any]) -> str | None:
+    from secpack.recipes import signing
+
+    sig = record.get("sig")
+    if not isinstance(sig, dict):
+        return "record is not signed"
+    key = keys.get(str(sig.get("kid")))
+    if key is None:
+        return "record is signed by an unknown key"
+    body = {k: v for k, v in record.items() if k != "sig"}
+    try:
+        value = base64.b64decode(str(sig.get("value")), validate=True)
+    except ValueError:
+        return "record signature is not base64"
+    alg = sig.get("alg")
+    if type(alg) is not int or not signing.verify(key, alg, _canonical(body), value):
+        return "record signature does not verify"
+    return None
