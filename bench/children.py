@@ -170,7 +170,13 @@ def secpack_tensors(pkg: Path, identity: Path, trust: Path) -> dict[str, object]
         for r in (package.tensor_info(n, c.name) for n in package.tensor_names(c.name))
     ]
     package.close()
-    return {"tensors": tensors, "package_bytes": os.path.getsize(pkg)}
+    import secpack
+
+    return {
+        "tensors": tensors,
+        "package_bytes": os.path.getsize(pkg),
+        "secpack_file": secpack.__file__,
+    }
 
 
 def main(argv: list[str]) -> int:
