@@ -101,7 +101,13 @@ def make_array(buffer: np.ndarray, record: TensorRecord) -> np.ndarray:
     dtype = numpy_dtype(record.dtype)
     if buffer.nbytes != record.length or record.length % dtype.itemsize:
         raise TensorError("tensor.invalid", f"{record.name}: buffer size disagrees with its type")
-    return buffer.view(dtype).reshape(record.shape)
+    try:
+        return buffer.view(dtype).reshape(record.shape)
+    except ValueError:
+        # The contents schema bounds shapes already; numpy has the last word.
+        raise TensorError(
+            "tensor.invalid", f"{record.name}: shape numpy cannot represent"
+        ) from None
 
 
 @dataclass(frozen=True)

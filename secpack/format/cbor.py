@@ -10,8 +10,10 @@ knows every built-in tag. So decoding here is three steps:
    keys, declared lengths longer than the remaining input, trailing bytes,
    invalid UTF-8, and depth or item counts over the caller's limits.
 2. cbor2 builds the objects from bytes already known to be safe.
-3. The objects are re-encoded canonically and must equal the input bytes, which
-   catches what the scan leaves to cbor2 (shortest float forms).
+3. When the input holds floats, the objects are re-encoded canonically and must
+   equal the input bytes: the shortest-float rule is the one thing the scan leaves
+   to cbor2. Without floats the scan alone has proven deterministic encoding, and
+   the (costly) re-encoding is skipped.
 """
 
 from __future__ import annotations
@@ -40,6 +42,11 @@ def encode(obj: Any) -> bytes:
     return bytes(cbor2.dumps(obj, canonical=True))
 
 
+# A map's entries are bounded separately: no secpack map has more than a few hundred,
+# and a million-entry map costs far more to build than a million-element array.
+DEFAULT_MAX_MAP_ENTRIES = 4096
+
+
 def decode(
     data: bytes,
     *,
@@ -47,6 +54,7 @@ def decode(
     max_depth: int,
     max_items: int,
     text_keys: bool = True,
+    max_map_entries: int = DEFAULT_MAX_MAP_ENTRIES,
 ) -> Any:
     """Decode one strict, deterministic CBOR item that fills ``data`` exactly.
 
@@ -58,7 +66,13 @@ def decode(
     data = bytes(data)
     if len(data) > max_bytes:
         raise CborError("cbor.limit", f"{len(data)} bytes exceeds the {max_bytes}-byte cap")
-    _scan(data, max_depth=max_depth, max_items=max_items, text_keys=text_keys)
+    floats = _scan(
+        data,
+        max_depth=max_depth,
+        max_items=max_items,
+        text_keys=text_keys,
+        max_map_entries=max_map_entries,
+    )
 
     import cbor2
 
@@ -72,15 +86,19 @@ def decode(
     except (cbor2.CBORDecodeError, ValueError, OverflowError) as exc:
         # The scan admits only the subset cbor2 decodes; anything left is malformed.
         raise CborError("cbor.malformed", f"cbor2 refused the item: {type(exc).__name__}") from None
-    if encode(obj) != data:
+    if floats and encode(obj) != data:
         raise CborError("cbor.noncanonical", "item does not re-encode to identical bytes")
     return obj
 
 
-def _scan(data: bytes, *, max_depth: int, max_items: int, text_keys: bool) -> None:
+def _scan(
+    data: bytes, *, max_depth: int, max_items: int, text_keys: bool, max_map_entries: int
+) -> bool:
+    """Validate ``data`` structurally; return whether it holds any float."""
     end = len(data)
     pos = 0
     items = 0
+    floats = False
     # Open containers: [items left, is_map, previous key start, previous key end].
     stack: list[list[int]] = []
     top: list[int] | None = None  # stack[-1], kept in a local: this loop is hot
@@ -95,8 +113,14 @@ def _scan(data: bytes, *, max_depth: int, max_items: int, text_keys: bool) -> No
         major = ib >> 5
         ai = ib & 0x1F
         is_key = top is not None and top[1] and not top[0] & 1
-        # Fast path: a one-byte integer that is not a map key (most array members).
-        if major <= _MAJOR_NINT and ai < 24 and not is_key:
+        # Fast path: a one-byte integer, or an empty array or map, that is not a map
+        # key (most array members, and the cheapest items a hostile input can repeat).
+        if (
+            ai < 24
+            and (major <= _MAJOR_NINT or (ai == 0 and major >= _MAJOR_ARRAY))
+            and major <= _MAJOR_MAP
+            and not is_key
+        ):
             pass
         else:
             if ai < 24:
@@ -133,6 +157,8 @@ def _scan(data: bytes, *, max_depth: int, max_items: int, text_keys: bool) -> No
                 count = arg if major == _MAJOR_ARRAY else 2 * arg
                 if count > end - pos:
                     raise CborError("cbor.malformed", f"container of {arg} runs past the input")
+                if major == _MAJOR_MAP and arg > max_map_entries:
+                    raise CborError("cbor.limit", f"map of {arg} entries at offset {start}")
                 if count:
                     if items > max_items:
                         raise CborError("cbor.limit", f"more than {max_items} items")
@@ -143,8 +169,11 @@ def _scan(data: bytes, *, max_depth: int, max_items: int, text_keys: bool) -> No
                     continue
             elif major == _MAJOR_TAG:
                 raise CborError("cbor.forbidden", f"tag {arg} at offset {start}")
-            elif major == _MAJOR_SIMPLE and ai not in _SIMPLE_ALLOWED and ai not in _FLOAT_AI:
-                raise CborError("cbor.forbidden", f"simple value at offset {start}")
+            elif major == _MAJOR_SIMPLE:
+                if ai in _FLOAT_AI:
+                    floats = True
+                elif ai not in _SIMPLE_ALLOWED:
+                    raise CborError("cbor.forbidden", f"simple value at offset {start}")
             if is_key and top is not None:
                 if top[2] >= 0 and data[top[2] : top[3]] >= data[start:pos]:
                     raise CborError(
@@ -165,3 +194,4 @@ def _scan(data: bytes, *, max_depth: int, max_items: int, text_keys: bool) -> No
             break
     if pos != end:
         raise CborError("cbor.malformed", f"{end - pos} trailing bytes")
+    return floats

@@ -81,7 +81,9 @@ def parse_signature_section(data: bytes, limits: Limits) -> list[SignatureEntry]
         data,
         max_bytes=limits.max_signature_bytes,
         max_depth=limits.max_cbor_depth,
-        max_items=4 * limits.max_signatures + 8,
+        # 2 items for the section map and its array, then 5 per entry (map, 2 keys,
+        # 2 values): a full section of max_signatures entries must fit.
+        max_items=5 * limits.max_signatures + 3,
     )
     sec = as_map(obj, "signatures", ("signatures",))
     out = []

@@ -9,7 +9,6 @@ from collections.abc import Sequence
 
 from cryptography.hazmat.primitives.asymmetric import x25519
 
-from secpack.codec import segment as codec
 from secpack.envelope import dek as envelope
 from secpack.errors import CborError, SchemaError
 from secpack.format import cbor
@@ -66,6 +65,10 @@ class OpenComponent:
                 self.component.name, self.units[seg], segment.plain, segment.codec
             )
             stored = envelope.open_segment(self.dek, segment.salt, aad, stored)
+        # Imported here: numpy and zstandard are only needed once something decodes,
+        # which keeps `secpack verify` (contents checks included) light to start.
+        from secpack.codec import segment as codec
+
         codec.decode(segment.codec, stored, out, self.limits.max_zstd_window)
 
     def decode(self, seg: int) -> bytearray:

@@ -8,7 +8,12 @@ from __future__ import annotations
 
 from secpack.errors import TensorError
 
-__all__ = ["DTYPE_SIZES", "FLOAT_DTYPES", "checked_nbytes"]
+__all__ = ["DTYPE_SIZES", "FLOAT_DTYPES", "MAX_ELEMENTS", "checked_nbytes"]
+
+# numpy and torch index with signed 64-bit integers: the product of the dimensions,
+# zero-size ones counted as 1 (a zero-size tensor may still not have a 2^64 axis),
+# must stay below 2^62 so that no framework overflows computing strides or sizes.
+MAX_ELEMENTS = 1 << 62
 
 DTYPE_SIZES: dict[str, int] = {
     "BOOL": 1,
@@ -41,8 +46,12 @@ def checked_nbytes(dtype: str, shape: list[int] | tuple[int, ...], max_ndim: int
     if len(shape) > max_ndim:
         raise TensorError("tensor.invalid", f"{len(shape)} dimensions (limit {max_ndim})")
     count = 1
+    extent = 1
     for dim in shape:
         if type(dim) is not int or dim < 0:
             raise TensorError("tensor.invalid", f"dimension {dim!r} is not a non-negative integer")
         count *= dim
+        extent *= max(dim, 1)
+    if extent * size >= MAX_ELEMENTS:
+        raise TensorError("tensor.invalid", f"shape {list(shape)} is too large to represent")
     return count * size

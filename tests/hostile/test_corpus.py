@@ -213,13 +213,8 @@ def test_forged_baseline_opens(corpus: Path, scratch: Path, name: str) -> None:
     shutil.rmtree(out)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="secpack bug: secpack/format/sections.py parse_signature_section caps CBOR items at "
-    "4 * max_signatures + 8 = 264, but each entry takes 5 items, so 53..64 signatures "
-    "(allowed by FORMAT.md §8) are refused with cbor.limit",
-)
-def test_signature_count_bug(corpus: Path, scratch: Path) -> None:
+def test_sixty_signatures_are_accepted(corpus: Path, scratch: Path) -> None:
+    """Regression: the signature-section item cap once refused 53..64 signatures."""
     pkg = corpus / "controls" / "signatures-60.spk"
     state = {"SECPACK_STATE_DIR": str(scratch / "state-sig60")}
     res = run_cli("verify", pkg, *_trust(corpus), env=state)
