@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import struct
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -14,8 +16,17 @@ OUT = Path(__file__).resolve().parent / "seeds"
 
 def _packages() -> list[bytes]:
     found = sorted((ROOT / "tests" / "vectors").glob("*.spk"))
-    found += sorted((ROOT / "tests" / "hostile").glob("**/*.spk"))
-    return [p.read_bytes() for p in found]
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = Path(tmp) / "hostile"
+        # The hostile corpus (tests/hostile/generate.py): every case is one defect away
+        # from a valid package, which makes it good fuzzing seed material.
+        subprocess.run(
+            [sys.executable, str(ROOT / "tests" / "hostile" / "generate.py"), "--out", str(corpus)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        found += sorted(corpus.glob("**/*.spk"))
+        return [p.read_bytes() for p in found if p.stat().st_size < (4 << 20)]
 
 
 def _manifest(data: bytes) -> bytes | None:
