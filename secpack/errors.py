@@ -157,6 +157,7 @@ CODES: dict[str, str] = {
     # audit log
     "audit.io": "the audit log cannot be written",
     "audit.corrupt": "the audit log cannot be read",
+    "audit.tampered": "the audit log was edited, reordered or truncated",
     # component selection
     "component.unknown": "no such component in the package",
     # a bug in secpack itself; the CLI reports it without a traceback

@@ -2,7 +2,8 @@
 
 A failure to write the audit log never hides the verb's own result: it is
 reported as a warning, unless ``SECPACK_AUDIT=required``, when it is an error.
-``SECPACK_AUDIT=off`` turns recording off.
+``SECPACK_AUDIT=off`` turns recording off. ``SECPACK_AUDIT_KEY`` (the CLI's
+``--audit-key``) names a signing key that signs every record.
 """
 
 from __future__ import annotations
@@ -42,6 +43,17 @@ def _record(action: str, outcome: str, code: str | None, facts: dict[str, Any]) 
         if mode == "required":
             raise
         log.warning("audit record not written: %s", exc)
+
+
+def _audit_key() -> Any:
+    """The key named by ``$SECPACK_AUDIT_KEY`` (``--audit-key``) signs every record."""
+    path = os.environ.get("SECPACK_AUDIT_KEY")
+    if not path:
+        return None
+    from secpack.api.keyfiles import load_signing_key, passphrase_from_env
+
+    env = "SECPACK_AUDIT_PASSPHRASE" if "SECPACK_AUDIT_PASSPHRASE" in os.environ else None
+    return load_signing_key(path, passphrase_from_env(env))
 
 
 @contextlib.contextmanager

@@ -72,6 +72,11 @@ def _canonical(record: dict[str, Any]) -> bytes:
     return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
+def _record_hash(record: dict[str, Any]) -> str:
+    body = {k: v for k, v in record.items() if k not in ("hash", "sig")}
+    return hashlib.sha256(_canonical(body)).hexdigest()
+
+
 def _line_hash(line: bytes) -> str:
     return hashlib.sha256(line.rstrip(b"\n")).hexdigest()
 
@@ -134,6 +139,9 @@ def append(
             "package": package,
             "prev": prev,
         }
+        # The record's own digest: an edited record is caught at its own line, before
+        # the chain breaks at the next one.
+        record["hash"] = _record_hash(record)
         if sign is not None:
             from secpack.recipes import signing
             from secpack.recipes.keys import key_id
@@ -201,6 +209,8 @@ def verify_log(path: str | None = None, keys: dict[str, Any] | None = None) -> A
             return AuditProblem(number, "not a JSON record")
         if not isinstance(record, dict) or _canonical(record) + b"\n" != raw:
             return AuditProblem(number, "record was edited (not in canonical form)")
+        if record.get("hash") != _record_hash(record):
+            return AuditProblem(number, "record was edited (its digest does not match)")
         if record.get("prev") != prev:
             return AuditProblem(
                 number,

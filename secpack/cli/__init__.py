@@ -103,11 +103,21 @@ def _root(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
     ] = False,
+    audit_key: Annotated[
+        str | None,
+        typer.Option(
+            "--audit-key",
+            metavar="KEY",
+            help="Sign every audit-log record with this key (also $SECPACK_AUDIT_KEY).",
+        ),
+    ] = None,
 ) -> None:
     """Seal ML models into signed, encrypted, compressed packages, and open them safely."""
+    if audit_key:
+        os.environ["SECPACK_AUDIT_KEY"] = audit_key
 
 
-from secpack.cli import commands  # noqa: E402,F401  (registers the verbs on app)
+from secpack.cli import audit_cmds, commands  # noqa: E402,F401  (registers the verbs on app)
 
 
 def main() -> NoReturn:

@@ -1,0 +1,115 @@
+"""``secpack audit show|verify|export``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from secpack.cli import JsonOpt, QuietOpt, _run, app
+
+__all__: list[str] = []
+
+audit_app = typer.Typer(
+    help="Read and check the tamper-evident audit log.", no_args_is_help=True, rich_markup_mode=None
+)
+app.add_typer(audit_app, name="audit")
+
+LogOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--log", metavar="PATH", help="Audit log (default $SECPACK_AUDIT_LOG or the state dir)."
+    ),
+]
+
+
+def _records(path: str | None) -> list[dict[str, Any]]:
+    from secpack.audit.log import read_log
+    from secpack.errors import SecpackError
+
+    out = []
+    for number, raw in read_log(path):
+        try:
+            out.append(json.loads(raw))
+        except ValueError:
+            raise SecpackError("audit.corrupt", f"line {number} is not JSON") from None
+    return out
+
+
+@audit_app.command("show", epilog="Example: secpack audit show --json")
+def show(log: LogOpt = None, as_json: JsonOpt = False, quiet: QuietOpt = False) -> None:
+    """Print the records, oldest first."""
+
+    def action() -> None:
+        from secpack.cli.render import out
+
+        records = _records(log)
+        lines = []
+        for r in records:
+            pkg = r.get("package") or {}
+            who = (r.get("actor") or {}).get("user", "?")
+            what = f"{pkg.get('name', pkg.get('path', '-'))} v{pkg.get('version', '?')}"
+            result = r.get("outcome") if r.get("outcome") == "ok" else f"error[{r.get('code')}]"
+            lines.append(
+                f"{r.get('seq'):>6} {r.get('time')} {who:<10} {r.get('action'):<7} {what}  {result}"
+            )
+        out({"records": records}, as_json, lines, quiet)
+
+    _run(as_json, action)
+
+
+@audit_app.command("verify", epilog="Example: secpack audit verify --key audit.pub")
+def verify(
+    log: LogOpt = None,
+    key: Annotated[
+        list[str] | None,
+        typer.Option("--key", metavar="PUB", help="Require every record signed by one of these."),
+    ] = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Check the hash chain: detects edited, deleted, inserted, reordered and truncated records."""
+
+    def action() -> None:
+        from secpack.audit.log import default_log_path, verify_log
+        from secpack.cli.render import out
+        from secpack.errors import SecpackError
+        from secpack.recipes.keys import key_id, load_public_pem
+        from secpack.transport.files import read_small
+
+        keys = None
+        if key:
+            keys = {}
+            for path in key:
+                pub = load_public_pem(read_small(path, "audit key"), path)
+                keys[key_id(pub).hex()] = pub
+        problem = verify_log(log, keys)
+        if problem is not None:
+            raise SecpackError("audit.tampered", f"line {problem.line}: {problem.reason}")
+        count = len(_records(log))
+        path = log or default_log_path()
+        out(
+            {"log": path, "records": count},
+            as_json,
+            [f"OK {path}: {count} record(s), chain intact"],
+            quiet,
+        )
+
+    _run(as_json, action)
+
+
+@audit_app.command("export", epilog="Example: secpack audit export --json > audit.json")
+def export(log: LogOpt = None, as_json: JsonOpt = True) -> None:
+    """Write the records as one JSON document (or JSON Lines without --json)."""
+
+    def action() -> None:
+        records = _records(log)
+        if as_json:
+            sys.stdout.write(json.dumps({"ok": True, "records": records}) + "\n")
+        else:
+            for r in records:
+                sys.stdout.write(json.dumps(r, sort_keys=True) + "\n")
+
+    _run(as_json, action)
