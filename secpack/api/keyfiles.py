@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 
@@ -18,6 +19,7 @@ from secpack.recipes.keys import (
     public_pem,
 )
 from secpack.sign.policy import Policy, policy_from_keys
+from secpack.sign.policy_file import policy_from_toml
 from secpack.transport.files import read_small, write_private, write_public
 
 __all__ = [
@@ -67,11 +69,23 @@ def load_recipient(path: str) -> x25519.X25519PublicKey:
     return key
 
 
-def resolve_policy(trust: Sequence[str], policy_path: str | None) -> Policy:
-    """Trust comes from ``--trust`` keys, a ``--policy`` file, or ``$SECPACK_POLICY``.
+def resolve_policy(
+    trust: Sequence[str], policy_path: str | None, trusted_root: str | None = None
+) -> Policy:
+    """Trust comes from ``--trust`` keys, a ``--policy`` file, or ``$SECPACK_POLICY``;
+    ``trusted_root`` (``--trusted-root``) replaces the policy's sigstore root.
 
     Having none is an error: secpack never verifies or opens anything unsigned.
     """
+    policy = _load_policy(trust, policy_path)
+    if trusted_root is not None:
+        if not os.path.isfile(trusted_root):
+            raise PolicyError("policy.invalid", f"trusted root {trusted_root} does not exist")
+        policy = dataclasses.replace(policy, trusted_root=os.path.abspath(trusted_root))
+    return policy
+
+
+def _load_policy(trust: Sequence[str], policy_path: str | None) -> Policy:
     if trust and policy_path:
         raise PolicyError("policy.invalid", "give either --trust keys or --policy, not both")
     if trust:
@@ -87,12 +101,15 @@ def resolve_policy(trust: Sequence[str], policy_path: str | None) -> Policy:
     def read_key(rel: str) -> bytes:
         return read_small(os.path.join(base, rel), "trusted key")
 
+    def resolve(rel: str) -> str:
+        return os.path.join(base, os.path.expanduser(rel))
+
     text = read_small(path, "policy")
     try:
         decoded = text.decode("utf-8")
     except UnicodeDecodeError:
         raise PolicyError("policy.invalid", f"{path} is not UTF-8 text") from None
-    return Policy.from_toml(decoded, read_key, path)
+    return policy_from_toml(decoded, read_key, resolve, path)
 
 
 def keygen(

@@ -103,7 +103,9 @@ def check_trust(
     header: Header, policy: Policy, now: int, expected_name: str | None = None
 ) -> list[Signer]:
     """Steps 5-6: signatures against the policy, then freshness and requirements."""
-    signers = evaluate_signatures(header.manifest_bytes, header.signatures, policy)
+    signers = evaluate_signatures(
+        header.manifest_bytes, header.signatures, policy, header.manifest.name
+    )
     m = header.manifest
     if expected_name is not None and m.name != expected_name:
         raise PolicyError("policy.name", f"package is {m.name!r}, expected {expected_name!r}")

@@ -1,17 +1,16 @@
 """Trust policies: who may sign, how many must, and what else a package must meet.
 
-A policy is a TOML document (schema in docs/POLICY.md). It is parsed into a
-frozen :class:`Policy`; reading the files it names is the caller's job, through
-the ``read_key`` callback, so this module does no I/O of its own.
+A :class:`Policy` is built from ``--trust`` keys (:func:`policy_from_keys`) or a
+TOML file (:mod:`secpack.sign.policy_file`), and checked against a package's
+signatures by :func:`evaluate_signatures`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
-import tomllib
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 
 from secpack.errors import IntegrityError, PolicyError, SignatureError
 from secpack.format.limits import DEFAULT_LIMITS, Limits
@@ -25,8 +24,16 @@ from secpack.recipes.keys import (
     signing_alg_of,
 )
 from secpack.sign import cose
+from secpack.sign.keyless import SIG_TYPE_SIGSTORE, SigstoreSigner
 
-__all__ = ["Policy", "Signer", "evaluate_signatures", "parse_duration", "policy_from_keys"]
+__all__ = [
+    "Policy",
+    "Signer",
+    "evaluate_signatures",
+    "parse_duration",
+    "policy_from_keys",
+    "signing_key",
+]
 
 _DURATION = re.compile(r"(\d+)([smhdw])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -42,16 +49,20 @@ def parse_duration(text: str) -> int:
 
 @dataclass(frozen=True)
 class Signer:
-    """A signature that verified against a trusted key."""
+    """A signature that verified against a trusted key or keyless identity."""
 
     key_id: bytes
-    alg: str
+    alg: str  # "ed25519", "ecdsa-p256", "ecdsa-p384" or "sigstore"
+    identity: str | None = None  # keyless: "<SAN> (<issuer>)"
 
 
 @dataclass(frozen=True)
 class Policy:
     keys: dict[bytes, SigningPublicKey]
     threshold: int = 1
+    # Keyless signers, verified against the pinned trusted root file (never refreshed).
+    sigstore: tuple[SigstoreSigner, ...] = ()
+    trusted_root: str | None = None
     algorithms: frozenset[str] = frozenset(SIGNING_ALGS)
     require_expires: bool = False
     max_age: int | None = None  # seconds since `created`
@@ -65,121 +76,50 @@ class Policy:
     name: str = "<command line>"
 
     def __post_init__(self) -> None:
-        if not self.keys:
+        signers = len(self.keys) + len(self.sigstore)
+        if not signers:
             raise PolicyError("policy.invalid", f"{self.name}: no trusted signers")
-        if not 1 <= self.threshold <= len(self.keys):
+        if not 1 <= self.threshold <= signers:
             raise PolicyError(
                 "policy.invalid",
-                f"{self.name}: threshold {self.threshold} with {len(self.keys)} trusted key(s)",
+                f"{self.name}: threshold {self.threshold} with {signers} trusted signer(s)",
+            )
+        if self.sigstore and not self.trusted_root:
+            raise PolicyError(
+                "policy.invalid", f"{self.name}: sigstore signers need a trusted_root file"
             )
 
-    @classmethod
-    def from_toml(cls, text: str, read_key: Callable[[str], bytes], name: str) -> Policy:
-        try:
-            doc = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise PolicyError("policy.invalid", f"{name}: {exc}") from None
-        return _from_doc(doc, read_key, name)
 
-
-def policy_from_keys(pems: Iterable[tuple[str, bytes]], threshold: int = 1) -> Policy:
-    """A policy that trusts exactly the given public keys (``--trust``)."""
-    keys = {}
-    for what, pem in pems:
-        key = _signing_key(pem, what)
-        keys[key_id(key)] = key
-    return Policy(keys=keys, threshold=threshold)
-
-
-def _signing_key(pem: bytes, what: str) -> SigningPublicKey:
+def signing_key(pem: bytes, what: str) -> SigningPublicKey:
     key = load_public_pem(pem, what)
     if not isinstance(key, SigningPublicKey):
         raise PolicyError("policy.invalid", f"{what}: not a signing public key")
     return key
 
 
-def _expect(doc: dict[str, Any], key: str, typ: type, where: str) -> Any:
-    value = doc[key]
-    if typ is int and type(value) is not int:
-        raise PolicyError("policy.invalid", f"{where}.{key} must be an integer")
-    if not isinstance(value, typ):
-        raise PolicyError("policy.invalid", f"{where}.{key} must be {typ.__name__}")
-    return value
-
-
-def _check_keys(doc: dict[str, Any], allowed: set[str], where: str) -> None:
-    unknown = set(doc) - allowed
-    if unknown:
-        raise PolicyError("policy.invalid", f"{where}: unknown setting(s) {sorted(unknown)}")
-
-
-def _from_doc(doc: dict[str, Any], read_key: Callable[[str], bytes], name: str) -> Policy:
-    _check_keys(doc, {"version", "trust", "freshness", "components", "rollback", "limits"}, name)
-    if doc.get("version") != 1:
-        raise PolicyError("policy.invalid", f"{name}: version must be 1")
-    trust = doc.get("trust")
-    if not isinstance(trust, dict):
-        raise PolicyError("policy.invalid", f"{name}: missing [trust] table")
-    _check_keys(trust, {"keys", "threshold", "algorithms"}, f"{name} [trust]")
-    paths = _expect(trust, "keys", list, "trust") if "keys" in trust else []
-    keys: dict[bytes, SigningPublicKey] = {}
-    for path in paths:
-        if not isinstance(path, str):
-            raise PolicyError("policy.invalid", f"{name}: trust.keys entries are file paths")
-        key = _signing_key(read_key(path), path)
+def policy_from_keys(pems: Iterable[tuple[str, bytes]], threshold: int = 1) -> Policy:
+    """A policy that trusts exactly the given public keys (``--trust``)."""
+    keys = {}
+    for what, pem in pems:
+        key = signing_key(pem, what)
         keys[key_id(key)] = key
-    kwargs: dict[str, Any] = {"keys": keys, "name": name}
-    if "threshold" in trust:
-        kwargs["threshold"] = _expect(trust, "threshold", int, "trust")
-    if "algorithms" in trust:
-        algs = _expect(trust, "algorithms", list, "trust")
-        if not algs or any(a not in SIGNING_ALGS for a in algs):
-            raise PolicyError("policy.invalid", f"{name}: algorithms must be among {SIGNING_ALGS}")
-        kwargs["algorithms"] = frozenset(algs)
-    fresh = doc.get("freshness", {})
-    if not isinstance(fresh, dict):
-        raise PolicyError("policy.invalid", f"{name}: [freshness] must be a table")
-    _check_keys(fresh, {"require_expires", "max_age", "max_clock_skew"}, f"{name} [freshness]")
-    if "require_expires" in fresh:
-        kwargs["require_expires"] = _expect(fresh, "require_expires", bool, "freshness")
-    for setting in ("max_age", "max_clock_skew"):
-        if setting in fresh:
-            try:
-                kwargs[setting] = parse_duration(_expect(fresh, setting, str, "freshness"))
-            except ValueError as exc:
-                raise PolicyError("policy.invalid", f"{name}: freshness.{setting}: {exc}") from None
-    comps = doc.get("components", {})
-    if not isinstance(comps, dict):
-        raise PolicyError("policy.invalid", f"{name}: [components] must be a table")
-    _check_keys(comps, {"required"}, f"{name} [components]")
-    if "required" in comps:
-        req = _expect(comps, "required", list, "components")
-        kwargs["required_components"] = tuple(str(c) for c in req)
-    rollback = doc.get("rollback", {})
-    if not isinstance(rollback, dict):
-        raise PolicyError("policy.invalid", f"{name}: [rollback] must be a table")
-    _check_keys(rollback, {"protect", "state_dir"}, f"{name} [rollback]")
-    if "protect" in rollback:
-        kwargs["rollback"] = _expect(rollback, "protect", bool, "rollback")
-    if "state_dir" in rollback:
-        kwargs["state_dir"] = _expect(rollback, "state_dir", str, "rollback")
-    kwargs["limits"] = _limits(doc.get("limits", {}), name)
-    return Policy(**kwargs)
+    return Policy(keys=keys, threshold=threshold)
 
 
-def _limits(table: Any, name: str) -> Limits:
-    if not isinstance(table, dict):
-        raise PolicyError("policy.invalid", f"{name}: [limits] must be a table")
-    known = {f.name for f in fields(Limits)}
-    _check_keys(table, known, f"{name} [limits]")
-    for key, value in table.items():
-        if type(value) is not int or value <= 0:
-            raise PolicyError("policy.invalid", f"{name}: limits.{key} must be a positive integer")
-    return replace(DEFAULT_LIMITS, **table)
+def _keyless(data: bytes, manifest: bytes, name: str, policy: Policy) -> Signer | None:
+    if not policy.sigstore or policy.trusted_root is None:
+        return None  # no keyless signer is trusted: such a bundle never counts
+    from secpack.sign.keyless import verify_package_bundle
+
+    digest = hashlib.sha256(manifest).digest()
+    signer = verify_package_bundle(data, policy.sigstore, policy.trusted_root, name, digest)
+    if signer is None:
+        return None
+    return Signer(signer.key_id, "sigstore", f"{signer.identity} ({signer.issuer})")
 
 
 def evaluate_signatures(
-    manifest: bytes, entries: Sequence[SignatureEntry], policy: Policy
+    manifest: bytes, entries: Sequence[SignatureEntry], policy: Policy, manifest_name: str = ""
 ) -> list[Signer]:
     """Check every signature that names a trusted key; enforce the threshold.
 
@@ -190,6 +130,11 @@ def evaluate_signatures(
         raise SignatureError("sig.missing", "the package is unsigned")
     verified: dict[bytes, Signer] = {}
     for entry in entries:
+        if entry.type == SIG_TYPE_SIGSTORE:
+            keyless = _keyless(entry.data, manifest, manifest_name, policy)
+            if keyless is not None:
+                verified[keyless.key_id] = keyless
+            continue
         if entry.type != SIG_TYPE_COSE_SIGN1:
             continue  # a kind this reader cannot check never counts toward the threshold
         sig = cose.parse_sign1(entry.data)
