@@ -144,7 +144,7 @@ def seal(
                 out.move_range(room, len(header), manifest.stored_size)
             out.pwrite(0, header)
             entries = [
-                SignatureEntry(SIG_TYPE_COSE_SIGN1, sign_manifest(k, manifest_bytes))
+                SignatureEntry(SIG_TYPE_COSE_SIGN1, sign_manifest(k, manifest_bytes, created))
                 for k in sign_keys
             ]
             tail = assemble.signature_tail(entries)

@@ -1,39 +1,111 @@
-"""``sign``: add a signature to an existing package.
+"""``sign``, ``signatures`` and ``unsign``: manage a package's signatures.
 
 Only the signature section at the end of the file changes: the signed manifest
-and the blobs keep their bytes and offsets. The package is first checked
-(framing, manifest, and the digest of every stored segment), because a
-signature vouches for everything the manifest commits to.
+and the blobs keep their bytes and offsets. Before adding a signature the
+package is checked (framing, manifest, and the digest of every stored segment),
+because a signature vouches for everything the manifest commits to.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from secpack.api.auditing import audited, package_facts
+from secpack.api.common import source_date_epoch
+from secpack.errors import SecpackError
 from secpack.format.limits import DEFAULT_LIMITS
 from secpack.format.sections import SIG_TYPE_COSE_SIGN1, SignatureEntry
 from secpack.package import assemble
-from secpack.package.reader import read_header, verify_segments
+from secpack.package.reader import Header, read_header, verify_segments
 from secpack.recipes.keys import SigningPrivateKey, key_id
+from secpack.recipes.signing import COSE_ALGS
 from secpack.sign import cose
+from secpack.sign.keyless import SIG_TYPE_SIGSTORE
+from secpack.sign.policy import Policy
 from secpack.transport.atomic import AtomicFile
 from secpack.transport.spkfile import FileSource
 
-__all__ = ["SignReport", "add_signature"]
+__all__ = [
+    "SignReport",
+    "SignatureListing",
+    "add_keyless_signature",
+    "add_signature",
+    "list_signatures",
+    "remove_signature",
+]
 
 
 @dataclass(frozen=True)
 class SignReport:
     path: str
     key_id: bytes
-    added: bool  # False when this key had already signed the package
+    added: bool  # False when this signer had already signed the package
     signatures: int
+    identity: str | None = None  # keyless: the certificate identity
+    bundle: bytes | None = None  # keyless: the sigstore bundle JSON
 
 
-def add_signature(package: str, key: SigningPrivateKey, output: str | None = None) -> SignReport:
-    """Sign ``package`` with ``key``, in place or into ``output``."""
-    kid = key_id(key.public_key())
+@dataclass(frozen=True)
+class SignatureListing:
+    index: int
+    type: str
+    key_id: bytes | None  # key signatures: SHA-256 of the SPKI; keyless: of the certificate
+    alg: str | None
+    signer: str  # "sha256:<kid>" or the keyless identity
+    signed_at: int | None
+    trusted: bool | None  # against the given policy; None without one
+
+
+def _rewrite(
+    src: FileSource, header: Header, entries: list[SignatureEntry], dest: str, in_place: bool
+) -> None:
+    tail = assemble.signature_tail(entries)
+    with AtomicFile(dest, overwrite=in_place) as out:
+        out.copy_from(src.fd, 0, 0, header.layout.sigs_off)
+        out.pwrite(header.layout.sigs_off, tail)
+        out.commit()
+
+
+def _keyless_identity(data: bytes) -> tuple[bytes, str, int | None]:
+    """(certificate fingerprint, "SAN (issuer)", log time) of a bundle, unverified."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    from secpack.sign.keyless import parse_bundle
+
+    bundle = parse_bundle(data)
+    cert = bundle.signing_certificate
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names = [str(g.value) for g in san]
+    except x509.ExtensionNotFound:
+        names = []
+    issuer = ""
+    for ext in cert.extensions:
+        # Fulcio's OIDC issuer extensions (v2 first, then the deprecated v1).
+        if ext.oid.dotted_string in ("1.3.6.1.4.1.57264.1.8", "1.3.6.1.4.1.57264.1.1"):
+            raw = ext.value.value
+            issuer = (
+                raw[2:].decode(errors="replace")
+                if raw[:1] == b"\x0c"
+                else raw.decode(errors="replace")
+            )
+            break
+    when = None
+    entry = bundle.log_entry
+    integrated = getattr(entry, "_inner", None)
+    if integrated is not None and getattr(integrated, "integrated_time", None):
+        when = int(integrated.integrated_time)
+    return cert.fingerprint(hashes.SHA256()), f"{', '.join(names)} ({issuer})", when
+
+
+def _append(
+    package: str,
+    output: str | None,
+    make: Callable[[Header], tuple[SignatureEntry, bytes]],
+    same_signer: Callable[[SignatureEntry], bool],
+) -> tuple[SignReport, bytes | None]:
     with audited("sign") as audit:
         audit["package"] = {"path": package}
         with FileSource(package) as src:
@@ -43,22 +115,118 @@ def add_signature(package: str, key: SigningPrivateKey, output: str | None = Non
             )
             verify_segments(src, header)
             entries = list(header.signatures)
-            already = any(
-                e.type == SIG_TYPE_COSE_SIGN1 and cose.parse_sign1(e.data).kid == kid
-                for e in entries
-            )
-            if already and output is None:
-                return SignReport(package, kid, False, len(entries))
-            if not already:
-                entries.append(
-                    SignatureEntry(
-                        SIG_TYPE_COSE_SIGN1, cose.sign_manifest(key, header.manifest_bytes)
+            if any(same_signer(e) for e in entries) and output is None:
+                return SignReport(package, b"", False, len(entries)), None
+            entry, kid = make(header)
+            entries.append(entry)
+            _rewrite(src, header, entries, output or package, in_place=output is None)
+            return SignReport(output or package, kid, True, len(entries)), entry.data
+
+
+def add_signature(package: str, key: SigningPrivateKey, output: str | None = None) -> SignReport:
+    """Sign ``package`` with ``key``, in place or into ``output``. Signing twice with
+    the same key adds nothing."""
+    kid = key_id(key.public_key())
+
+    def make(header: Header) -> tuple[SignatureEntry, bytes]:
+        data = cose.sign_manifest(key, header.manifest_bytes, source_date_epoch())
+        return SignatureEntry(SIG_TYPE_COSE_SIGN1, data), kid
+
+    def same(entry: SignatureEntry) -> bool:
+        return entry.type == SIG_TYPE_COSE_SIGN1 and cose.parse_sign1(entry.data).kid == kid
+
+    report, _ = _append(package, output, make, same)
+    return SignReport(report.path, kid, report.added, report.signatures)
+
+
+def add_keyless_signature(
+    package: str,
+    *,
+    token: str | None = None,
+    trust_config: str | None = None,
+    output: str | None = None,
+    interactive: bool = False,
+) -> SignReport:
+    """Sign ``package`` keylessly through sigstore (Fulcio + Rekor of the public
+    instance, or of ``trust_config``). See :func:`secpack.sign.keyless.identity_token`
+    for where the identity token comes from."""
+    from secpack.sign.keyless import identity_token, sign_keyless
+
+    identity = identity_token(token, interactive)
+
+    def make(header: Header) -> tuple[SignatureEntry, bytes]:
+        data = sign_keyless(header.manifest_bytes, header.manifest, identity, trust_config)
+        return SignatureEntry(SIG_TYPE_SIGSTORE, data), _keyless_identity(data)[0]
+
+    report, bundle = _append(package, output, make, lambda entry: False)
+    name = _keyless_identity(bundle)[1] if bundle else None
+    return SignReport(report.path, report.key_id, report.added, report.signatures, name, bundle)
+
+
+def list_signatures(package: str, policy: Policy | None = None) -> list[SignatureListing]:
+    """Every signature entry, with whether ``policy`` (if given) trusts it. Trust means
+    the signature verifies under the policy, not just that its signer is listed."""
+    from secpack.sign.policy import evaluate_signatures
+
+    with FileSource(package) as src:
+        header = read_header(src, policy.limits if policy else DEFAULT_LIMITS)
+    out = []
+    for i, entry in enumerate(header.signatures):
+        trusted = None
+        if policy is not None:
+            try:
+                trusted = bool(
+                    evaluate_signatures(
+                        header.manifest_bytes, [entry], _single(policy), header.manifest.name
                     )
                 )
-            tail = assemble.signature_tail(entries)
-            dest = output or package
-            with AtomicFile(dest, overwrite=output is None) as out:
-                out.copy_from(src.fd, 0, 0, header.layout.sigs_off)
-                out.pwrite(header.layout.sigs_off, tail)
-                out.commit()
-        return SignReport(dest, kid, not already, len(entries))
+            except SecpackError:
+                trusted = False
+        out.append(_describe(i, entry, trusted))
+    return out
+
+
+def _single(policy: Policy) -> Policy:
+    import dataclasses
+
+    return dataclasses.replace(policy, threshold=1)
+
+
+def _describe(index: int, entry: SignatureEntry, trusted: bool | None) -> SignatureListing:
+    if entry.type == SIG_TYPE_COSE_SIGN1:
+        sig = cose.parse_sign1(entry.data)
+        alg = COSE_ALGS.get(sig.alg)
+        return SignatureListing(
+            index, entry.type, sig.kid, alg, "sha256:" + sig.kid.hex(), sig.signed_at, trusted
+        )
+    if entry.type == SIG_TYPE_SIGSTORE:
+        fingerprint, identity, when = _keyless_identity(entry.data)
+        return SignatureListing(index, entry.type, fingerprint, "sigstore", identity, when, trusted)
+    return SignatureListing(index, entry.type, None, None, "(unknown type)", None, trusted)
+
+
+def _matches(listing: SignatureListing, key_id_text: str) -> bool:
+    text = key_id_text.lower().removeprefix("sha256:")
+    return listing.key_id is not None and len(text) >= 8 and listing.key_id.hex().startswith(text)
+
+
+def remove_signature(package: str, key_id_text: str, output: str | None = None) -> int:
+    """Remove the signatures whose key id (or keyless certificate fingerprint) starts
+    with ``key_id_text`` (at least 8 hex digits); return how many were removed."""
+    with audited("unsign") as audit:
+        audit["package"] = {"path": package}
+        with FileSource(package) as src:
+            header = read_header(src, DEFAULT_LIMITS)
+            audit["package"].update(
+                package_facts(header.manifest.name, header.manifest.version, header.digest)
+            )
+            keep, removed = [], 0
+            for i, entry in enumerate(header.signatures):
+                if _matches(_describe(i, entry, None), key_id_text):
+                    removed += 1
+                else:
+                    keep.append(entry)
+            if not removed:
+                raise SecpackError("sig.unknown", f"no signature with key id {key_id_text}")
+            _rewrite(src, header, keep, output or package, in_place=output is None)
+            return removed

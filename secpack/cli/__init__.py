@@ -45,6 +45,14 @@ PassEnvOpt = Annotated[
     str | None,
     typer.Option("--passphrase-env", metavar="VAR", help="Read the key passphrase from $VAR."),
 ]
+TrustedRootOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--trusted-root",
+        metavar="FILE",
+        help="Pinned sigstore trusted root for keyless signers (replaces the policy's).",
+    ),
+]
 DowngradeOpt = Annotated[
     bool,
     typer.Option(
@@ -117,7 +125,7 @@ def _root(
         os.environ["SECPACK_AUDIT_KEY"] = audit_key
 
 
-from secpack.cli import audit_cmds, commands  # noqa: E402,F401  (registers the verbs on app)
+from secpack.cli import audit_cmds, commands, sign_cmds  # noqa: E402,F401  (registers the verbs)
 
 
 def main() -> NoReturn:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -15,6 +15,7 @@ from secpack.cli import (
     PolicyOpt,
     QuietOpt,
     ThreadsOpt,
+    TrustedRootOpt,
     TrustOpt,
     _run,
     app,
@@ -36,6 +37,13 @@ def _pair(text: str, what: str) -> tuple[str | None, str]:
 
 def _hex(kid: bytes) -> str:
     return "sha256:" + kid.hex()
+
+
+def _signer_json(signer: Any) -> dict[str, Any]:
+    out = {"key_id": _hex(signer.key_id), "alg": signer.alg}
+    if signer.identity:
+        out["identity"] = signer.identity
+    return out
 
 
 @app.command(
@@ -176,6 +184,7 @@ def verify(
     package: Annotated[str, typer.Argument(help="Package to verify.")],
     trust: TrustOpt = None,
     policy: PolicyOpt = None,
+    trusted_root: TrustedRootOpt = None,
     component: Annotated[
         list[str] | None, typer.Option("--component", help="Check only these components.")
     ] = None,
@@ -192,7 +201,7 @@ def verify(
         from secpack.api.verify import verify as do_verify
         from secpack.cli.render import human_size, human_time, out, progress_for
 
-        pol = resolve_policy(trust or [], policy)
+        pol = resolve_policy(trust or [], policy, trusted_root)
         bar = progress_for(
             quiet, as_json, os.path.getsize(package) if os.path.isfile(package) else 0
         )
@@ -209,7 +218,7 @@ def verify(
         finally:
             bar.stop()
         m = report.manifest
-        signers = [f"{_hex(s.key_id)} ({s.alg})" for s in report.signers]
+        signers = [s.identity or f"{_hex(s.key_id)} ({s.alg})" for s in report.signers]
         lines = [
             f"OK {m.name} v{m.version}: {len(report.signers)} trusted signature(s), "
             f"{len(m.components)} component(s), {human_size(report.package_size)} verified",
@@ -225,7 +234,7 @@ def verify(
                 "created": m.created,
                 "expires": m.expires,
                 "components": [c.name for c in m.components],
-                "signers": [{"key_id": _hex(s.key_id), "alg": s.alg} for s in report.signers],
+                "signers": [_signer_json(s) for s in report.signers],
                 "manifest_digest": "sha256:" + report.manifest_digest.hex(),
                 "seconds": report.seconds,
             },
@@ -250,6 +259,7 @@ def open_(
     ] = None,
     trust: TrustOpt = None,
     policy: PolicyOpt = None,
+    trusted_root: TrustedRootOpt = None,
     component: Annotated[
         list[str] | None, typer.Option("--component", help="Open only these components.")
     ] = None,
@@ -292,7 +302,7 @@ def open_(
             f"opened {m.name} v{m.version} -> {report.output}",
             f"  {report.files} file(s), {human_size(report.bytes_written)} from "
             f"{', '.join(report.components)}",
-            f"  signed by {', '.join(_hex(s.key_id) for s in report.signers)}",
+            f"  signed by {', '.join(s.identity or _hex(s.key_id) for s in report.signers)}",
             f"  {report.bytes_written / max(report.seconds, 1e-9) / 1e6:.0f} MB/s "
             f"in {report.seconds:.2f} s",
         ]
@@ -305,7 +315,7 @@ def open_(
                 "components": list(report.components),
                 "files": report.files,
                 "bytes": report.bytes_written,
-                "signers": [{"key_id": _hex(s.key_id), "alg": s.alg} for s in report.signers],
+                "signers": [_signer_json(s) for s in report.signers],
                 "manifest_digest": "sha256:" + report.manifest_digest.hex(),
                 "seconds": report.seconds,
             },
@@ -343,42 +353,6 @@ def inspect(
         passphrase = passphrase_from_env(passphrase_env)
         ids = [load_identity(p, passphrase) for p in identity or []]
         render_inspect(do_inspect(package, policy=pol, identities=ids), as_json, quiet)
-
-    _run(as_json, action)
-
-
-@app.command(epilog="Example: secpack sign model.spk --key qa.key")
-def sign(
-    package: Annotated[str, typer.Argument(help="Package to sign.")],
-    key: Annotated[str, typer.Option("--key", help="Signing private key.")],
-    output: Annotated[
-        str | None, typer.Option("--output", "-o", help="Write a signed copy instead.")
-    ] = None,
-    passphrase_env: PassEnvOpt = None,
-    as_json: JsonOpt = False,
-    quiet: QuietOpt = False,
-) -> None:
-    """Add a signature. Only the signature section changes; signed bytes and blobs stay."""
-
-    def action() -> None:
-        from secpack.api.keyfiles import load_signing_key, passphrase_from_env
-        from secpack.api.signing import add_signature
-        from secpack.cli.render import out
-
-        signing_key = load_signing_key(key, passphrase_from_env(passphrase_env))
-        report = add_signature(package, signing_key, output)
-        verb = "signed" if report.added else "already signed by"
-        out(
-            {
-                "package": report.path,
-                "key_id": _hex(report.key_id),
-                "added": report.added,
-                "signatures": report.signatures,
-            },
-            as_json,
-            [f"{verb} {_hex(report.key_id)}: {report.path} ({report.signatures} signature(s))"],
-            quiet,
-        )
 
     _run(as_json, action)
 

@@ -32,6 +32,7 @@ __all__ = [
     "SIG_TYPE_SIGSTORE",
     "SigstoreSigner",
     "identity_token",
+    "parse_bundle",
     "sign_keyless",
     "statement_for",
     "verify_artifact_bundle",
@@ -149,7 +150,7 @@ def sign_keyless(
     return bundle.to_json().encode()
 
 
-def _bundle(data: bytes) -> Any:
+def parse_bundle(data: bytes) -> Any:
     from sigstore.models import Bundle
 
     if len(data) > _MAX_BUNDLE:
@@ -184,7 +185,7 @@ def verify_package_bundle(
     from sigstore.errors import VerificationError
     from sigstore.verify import Verifier
 
-    bundle = _bundle(data)
+    bundle = parse_bundle(data)
     verifier = Verifier(trusted_root=_trusted_root(trusted_root))
     for signer in signers:
         try:
@@ -221,7 +222,7 @@ def verify_dsse_bundle(data: bytes, signer: SigstoreSigner, trusted_root: str) -
     from sigstore.errors import VerificationError
     from sigstore.verify import Verifier
 
-    bundle = _bundle(data)
+    bundle = parse_bundle(data)
     try:
         return Verifier(trusted_root=_trusted_root(trusted_root)).verify_dsse(
             bundle, signer.policy()
@@ -238,7 +239,7 @@ def verify_artifact_bundle(
     from sigstore.errors import VerificationError
     from sigstore.verify import Verifier
 
-    bundle = _bundle(data)
+    bundle = parse_bundle(data)
     # sigstore 4.x has no public accessor for the envelope.
     if bundle._dsse_envelope is None:
         try:
