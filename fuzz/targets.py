@@ -24,6 +24,20 @@ sys.path.insert(0, str(ROOT))
 
 import contextlib
 
+# Everything the targets reach is imported here, at the top: atheris instruments the
+# modules imported while this file loads, and nothing imported later.
+import secpack.api.loader
+import secpack.codec.segment
+import secpack.codec.zstd
+import secpack.envelope.dek
+import secpack.format.contents
+import secpack.format.manifest
+import secpack.format.sections
+import secpack.package.decode
+import secpack.package.reader
+import secpack.sign.cose
+import secpack.sign.policy
+import secpack.tensors.safetensors  # noqa: F401
 from secpack.errors import SecpackError
 from secpack.format import cbor
 from secpack.format.limits import DEFAULT_LIMITS
