@@ -151,6 +151,7 @@ CODES: dict[str, str] = {
     "input.unsafe": "input contains a symlink, device, or a path that escapes the directory",
     "input.safetensors": "a safetensors input file is malformed",
     "input.invalid": "input or seal options are not usable",
+    "input.signature": "the input's model_signing signature (model.sig) does not verify",
     # output
     "output.exists": "output path already exists",
     "output.unsafe": "a path inside the package is unsafe to write",

@@ -15,10 +15,12 @@ from cryptography.hazmat.primitives.asymmetric import x25519
 from secpack.api.auditing import audited, package_facts
 from secpack.api.common import NullProgress, Progress
 from secpack.api.trust import establish_trust, remember_version
+from secpack.errors import SecpackError
 from secpack.format.manifest import Manifest
 from secpack.package.decode import OpenComponent
 from secpack.package.parallel import ordered
 from secpack.package.reader import select_components
+from secpack.sign.modelsig import COMPONENT as MODEL_SIGNING
 from secpack.sign.policy import Policy, Signer
 from secpack.transport.atomic import AtomicDirectory
 from secpack.transport.outdir import OutputTree
@@ -50,6 +52,25 @@ class _Job:
     last: bool  # last segment of its file: the consumer closes the file after it
 
 
+def _selection(manifest: Manifest, names: Sequence[str] | None, emit: bool) -> list[int]:
+    """All components but the model_signing signature, unless it is asked for; that one
+    is only valid next to every other file, so it is never written with a subset."""
+    has = any(c.name == MODEL_SIGNING for c in manifest.components)
+    if emit and not has:
+        raise SecpackError(
+            "component.unknown",
+            "the package carries no model_signing signature (seal it with --model-signing)",
+        )
+    if names:
+        if emit:
+            raise SecpackError("input.invalid", "--emit-model-signing needs every component")
+        return select_components(manifest, names)
+    every = select_components(manifest, None)
+    if emit:
+        return every
+    return [i for i in every if manifest.components[i].name != MODEL_SIGNING]
+
+
 def _decode_job(tree: OutputTree, job: _Job) -> _Job:
     out = job.comp.decode(job.seg)
     tree.pwrite(job.fd, job.offset, out, job.path)
@@ -67,6 +88,7 @@ def extract(
     progress: Progress | None = None,
     expected_name: str | None = None,
     allow_downgrade: bool = False,
+    emit_model_signing: bool = False,
 ) -> ExtractReport:
     """Verify ``package`` against ``policy``, then decrypt the selected components
     (all by default) with ``identities`` and write their files under ``output``.
@@ -89,7 +111,7 @@ def extract(
             audit["package"].update(
                 package_facts(header.manifest.name, header.manifest.version, header.digest)
             )
-            indices = select_components(header.manifest, components)
+            indices = _selection(header.manifest, components, emit_model_signing)
             # Unwrap every key and validate every contents table before writing a byte.
             opened = [OpenComponent(src, header, i, identities, policy.limits) for i in indices]
             total = sum(c.component.size for c in opened)

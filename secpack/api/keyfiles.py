@@ -6,7 +6,7 @@ import dataclasses
 import os
 from collections.abc import Sequence
 
-from cryptography.hazmat.primitives.asymmetric import x25519
+from cryptography.hazmat.primitives.asymmetric import ec, x25519
 
 from secpack.errors import KeyUseError, OutputError, PolicyError
 from secpack.recipes.keys import (
@@ -25,6 +25,7 @@ from secpack.transport.files import read_small, write_private, write_public
 __all__ = [
     "POLICY_ENV",
     "keygen",
+    "load_ec_public",
     "load_identity",
     "load_recipient",
     "load_signing_key",
@@ -66,6 +67,14 @@ def load_recipient(path: str) -> x25519.X25519PublicKey:
     key = load_public_pem(read_small(path, "recipient"), path)
     if not isinstance(key, x25519.X25519PublicKey):
         raise KeyUseError("key.invalid", f"{path} is not an X25519 recipient public key")
+    return key
+
+
+def load_ec_public(path: str) -> ec.EllipticCurvePublicKey:
+    """An ECDSA public key (model_signing's key type)."""
+    key = load_public_pem(read_small(path, "public key"), path)
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise KeyUseError("key.invalid", f"{path} is not an ECDSA (P-256/P-384) public key")
     return key
 
 

@@ -7,7 +7,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from cryptography.hazmat.primitives.asymmetric import x25519
+from cryptography.hazmat.primitives.asymmetric import ec, x25519
 
 from secpack import __version__
 from secpack.api.auditing import audited, package_facts
@@ -19,12 +19,14 @@ from secpack.format.limits import DEFAULT_LIMITS
 from secpack.format.manifest import PACKAGE_NAME_RE, Manifest
 from secpack.format.sections import SIG_TYPE_COSE_SIGN1, SignatureEntry
 from secpack.package import assemble
-from secpack.package.plan import DEFAULT_SEGMENT, make_plan
+from secpack.package.plan import DEFAULT_SEGMENT, InputTree, make_plan
 from secpack.package.writer import SealSettings, placeholder_manifest, write_blobs
 from secpack.recipes.keys import SigningPrivateKey, key_id
 from secpack.sign.cose import sign_manifest
+from secpack.sign.modelsig import COMPONENT as MODEL_SIGNING
+from secpack.sign.modelsig import SIGNATURE_NAME, sign_model, verify_model
 from secpack.transport.atomic import AtomicFile
-from secpack.transport.inputs import scan_input
+from secpack.transport.inputs import InputDirectory, WithExtraFiles, file_digests, scan_input
 
 __all__ = ["SealReport", "seal"]
 
@@ -37,6 +39,36 @@ class SealReport:
     package_size: int
     signers: tuple[bytes, ...]
     seconds: float
+
+
+def _model_signing(
+    tree: InputDirectory,
+    name: str,
+    sign_keys: Sequence[SigningPrivateKey],
+    required: ec.EllipticCurvePublicKey | None,
+    threads: int,
+) -> InputTree:
+    """Check the source's own ``model.sig`` (``--require-model-signing``) and/or make
+    one over the plaintext files with the first ECDSA signing key (``--model-signing``),
+    kept in the ``model-signing`` component for ``open --emit-model-signing``."""
+    digests = file_digests(tree, threads)
+    present = SIGNATURE_NAME in digests
+    if required is not None:
+        if not present:
+            raise InputError("input.signature", f"the source has no {SIGNATURE_NAME} to verify")
+        verify_model(tree.read_at(SIGNATURE_NAME, 0, 1 << 20), required, digests)
+    if not sign_keys:
+        return tree
+    key = next((k for k in sign_keys if isinstance(k, ec.EllipticCurvePrivateKey)), None)
+    if key is None:
+        raise InputError("input.invalid", "--model-signing needs an ECDSA (P-256/P-384) --sign-key")
+    if present:
+        raise InputError(
+            "input.invalid",
+            f"the source already has {SIGNATURE_NAME}; seal it as a file, or remove it to "
+            "have secpack sign the plaintext",
+        )
+    return WithExtraFiles(tree, {SIGNATURE_NAME: sign_model(key, name, digests)})
 
 
 def _recipient_map(
@@ -77,6 +109,8 @@ def seal(
     level: str = "balanced",
     threads: int = 0,
     overwrite: bool = False,
+    model_signing: bool = False,
+    require_model_signing: ec.EllipticCurvePublicKey | None = None,
     progress: Progress | None = None,
 ) -> SealReport:
     """Seal ``source`` (a model directory or one file) into the package ``output``.
@@ -106,7 +140,14 @@ def seal(
                 "input.invalid",
                 f"package name {pkg_name!r} is not allowed; pass --name [A-Za-z0-9._-]",
             )
-        plan = make_plan(tree, components, segment_size, DEFAULT_LIMITS)
+        source_tree: InputTree = tree
+        if model_signing or require_model_signing is not None:
+            source_tree = _model_signing(
+                tree, pkg_name, sign_keys if model_signing else (), require_model_signing, threads
+            )
+            if model_signing:
+                components = [(MODEL_SIGNING, SIGNATURE_NAME), *components]
+        plan = make_plan(source_tree, components, segment_size, DEFAULT_LIMITS)
         created = source_date_epoch()
         settings = SealSettings(
             name=pkg_name,
@@ -130,7 +171,7 @@ def seal(
                 position += len(data)
 
             progress.start(sum(c.size for c in plan.components), "sealing")
-            manifest = write_blobs(tree, plan, settings, sink, progress.advance)
+            manifest = write_blobs(source_tree, plan, settings, sink, progress.advance)
             manifest_bytes = cbor.encode(manifest.to_cbor())
             audit["package"].update(
                 package_facts(

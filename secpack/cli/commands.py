@@ -89,6 +89,21 @@ def seal(
     threads: ThreadsOpt = 0,
     passphrase_env: PassEnvOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing output.")] = False,
+    model_signing: Annotated[
+        bool,
+        typer.Option(
+            "--model-signing",
+            help="Also sign the plaintext files for model_signing (ECDSA --sign-key).",
+        ),
+    ] = False,
+    require_model_signing: Annotated[
+        str | None,
+        typer.Option(
+            "--require-model-signing",
+            metavar="PUB",
+            help="Refuse a source whose model.sig does not verify with PUB.",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -111,6 +126,11 @@ def seal(
             if comp is None:
                 raise ValueError(f"--component {text!r}: expected NAME=GLOB")
             overrides.append((comp, glob))
+        required = None
+        if require_model_signing:
+            from secpack.api.keyfiles import load_ec_public
+
+            required = load_ec_public(require_model_signing)
         size_hint = _tree_size(source)
         bar = progress_for(quiet, as_json, size_hint)
         try:
@@ -125,6 +145,8 @@ def seal(
                 expires=expires,
                 components=overrides,
                 segment_size=segment_mib << 20,
+                model_signing=model_signing,
+                require_model_signing=required,
                 level=level,
                 threads=threads,
                 overwrite=force,
@@ -265,6 +287,13 @@ def open_(
     ] = None,
     name: Annotated[str | None, typer.Option(help="Require this package name.")] = None,
     allow_downgrade: DowngradeOpt = False,
+    emit_model_signing: Annotated[
+        bool,
+        typer.Option(
+            "--emit-model-signing",
+            help="Also write the seal-time model.sig (model_signing verify key).",
+        ),
+    ] = False,
     threads: ThreadsOpt = 0,
     passphrase_env: PassEnvOpt = None,
     as_json: JsonOpt = False,
@@ -294,6 +323,7 @@ def open_(
                 progress=bar,
                 expected_name=name,
                 allow_downgrade=allow_downgrade,
+                emit_model_signing=emit_model_signing,
             )
         finally:
             bar.stop()

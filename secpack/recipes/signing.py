@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 
 from secpack.recipes.keys import SigningPrivateKey, SigningPublicKey, signing_alg_of
 
-__all__ = ["COSE_ALGS", "cose_alg_of", "sign", "verify"]
+__all__ = ["COSE_ALGS", "cose_alg_of", "sign", "sign_ecdsa_der", "verify", "verify_ecdsa_der"]
 
 # COSE algorithm identifiers (IANA "COSE Algorithms" registry).
 COSE_EDDSA = -8
@@ -62,3 +62,26 @@ def verify(key: SigningPublicKey, alg: int, data: bytes, signature: bytes) -> bo
         return True
     except InvalidSignature:
         return False
+
+
+def _ec_hash(key: ec.EllipticCurvePublicKey | ec.EllipticCurvePrivateKey) -> hashes.HashAlgorithm:
+    # The curve's own hash, as sigstore's specs (and model_signing) pair them.
+    size = key.curve.key_size
+    if size == 256:
+        return hashes.SHA256()
+    if size == 384:
+        return hashes.SHA384()
+    raise ValueError(f"unsupported curve {key.curve.name}")
+
+
+def sign_ecdsa_der(key: ec.EllipticCurvePrivateKey, data: bytes) -> bytes:
+    """ECDSA with the curve's hash, DER-encoded (the encoding DSSE envelopes use)."""
+    return key.sign(data, ec.ECDSA(_ec_hash(key)))
+
+
+def verify_ecdsa_der(key: ec.EllipticCurvePublicKey, data: bytes, signature: bytes) -> bool:
+    try:
+        key.verify(signature, data, ec.ECDSA(_ec_hash(key)))
+    except (InvalidSignature, ValueError):
+        return False
+    return True

@@ -8,6 +8,7 @@ swapped for a symlink or changed in size during the seal is caught.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from collections.abc import Sequence
@@ -19,7 +20,7 @@ from secpack.format.limits import Limits
 from secpack.format.paths import collision_key, path_problem
 from secpack.package.plan import InputFile
 
-__all__ = ["InputDirectory", "scan_input"]
+__all__ = ["InputDirectory", "WithExtraFiles", "file_digests", "scan_input"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,42 @@ class InputDirectory:
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
         finally:
             os.close(fd)
+
+
+class WithExtraFiles:
+    """An input tree plus files held in memory (a ``model.sig`` made at seal time)."""
+
+    def __init__(self, tree: InputDirectory, extra: dict[str, bytes]) -> None:
+        self.tree = tree
+        self.extra = extra
+        self.files = [*tree.files, *(InputFile(p, len(d), 0o644) for p, d in extra.items())]
+        self.default_name = tree.default_name
+
+    def read_at(self, path: str, offset: int, length: int) -> bytes:
+        if path in self.extra:
+            return self.extra[path][offset : offset + length]
+        return self.tree.read_at(path, offset, length)
+
+
+# Bytes per read when hashing whole files.
+_HASH_CHUNK = 8 << 20
+
+
+def file_digests(tree: InputDirectory, threads: int = 0) -> dict[str, bytes]:
+    """SHA-256 of every file of ``tree``, files hashed in parallel."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(f: InputFile) -> tuple[str, bytes]:
+        h = hashlib.sha256()
+        for offset in range(0, f.size, _HASH_CHUNK):
+            chunk = tree.read_at(f.path, offset, min(_HASH_CHUNK, f.size - offset))
+            if len(chunk) != min(_HASH_CHUNK, f.size - offset):
+                raise InputError("input.invalid", f"{f.path} changed while it was being read")
+            h.update(chunk)
+        return f.path, h.digest()
+
+    with ThreadPoolExecutor(threads or os.cpu_count() or 1) as pool:
+        return dict(pool.map(one, tree.files))
 
 
 def _refuse(path: str, why: str) -> InputError:
