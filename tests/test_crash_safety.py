@@ -335,10 +335,10 @@ def test_stale_temporaries_of_a_live_process_are_kept(
     dead = subprocess.Popen(["true"])
     dead.wait()
     try:
-        from secpack.transport.atomic import _ORIGIN
+        from secpack.transport.atomic import origin
 
-        live_tmp = out / f".m.spk.secpack-tmp-{_ORIGIN}-{sleeper.pid}-0123abcd"
-        dead_tmp = out / f".m.spk.secpack-tmp-{_ORIGIN}-{dead.pid}-89abcdef"
+        live_tmp = out / f".m.spk.secpack-tmp-{origin()}-{sleeper.pid}-0123abcd"
+        dead_tmp = out / f".m.spk.secpack-tmp-{origin()}-{dead.pid}-89abcdef"
         # From another boot or PID namespace the pid means nothing: never removed.
         foreign_tmp = out / f".m.spk.secpack-tmp-00000000-{dead.pid}-89abcdef"
         live_tmp.write_bytes(b"in progress")

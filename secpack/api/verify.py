@@ -10,7 +10,6 @@ from secpack.api.auditing import audited, package_facts
 from secpack.api.common import NullProgress, Progress
 from secpack.api.trust import establish_trust
 from secpack.format.manifest import Manifest
-from secpack.package.decode import OpenComponent
 from secpack.package.reader import select_components, verify_segments
 from secpack.sign.policy import Policy, Signer
 from secpack.transport.spkfile import FileSource
@@ -61,8 +60,11 @@ def verify(
             indices = select_components(header.manifest, components)
             # What can be checked without a key is checked: the contents (file list,
             # paths, tensor table) of unencrypted components.
-            for i in indices:
-                if header.manifest.components[i].encryption is None:
+            plain = [i for i in indices if header.manifest.components[i].encryption is None]
+            if plain:
+                from secpack.package.decode import OpenComponent
+
+                for i in plain:
                     OpenComponent(src, header, i, (), policy.limits)
             progress.start(
                 sum(header.manifest.components[i].stored_size for i in indices), "verifying"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import os
 import re
@@ -50,7 +51,10 @@ def _origin() -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:8]
 
 
-_ORIGIN = _origin()
+@functools.cache
+def origin() -> str:
+    """This process's origin tag (computed once, on first use)."""
+    return _origin()
 
 
 def _umask() -> int:
@@ -67,7 +71,7 @@ def _umask() -> int:
 
 def temp_name(dest: str) -> str:
     parent, base = os.path.split(os.path.abspath(dest))
-    name = f".{base}{TMP_MARKER}{_ORIGIN}-{os.getpid()}-{secrets.token_hex(4)}"
+    name = f".{base}{TMP_MARKER}{origin()}-{os.getpid()}-{secrets.token_hex(4)}"
     return os.path.join(parent, name)
 
 
@@ -87,7 +91,7 @@ def remove_stale(dest: str) -> list[str]:
     including other writers of the same destination, are left alone."""
     parent, base = os.path.split(os.path.abspath(dest))
     # Only temporaries from this boot and PID namespace: elsewhere the pid means nothing.
-    pattern = re.compile(re.escape(f".{base}{TMP_MARKER}{_ORIGIN}-") + r"(\d+)-[0-9a-f]{8}")
+    pattern = re.compile(re.escape(f".{base}{TMP_MARKER}{origin()}-") + r"(\d+)-[0-9a-f]{8}")
     removed: list[str] = []
     try:
         names = os.listdir(parent)
