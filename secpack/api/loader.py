@@ -38,6 +38,7 @@ from secpack.format.manifest import Manifest
 from secpack.package.decode import OpenComponent
 from secpack.package.parallel import ordered
 from secpack.sign.policy import Policy, Signer
+from secpack.tensors.variants import VARIANTS
 from secpack.transport.spkfile import FileSource
 
 __all__ = ["ComponentInfo", "DtypeWarning", "Package", "load", "open_package"]
@@ -169,6 +170,7 @@ class Package:
         self._components: dict[int, OpenComponent] = {}
         self._threads = threads or os.cpu_count() or 1
         self._pool: ThreadPoolExecutor | None = None
+        self._served: dict[str, str] = {}
         self._header, signers = establish_trust(
             src, policy, expected_name=expected_name, allow_downgrade=allow_downgrade
         )
@@ -282,8 +284,90 @@ class Package:
         self._decode_many(self._segments_into(comp, record.first, record.count, buffer))
         return make_array(buffer, record)
 
-    def state_dict(self, component: str = "weights", framework: str = "numpy") -> dict[str, Any]:
-        """Every tensor of ``component``, decoded in parallel, as ``name -> array``."""
+    def state_dict(
+        self,
+        component: str = "weights",
+        framework: str = "numpy",
+        prefer: Sequence[str] | None = None,
+    ) -> dict[str, Any]:
+        """Every tensor of ``component``, decoded in parallel, as ``name -> array``.
+
+        ``prefer`` (e.g. ``["int8", "fp16", "exact"]``) picks the first precision
+        variant the package has (``seal --variant``) and this identity can read;
+        int8 comes back dequantized to float32. :meth:`served` tells which one was used.
+        """
+        if prefer is None:
+            arrays = self._arrays(component)
+            self._served[component] = "exact"
+        else:
+            arrays = self._preferred(component, prefer)
+        if framework == "numpy":
+            return arrays
+        if framework == "torch":
+            return {name: _to_torch(arr, _dtype_name(arr)) for name, arr in arrays.items()}
+        raise ValueError(f"framework must be 'numpy' or 'torch', not {framework!r}")
+
+    def served(self, component: str = "weights") -> str | None:
+        """Which variant (``"exact"``, ``"int8"``, ...) the last state_dict of
+        ``component`` returned, or None before any."""
+        return self._served.get(component)
+
+    def variants(self, component: str = "weights") -> list[str]:
+        """The precision variants of ``component`` in this package, "exact" included."""
+        names = {c.name for c in self.manifest.components}
+        found = ["exact"] if component in names else []
+        return found + [v for v in VARIANTS if f"{component}.{v}" in names]
+
+    def _preferred(self, component: str, prefer: Sequence[str]) -> dict[str, Any]:
+        available = self.variants(component)
+        for choice in prefer:
+            if choice not in (*VARIANTS, "exact"):
+                raise ValueError(f"unknown variant {choice!r}")
+            if choice not in available:
+                continue
+            name = component if choice == "exact" else f"{component}.{choice}"
+            try:
+                arrays = self._arrays(name)
+            except SecpackError as exc:
+                if exc.code != "key.no-recipient":
+                    raise
+                continue  # this identity may read another variant
+            if choice == "int8":
+                arrays = _dequantize(arrays, self._scales(name))
+            self._served[component] = choice
+            return arrays
+        raise SecpackError(
+            "component.unknown",
+            f"none of {list(prefer)} is available for {component!r} (have {available})",
+        )
+
+    def _scales(self, component: str) -> dict[str, list[str]]:
+        """int8 scale-tensor names, from the variant files' safetensors metadata."""
+        comp = self._component(component)
+        scales: dict[str, list[str]] = {}
+        for entry in comp.contents.files:
+            if entry.format != "safetensors":
+                continue
+            first_tensor = min(
+                (
+                    t.first
+                    for t in comp.contents.tensors
+                    if t.file == comp.contents.files.index(entry)
+                ),
+                default=entry.first + entry.count,
+            )
+            buffer = np.empty(entry.header, dtype=np.uint8)
+            self._decode_many(
+                self._segments_into(comp, entry.first, first_tensor - entry.first, buffer)
+            )
+            try:
+                meta = json.loads(buffer.tobytes()[8:])["__metadata__"]
+                scales.update(json.loads(meta["secpack.scales"]))
+            except (ValueError, KeyError, TypeError):
+                raise TensorError("tensor.invalid", f"{entry.path}: no int8 scale table") from None
+        return scales
+
+    def _arrays(self, component: str) -> dict[str, np.ndarray]:
         comp = self._component(component)
         buffers: list[tuple[TensorRecord, np.ndarray]] = []
         work = []
@@ -293,12 +377,7 @@ class Package:
             work.extend(self._segments_into(comp, record.first, record.count, buffer))
         if work:
             self._decode_many(work)
-        arrays = {record.name: make_array(buffer, record) for record, buffer in buffers}
-        if framework == "numpy":
-            return arrays
-        if framework == "torch":
-            return {r.name: _to_torch(arrays[r.name], r.dtype) for r, _ in buffers}
-        raise ValueError(f"framework must be 'numpy' or 'torch', not {framework!r}")
+        return {record.name: make_array(buffer, record) for record, buffer in buffers}
 
     def read_file(self, component: str, path: str) -> bytes:
         """The exact bytes of one original file of ``component``."""
@@ -370,6 +449,43 @@ class Package:
         self.close()
 
 
+def _dequantize(
+    arrays: dict[str, np.ndarray], scales: dict[str, list[str]]
+) -> dict[str, np.ndarray]:
+    """int8 values times their per-row and per-column scales, as float32."""
+    out = {}
+    used = {name for pair in scales.values() for name in pair}
+    for name, arr in arrays.items():
+        if name in used:
+            continue
+        pair = scales.get(name)
+        if pair is None:
+            out[name] = arr
+            continue
+        if not (isinstance(pair, list) and len(pair) == 2 and all(p in arrays for p in pair)):
+            raise TensorError("tensor.invalid", f"{name}: its int8 scale tensors are missing")
+        rows, cols = arrays[pair[0]], arrays[pair[1]]
+        if (
+            arr.dtype != np.int8
+            or rows.shape != (arr.shape[0],)
+            or cols.size * rows.size != arr.size
+        ):
+            raise TensorError("tensor.invalid", f"{name}: int8 scales do not fit the tensor")
+        flat = arr.reshape(arr.shape[0], -1).astype(np.float32)
+        flat *= rows[:, None]
+        flat *= cols[None, :]
+        out[name] = flat.reshape(arr.shape)
+    return out
+
+
+def _dtype_name(arr: np.ndarray) -> str:
+    """The safetensors dtype of an array the loader returned (for torch conversion)."""
+    names = {np.dtype(v).str: k for k, v in _NUMPY_DTYPES.items()}
+    if arr.dtype.name == "bfloat16":
+        return "BF16"
+    return names.get(arr.dtype.str, "U8")
+
+
 def _to_torch(array: np.ndarray, dtype: str) -> Any:
     try:
         import torch
@@ -427,8 +543,9 @@ def load(
     *,
     component: str = "weights",
     framework: str = "numpy",
+    prefer: Sequence[str] | None = None,
     **kwargs: Any,
 ) -> dict[str, Any]:
     """Open, trust and return every tensor of ``component`` in one call."""
     with open_package(path, **kwargs) as pkg:
-        return pkg.state_dict(component, framework)
+        return pkg.state_dict(component, framework, prefer)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from collections.abc import Sequence
@@ -12,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, x25519
 from secpack import __version__
 from secpack.api.auditing import audited, package_facts
 from secpack.api.common import NullProgress, Progress, parse_expires, source_date_epoch
+from secpack.api.variants import build_variants
 from secpack.codec.segment import LEVELS
 from secpack.errors import InputError
 from secpack.format import cbor
@@ -111,6 +113,8 @@ def seal(
     overwrite: bool = False,
     model_signing: bool = False,
     require_model_signing: ec.EllipticCurvePublicKey | None = None,
+    variants: Sequence[str] = (),
+    variants_only: bool = False,
     progress: Progress | None = None,
 ) -> SealReport:
     """Seal ``source`` (a model directory or one file) into the package ``output``.
@@ -122,7 +126,7 @@ def seal(
     started = time.perf_counter()
     # One signature per key, however often (or under however many paths) it is given.
     sign_keys = list({key_id(k.public_key()): k for k in sign_keys}.values())
-    with audited("seal") as audit:
+    with audited("seal") as audit, contextlib.ExitStack() as cleanup:
         audit["package"] = {"path": output}
         if encrypt and not recipients:
             raise InputError("input.invalid", "no --recipient given (or use --no-encrypt)")
@@ -141,12 +145,31 @@ def seal(
                 f"package name {pkg_name!r} is not allowed; pass --name [A-Za-z0-9._-]",
             )
         source_tree: InputTree = tree
+        if variants_only and not variants:
+            raise InputError("input.invalid", "--variants-only needs at least one --variant")
+        if variants and model_signing:
+            raise InputError(
+                "input.invalid",
+                "--model-signing signs the exact files; it cannot be combined with --variant",
+            )
         if model_signing or require_model_signing is not None:
             source_tree = _model_signing(
                 tree, pkg_name, sign_keys if model_signing else (), require_model_signing, threads
             )
             if model_signing:
                 components = [(MODEL_SIGNING, SIGNATURE_NAME), *components]
+        metadata = {"generator": f"secpack {__version__}"}
+        build = None
+        if variants:
+            build = build_variants(tree, variants, components, output)
+            cleanup.callback(build.cleanup)
+            source_tree = WithExtraFiles(
+                source_tree,
+                scratch=build.files,
+                drop=(lambda p: p.endswith(".safetensors")) if variants_only else None,
+            )
+            components = [*build.overrides, *components]
+            metadata.update(build.summary)
         plan = make_plan(source_tree, components, segment_size, DEFAULT_LIMITS)
         created = source_date_epoch()
         settings = SealSettings(
@@ -154,7 +177,7 @@ def seal(
             version=version,
             created=created,
             expires=parse_expires(expires, created) if expires else None,
-            metadata={"generator": f"secpack {__version__}"},
+            metadata=metadata,
             recipients=_recipient_map([c.name for c in plan.components], recipients)
             if encrypt
             else {},

@@ -96,6 +96,17 @@ def seal(
             help="Also sign the plaintext files for model_signing (ECDSA --sign-key).",
         ),
     ] = False,
+    variant: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--variant",
+            metavar="fp16|bf16|int8",
+            help="Add a lossy precision variant of the weights (repeatable).",
+        ),
+    ] = None,
+    variants_only: Annotated[
+        bool, typer.Option("--variants-only", help="Leave the exact weights out.")
+    ] = False,
     require_model_signing: Annotated[
         str | None,
         typer.Option(
@@ -147,6 +158,8 @@ def seal(
                 segment_size=segment_mib << 20,
                 model_signing=model_signing,
                 require_model_signing=required,
+                variants=variant or (),
+                variants_only=variants_only,
                 level=level,
                 threads=threads,
                 overwrite=force,

