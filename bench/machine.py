@@ -40,7 +40,8 @@ def machine_info(source: SourceState) -> list[str]:
 
     versions = []
     # ml_dtypes decides whether secpack's loader returns BF16 as bfloat16 or uint16.
-    for mod in ("cryptography", "zstandard", "numpy", "safetensors", "cbor2", "ml_dtypes"):
+    mods = ("cryptography", "zstandard", "numpy", "safetensors", "cbor2", "ml_dtypes")
+    for mod in (*mods, "zipnn", "torch", "matplotlib"):
         try:
             versions.append(f"{mod} {version(mod)}")
         except PackageNotFoundError:

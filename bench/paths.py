@@ -6,13 +6,26 @@ import shutil
 import sys
 from pathlib import Path
 
-__all__ = ["ANCHORS_VENV", "CHILDREN", "HERE", "OUT", "REPO", "SYNTH", "rm", "short"]
+__all__ = [
+    "ANCHORS_VENV",
+    "CHILDREN",
+    "CONVERT",
+    "HERE",
+    "OUT",
+    "PEER_CODECS",
+    "REPO",
+    "SYNTH",
+    "rm",
+    "short",
+]
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 OUT = HERE / "out"
 CHILDREN = HERE / "children.py"
 SYNTH = HERE / "synth.py"
+CONVERT = HERE / "convert.py"
+PEER_CODECS = HERE / "peer_codecs.py"
 ANCHORS_VENV = OUT / "anchors-venv"
 
 

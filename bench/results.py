@@ -44,6 +44,13 @@ class Row:
         return (self.rate_bytes or self.original) / self.wall / MB
 
     @property
+    def inproc_mbps(self) -> float | None:
+        """MB/s over the tool's own (in-process) time, where it reported one."""
+        if not self.inproc:
+            return None
+        return (self.rate_bytes or self.original) / statistics.median(self.inproc) / MB
+
+    @property
     def ratio(self) -> float | None:
         return None if self.out_bytes is None else self.out_bytes / self.original
 
@@ -75,9 +82,13 @@ class DatasetResult:
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     loader: LoaderResult | None = None
+    peers: list[Row] = field(default_factory=list)  # the peer comparison (bench/peers.py)
 
     def find(self, label: str) -> Row | None:
         return next((r for r in self.rows if r.label == label and r.walls), None)
+
+    def peer(self, label: str) -> Row | None:
+        return next((r for r in self.peers if r.label == label and r.walls), None)
 
 
 @dataclass
