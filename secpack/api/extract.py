@@ -12,9 +12,8 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric import x25519
 
-from secpack.api.auditing import audited, package_facts
 from secpack.api.common import NullProgress, Progress
-from secpack.api.trust import establish_trust, remember_version
+from secpack.api.trust import remember_version, trusted_package
 from secpack.errors import SecpackError
 from secpack.format.manifest import Manifest
 from secpack.package.decode import OpenComponent
@@ -24,7 +23,6 @@ from secpack.sign.modelsig import COMPONENT as MODEL_SIGNING
 from secpack.sign.policy import Policy, Signer
 from secpack.transport.atomic import AtomicDirectory
 from secpack.transport.outdir import OutputTree
-from secpack.transport.spkfile import FileSource
 
 __all__ = ["ExtractReport", "extract"]
 
@@ -99,61 +97,52 @@ def extract(
     started = time.perf_counter()
     progress = progress or NullProgress()
     threads = threads or os.cpu_count() or 1
-    with audited("open") as audit:
-        audit["package"] = {"path": package}
-        with FileSource(package) as src:
-            header, signers = establish_trust(
-                src,
-                policy,
-                expected_name=expected_name,
-                allow_downgrade=allow_downgrade,
-            )
-            audit["package"].update(
-                package_facts(header.manifest.name, header.manifest.version, header.digest)
-            )
-            indices = _selection(header.manifest, components, emit_model_signing)
-            # Unwrap every key and validate every contents table before writing a byte.
-            opened = [OpenComponent(src, header, i, identities, policy.limits) for i in indices]
-            total = sum(c.component.size for c in opened)
-            files = sum(len(c.contents.files) for c in opened)
-            progress.start(total, "opening")
-            with AtomicDirectory(output) as target:
-                with OutputTree(target.tmp) as tree:
+    with trusted_package(
+        "open", package, policy, expected_name=expected_name, allow_downgrade=allow_downgrade
+    ) as (src, header, signers):
+        indices = _selection(header.manifest, components, emit_model_signing)
+        # Unwrap every key and validate every contents table before writing a byte.
+        opened = [OpenComponent(src, header, i, identities, policy.limits) for i in indices]
+        total = sum(c.component.size for c in opened)
+        files = sum(len(c.contents.files) for c in opened)
+        progress.start(total, "opening")
+        with AtomicDirectory(output) as target:
+            with OutputTree(target.tmp) as tree:
 
-                    def jobs() -> Iterator[functools.partial[_Job]]:
-                        for comp in opened:
-                            plains = [s.plain for s in comp.component.segments]
-                            for f in comp.contents.files:
-                                fd = tree.create(f.path, f.size, f.mode)
-                                if f.count == 0:
-                                    tree.finish(fd, f.path)
-                                    continue
-                                offset = 0
-                                for seg in range(f.first, f.first + f.count):
-                                    last = seg == f.first + f.count - 1
-                                    yield functools.partial(
-                                        _decode_job, tree, _Job(comp, seg, fd, offset, f.path, last)
-                                    )
-                                    offset += plains[seg]
+                def jobs() -> Iterator[functools.partial[_Job]]:
+                    for comp in opened:
+                        plains = [s.plain for s in comp.component.segments]
+                        for f in comp.contents.files:
+                            fd = tree.create(f.path, f.size, f.mode)
+                            if f.count == 0:
+                                tree.finish(fd, f.path)
+                                continue
+                            offset = 0
+                            for seg in range(f.first, f.first + f.count):
+                                last = seg == f.first + f.count - 1
+                                yield functools.partial(
+                                    _decode_job, tree, _Job(comp, seg, fd, offset, f.path, last)
+                                )
+                                offset += plains[seg]
 
-                    with ThreadPoolExecutor(threads, thread_name_prefix="secpack-open") as pool:
-                        for done in ordered(pool, jobs(), 2 * threads + 2):
-                            progress.advance(done.comp.component.segments[done.seg].plain)
-                            if done.last:
-                                tree.finish(done.fd, done.path)
-                    tree.close()
-                # Recorded before the output appears: a kill in between errs on the side
-                # of refusing older versions later.
-                remember_version(header, signers, policy)
-                target.commit()
-        return ExtractReport(
-            path=package,
-            output=output,
-            manifest=header.manifest,
-            manifest_digest=header.digest,
-            components=tuple(c.component.name for c in opened),
-            files=files,
-            bytes_written=total,
-            signers=tuple(signers),
-            seconds=time.perf_counter() - started,
-        )
+                with ThreadPoolExecutor(threads, thread_name_prefix="secpack-open") as pool:
+                    for done in ordered(pool, jobs(), 2 * threads + 2):
+                        progress.advance(done.comp.component.segments[done.seg].plain)
+                        if done.last:
+                            tree.finish(done.fd, done.path)
+                tree.close()
+            # Recorded before the output appears: a kill in between errs on the side
+            # of refusing older versions later.
+            remember_version(header, signers, policy)
+            target.commit()
+    return ExtractReport(
+        path=package,
+        output=output,
+        manifest=header.manifest,
+        manifest_digest=header.digest,
+        components=tuple(c.component.name for c in opened),
+        files=files,
+        bytes_written=total,
+        signers=tuple(signers),
+        seconds=time.perf_counter() - started,
+    )

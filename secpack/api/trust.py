@@ -3,15 +3,19 @@ framing, header, strict CBOR, schema, signatures, freshness, and rollback."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 
+from secpack.api.auditing import audited, package_facts
 from secpack.api.common import now
 from secpack.package.reader import ByteSource, Header, check_trust, read_header
 from secpack.sign.policy import Policy, Signer
+from secpack.transport.spkfile import FileSource
 from secpack.transport.state import VersionState
 
-__all__ = ["establish_trust", "remember_version"]
+__all__ = ["establish_trust", "remember_version", "trusted_package"]
 
 log = logging.getLogger("secpack")
 
@@ -58,3 +62,26 @@ def remember_version(header: Header, signers: list[Signer], policy: Policy) -> N
         _state(policy).check(
             m.name, [s.key_id for s in signers], m.version, record=True, allow_downgrade=True
         )
+
+
+@contextlib.contextmanager
+def trusted_package(
+    action: str,
+    path: str,
+    policy: Policy,
+    *,
+    expected_name: str | None = None,
+    allow_downgrade: bool = False,
+) -> Iterator[tuple[FileSource, Header, list[Signer]]]:
+    """Open ``path``, establish trust, and record the verb in the audit log whatever
+    happens inside the block."""
+    with audited(action) as audit:
+        audit["package"] = {"path": path}
+        with FileSource(path) as src:
+            header, signers = establish_trust(
+                src, policy, expected_name=expected_name, allow_downgrade=allow_downgrade
+            )
+            audit["package"].update(
+                package_facts(header.manifest.name, header.manifest.version, header.digest)
+            )
+            yield src, header, signers

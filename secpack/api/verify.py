@@ -6,13 +6,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from secpack.api.auditing import audited, package_facts
 from secpack.api.common import NullProgress, Progress
-from secpack.api.trust import establish_trust
+from secpack.api.trust import trusted_package
 from secpack.format.manifest import Manifest
 from secpack.package.reader import select_components, verify_segments
 from secpack.sign.policy import Policy, Signer
-from secpack.transport.spkfile import FileSource
 
 __all__ = ["VerifyReport", "verify"]
 
@@ -45,36 +43,25 @@ def verify(
     """
     started = time.perf_counter()
     progress = progress or NullProgress()
-    with audited("verify") as audit:
-        audit["package"] = {"path": package}
-        with FileSource(package) as src:
-            header, signers = establish_trust(
-                src,
-                policy,
-                expected_name=expected_name,
-                allow_downgrade=allow_downgrade,
-            )
-            audit["package"].update(
-                package_facts(header.manifest.name, header.manifest.version, header.digest)
-            )
-            indices = select_components(header.manifest, components)
-            # What can be checked without a key is checked: the contents (file list,
-            # paths, tensor table) of unencrypted components.
-            plain = [i for i in indices if header.manifest.components[i].encryption is None]
-            if plain:
-                from secpack.package.decode import OpenComponent
+    with trusted_package(
+        "verify", package, policy, expected_name=expected_name, allow_downgrade=allow_downgrade
+    ) as (src, header, signers):
+        indices = select_components(header.manifest, components)
+        # What can be checked without a key is checked: the contents (file list,
+        # paths, tensor table) of unencrypted components.
+        plain = [i for i in indices if header.manifest.components[i].encryption is None]
+        if plain:
+            from secpack.package.decode import OpenComponent
 
-                for i in plain:
-                    OpenComponent(src, header, i, (), policy.limits)
-            progress.start(
-                sum(header.manifest.components[i].stored_size for i in indices), "verifying"
-            )
-            verify_segments(src, header, indices, threads, progress.advance)
-            return VerifyReport(
-                path=package,
-                manifest=header.manifest,
-                manifest_digest=header.digest,
-                package_size=src.size,
-                signers=tuple(signers),
-                seconds=time.perf_counter() - started,
-            )
+            for i in plain:
+                OpenComponent(src, header, i, (), policy.limits)
+        progress.start(sum(header.manifest.components[i].stored_size for i in indices), "verifying")
+        verify_segments(src, header, indices, threads, progress.advance)
+        return VerifyReport(
+            path=package,
+            manifest=header.manifest,
+            manifest_digest=header.digest,
+            package_size=src.size,
+            signers=tuple(signers),
+            seconds=time.perf_counter() - started,
+        )
