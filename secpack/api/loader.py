@@ -304,7 +304,12 @@ class Package:
         if framework == "numpy":
             return arrays
         if framework == "torch":
-            return {name: _to_torch(arr, _dtype_name(arr)) for name, arr in arrays.items()}
+            dtypes = self._dtypes(
+                component
+                if self._served[component] == "exact"
+                else f"{component}.{self._served[component]}"
+            )
+            return {name: _to_torch(arr, dtypes.get(name, "")) for name, arr in arrays.items()}
         raise ValueError(f"framework must be 'numpy' or 'torch', not {framework!r}")
 
     def served(self, component: str = "weights") -> str | None:
@@ -366,6 +371,9 @@ class Package:
             except (ValueError, KeyError, TypeError):
                 raise TensorError("tensor.invalid", f"{entry.path}: no int8 scale table") from None
         return scales
+
+    def _dtypes(self, component: str) -> dict[str, str]:
+        return {t.name: t.dtype for t in self._component(component).contents.tensors}
 
     def _arrays(self, component: str) -> dict[str, np.ndarray]:
         comp = self._component(component)
@@ -478,14 +486,6 @@ def _dequantize(
     return out
 
 
-def _dtype_name(arr: np.ndarray) -> str:
-    """The safetensors dtype of an array the loader returned (for torch conversion)."""
-    names = {np.dtype(v).str: k for k, v in _NUMPY_DTYPES.items()}
-    if arr.dtype.name == "bfloat16":
-        return "BF16"
-    return names.get(arr.dtype.str, "U8")
-
-
 def _to_torch(array: np.ndarray, dtype: str) -> Any:
     try:
         import torch
@@ -501,7 +501,8 @@ def _to_torch(array: np.ndarray, dtype: str) -> Any:
         target = special[dtype]
         if target is None:
             raise ValueError(f"this torch has no dtype for {dtype}")
-        return torch.from_numpy(raw.copy()).view(target)
+        # A view, not a copy: a bf16 model must not be held twice.
+        return torch.from_numpy(raw).view(target)
     return torch.from_numpy(array)
 
 
