@@ -143,6 +143,7 @@ def seal(
 
             required = load_ec_public(require_model_signing)
         size_hint = _tree_size(source)
+        _tune_memory(size_hint)
         bar = progress_for(quiet, as_json, size_hint)
         try:
             report = do_seal(
@@ -203,6 +204,15 @@ def seal(
     _run(as_json, action)
 
 
+def _tune_memory(size: int) -> None:
+    # Large jobs reuse freed segment buffers (see keep_freed_memory); small ones skip
+    # the ctypes import.
+    if size >= 64 << 20:
+        from secpack.api.common import keep_freed_memory
+
+        keep_freed_memory()
+
+
 def _tree_size(path: str) -> int:
     if os.path.isfile(path):
         return os.path.getsize(path)
@@ -237,9 +247,9 @@ def verify(
         from secpack.cli.render import human_size, human_time, out, progress_for
 
         pol = resolve_policy(trust or [], policy, trusted_root)
-        bar = progress_for(
-            quiet, as_json, os.path.getsize(package) if os.path.isfile(package) else 0
-        )
+        size_hint = os.path.getsize(package) if os.path.isfile(package) else 0
+        _tune_memory(size_hint)
+        bar = progress_for(quiet, as_json, size_hint)
         try:
             report = do_verify(
                 package,
@@ -322,9 +332,9 @@ def open_(
         pol = resolve_policy(trust or [], policy)
         passphrase = passphrase_from_env(passphrase_env)
         ids = [load_identity(p, passphrase) for p in identity or []]
-        bar = progress_for(
-            quiet, as_json, os.path.getsize(package) if os.path.isfile(package) else 0
-        )
+        size_hint = os.path.getsize(package) if os.path.isfile(package) else 0
+        _tune_memory(size_hint)
+        bar = progress_for(quiet, as_json, size_hint)
         try:
             report = extract(
                 package,
