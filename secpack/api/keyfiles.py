@@ -5,8 +5,9 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from cryptography.hazmat.primitives.asymmetric import ec, x25519
+from cryptography.hazmat.primitives.asymmetric import x25519
 
 from secpack.errors import KeyUseError, OutputError, PolicyError
 from secpack.recipes.keys import (
@@ -19,8 +20,10 @@ from secpack.recipes.keys import (
     public_pem,
 )
 from secpack.sign.policy import Policy, policy_from_keys
-from secpack.sign.policy_file import policy_from_toml
 from secpack.transport.files import read_small, write_private, write_public
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 __all__ = [
     "POLICY_ENV",
@@ -72,6 +75,8 @@ def load_recipient(path: str) -> x25519.X25519PublicKey:
 
 def load_ec_public(path: str) -> ec.EllipticCurvePublicKey:
     """An ECDSA public key (model_signing's key type)."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     key = load_public_pem(read_small(path, "public key"), path)
     if not isinstance(key, ec.EllipticCurvePublicKey):
         raise KeyUseError("key.invalid", f"{path} is not an ECDSA (P-256/P-384) public key")
@@ -118,6 +123,8 @@ def _load_policy(trust: Sequence[str], policy_path: str | None) -> Policy:
         decoded = text.decode("utf-8")
     except UnicodeDecodeError:
         raise PolicyError("policy.invalid", f"{path} is not UTF-8 text") from None
+    from secpack.sign.policy_file import policy_from_toml
+
     return policy_from_toml(decoded, read_key, resolve, path)
 
 

@@ -6,7 +6,6 @@ import os
 import stat
 
 from secpack.errors import InputError
-from secpack.transport.atomic import AtomicFile
 
 __all__ = ["read_small", "write_private", "write_public"]
 
@@ -39,6 +38,8 @@ def read_small(path: str, what: str) -> bytes:
 
 
 def _write(path: str, data: bytes, mode: int, overwrite: bool) -> None:
+    from secpack.transport.atomic import AtomicFile  # writers only; readers start faster
+
     with AtomicFile(path, overwrite=overwrite, mode=mode) as out:
         os.fchmod(out.fd, mode)  # the umask may have narrowed it; set exactly
         out.pwrite(0, data)

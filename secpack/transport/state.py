@@ -16,7 +16,6 @@ import os
 from collections.abc import Iterator, Sequence
 
 from secpack.errors import FreshnessError, SecpackError
-from secpack.transport.atomic import fsync_dir, remove_stale, temp_name
 
 __all__ = ["VersionState", "default_state_dir"]
 
@@ -80,6 +79,8 @@ class VersionState:
         return packages
 
     def _write(self, packages: dict[str, dict[str, int]]) -> None:
+        from secpack.transport.atomic import fsync_dir, remove_stale, temp_name
+
         path = self._path()
         remove_stale(path)
         tmp = temp_name(path)
