@@ -456,3 +456,15 @@ def test_bug_verify_with_unusable_state_dir_raises_raw_oserror(
         pass  # a clean refusal with a stable code would be acceptable
     except OSError as exc:
         pytest.fail(f"verify() let a raw {type(exc).__name__} escape: {exc}")
+
+
+def test_bug_sign_with_output_never_duplicates_a_signer(
+    tmp_path: Path, sealed: Path, release_key: KeyPair
+) -> None:
+    """Regression: `sign -o COPY` with a key that had already signed appended a second
+    signature by that key to the copy."""
+    copy = tmp_path / "copy.spk"
+    res = ok("sign", sealed, "--key", release_key.private, "-o", copy, "--json").json()
+    assert res["added"] is False
+    assert copy.read_bytes() == sealed.read_bytes()
+    assert signature_count(copy) == signature_count(sealed)

@@ -115,8 +115,12 @@ def _append(
             )
             verify_segments(src, header)
             entries = list(header.signatures)
-            if any(same_signer(e) for e in entries) and output is None:
-                return SignReport(package, b"", False, len(entries)), None
+            if any(same_signer(e) for e in entries):
+                # Already signed by this key: nothing to add; a requested copy is
+                # still written, unchanged.
+                if output is not None:
+                    _rewrite(src, header, entries, output, in_place=False)
+                return SignReport(output or package, b"", False, len(entries)), None
             entry, kid = make(header)
             entries.append(entry)
             _rewrite(src, header, entries, output or package, in_place=output is None)
