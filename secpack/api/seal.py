@@ -41,6 +41,7 @@ class SealReport:
     package_size: int
     signers: tuple[bytes, ...]
     seconds: float
+    notes: tuple[str, ...] = ()
 
 
 def _model_signing(
@@ -222,4 +223,5 @@ def seal(
             package_size=package_size,
             signers=tuple(key_id(k.public_key()) for k in sign_keys),
             seconds=time.perf_counter() - started,
+            notes=plan.notes,
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from typing import Annotated, Any
 
 import typer
@@ -170,6 +171,9 @@ def seal(
             bar.stop()
         m = report.manifest
         plain = m.plain_size
+        if not quiet and not as_json:
+            for note in report.notes:
+                sys.stderr.write(f"note: {note}\n")
         lines = [
             f"sealed {m.name} v{m.version} -> {report.path}",
             f"  components: {', '.join(c.name for c in m.components)}",
@@ -193,6 +197,7 @@ def seal(
                 "ratio": report.package_size / plain if plain else None,
                 "encrypted": not no_encrypt,
                 "signers": [_hex(k) for k in report.signers],
+                "notes": list(report.notes),
                 "manifest_digest": "sha256:" + report.manifest_digest.hex(),
                 "seconds": report.seconds,
             },

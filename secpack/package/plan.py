@@ -116,6 +116,7 @@ class PlannedComponent:
 class Plan:
     components: tuple[PlannedComponent, ...]
     blob_count: int
+    notes: tuple[str, ...] = ()  # things the user should know (files sealed as opaque)
 
 
 def kind_of(name: str, has_tensors: bool) -> str:
@@ -234,6 +235,7 @@ def make_plan(
     groups = assign_components(tree.files, overrides)
     components = []
     next_blob = 0
+    notes: list[str] = []
     for name in sorted(groups, key=_order_key):
         files = sorted(groups[name], key=lambda f: f.path.encode("utf-8"))
         builder = _Builder(next_blob, segment_size)
@@ -241,8 +243,10 @@ def make_plan(
         tensors: list[TensorRecord] = []
         for f in files:
             first = len(builder.segments)
-            if f.path.endswith(".safetensors"):
-                layout = _read_layout(tree, f, limits)
+            layout = (
+                _read_layout(tree, f, limits, notes) if f.path.endswith(".safetensors") else None
+            )
+            if layout is not None:
                 builder.add_unit(("header", f.path), f.path, 0, layout.header_len, 1, False)
                 for t in layout.tensors:
                     width = DTYPE_SIZES[t.dtype]
@@ -286,16 +290,26 @@ def make_plan(
             )
         )
         next_blob = builder.next_blob
-    return Plan(tuple(components), next_blob)
+    return Plan(tuple(components), next_blob, tuple(notes))
 
 
-def _read_layout(tree: InputTree, f: InputFile, limits: Limits) -> safetensors.SafetensorsLayout:
+def _read_layout(
+    tree: InputTree, f: InputFile, limits: Limits, notes: list[str]
+) -> safetensors.SafetensorsLayout | None:
+    """The file's tensor layout; None (seal it as an opaque file) when it uses a dtype
+    secpack does not model, which is noted; any other defect refuses the input."""
     prefix = tree.read_at(f.path, 0, safetensors.PREFIX_LEN)
     try:
         n = safetensors.parse_prefix(prefix, f.size, limits.max_safetensors_header)
         return safetensors.parse_header(
             tree.read_at(f.path, safetensors.PREFIX_LEN, n), f.size, limits.max_tensor_ndim
         )
+    except safetensors.UnsupportedDtype as exc:
+        notes.append(
+            f"{f.path}: dtype {exc.dtype} is not modelled; sealed as an opaque file "
+            "(byte-identical on open, no tensor table for the loader)"
+        )
+        return None
     except InputError as exc:
         raise InputError("input.safetensors", f"{f.path}: {exc.detail}") from None
 

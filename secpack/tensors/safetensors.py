@@ -14,9 +14,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from secpack.errors import InputError, TensorError
-from secpack.tensors.dtypes import checked_nbytes
+from secpack.tensors.dtypes import DTYPE_SIZES, checked_nbytes
 
-__all__ = ["SafetensorsLayout", "TensorEntry", "parse_header", "parse_prefix"]
+__all__ = [
+    "SafetensorsLayout",
+    "TensorEntry",
+    "UnsupportedDtype",
+    "parse_header",
+    "parse_prefix",
+]
 
 PREFIX_LEN = 8  # little-endian u64 header length
 _MAX_NAME_BYTES = 1024
@@ -36,6 +42,14 @@ class SafetensorsLayout:
     header_len: int  # prefix + JSON, i.e. where the data region starts in the file
     tensors: tuple[TensorEntry, ...]  # in data-region order
     metadata: dict[str, str]
+
+
+class UnsupportedDtype(InputError):
+    """A well-formed entry whose dtype secpack does not model (F8_E8M0, F4, C64...)."""
+
+    def __init__(self, name: str, dtype: str) -> None:
+        super().__init__("input.safetensors", f"tensor {name!r} has dtype {dtype!r}")
+        self.dtype = dtype
 
 
 def _bad(why: str) -> InputError:
@@ -118,6 +132,8 @@ def _parse_entry(name: str, info: Any, max_ndim: int) -> TensorEntry:
     dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
     if not isinstance(dtype, str) or not isinstance(shape, list):
         raise _bad(f"tensor {name!r} has a malformed dtype or shape")
+    if dtype not in DTYPE_SIZES:
+        raise UnsupportedDtype(name, dtype)
     if (
         not isinstance(offsets, list)
         or len(offsets) != 2
