@@ -132,7 +132,8 @@ def _default_component(path: str, adapter_dirs: Sequence[str]) -> str:
         if path.startswith(d + "/"):
             return "adapter:" + _sanitize(posixpath.basename(d))
     base = posixpath.basename(path)
-    if base.endswith(".safetensors"):
+    # Shards and their index (model.safetensors.index.json) travel together.
+    if base.endswith((".safetensors", ".safetensors.index.json")):
         return "weights"
     if base in TOKENIZER_NAMES or base.endswith(".tiktoken"):
         return "tokenizer"
