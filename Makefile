@@ -32,8 +32,9 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
+# SECPACK_REQUIRE_NATIVE: the C byte-plane helper must have been built (test_planes.py).
 unit: setup
-	$(BIN)/pytest --cov=secpack --cov-branch --cov-report=term:skip-covered
+	SECPACK_REQUIRE_NATIVE=1 $(BIN)/pytest --cov=secpack --cov-branch --cov-report=term:skip-covered
 
 test: lint typecheck unit
 

@@ -21,7 +21,7 @@ import os
 import struct
 import threading
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
@@ -284,6 +284,36 @@ class Package:
         self._decode_many(self._segments_into(comp, record.first, record.count, buffer))
         return make_array(buffer, record)
 
+    def iter_tensors(self, component: str = "weights") -> Iterator[tuple[str, np.ndarray]]:
+        """Every tensor of ``component`` as ``(name, array)``, in package order,
+        decoded in parallel a few segments ahead of the consumer.
+
+        For loaders that hand each tensor on (to a device, say) and drop it: host
+        memory stays near one tensor plus the read-ahead window instead of the
+        whole model, and freed buffers are reused rather than faulted in anew.
+        Every check of :meth:`state_dict` applies; an error stops the iteration.
+        """
+        comp = self._component(component)
+        records = comp.contents.tensors
+        buffers: dict[int, np.ndarray] = {}
+
+        def jobs() -> Iterator[Callable[[], int]]:
+            # Each job returns the index of the tensor it completes, or -1: results
+            # come back in order, so a tensor is whole once its final job returns.
+            for i, record in enumerate(records):
+                buffer = buffers[i] = _aligned_buffer(record.length)
+                work = self._segments_into(comp, record.first, record.count, buffer)
+                if not work:  # an empty tensor has no segment to wait for
+                    yield functools.partial(_completes, i)
+                for k, (c, seg, out) in enumerate(work):
+                    yield functools.partial(
+                        _decode_job, c, seg, out, i if k == len(work) - 1 else -1
+                    )
+
+        for done in ordered(self._executor(), jobs(), 2 * self._threads + 2):
+            if done >= 0:
+                yield records[done].name, make_array(buffers.pop(done), records[done])
+
     def state_dict(
         self,
         component: str = "weights",
@@ -455,6 +485,15 @@ class Package:
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def _decode_job(comp: OpenComponent, seg: int, out: memoryview, completes: int) -> int:
+    comp.decode_into(seg, out)
+    return completes
+
+
+def _completes(index: int) -> int:
+    return index
 
 
 def _dequantize(

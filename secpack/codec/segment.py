@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
+from secpack.codec import planes as planes_mod
 from secpack.codec import zstd
 from secpack.errors import CodecError
 from secpack.format.manifest import Codec, Plane
@@ -39,56 +39,16 @@ class Encoded:
     payload: bytes
 
 
-# Elements per block when rotating: the block and its temporaries stay in the L2
-# cache, and the temporaries are reused, so no multi-megabyte array is allocated
-# (and page-faulted in) per segment.
-_BLOCK = 1 << 15
-_scratch_local = threading.local()
+_local = threading.local()
 
 
-def _scratch(name: str, count: int, dtype: np.dtype[Any]) -> np.ndarray:
-    """A per-thread reusable array of at least ``count`` elements."""
-    cache: dict[str, np.ndarray] = _scratch_local.__dict__.setdefault("arrays", {})
-    arr = cache.get(name)
-    if arr is None or arr.dtype != dtype or arr.size < count:
-        arr = np.empty(max(count, 1), dtype=dtype)
-        cache[name] = arr
-    return arr[:count]
-
-
-def _split_planes(buf: bytes | memoryview, width: int, rotate: bool) -> np.ndarray:
-    """Rotate each element left by one bit (optionally) and return its byte planes as
-    rows of a (width, n) array. The array is per-thread scratch: use it before the
-    next call on the same thread."""
-    dtype = _UINT[width]
-    x = np.frombuffer(buf, dtype=dtype)
-    n = len(x)
-    planes = _scratch("planes", width * n, np.dtype(np.uint8)).reshape(width, n)
-    if not rotate:
-        planes[:] = x.view(np.uint8).reshape(n, width).T
-        return planes
-    a = _scratch("rot_a", _BLOCK, dtype)
-    b = _scratch("rot_b", _BLOCK, dtype)
-    top = 8 * width - 1
-    for start in range(0, n, _BLOCK):
-        xb = x[start : start + _BLOCK]
-        m = len(xb)
-        np.left_shift(xb, 1, out=a[:m])
-        np.right_shift(xb, top, out=b[:m])
-        np.bitwise_or(a[:m], b[:m], out=a[:m])
-        planes[:, start : start + m] = a[:m].view(np.uint8).reshape(m, width).T
-    return planes
-
-
-def _rotr1_inplace(x: np.ndarray, width: int) -> None:
-    top = 8 * width - 1
-    t = _scratch("unrot", _BLOCK, x.dtype)
-    for start in range(0, len(x), _BLOCK):
-        xb = x[start : start + _BLOCK]
-        m = len(xb)
-        np.left_shift(xb, top, out=t[:m])
-        np.right_shift(xb, 1, out=xb)
-        np.bitwise_or(xb, t[:m], out=xb)
+def _plane_buffer(size: int) -> memoryview:
+    """A per-thread reusable buffer of ``size`` bytes for one segment's planes."""
+    buf: bytearray | None = _local.__dict__.get("planes")
+    if buf is None or len(buf) < size:
+        buf = bytearray(size)
+        _local.__dict__["planes"] = buf
+    return memoryview(buf)[:size]
 
 
 def _is_constant(buf: memoryview, width: int) -> bool:
@@ -116,11 +76,13 @@ def encode(data: bytes | memoryview, width: int, grouped: bool, level: int) -> E
     if _is_constant(view, w):
         return Encoded(Codec("const", width=w), bytes(view[:w]))
     if grouped and w > 1:
-        grid = _split_planes(view, w, rotate=True)
+        count = n // w
+        grid = _plane_buffer(n)
+        planes_mod.split(view, grid, w, rotate=True)
         planes: list[Plane] = []
         parts: list[bytes | memoryview] = []
         for k in range(w):
-            plane = grid[k].data
+            plane = grid[k * count : (k + 1) * count]
             packed = zstd.compress_plane(plane)
             if len(packed) < len(plane):
                 planes.append(Plane("zstd", len(packed)))
@@ -165,12 +127,11 @@ def _decode_grouped(
 ) -> None:
     w = codec.width
     count = len(out) // w
-    grid = np.frombuffer(out, dtype=np.uint8).reshape(count, w)
+    view = memoryview(payload)
+    planes: list[bytes | memoryview] = []
     pos = 0
-    for k, plane in enumerate(codec.planes):
-        chunk = payload[pos : pos + plane.size]
+    for plane in codec.planes:
+        chunk = view[pos : pos + plane.size]
         pos += plane.size
-        raw = chunk if plane.id == "raw" else zstd.decompress(chunk, count, max_window)
-        grid[:, k] = np.frombuffer(raw, dtype=np.uint8)
-    if codec.rot:
-        _rotr1_inplace(np.frombuffer(out, dtype=_UINT[w]), w)
+        planes.append(chunk if plane.id == "raw" else zstd.decompress(chunk, count, max_window))
+    planes_mod.merge(planes, out, w, bool(codec.rot))

@@ -39,6 +39,7 @@ __all__ = [
     "new_salt",
     "open_contents",
     "open_segment",
+    "open_segment_into",
     "seal_contents",
     "seal_segment",
     "segment_aad",
@@ -87,6 +88,12 @@ def seal_segment(dek: bytes, salt: bytes, aad: bytes, payload: bytes | memoryvie
 
 def open_segment(dek: bytes, salt: bytes, aad: bytes, stored: bytes | memoryview) -> bytes:
     return aead.open_(aead.derive(dek, salt, _SEGMENT_KEY), aad, stored)
+
+
+def open_segment_into(
+    dek: bytes, salt: bytes, aad: bytes, stored: bytes | memoryview, out: memoryview
+) -> None:
+    aead.open_into(aead.derive(dek, salt, _SEGMENT_KEY), aad, stored, out)
 
 
 def _contents_aad(component: str) -> bytes:

@@ -5,6 +5,7 @@ decrypt and decode segments on demand into exactly sized buffers.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 
 from cryptography.hazmat.primitives.asymmetric import x25519
@@ -14,9 +15,24 @@ from secpack.errors import CborError, SchemaError
 from secpack.format import cbor
 from secpack.format.contents import Contents, Unit, parse_contents
 from secpack.format.limits import Limits
-from secpack.package.reader import ByteSource, Header, read_segment
+from secpack.format.manifest import TAG_LEN
+from secpack.package.reader import ByteSource, Header, read_segment_into
 
 __all__ = ["OpenComponent"]
+
+_local = threading.local()
+
+
+def _scratch(name: str, size: int) -> memoryview:
+    """A per-thread reusable buffer of ``size`` bytes. Segments are read and
+    decrypted into these rather than into fresh allocations: a new multi-megabyte
+    buffer per segment costs a page fault and a zeroing per page."""
+    cache: dict[str, bytearray] = _local.__dict__.setdefault("buffers", {})
+    buf = cache.get(name)
+    if buf is None or len(buf) < size:
+        buf = bytearray(size)
+        cache[name] = buf
+    return memoryview(buf)[:size]
 
 
 class OpenComponent:
@@ -59,17 +75,25 @@ class OpenComponent:
         segment = self.component.segments[seg]
         if len(out) != segment.plain:
             raise ValueError("output buffer has the wrong size")
-        stored: bytes | memoryview = read_segment(self.src, self.header, self.index, seg)
-        if self.dek is not None and segment.salt is not None:
-            aad = envelope.segment_aad(
-                self.component.name, self.units[seg], segment.plain, segment.codec
-            )
-            stored = envelope.open_segment(self.dek, segment.salt, aad, stored)
         # Imported here: numpy and zstandard are only needed once something decodes,
         # which keeps `secpack verify` (contents checks included) light to start.
         from secpack.codec import segment as codec
 
-        codec.decode(segment.codec, stored, out, self.limits.max_zstd_window)
+        stored = _scratch("stored", segment.stored)
+        read_segment_into(self.src, self.header, self.index, seg, stored)
+        payload: memoryview = stored
+        if self.dek is not None and segment.salt is not None:
+            aad = envelope.segment_aad(
+                self.component.name, self.units[seg], segment.plain, segment.codec
+            )
+            size = segment.stored - TAG_LEN
+            if segment.codec.id == "raw" and size == len(out):
+                # Stored as is: decrypt straight into the caller's buffer.
+                envelope.open_segment_into(self.dek, segment.salt, aad, stored, out)
+                return
+            payload = _scratch("payload", size)
+            envelope.open_segment_into(self.dek, segment.salt, aad, stored, payload)
+        codec.decode(segment.codec, payload, out, self.limits.max_zstd_window)
 
     def decode(self, seg: int) -> bytearray:
         out = bytearray(self.component.segments[seg].plain)

@@ -11,8 +11,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric import x25519
@@ -107,17 +108,26 @@ def write_blobs(
     threads = settings.threads or os.cpu_count() or 1
     window = 2 * threads + 2
     components: list[Component] = []
-    blobs: list[Blob] = []
+    # Blob digests are computed on a thread of their own, in blob order, so that the
+    # main thread only collects results and writes them: hashing every stored byte
+    # a second time on the main thread made it the pipeline's bottleneck.
+    blob_digests: list[Future[bytes]] = []
+    blob_sizes: list[int] = []
+    hashing: deque[Future[None]] = deque()
     blob_hash = hashlib.sha256()
     blob_size = 0
 
     def close_blob() -> None:
         nonlocal blob_hash, blob_size
         if blob_size:
-            blobs.append(Blob(blob_hash.digest(), blob_size))
+            blob_digests.append(hasher.submit(blob_hash.digest))
+            blob_sizes.append(blob_size)
         blob_hash, blob_size = hashlib.sha256(), 0
 
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="secpack-seal") as pool:
+    with (
+        ThreadPoolExecutor(max_workers=threads, thread_name_prefix="secpack-seal") as pool,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="secpack-blobhash") as hasher,
+    ):
         for comp in plan.components:
             dek, encryption, contents = _encryption(comp, settings)
             done: list[Segment] = []
@@ -130,9 +140,12 @@ def write_blobs(
                 if result.segment.blob != current:
                     close_blob()
                     current = result.segment.blob
-                    if current != len(blobs):
+                    if current != len(blob_sizes):
                         raise AssertionError("plan produced blobs out of order")
-                blob_hash.update(result.stored)
+                # Bounded: at most `window` segments wait for the hasher.
+                while len(hashing) >= window:
+                    hashing.popleft().result()
+                hashing.append(hasher.submit(blob_hash.update, result.stored))
                 blob_size += len(result.stored)
                 sink(result.stored)
                 done.append(result.segment)
@@ -150,6 +163,7 @@ def write_blobs(
                     encryption,
                 )
             )
+        blobs = [Blob(d.result(), size) for d, size in zip(blob_digests, blob_sizes, strict=True)]
     return Manifest(
         settings.name,
         settings.version,

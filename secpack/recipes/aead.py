@@ -17,11 +17,23 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from secpack.errors import IntegrityError
 
-__all__ = ["KEY_LEN", "ZERO_NONCE", "derive", "equal", "open_", "random_bytes", "seal"]
+__all__ = [
+    "KEY_LEN",
+    "TAG_LEN",
+    "ZERO_NONCE",
+    "derive",
+    "equal",
+    "open_",
+    "open_into",
+    "random_bytes",
+    "seal",
+]
 
 KEY_LEN = 32  # AES-256
 # Safe only because each key is single-use (see module docstring); never reuse a key.
 ZERO_NONCE = bytes(12)
+# The GCM tag appended to every ciphertext: the full 128 bits, never truncated.
+TAG_LEN = 16
 
 
 def random_bytes(n: int) -> bytes:
@@ -40,6 +52,23 @@ def open_(key: bytes, aad: bytes, ciphertext: bytes | memoryview) -> bytes:
     try:
         return AESGCM(key).decrypt(ZERO_NONCE, ciphertext, aad)
     except InvalidTag:
+        raise IntegrityError("authentication tag does not verify") from None
+
+
+def open_into(key: bytes, aad: bytes, ciphertext: bytes | memoryview, out: memoryview) -> None:
+    """``open_`` that writes the plaintext to ``out`` (exactly its length), so that a
+    reader can reuse one buffer per thread instead of allocating per segment."""
+    if len(out) != len(ciphertext) - TAG_LEN:
+        raise ValueError("output buffer has the wrong size")
+    cipher = AESGCM(key)
+    try:
+        if hasattr(cipher, "decrypt_into"):  # cryptography >= 46
+            cipher.decrypt_into(ZERO_NONCE, ciphertext, aad, out)
+        else:  # pragma: no cover - older cryptography: one copy more
+            out[:] = cipher.decrypt(ZERO_NONCE, ciphertext, aad)
+    except InvalidTag:
+        # GCM decrypts before it checks the tag: leave no unauthenticated plaintext.
+        out[:] = bytes(len(out))
         raise IntegrityError("authentication tag does not verify") from None
 
 

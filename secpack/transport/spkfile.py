@@ -47,6 +47,20 @@ class FileSource:
             self.bytes_read += got
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
+    def read_into(self, offset: int, out: memoryview) -> None:
+        """``read_at`` into a caller's buffer: no allocation per read."""
+        length = len(out)
+        if offset < 0 or offset + length > self.size:
+            raise ContainerError("container.framing", "read beyond the end of the package")
+        got = 0
+        while got < length:
+            n = os.preadv(self.fd, [out[got:]], offset + got)
+            if n <= 0:
+                raise ContainerError("container.framing", "package shrank while being read")
+            got += n
+        with self._count_lock:
+            self.bytes_read += got
+
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)

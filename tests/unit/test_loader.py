@@ -353,3 +353,37 @@ def test_load_one_call(package: Path, model: Path) -> None:
         trust=[str(KEYS / "signing-ed25519.key.pub")],
     )
     assert tensors["ids"].tobytes() == source["ids"][2]
+
+
+def test_iter_tensors_yields_every_tensor_in_order(model: Path, package: Path) -> None:
+    source = _source_tensors(model / "model.safetensors")
+    with _open(package, threads=2) as pkg, pytest.warns(secpack.api.loader.DtypeWarning):
+        names = []
+        for name, arr in pkg.iter_tensors("weights"):
+            _dtype, shape, raw = source[name]
+            assert arr.tobytes() == raw and list(arr.shape) == shape
+            assert arr.size == 0 or arr.ctypes.data % 64 == 0
+            names.append(name)
+        assert names == pkg.tensor_names("weights")
+        assert "empty" in names and len(names) == len(source)
+        # A consumer may stop early: the workers are drained, the package stays usable.
+        first = next(iter(pkg.iter_tensors("weights")))
+        assert first[0] == names[0]
+        assert np.array_equal(pkg.tensor("ids"), pkg.state_dict("weights")["ids"])
+
+
+def test_iter_tensors_stops_at_a_damaged_segment(package: Path, tmp_path: Path) -> None:
+    with _open(package) as pkg:
+        weights = next(i for i, c in enumerate(pkg.manifest.components) if c.name == "weights")
+        record = pkg.tensor_info("big.f32")
+        offset = pkg._header.segment_offset(weights, record.first + record.count - 1)
+    damaged = tmp_path / "damaged.spk"
+    data = bytearray(package.read_bytes())
+    data[offset + 5] ^= 0x01
+    damaged.write_bytes(bytes(data))
+    seen = []
+    with _open(damaged) as pkg, pytest.raises(SecpackError) as err:
+        for name, _ in pkg.iter_tensors("weights"):
+            seen.append(name)
+    assert err.value.code == "integrity"
+    assert "big.f32" not in seen and "scalar" not in seen
