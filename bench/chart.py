@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from peers import LOAD, SEAL, codec_label
+from peers import LOAD, SEAL, SEAL_TMPFS, STREAM, codec_label
 from report_peers import SIZE_TARGETS
 from results import DatasetResult
 
@@ -19,12 +19,14 @@ _SIZE = (
 _SPEED = (
     (codec_label("zipnn", "compress"), "ZipNN compress"),
     (SEAL, "secpack seal"),
+    (SEAL_TMPFS, "secpack seal, tmpfs"),
     (codec_label("zipnn", "decompress"), "ZipNN decompress"),
-    (LOAD, "secpack library load"),
+    (LOAD, "secpack load, state_dict"),
+    (STREAM, "secpack load, iter_tensors"),
 )
 # zstd grey, ZipNN orange, secpack blue; decompression / load in the lighter shade.
 _SIZE_COLORS = ("#9e9e9e", "#e69f00", "#0072b2")
-_SPEED_COLORS = ("#e69f00", "#0072b2", "#f5c96a", "#7fc4ec")
+_SPEED_COLORS = ("#e69f00", "#0072b2", "#3b8fc4", "#f5c96a", "#7fc4ec", "#a9d8f2")
 
 
 def draw(results: list[DatasetResult], path: Path, title: str) -> bool:
@@ -63,7 +65,8 @@ def draw(results: list[DatasetResult], path: Path, title: str) -> bool:
             r.inproc_mbps if (r := ds.peer(label)) and r.inproc_mbps is not None else 0.0
             for ds in done
         ]
-        bars = ax2.bar([x + (i - 1.5) * width for x in xs], vals, width, label=legend)
+        offset = i - (len(_SPEED) - 1) / 2
+        bars = ax2.bar([x + offset * width for x in xs], vals, width, label=legend)
         for bar in bars:
             bar.set_color(_SPEED_COLORS[i])
         ax2.bar_label(bars, fmt="%.0f", fontsize=7, rotation=90, padding=2)
@@ -72,7 +75,7 @@ def draw(results: list[DatasetResult], path: Path, title: str) -> bool:
     ax2.margins(y=0.15)
     for ax in (ax1, ax2):
         ax.set_xticks(xs, names, rotation=15, fontsize=8)
-        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=4)
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3)
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle(title, fontsize=10)
     path.parent.mkdir(parents=True, exist_ok=True)

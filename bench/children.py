@@ -7,6 +7,7 @@ Usage: python bench/children.py zstd-compress DIR OUT [LEVEL] [THREADS]
        python bench/children.py secpack-state-dict PKG IDENTITY TRUST
        python bench/children.py secpack-tensor PKG IDENTITY TRUST NAME
        python bench/children.py secpack-tensors PKG IDENTITY TRUST
+       python bench/children.py secpack-stream PKG IDENTITY TRUST
 
 Each prints one JSON object: ``seconds`` (in-process, after imports are done),
 ``bytes_in`` and, where it applies, ``bytes_out`` or ``skipped``. The loader
@@ -136,6 +137,32 @@ def secpack_state_dict(pkg: Path, identity: Path, trust: Path) -> dict[str, obje
     return result
 
 
+def secpack_stream(pkg: Path, identity: Path, trust: Path) -> dict[str, object]:
+    """``iter_tensors`` over every tensor component, each array dropped once seen:
+    a loader that hands tensors on (to a device) one at a time, and the same work
+    as the codec peers' decompression, whose outputs are not kept either."""
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        package, import_s, open_s = _open(pkg, identity, trust)
+        started = time.perf_counter()
+        decoded = tensors = 0
+        for c in package.components:
+            if c.kind in _TENSOR_KINDS:
+                for _name, array in package.iter_tensors(c.name):
+                    decoded += array.nbytes
+                    tensors += 1
+        load_s = time.perf_counter() - started
+    package.close()
+    return {
+        "seconds": open_s + load_s,
+        "import_s": import_s,
+        "open_s": open_s,
+        "load_s": load_s,
+        "decoded_bytes": decoded,
+        "tensors": tensors,
+    }
+
+
 def secpack_tensor(pkg: Path, identity: Path, trust: Path, name: str) -> dict[str, object]:
     """One tensor, after open_package; each step timed on its own."""
     with warnings.catch_warnings(record=True):
@@ -195,6 +222,8 @@ def main(argv: list[str]) -> int:
         result = secpack_state_dict(root, Path(argv[2]), Path(argv[3]))
     elif verb == "secpack-tensor" and len(argv) == 5:
         result = secpack_tensor(root, Path(argv[2]), Path(argv[3]), argv[4])
+    elif verb == "secpack-stream" and len(argv) == 4:
+        result = secpack_stream(root, Path(argv[2]), Path(argv[3]))
     elif verb == "secpack-tensors" and len(argv) == 4:
         result = secpack_tensors(root, Path(argv[2]), Path(argv[3]))
     else:

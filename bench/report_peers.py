@@ -6,7 +6,19 @@ from __future__ import annotations
 import statistics
 
 from fmt import fmt_rss, met, plain
-from peers import LOAD, MS_SIGN, MS_VERIFY, OPEN, SEAL, ST_LOAD, THREADS, VERIFY, codec_label
+from peers import (
+    LOAD,
+    MS_SIGN,
+    MS_VERIFY,
+    OPEN,
+    SEAL,
+    SEAL_TMPFS,
+    ST_LOAD,
+    STREAM,
+    THREADS,
+    VERIFY,
+    codec_label,
+)
 from results import DatasetResult, MiB
 
 __all__ = ["PAIRS", "SIZE_TARGETS", "peers_section", "print_peers", "target_lines"]
@@ -20,9 +32,11 @@ ZSTD3_C, ZSTD3_D = codec_label("zstd-3", "compress"), codec_label("zstd-3", "dec
 # secpack's figure, and the peer it is read against.
 PAIRS = (
     (SEAL, ZIPNN_C),
+    (SEAL_TMPFS, ZIPNN_C),
     (SEAL, ZSTD3_C),
     (SEAL, MS_SIGN),
     (LOAD, ZIPNN_D),
+    (STREAM, ZIPNN_D),
     (LOAD, ST_LOAD),
     (OPEN, ZIPNN_D),
     (OPEN, ZSTD3_D),
@@ -113,7 +127,8 @@ def _summary(results: list[DatasetResult]) -> list[str]:
     zstd19 = codec_label("zstd-19", "compress")
     lines = [
         "| data set | MiB | secpack | ZipNN | zstd -3 | zstd -19 | size target "
-        "| seal / ZipNN compress MB/s | library load / ZipNN decompress MB/s "
+        "| seal (disk, tmpfs) / ZipNN compress MB/s "
+        "| library load (state_dict, iter_tensors) / ZipNN decompress MB/s "
         "| verify s: secpack / model_signing |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -122,10 +137,14 @@ def _summary(results: list[DatasetResult]) -> list[str]:
         r = ds.peer(label)
         return _num(r.ratio if r else None, ".4f")
 
-    def rate(ds: DatasetResult, a: str, b: str) -> str:
-        ra, rb = ds.peer(a), ds.peer(b)
-        x, y = (ra.inproc_mbps if ra else None), (rb.inproc_mbps if rb else None)
-        return f"{_num(x, '.0f')} / {_num(y, '.0f')}" if x is not None or y is not None else ""
+    def rate(ds: DatasetResult, a: str, a2: str, b: str) -> str:
+        ra, ra2, rb = ds.peer(a), ds.peer(a2), ds.peer(b)
+        x = ra.inproc_mbps if ra else None
+        x2 = ra2.inproc_mbps if ra2 else None
+        y = rb.inproc_mbps if rb else None
+        if x is None and y is None:
+            return ""
+        return f"{_num(x, '.0f')}, {_num(x2, '.0f')} / {_num(y, '.0f')}"
 
     for ds in results:
         if not ds.peers:
@@ -135,7 +154,8 @@ def _summary(results: list[DatasetResult]) -> list[str]:
         lines.append(
             f"| {ds.name} | {ds.original / MiB:.1f} | {ratio(ds, SEAL)} | {ratio(ds, ZIPNN_C)} "
             f"| {ratio(ds, ZSTD3_C)} | {ratio(ds, zstd19)} | {SIZE_TARGETS.get(ds.name, '')} "
-            f"| {rate(ds, SEAL, ZIPNN_C)} | {rate(ds, LOAD, ZIPNN_D)} | {verify} |"
+            f"| {rate(ds, SEAL, SEAL_TMPFS, ZIPNN_C)} | {rate(ds, LOAD, STREAM, ZIPNN_D)} "
+            f"| {verify} |"
         )
     return lines
 
@@ -146,7 +166,9 @@ def target_lines(results: list[DatasetResult]) -> list[str]:
     out = [line for ds in done if (line := _ratio_line(ds))]
     for ours, theirs, what in (
         (SEAL, ZIPNN_C, "seal vs ZipNN compression"),
-        (LOAD, ZIPNN_D, "library load vs ZipNN decompression"),
+        (SEAL_TMPFS, ZIPNN_C, "seal with its output on tmpfs vs ZipNN compression"),
+        (LOAD, ZIPNN_D, "library load (state_dict, all arrays kept) vs ZipNN decompression"),
+        (STREAM, ZIPNN_D, "library load (iter_tensors, arrays dropped) vs ZipNN decompression"),
     ):
         out += [line for ds in done if (line := _speed_line(ds, ours, theirs, what))]
     for ds in done:

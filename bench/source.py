@@ -14,6 +14,7 @@ import io
 import os
 import shutil
 import subprocess
+import sys
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +65,22 @@ def source_state(root: Path | None = None) -> SourceState:
     return SourceState(commit, dirty, _tree_hash(root or REPO / "secpack"))
 
 
+def _build_native(dest: Path) -> None:
+    """Compile the copy's C byte-plane helper in place, as an install would: without
+    it the copy would measure the numpy fallback."""
+    script = (
+        "from setuptools import Extension, setup\n"
+        "setup(name='secpack-bench-copy', ext_modules=[Extension("
+        "'secpack.codec._planes', ['secpack/codec/_planes.c'], extra_compile_args=['-O3'])],"
+        " script_args=['-q', 'build_ext', '--inplace'])\n"
+    )
+    subprocess.run([sys.executable, "-c", script], cwd=dest, check=True, capture_output=True)
+    shutil.rmtree(dest / "build", ignore_errors=True)
+    probe = "import secpack.codec.planes as p, sys; sys.exit(0 if p.NATIVE else 1)"
+    if subprocess.run([sys.executable, "-c", probe], cwd=dest, check=False).returncode:
+        raise RuntimeError(f"the C helper did not build in {dest}")
+
+
 def freeze_source(dest: Path, at_head: bool) -> SourceState:
     """Copy secpack/ to ``dest``/secpack, put ``dest`` first on PYTHONPATH for every
     child from now on, and return the state of the copy."""
@@ -80,9 +97,13 @@ def freeze_source(dest: Path, at_head: bool) -> SourceState:
             tar.extractall(dest, filter="data")
     else:
         shutil.copytree(REPO / "secpack", target, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.rmtree(target / "codec" / "build", ignore_errors=True)
+    for built in (target / "codec").glob("_planes*.so"):
+        built.unlink()  # a build of the working tree's C source, maybe not this one's
     state = source_state(target)
     if at_head:
         state = SourceState(state.commit, False, state.tree)
+    _build_native(dest)
     old = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = str(dest) + (os.pathsep + old if old else "")
     return state

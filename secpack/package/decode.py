@@ -23,14 +23,16 @@ __all__ = ["OpenComponent"]
 _local = threading.local()
 
 
-def _scratch(name: str, size: int) -> memoryview:
+def _scratch(name: str, size: int, at_least: int) -> memoryview:
     """A per-thread reusable buffer of ``size`` bytes. Segments are read and
     decrypted into these rather than into fresh allocations: a new multi-megabyte
-    buffer per segment costs a page fault and a zeroing per page."""
+    buffer per segment costs a page fault and a zeroing per page. A buffer that has
+    to grow grows to ``at_least`` (the component's largest segment), so it grows
+    once rather than at every larger segment."""
     cache: dict[str, bytearray] = _local.__dict__.setdefault("buffers", {})
     buf = cache.get(name)
     if buf is None or len(buf) < size:
-        buf = bytearray(size)
+        buf = bytearray(max(size, at_least))
         cache[name] = buf
     return memoryview(buf)[:size]
 
@@ -69,6 +71,7 @@ class OpenComponent:
             raise SchemaError("schema.invalid", f"{comp.name} contents: {exc.detail}") from None
         self.contents: Contents = parse_contents(obj, [s.plain for s in comp.segments], limits)
         self.units: list[Unit] = self.contents.units()
+        self._largest = max((s.stored for s in comp.segments), default=0)
 
     def decode_into(self, seg: int, out: memoryview) -> None:
         """Read, digest-check, decrypt and decode segment ``seg`` into ``out``."""
@@ -79,7 +82,7 @@ class OpenComponent:
         # which keeps `secpack verify` (contents checks included) light to start.
         from secpack.codec import segment as codec
 
-        stored = _scratch("stored", segment.stored)
+        stored = _scratch("stored", segment.stored, self._largest)
         read_segment_into(self.src, self.header, self.index, seg, stored)
         payload: memoryview = stored
         if self.dek is not None and segment.salt is not None:
@@ -91,7 +94,7 @@ class OpenComponent:
                 # Stored as is: decrypt straight into the caller's buffer.
                 envelope.open_segment_into(self.dek, segment.salt, aad, stored, out)
                 return
-            payload = _scratch("payload", size)
+            payload = _scratch("payload", size, self._largest)
             envelope.open_segment_into(self.dek, segment.salt, aad, stored, payload)
         codec.decode(segment.codec, payload, out, self.limits.max_zstd_window)
 
