@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import statistics
+import struct
 import sys
+from pathlib import Path
 
 from anchors import find_tools, make_keys
 from inputs import same_tree
@@ -27,20 +30,39 @@ from procs import Child, cmd, reported_seconds, run_child, settle
 from source import freeze_source
 from synth import ensure_synthetic
 
-# The bound for seal and open of a 4 GiB model.
+# The bound on peak memory for seal and open of a 4 GiB model.
 RSS_LIMIT_MIB = 512
 MiB = 1 << 20
 
 
-def _row(label: str, children: list[Child], size: int, note: str) -> str:
+def _row(label: str, children: list[Child], size: int, note: str, bounded: bool = True) -> str:
     walls = [c.wall for c in children]
     inproc = [s for c in children if (s := reported_seconds(c)) is not None]
     peak = max(c.rss_kib for c in children) / 1024
     verdict = "under" if peak < RSS_LIMIT_MIB else "**over**"
+    if not bounded:
+        return (
+            f"| `{label}` | {statistics.median(walls):.1f} "
+            f"| {size / statistics.median(inproc or walls) / 1e6:.0f} | {peak:.0f} MiB | {note} |"
+        )
     seconds = statistics.median(inproc) if inproc else statistics.median(walls)
     return (
         f"| `{label}` | {statistics.median(walls):.1f} | {size / seconds / 1e6:.0f} "
         f"| {peak:.0f} MiB ({verdict} {RSS_LIMIT_MIB} MiB) | {note} |"
+    )
+
+
+def _largest_tensor(path: Path) -> int:
+    with path.open("rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+    return max(
+        (
+            v["data_offsets"][1] - v["data_offsets"][0]
+            for k, v in header.items()
+            if k != "__metadata__"
+        ),
+        default=0,
     )
 
 
@@ -93,6 +115,7 @@ def main(argv: list[str]) -> int:
             )
         )
     package_ratio = pkg.stat().st_size / size
+    largest = max(_largest_tensor(f) for f in model.glob("*.safetensors"))
     rm(pkg)
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
@@ -118,7 +141,10 @@ def main(argv: list[str]) -> int:
             "open_package + iter_tensors",
             streams,
             size,
-            "the library, one tensor at a time (each dropped once seen)",
+            "the library, one tensor at a time, each dropped once seen: it holds whole "
+            "tensors (the consumer's, the one being decoded, the next), so its peak "
+            f"follows the largest tensors (here {largest / MiB:.0f} MiB), not the model",
+            bounded=False,
         ),
         "",
     ]

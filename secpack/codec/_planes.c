@@ -1,6 +1,7 @@
 /*
  * Byte planes of fixed-width elements, with the optional one-bit rotation of the
- * "bg" codec (docs/FORMAT.md, "Codecs"). Pure functions over caller-owned,
+ * "bg" codec, and the exponent-window planes of the "bgx" codec (docs/FORMAT.md,
+ * "Codecs"). Pure functions over caller-owned,
  * exactly sized buffers: nothing here parses input, allocates, or reads a length
  * from data. Every size is checked against the buffers it came with before the
  * GIL is released. secpack.codec.planes holds the numpy version these must match
@@ -14,6 +15,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <string.h>
 
 /* Element value as a little-endian integer, independent of the host's order. */
 #define LOAD16(p) ((uint16_t)((p)[0] | ((uint16_t)(p)[1] << 8)))
@@ -172,9 +174,363 @@ done:
     return result;
 }
 
+
+/* ---- bgx: exponent-window planes of IEEE floats (docs/FORMAT.md, "bgx") -------
+ *
+ * Each element: sign s, exponent e (EB bits), mantissa m (MB bits). With column
+ * offsets (period P > 0) the exponent coded is e' = (e - O[j]) mod 2^EB, where
+ * j = element index mod P. m3 is the top 3 mantissa bits.
+ *   H = ((e' - lo) << 3) | m3   when lo <= e' < lo + span (span <= 31), else 255
+ *   X = (e' << 3) | m3, uint16 little-endian, for each H == 255 in element order
+ *   L = (next mantissa bits << 1) | s: fp32 m[19:13], bf16 m[3:0], fp16 m[6:0]
+ *   fp32 only: B1 = m[12:5], B0 = m[4:0]
+ * The decoder refuses every value this encoder cannot produce, so each segment
+ * has exactly one encoding for a given (lo, span, period, O).
+ */
+enum { KIND_FP32 = 0, KIND_BF16 = 1, KIND_FP16 = 2 };
+
+typedef struct {
+    int width, eb, mb, esh; /* bytes, exponent bits, mantissa bits, exponent shift */
+} kind_t;
+
+static const kind_t KINDS[3] = {{4, 8, 23, 23}, {2, 8, 7, 7}, {2, 5, 10, 10}};
+
+static int get_kind(int kind, const kind_t **out) {
+    if (kind < 0 || kind > 2) {
+        PyErr_SetString(PyExc_ValueError, "unknown float kind");
+        return 0;
+    }
+    *out = &KINDS[kind];
+    return 1;
+}
+
+
+#if defined(__GNUC__)
+#define INLINE static inline __attribute__((always_inline))
+#define RARE(x) __builtin_expect(!!(x), 0)
+#else
+#define INLINE static inline
+#define RARE(x) (x)
+#endif
+
+/* bgx_split's loops; KIND is a constant at every call site, so each
+ * specialisation below compiles to a branch-free first pass (which the compiler
+ * can vectorise), and a second pass that collects the rare escapes. */
+INLINE void split_pass(const int KIND, const uint8_t *s, Py_ssize_t n, const uint8_t *o,
+                       Py_ssize_t period, unsigned ulo, unsigned uspan, uint8_t *h, uint8_t *l,
+                       uint8_t *b1, uint8_t *b0) {
+    const kind_t *k = &KINDS[KIND];
+    const unsigned emask = (1u << k->eb) - 1;
+    Py_ssize_t j = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint32_t v = k->width == 4 ? LOAD32(s + 4 * i) : LOAD16(s + 2 * i);
+        unsigned off = 0;
+        if (period) {
+            off = o[j];
+            if (++j == period) j = 0;
+        }
+        unsigned sign = v >> (8 * k->width - 1);
+        unsigned d = (((v >> k->esh) - off) & emask) - ulo;
+        uint32_t m = v & ((1u << k->mb) - 1);
+        unsigned m3 = m >> (k->mb - 3);
+        h[i] = d < uspan ? (uint8_t)((d << 3) | m3) : 255;
+        if (KIND == KIND_FP32) {
+            l[i] = (uint8_t)((((m >> 13) & 0x7F) << 1) | sign);
+            b1[i] = (uint8_t)(m >> 5);
+            b0[i] = (uint8_t)(m & 0x1F);
+        } else if (KIND == KIND_BF16) {
+            l[i] = (uint8_t)(((m & 0xF) << 1) | sign);
+        } else {
+            l[i] = (uint8_t)(((m & 0x7F) << 1) | sign);
+        }
+    }
+}
+
+INLINE Py_ssize_t split_loop(const int KIND, const uint8_t *s, Py_ssize_t n, const uint8_t *o,
+                             Py_ssize_t period, unsigned ulo, unsigned uspan, uint8_t *h,
+                             uint8_t *l, uint8_t *b1, uint8_t *b0, uint8_t *x) {
+    const kind_t *k = &KINDS[KIND];
+    const unsigned emask = (1u << k->eb) - 1;
+    if (period)
+        split_pass(KIND, s, n, o, period, ulo, uspan, h, l, b1, b0);
+    else
+        split_pass(KIND, s, n, NULL, 0, ulo, uspan, h, l, b1, b0);
+    Py_ssize_t esc = 0;
+    /* memchr: a vectorised scan for the rare escapes. */
+    for (const uint8_t *p = h; (p = memchr(p, 255, (size_t)(h + n - p))) != NULL; p++) {
+        Py_ssize_t i = p - h;
+        {
+            uint32_t v = k->width == 4 ? LOAD32(s + 4 * i) : LOAD16(s + 2 * i);
+            unsigned off = period ? o[i % period] : 0;
+            unsigned e = ((v >> k->esh) - off) & emask;
+            unsigned xv = (e << 3) | ((v & ((1u << k->mb) - 1)) >> (k->mb - 3));
+            x[2 * esc] = (uint8_t)xv;
+            x[2 * esc + 1] = (uint8_t)(xv >> 8);
+            esc++;
+        }
+    }
+    return esc;
+}
+
+static Py_ssize_t split_fp32(const uint8_t *s, Py_ssize_t n, const uint8_t *o, Py_ssize_t p,
+                             unsigned ulo, unsigned uspan, uint8_t *h, uint8_t *l, uint8_t *b1,
+                             uint8_t *b0, uint8_t *x) {
+    return split_loop(KIND_FP32, s, n, o, p, ulo, uspan, h, l, b1, b0, x);
+}
+
+static Py_ssize_t split_bf16(const uint8_t *s, Py_ssize_t n, const uint8_t *o, Py_ssize_t p,
+                             unsigned ulo, unsigned uspan, uint8_t *h, uint8_t *l, uint8_t *x) {
+    return split_loop(KIND_BF16, s, n, o, p, ulo, uspan, h, l, NULL, NULL, x);
+}
+
+static Py_ssize_t split_fp16(const uint8_t *s, Py_ssize_t n, const uint8_t *o, Py_ssize_t p,
+                             unsigned ulo, unsigned uspan, uint8_t *h, uint8_t *l, uint8_t *x) {
+    return split_loop(KIND_FP16, s, n, o, p, ulo, uspan, h, l, NULL, NULL, x);
+}
+
+/* bgx_split(src, kind, lo, span, offsets, H, L, B1, B0, X) -> escapes.
+ * H, L (and B1, B0 for fp32) hold n bytes each; X has room for 2n bytes; offsets
+ * is empty or holds P bytes, each below 2^EB. B1 and B0 are empty for 16-bit kinds. */
+static PyObject *bgx_split(PyObject *self, PyObject *args) {
+    Py_buffer src, off, H, L, B1, B0, X;
+    int kind, lo, span;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*iiiy*w*w*w*w*w*", &src, &kind, &lo, &span, &off, &H, &L,
+                          &B1, &B0, &X))
+        return NULL;
+    PyObject *result = NULL;
+    const kind_t *k;
+    if (!get_kind(kind, &k)) goto done;
+    Py_ssize_t n = src.len / k->width;
+    unsigned nb = 1u << k->eb;
+    if (src.len % k->width || H.len != n || L.len != n || X.len < 2 * n ||
+        (k->width == 4 && (B1.len != n || B0.len != n)) ||
+        (k->width == 2 && (B1.len != 0 || B0.len != 0))) {
+        PyErr_SetString(PyExc_ValueError, "buffer sizes disagree");
+        goto done;
+    }
+    if (lo < 0 || span < 1 || span > 31 || (unsigned)(lo + span) > nb) {
+        PyErr_SetString(PyExc_ValueError, "bad exponent window");
+        goto done;
+    }
+    const uint8_t *o = (const uint8_t *)off.buf;
+    Py_ssize_t period = off.len;
+    for (Py_ssize_t j = 0; j < period; j++)
+        if (o[j] >= nb) {
+            PyErr_SetString(PyExc_ValueError, "column offset out of range");
+            goto done;
+        }
+    Py_ssize_t esc = 0;
+    {
+        const uint8_t *s = (const uint8_t *)src.buf;
+        uint8_t *h = (uint8_t *)H.buf, *l = (uint8_t *)L.buf, *b1 = (uint8_t *)B1.buf,
+                *b0 = (uint8_t *)B0.buf, *x = (uint8_t *)X.buf;
+        unsigned emask = nb - 1, m3sh = (unsigned)k->mb - 3, ulo = (unsigned)lo,
+                 uspan = (unsigned)span;
+        Py_BEGIN_ALLOW_THREADS;
+        if (kind == KIND_FP32)
+            esc = split_fp32(s, n, o, period, ulo, uspan, h, l, b1, b0, x);
+        else if (kind == KIND_BF16)
+            esc = split_bf16(s, n, o, period, ulo, uspan, h, l, x);
+        else
+            esc = split_fp16(s, n, o, period, ulo, uspan, h, l, x);
+        Py_END_ALLOW_THREADS;
+        (void)emask;
+        (void)m3sh;
+    }
+    result = PyLong_FromSsize_t(esc);
+done:
+    PyBuffer_Release(&src);
+    PyBuffer_Release(&off);
+    PyBuffer_Release(&H);
+    PyBuffer_Release(&L);
+    PyBuffer_Release(&B1);
+    PyBuffer_Release(&B0);
+    PyBuffer_Release(&X);
+    return result;
+}
+
+
+/* One element from its parts (bgx_merge). */
+INLINE uint32_t bgx_value(const int KIND, unsigned sign, unsigned e, unsigned m3, unsigned lv,
+                          unsigned b1v, unsigned b0v) {
+    const kind_t *k = &KINDS[KIND];
+    if (KIND == KIND_FP32)
+        return ((uint32_t)sign << 31) | ((uint32_t)e << 23) | ((uint32_t)m3 << 20) |
+               ((uint32_t)(lv >> 1) << 13) | ((uint32_t)b1v << 5) | b0v;
+    return ((uint32_t)sign << 15) | ((uint32_t)e << k->esh) | ((uint32_t)m3 << (k->mb - 3)) |
+           (lv >> 1);
+}
+
+INLINE void store(const int KIND, uint8_t *d, Py_ssize_t i, uint32_t v) {
+    if (KINDS[KIND].width == 4) {
+        d[4 * i] = (uint8_t)v;
+        d[4 * i + 1] = (uint8_t)(v >> 8);
+        d[4 * i + 2] = (uint8_t)(v >> 16);
+        d[4 * i + 3] = (uint8_t)(v >> 24);
+    } else {
+        d[2 * i] = (uint8_t)v;
+        d[2 * i + 1] = (uint8_t)(v >> 8);
+    }
+}
+
+/* First pass of bgx_merge: every element as if it were common (escaped ones are
+ * rewritten by the second pass), branch-free; returns the number of H == 255, or
+ * -1 when some value is out of range. */
+INLINE Py_ssize_t merge_pass(const int KIND, const uint8_t *h, const uint8_t *l,
+                             const uint8_t *b1, const uint8_t *b0, const uint8_t *o,
+                             Py_ssize_t period, unsigned ulo, unsigned uspan, uint8_t *d,
+                             Py_ssize_t n) {
+    const kind_t *k = &KINDS[KIND];
+    const unsigned emask = (1u << k->eb) - 1, common = 8u * uspan;
+    unsigned bad = 0;
+    Py_ssize_t escapes = 0, j = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned hv = h[i], lv = l[i];
+        escapes += hv == 255;
+        bad |= (hv >= common) & (hv != 255);
+        unsigned e = ulo + (hv >> 3);
+        if (period) {
+            e += o[j];
+            if (++j == period) j = 0;
+        }
+        unsigned b1v = 0, b0v = 0;
+        if (KIND == KIND_FP32) {
+            b1v = b1[i];
+            b0v = b0[i];
+            bad |= b0v >= 32;
+        } else if (KIND == KIND_BF16) {
+            bad |= lv >= 32;
+        }
+        store(KIND, d, i, bgx_value(KIND, lv & 1, e & emask, hv & 7, lv, b1v, b0v));
+    }
+    return bad ? -1 : escapes;
+}
+
+/* The loops of bgx_merge, specialised per KIND like split_loop. Returns NULL, or
+ * what is wrong with the planes. */
+INLINE const char *merge_loop(const int KIND, const uint8_t *h, const uint8_t *l,
+                              const uint8_t *b1, const uint8_t *b0, const uint8_t *x,
+                              Py_ssize_t nesc, const uint8_t *o, Py_ssize_t period, unsigned ulo,
+                              unsigned uspan, uint8_t *d, Py_ssize_t n) {
+    const kind_t *k = &KINDS[KIND];
+    const unsigned nb = 1u << k->eb, emask = nb - 1;
+    Py_ssize_t escapes = period ? merge_pass(KIND, h, l, b1, b0, o, period, ulo, uspan, d, n)
+                                : merge_pass(KIND, h, l, b1, b0, NULL, 0, ulo, uspan, d, n);
+    if (escapes < 0) return "a plane holds a value out of range";
+    if (escapes != nesc) return "escape count disagrees with the record";
+    Py_ssize_t esc = 0;
+    for (const uint8_t *p = h; esc < nesc && (p = memchr(p, 255, (size_t)(h + n - p))) != NULL;
+         p++) {
+        Py_ssize_t i = p - h;
+        {
+            unsigned xv = x[2 * esc] | ((unsigned)x[2 * esc + 1] << 8);
+            esc++;
+            unsigned e = xv >> 3;
+            if (e >= nb || e - ulo < uspan)
+                return "escaped exponent inside the window or out of range";
+            if (period) e = (e + o[i % period]) & emask;
+            unsigned lv = l[i];
+            unsigned b1v = KIND == KIND_FP32 ? b1[i] : 0, b0v = KIND == KIND_FP32 ? b0[i] : 0;
+            store(KIND, d, i, bgx_value(KIND, lv & 1, e, xv & 7, lv, b1v, b0v));
+        }
+    }
+    return NULL;
+}
+
+static const char *merge_fp32(const uint8_t *h, const uint8_t *l, const uint8_t *b1,
+                              const uint8_t *b0, const uint8_t *x, Py_ssize_t nesc,
+                              const uint8_t *o, Py_ssize_t p, unsigned ulo, unsigned uspan,
+                              uint8_t *d, Py_ssize_t n) {
+    return merge_loop(KIND_FP32, h, l, b1, b0, x, nesc, o, p, ulo, uspan, d, n);
+}
+
+static const char *merge_bf16(const uint8_t *h, const uint8_t *l, const uint8_t *x,
+                              Py_ssize_t nesc, const uint8_t *o, Py_ssize_t p, unsigned ulo,
+                              unsigned uspan, uint8_t *d, Py_ssize_t n) {
+    return merge_loop(KIND_BF16, h, l, NULL, NULL, x, nesc, o, p, ulo, uspan, d, n);
+}
+
+static const char *merge_fp16(const uint8_t *h, const uint8_t *l, const uint8_t *x,
+                              Py_ssize_t nesc, const uint8_t *o, Py_ssize_t p, unsigned ulo,
+                              unsigned uspan, uint8_t *d, Py_ssize_t n) {
+    return merge_loop(KIND_FP16, h, l, NULL, NULL, x, nesc, o, p, ulo, uspan, d, n);
+}
+
+/* bgx_merge(H, L, B1, B0, X, offsets, dst, kind, lo, span): the inverse of bgx_split.
+ * Every plane must have exactly its decoded size (X: 2 bytes per escape), and
+ * every value must be one bgx_split can write; otherwise ValueError, with ``dst``
+ * zeroed so that no partial output is left behind. */
+static PyObject *bgx_merge(PyObject *self, PyObject *args) {
+    Py_buffer H, L, B1, B0, X, off, dst;
+    int kind, lo, span;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*w*iii", &H, &L, &B1, &B0, &X, &off, &dst, &kind,
+                          &lo, &span))
+        return NULL;
+    PyObject *result = NULL;
+    const kind_t *k;
+    if (!get_kind(kind, &k)) goto done;
+    Py_ssize_t n = dst.len / k->width;
+    unsigned nb = 1u << k->eb;
+    if (dst.len % k->width || H.len != n || L.len != n || X.len % 2 ||
+        (k->width == 4 && (B1.len != n || B0.len != n)) ||
+        (k->width == 2 && (B1.len != 0 || B0.len != 0))) {
+        PyErr_SetString(PyExc_ValueError, "plane sizes disagree with the output");
+        goto done;
+    }
+    if (lo < 0 || span < 1 || span > 31 || (unsigned)(lo + span) > nb) {
+        PyErr_SetString(PyExc_ValueError, "bad exponent window");
+        goto done;
+    }
+    const uint8_t *o = (const uint8_t *)off.buf;
+    Py_ssize_t period = off.len;
+    for (Py_ssize_t j = 0; j < period; j++)
+        if (o[j] >= nb) {
+            PyErr_SetString(PyExc_ValueError, "column offset out of range");
+            goto done;
+        }
+    const char *problem = NULL;
+    {
+        const uint8_t *h = (const uint8_t *)H.buf, *l = (const uint8_t *)L.buf,
+                      *b1 = (const uint8_t *)B1.buf, *b0 = (const uint8_t *)B0.buf,
+                      *x = (const uint8_t *)X.buf;
+        uint8_t *d = (uint8_t *)dst.buf;
+        Py_ssize_t nesc = X.len / 2;
+        unsigned ulo = (unsigned)lo, uspan = (unsigned)span;
+        Py_BEGIN_ALLOW_THREADS;
+        if (kind == KIND_FP32)
+            problem = merge_fp32(h, l, b1, b0, x, nesc, o, period, ulo, uspan, d, n);
+        else if (kind == KIND_BF16)
+            problem = merge_bf16(h, l, x, nesc, o, period, ulo, uspan, d, n);
+        else
+            problem = merge_fp16(h, l, x, nesc, o, period, ulo, uspan, d, n);
+        if (problem != NULL) memset(d, 0, (size_t)dst.len);
+        Py_END_ALLOW_THREADS;
+    }
+    if (problem != NULL) {
+        PyErr_SetString(PyExc_ValueError, problem);
+        goto done;
+    }
+    result = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&H);
+    PyBuffer_Release(&L);
+    PyBuffer_Release(&B1);
+    PyBuffer_Release(&B0);
+    PyBuffer_Release(&X);
+    PyBuffer_Release(&off);
+    PyBuffer_Release(&dst);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"split", split, METH_VARARGS, "split(src, dst, width, rotate): element bytes to planes"},
     {"merge", merge, METH_VARARGS, "merge(planes, dst, width, rotate): planes to element bytes"},
+    {"bgx_split", bgx_split, METH_VARARGS,
+     "bgx_split(src, kind, lo, span, offsets, H, L, B1, B0, X) -> escapes"},
+    {"bgx_merge", bgx_merge, METH_VARARGS,
+     "bgx_merge(H, L, B1, B0, X, offsets, dst, kind, lo, span): bgx planes to floats"},
     {NULL, NULL, 0, NULL},
 };
 

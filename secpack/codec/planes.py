@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["NATIVE", "merge", "split"]
+__all__ = ["NATIVE", "merge", "native_module", "split"]
 
 _native: ModuleType | None
 try:
@@ -25,6 +25,12 @@ except ImportError:  # built without a C compiler: the numpy path below
     _native = None
 
 NATIVE = _native is not None
+
+
+def native_module() -> ModuleType | None:
+    """The C helper, or None where it was not built (tests switch it off here)."""
+    return _native
+
 
 # Little-endian on every host: plane k is byte k of the element as stored on disk.
 _UINT = {w: np.dtype(f"<u{w}") for w in (2, 4, 8)}

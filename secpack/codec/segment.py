@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from secpack.codec import bgx, zstd
 from secpack.codec import planes as planes_mod
-from secpack.codec import zstd
 from secpack.errors import CodecError
 from secpack.format.manifest import Codec, Plane
 
@@ -62,11 +62,24 @@ def _is_constant(buf: memoryview, width: int) -> bool:
     return bool(np.all(x == x[0]))
 
 
-def encode(data: bytes | memoryview, width: int, grouped: bool, level: int) -> Encoded:
+# safetensors dtypes that the bgx codec models, and its names for them.
+BGX_DTYPES = {"F32": "fp32", "BF16": "bf16", "F16": "fp16"}
+
+
+def encode(
+    data: bytes | memoryview,
+    width: int,
+    grouped: bool,
+    level: int,
+    dtype: str = "",
+    period: int = 0,
+) -> Encoded:
     """Pick and apply the smallest codec for one segment's plaintext.
 
     ``width`` is the element size (1 for opaque bytes); ``grouped`` asks for byte
-    grouping, which is only worth trying for IEEE-style floats.
+    grouping, which is only worth trying for IEEE-style floats. ``dtype`` (the
+    safetensors dtype) and ``period`` (the row length of a matrix) let fp32, bf16
+    and fp16 use bgx; the max profile also tries bg and keeps the smaller.
     """
     view = memoryview(data).cast("B")
     n = len(view)
@@ -75,28 +88,47 @@ def encode(data: bytes | memoryview, width: int, grouped: bool, level: int) -> E
     w = width if width in _UINT and n % width == 0 else 1
     if _is_constant(view, w):
         return Encoded(Codec("const", width=w), bytes(view[:w]))
-    if grouped and w > 1:
-        count = n // w
-        grid = _plane_buffer(n)
-        planes_mod.split(view, grid, w, rotate=True)
-        planes: list[Plane] = []
-        parts: list[bytes | memoryview] = []
-        for k in range(w):
-            plane = grid[k * count : (k + 1) * count]
-            packed = zstd.compress_plane(plane)
-            if len(packed) < len(plane):
-                planes.append(Plane("zstd", len(packed)))
-                parts.append(packed)
-            else:
-                planes.append(Plane("raw", len(plane)))
-                parts.append(plane)
-        if sum(p.size for p in planes) < n:
-            return Encoded(Codec("bg", width=w, rot=1, planes=tuple(planes)), b"".join(parts))
+    kind = BGX_DTYPES.get(dtype)
+    if grouped and w > 1 and kind is not None and bgx.available():
+        found = bgx.encode(view, kind, period)
+        if found is not None and level < LEVELS["max"]:
+            return Encoded(found[0], found[1])
+        other = _encode_grouped(view, w)
+        if found is not None and (other is None or len(found[1]) <= len(other.payload)):
+            return Encoded(found[0], found[1])
+        if other is not None:
+            return other
+    elif grouped and w > 1:
+        found_bg = _encode_grouped(view, w)
+        if found_bg is not None:
+            return found_bg
     else:
         packed = zstd.compress(view, level)
         if len(packed) < n:
             return Encoded(Codec("zstd", size=len(packed)), packed)
     return Encoded(Codec("raw"), bytes(view))
+
+
+def _encode_grouped(view: memoryview, w: int) -> Encoded | None:
+    """The bg form of a segment, or None when it does not shrink it."""
+    n = len(view)
+    count = n // w
+    grid = _plane_buffer(n)
+    planes_mod.split(view, grid, w, rotate=True)
+    planes: list[Plane] = []
+    parts: list[bytes | memoryview] = []
+    for k in range(w):
+        plane = grid[k * count : (k + 1) * count]
+        packed = zstd.compress_plane(plane)
+        if len(packed) < len(plane):
+            planes.append(Plane("zstd", len(packed)))
+            parts.append(packed)
+        else:
+            planes.append(Plane("raw", len(plane)))
+            parts.append(plane)
+    if sum(p.size for p in planes) < n:
+        return Encoded(Codec("bg", width=w, rot=1, planes=tuple(planes)), b"".join(parts))
+    return None
 
 
 def decode(codec: Codec, payload: bytes | memoryview, out: memoryview, max_window: int) -> None:
@@ -118,6 +150,8 @@ def decode(codec: Codec, payload: bytes | memoryview, out: memoryview, max_windo
         target[:] = np.frombuffer(payload, dtype=_UINT[w])[0]
     elif codec.id == "bg":
         _decode_grouped(codec, payload, out, max_window)
+    elif codec.id == "bgx":
+        bgx.decode(codec, memoryview(payload), out, max_window)
     else:  # pragma: no cover - the schema refuses unknown codec ids
         raise CodecError("codec.invalid", f"unknown codec {codec.id!r}")
 

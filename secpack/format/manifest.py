@@ -18,6 +18,8 @@ from secpack.format.limits import Limits
 from secpack.format.schema import as_bytes, as_list, as_map, as_text, as_uint, fail
 
 __all__ = [
+    "BGX_FLOATS",
+    "BGX_MAX_SPAN",
     "COMPONENT_KINDS",
     "COMPONENT_NAME_RE",
     "FORMAT_VERSION",
@@ -30,6 +32,7 @@ __all__ = [
     "Plane",
     "Recipient",
     "Segment",
+    "bgx_plane_sizes",
     "parse_manifest",
 ]
 
@@ -46,7 +49,11 @@ TAG_LEN = 16  # AES-GCM tag
 HPKE_ENC_LEN = 32  # X25519 encapsulated key
 DEK_LEN = 32
 WRAPPED_LEN = DEK_LEN + TAG_LEN
-CODEC_IDS = ("raw", "zstd", "bg", "const")
+CODEC_IDS = ("raw", "zstd", "bg", "bgx", "const")
+# bgx float layouts: (element width in bytes, exponent bits).
+BGX_FLOATS = {"fp32": (4, 8), "bf16": (2, 8), "fp16": (2, 5)}
+# The widest bgx exponent window: H codes 8 * span common values and 255 escapes.
+BGX_MAX_SPAN = 31
 PLANE_IDS = ("raw", "zstd")
 WIDTHS = (1, 2, 4, 8)
 
@@ -69,6 +76,11 @@ class Codec:
     width: int = 0  # bg / const: element width in bytes
     rot: int = 0  # bg: 1 when each element was rotated left by one bit before grouping
     planes: tuple[Plane, ...] = ()
+    float: str = ""  # bgx: the float layout, a key of BGX_FLOATS
+    lo: int = 0  # bgx: first exponent value of the window
+    span: int = 0  # bgx: exponent values in the window (1..BGX_MAX_SPAN)
+    escapes: int = 0  # bgx: elements whose exponent is outside the window
+    period: int = 0  # bgx: row length of the column offsets, 0 for none
 
     def payload_len(self, plain: int) -> int:
         """Length of the codec payload (before encryption) for ``plain`` bytes of output."""
@@ -87,6 +99,16 @@ class Codec:
             return {"id": "zstd", "size": self.size}
         if self.id == "const":
             return {"id": "const", "width": self.width}
+        if self.id == "bgx":
+            return {
+                "id": "bgx",
+                "float": self.float,
+                "lo": self.lo,
+                "span": self.span,
+                "escapes": self.escapes,
+                "period": self.period,
+                "planes": [p.to_cbor() for p in self.planes],
+            }
         return {
             "id": "bg",
             "width": self.width,
@@ -391,6 +413,8 @@ def _parse_codec(obj: Any, where: str, plain: int, limits: Limits) -> Codec:
         if width not in WIDTHS or plain % width:
             raise fail(f"{where}.width", "not a width that divides the segment")
         return Codec("const", width=width)
+    if cid == "bgx":
+        return _parse_bgx(obj, where, plain)
     g = as_map(obj, where, ("id", "width", "rot", "planes"))
     width = as_uint(g["width"], f"{where}.width", 1, 8)
     if width not in WIDTHS or plain % width:
@@ -408,6 +432,62 @@ def _parse_codec(obj: Any, where: str, plain: int, limits: Limits) -> Codec:
             raise fail(f"{where}.planes[{i}].size", "raw plane must hold one byte per element")
         planes.append(Plane(pid, psize))
     return Codec("bg", width=width, rot=rot, planes=tuple(planes))
+
+
+def bgx_plane_sizes(codec: Codec, plain: int) -> list[int]:
+    """Decoded size of each plane of a bgx record, in plane order: H, L, then B1 and
+    B0 for fp32, X (2 bytes per escape) when there are escapes, O when there is a
+    period."""
+    width, _ = BGX_FLOATS[codec.float]
+    n = plain // width
+    sizes = [n, n] + ([n, n] if width == 4 else [])
+    if codec.escapes:
+        sizes.append(2 * codec.escapes)
+    if codec.period:
+        sizes.append(codec.period)
+    return sizes
+
+
+def _parse_bgx(obj: Any, where: str, plain: int) -> Codec:
+    g = as_map(obj, where, ("id", "float", "lo", "span", "escapes", "period", "planes"))
+    kind = as_text(g["float"], f"{where}.float", 8)
+    if kind not in BGX_FLOATS:
+        raise SchemaError("schema.unsupported", f"{where}: bgx float layout {kind!r}")
+    width, exp_bits = BGX_FLOATS[kind]
+    if plain % width:
+        raise fail(f"{where}.float", "element width does not divide the segment")
+    n = plain // width
+    lo = as_uint(g["lo"], f"{where}.lo", 0, (1 << exp_bits) - 1)
+    span = as_uint(g["span"], f"{where}.span", 1, BGX_MAX_SPAN)
+    if lo + span > 1 << exp_bits:
+        raise fail(f"{where}.span", "window runs past the largest exponent")
+    escapes = as_uint(g["escapes"], f"{where}.escapes", 0, n)
+    period = as_uint(g["period"], f"{where}.period", 0, n)
+    if period == 1:
+        raise fail(f"{where}.period", "a period of 1 is a constant offset")
+    partial = Codec("bgx", float=kind, lo=lo, span=span, escapes=escapes, period=period)
+    sizes = bgx_plane_sizes(partial, plain)
+    planes_raw = as_list(g["planes"], f"{where}.planes", len(sizes), len(sizes))
+    planes = []
+    for i, (p_raw, size) in enumerate(zip(planes_raw, sizes, strict=True)):
+        p = as_map(p_raw, f"{where}.planes[{i}]", ("id", "size"))
+        pid = as_text(p["id"], f"{where}.planes[{i}].id", 16)
+        if pid not in PLANE_IDS:
+            raise SchemaError("schema.unsupported", f"{where}.planes[{i}]: plane codec {pid!r}")
+        psize = as_uint(p["size"], f"{where}.planes[{i}].size", 1, size)
+        # The offsets O are always raw: their size is the period itself.
+        if (pid == "raw" or (i == len(sizes) - 1 and period)) and (pid, psize) != ("raw", size):
+            raise fail(f"{where}.planes[{i}].size", "raw plane must have its decoded size")
+        planes.append(Plane(pid, psize))
+    return Codec(
+        "bgx",
+        float=kind,
+        lo=lo,
+        span=span,
+        escapes=escapes,
+        period=period,
+        planes=tuple(planes),
+    )
 
 
 def _parse_segment(obj: Any, where: str, encrypted: bool, limits: Limits) -> Segment:

@@ -97,6 +97,8 @@ class PlannedSegment:
     grouped: bool
     unit: Unit
     blob: int
+    dtype: str = ""  # safetensors dtype of a tensor segment ("" otherwise)
+    period: int = 0  # the tensor's row length (last dimension) when it has rows
 
 
 @dataclass(frozen=True)
@@ -193,7 +195,15 @@ class _Builder:
         self.blob_fill = BLOB_TARGET  # forces a new blob at the first unit
 
     def add_unit(
-        self, label: tuple[str, str], path: str, offset: int, length: int, width: int, grouped: bool
+        self,
+        label: tuple[str, str],
+        path: str,
+        offset: int,
+        length: int,
+        width: int,
+        grouped: bool,
+        dtype: str = "",
+        period: int = 0,
     ) -> tuple[int, int]:
         first = len(self.segments)
         if length == 0:
@@ -210,7 +220,9 @@ class _Builder:
                 self.blob_fill = 0
             unit = Unit(label, part, part == count - 1)
             self.segments.append(
-                PlannedSegment(path, offset + start, size, width, grouped, unit, self.blob)
+                PlannedSegment(
+                    path, offset + start, size, width, grouped, unit, self.blob, dtype, period
+                )
             )
             self.blob_fill += size
         return first, count
@@ -259,6 +271,8 @@ def make_plan(
                         t.end - t.begin,
                         width,
                         t.dtype in FLOAT_DTYPES and width > 1,
+                        t.dtype,
+                        t.shape[-1] if len(t.shape) >= 2 else 0,
                     )
                     tensors.append(
                         TensorRecord(

@@ -70,7 +70,7 @@ def _seal_one(
     plain = tree.read_at(seg.path, seg.offset, seg.length)
     if len(plain) != seg.length:
         raise InputError("input.invalid", f"{seg.path} changed while it was being sealed")
-    enc = codec.encode(plain, seg.width, seg.grouped, level)
+    enc = codec.encode(plain, seg.width, seg.grouped, level, seg.dtype, seg.period)
     salt = None
     stored = enc.payload
     if dek is not None:
@@ -175,6 +175,30 @@ def write_blobs(
     )
 
 
+def _largest_codec(s: PlannedSegment) -> Codec:
+    """A codec record at least as long, once encoded, as any the writer may choose
+    for segment ``s``: every count and size at its largest."""
+    if not (s.grouped and s.width > 1):
+        return Codec("zstd", size=s.length)
+    n = s.length // s.width
+    bg = Codec("bg", width=s.width, rot=1, planes=(Plane("zstd", n),) * s.width)
+    kind = codec.BGX_DTYPES.get(s.dtype)
+    if kind is None:
+        return bg
+    # H, L (+ B1, B0 for 4-byte floats), X and O, each as large as a segment.
+    count = 2 + (2 if s.width == 4 else 0) + 2
+    bgx = Codec(
+        "bgx",
+        float=kind,
+        lo=255,
+        span=31,
+        escapes=n,
+        period=n,
+        planes=(Plane("zstd", s.length),) * count,
+    )
+    return max(bg, bgx, key=lambda c: len(cbor.encode(c.to_cbor())))
+
+
 def placeholder_manifest(plan: Plan, settings: SealSettings) -> Manifest:
     """A manifest at least as large, once encoded, as the one the seal will produce:
     every size field takes its largest possible value. Writers use it to reserve
@@ -198,16 +222,7 @@ def placeholder_manifest(plan: Plan, settings: SealSettings) -> Manifest:
             )
         segs = []
         for s in comp.segments:
-            codec_max = (
-                Codec(
-                    "bg",
-                    width=s.width,
-                    rot=1,
-                    planes=(Plane("zstd", s.length // s.width),) * s.width,
-                )
-                if s.grouped and s.width > 1
-                else Codec("zstd", size=s.length)
-            )
+            codec_max = _largest_codec(s)
             stored = s.length + (TAG_LEN if settings.encrypt else 0)
             blob_sizes[s.blob] += stored
             segs.append(

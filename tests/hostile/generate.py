@@ -861,17 +861,85 @@ def s_salt_plain(b: Base) -> bytes:
     )
 
 
-@case("schema", "bg-plane-count", "bg codec of width 4 with 3 planes", "schema.invalid")
+# Segment 10 of weights is the F64 tensor "double" (bg, 8 planes of 64 bytes);
+# segment 1 is embed.weight (bgx fp32: H, L, B1, B0, X), segment 8 cols.weight
+# (bgx fp32 with column offsets: H, L, B1, B0, X, O).
+BG_SEG, BGX_SEG, BGX_COLS_SEG = 10, 1, 8
+
+
+@case("schema", "bg-plane-count", "bg codec of width 8 with 7 planes", "schema.invalid")
 def s_bg_planes(b: Base) -> bytes:
-    return hooked(b, lambda m: comp_of(m, "weights")["segments"][1]["codec"]["planes"].pop())
+    return hooked(b, lambda m: comp_of(m, "weights")["segments"][BG_SEG]["codec"]["planes"].pop())
 
 
 @case("schema", "bg-raw-plane-size", "raw bg plane shorter than n", "schema.invalid")
 def s_bg_raw(b: Base) -> bytes:
     def hook(m: dict[str, Any]) -> None:
-        comp_of(m, "weights")["segments"][1]["codec"]["planes"][0] = {"id": "raw", "size": 61}
+        comp_of(m, "weights")["segments"][BG_SEG]["codec"]["planes"][0] = {"id": "raw", "size": 61}
 
     return hooked(b, hook)
+
+
+def _bgx_record(
+    change: Callable[[dict[str, Any]], Any], seg: int = BGX_SEG
+) -> Callable[[dict[str, Any]], None]:
+    def hook(m: dict[str, Any]) -> None:
+        change(comp_of(m, "weights")["segments"][seg]["codec"])
+
+    return hook
+
+
+for _name, _what, _change, _seg in [
+    (
+        "bgx-plane-count",
+        "bgx fp32 record with its X plane missing",
+        lambda c: c["planes"].pop(),
+        BGX_SEG,
+    ),
+    (
+        "bgx-span-32",
+        "bgx exponent window of 32 values",
+        lambda c: c.__setitem__("span", 32),
+        BGX_SEG,
+    ),
+    (
+        "bgx-window-past-max",
+        "bgx window lo 240 + span 31 > 256",
+        lambda c: c.__setitem__("lo", 240),
+        BGX_SEG,
+    ),
+    (
+        "bgx-float-unknown",
+        "bgx float layout 'fp8'",
+        lambda c: c.__setitem__("float", "fp8"),
+        BGX_SEG,
+    ),
+    (
+        "bgx-period-1",
+        "bgx column offsets of period 1",
+        lambda c: c.__setitem__("period", 1),
+        BGX_COLS_SEG,
+    ),
+    (
+        "bgx-escapes-above-n",
+        "bgx with more escapes than elements",
+        lambda c: c.__setitem__("escapes", 1025),
+        BGX_SEG,
+    ),
+    (
+        "bgx-offsets-compressed",
+        "bgx offsets plane stored as zstd",
+        lambda c: c["planes"][-1].__setitem__("id", "zstd"),
+        BGX_COLS_SEG,
+    ),
+    ("bgx-extra-key", "bgx record with an unknown key", lambda c: c.__setitem__("rot", 1), BGX_SEG),
+]:
+    case(
+        "schema",
+        _name,
+        _what,
+        "schema.unsupported" if _name == "bgx-float-unknown" else "schema.invalid",
+    )(lambda b, _c=_change, _s=_seg: hooked(b, _bgx_record(_c, _s)))
 
 
 @case("schema", "const-width-3", "const codec of width 3", "schema.invalid")
@@ -1823,11 +1891,11 @@ both(
 
 
 def bg_plane(b: Base, change: Callable[[bytes], bytes], *, encrypt: bool) -> bytes:
-    """Change plane 0 of the byte-grouped embed.weight segment (4 x 1024-byte planes)."""
+    """Change plane 0 of the byte-grouped "double" segment (8 x 64-byte planes)."""
     p = b.pkg(encrypt)
-    seg = p.comp("weights").segs[1]
+    seg = p.comp("weights").segs[BG_SEG]
     planes = seg.codec["planes"]
-    assert [q["id"] for q in planes] == ["zstd"] * 4
+    assert seg.codec["id"] == "bg" and [q["id"] for q in planes] == ["zstd"] * 8
     parts, pos = [], 0
     for q in planes:
         parts.append(seg.payload[pos : pos + q["size"]])
@@ -1844,7 +1912,7 @@ both(
     "byte-grouping plane whose frame claims n + 1 bytes",
     "codec.invalid",
     lambda b, encrypt: bg_plane(
-        b, lambda f: zframe(zblocks(f), fcs=1025, window_log=10), encrypt=encrypt
+        b, lambda f: zframe(zblocks(f), fcs=65, window_log=10), encrypt=encrypt
     ),
     verify=OK,
     why=BEHIND,
@@ -1855,12 +1923,83 @@ both(
     "byte-grouping plane whose frame has a 1 GiB window",
     "codec.invalid",
     lambda b, encrypt: bg_plane(
-        b, lambda f: zframe(zblocks(f), fcs=1024, window_log=30), encrypt=encrypt
+        b, lambda f: zframe(zblocks(f), fcs=64, window_log=30), encrypt=encrypt
     ),
     plain=False,
     verify=OK,
     why=BEHIND,
 )
+
+
+def bgx_planes(
+    b: Base, change: Callable[[list[bytes], dict[str, Any]], None], *, encrypt: bool
+) -> bytes:
+    """Change the decoded planes of the bgx embed.weight segment (1024 fp32
+    elements) with ``change``: values a writer never produces, behind a valid
+    signature, digest and AEAD."""
+    p = b.pkg(encrypt)
+    seg = p.comp("weights").segs[BGX_SEG]
+    codec = seg.codec
+    assert codec["id"] == "bgx" and codec["float"] == "fp32" and codec["escapes"] > 0
+    n = 1024
+    decoded, pos = [], 0
+    for q, size in zip(codec["planes"], [n, n, n, n, 2 * codec["escapes"]], strict=True):
+        chunk = seg.payload[pos : pos + q["size"]]
+        pos += q["size"]
+        decoded.append(
+            chunk
+            if q["id"] == "raw"
+            else zstandard.ZstdDecompressor().decompress(chunk, max_output_size=size)
+        )
+    change(decoded, codec)
+    # Recompressed (raw planes would make the segment larger than its plaintext,
+    # which the schema refuses before any decoding).
+    packed = [zstandard.ZstdCompressor(level=3).compress(d) for d in decoded]
+    codec["planes"] = [{"id": "zstd", "size": len(z)} for z in packed]
+    seg.payload = b"".join(packed)
+    return build(p).data
+
+
+def _set(planes: list[bytes], k: int, i: int, value: int) -> None:
+    buf = bytearray(planes[k])
+    buf[i] = value
+    planes[k] = bytes(buf)
+
+
+def _escape_inside(planes: list[bytes], codec: dict[str, Any]) -> None:
+    inside = ((codec["lo"] + 1) << 3).to_bytes(2, "little")
+    planes[4] = inside + planes[4][2:]
+
+
+def _one_more_escape(planes: list[bytes], codec: dict[str, Any]) -> None:
+    h = planes[0]
+    i = next(k for k, v in enumerate(h) if v != 255)
+    _set(planes, 0, i, 255)
+
+
+for _name, _what, _change in [
+    (
+        "bgx-h-out-of-range",
+        "bgx H byte between 8 x span and 255",
+        lambda pl, c: _set(pl, 0, 3, 8 * c["span"]),
+    ),
+    (
+        "bgx-b0-out-of-range",
+        "bgx fp32 B0 byte of 32 (5 bits only)",
+        lambda pl, c: _set(pl, 3, 5, 32),
+    ),
+    ("bgx-escape-inside-window", "bgx escape whose exponent is inside the window", _escape_inside),
+    ("bgx-escape-count", "bgx H with one 255 more than the record's escapes", _one_more_escape),
+]:
+    both(
+        "compression",
+        _name,
+        _what,
+        "codec.invalid",
+        lambda b, encrypt, _c=_change: bgx_planes(b, _c, encrypt=encrypt),
+        verify=OK,
+        why=BEHIND,
+    )
 
 
 # === tensor table (weights contents, behind a valid signature and AEAD) ======================

@@ -158,6 +158,49 @@ def _zstd(frame: bytes, size: int) -> bytes:
     return zstandard.ZstdDecompressor().decompress(frame, allow_extra_data=False)
 
 
+# bgx layouts from FORMAT.md §6.1: width, exponent bits, mantissa bits, and the
+# lowest mantissa bit that L carries.
+_BGX = {"fp32": (4, 8, 23, 13), "bf16": (2, 8, 7, 0), "fp16": (2, 5, 10, 0)}
+
+
+def _decode_bgx(codec: dict[str, Any], payload: bytes, plain: int) -> bytes:
+    """bgx, element by element, from the table in FORMAT.md §6.1."""
+    w, eb, mb, l_lo = _BGX[codec["float"]]
+    n, lo, span = plain // w, codec["lo"], codec["span"]
+    names = ["H", "L"] + (["B1", "B0"] if w == 4 else [])
+    names += (["X"] if codec["escapes"] else []) + (["O"] if codec["period"] else [])
+    sizes = {"H": n, "L": n, "B1": n, "B0": n, "X": 2 * codec["escapes"], "O": codec["period"]}
+    assert len(codec["planes"]) == len(names)
+    planes, pos = {}, 0
+    for name, p in zip(names, codec["planes"], strict=True):
+        chunk = payload[pos : pos + p["size"]]
+        pos += p["size"]
+        planes[name] = chunk if p["id"] == "raw" else _zstd(chunk, sizes[name])
+        assert len(planes[name]) == sizes[name]
+    out = bytearray()
+    escapes = 0
+    for i in range(n):
+        h = planes["H"][i]
+        if h == 255:
+            x = int.from_bytes(planes["X"][2 * escapes : 2 * escapes + 2], "little")
+            escapes += 1
+            e, m3 = x >> 3, x & 7
+            assert not lo <= e < lo + span
+        else:
+            assert h < 8 * span
+            e, m3 = lo + (h >> 3), h & 7
+        if codec["period"]:
+            e = (e + planes["O"][i % codec["period"]]) % (1 << eb)
+        low = planes["L"][i]
+        m = (m3 << (mb - 3)) | ((low >> 1) << l_lo)
+        if w == 4:
+            m |= (planes["B1"][i] << 5) | planes["B0"][i]
+        v = ((low & 1) << (8 * w - 1)) | (e << mb) | m
+        out += v.to_bytes(w, "little")
+    assert escapes == codec["escapes"]
+    return bytes(out)
+
+
 def _decode(codec: dict[str, Any], payload: bytes, plain: int) -> bytes:
     if codec["id"] == "raw":
         return payload
@@ -165,6 +208,8 @@ def _decode(codec: dict[str, Any], payload: bytes, plain: int) -> bytes:
         return _zstd(payload, plain)
     if codec["id"] == "const":
         return payload * (plain // codec["width"])
+    if codec["id"] == "bgx":
+        return _decode_bgx(codec, payload, plain)
     w, n = codec["width"], plain // codec["width"]
     planes, pos = [], 0
     for p in codec["planes"]:
@@ -302,4 +347,4 @@ def test_golden_vectors_exercise_every_codec() -> None:
         manifest = cbor2.loads(data[32 : 32 + m_len])
         for comp in manifest["components"]:
             seen.update(seg["codec"]["id"] for seg in comp["segments"])
-    assert seen == {"raw", "zstd", "bg", "const"}
+    assert seen == {"raw", "zstd", "bg", "bgx", "const"}

@@ -68,6 +68,21 @@ def build_model(target: Path) -> None:
         ("empty", "F32", [0, 4], b""),
         ("scale", "F32", [], _f32([0.5])),
         ("pruned", "F32", [256], bytes(1024)),
+        # Columns four binades apart: bgx per-column exponent offsets (period 8).
+        (
+            "cols.weight",
+            "F32",
+            [128, 8],
+            _f32([((i * 13) % 29 - 14) * 2.0 ** (4 * (i % 8)) / 8 for i in range(128 * 8)]),
+        ),
+        (
+            "half.weight",
+            "F16",
+            [64, 16],
+            struct.pack("<1024e", *[((i * 29) % 61 - 30) / 64 for i in range(1024)]),
+        ),
+        # F64 has no bgx layout: byte grouping (bg).
+        ("double", "F64", [64], struct.pack("<64d", *[(i * 7 % 23 - 11) / 8 for i in range(64)])),
     ]
     (target / "model.safetensors").write_bytes(_safetensors(tensors))
     (target / "config.json").write_text('{"hidden_size": 16, "model_type": "golden"}\n')

@@ -1,0 +1,276 @@
+"""The ``bgx`` float codec (docs/FORMAT.md, "Codecs"): byte planes built around
+the exponent.
+
+``bg`` stores byte k of every element as plane k, so the exponent plane of fp32
+also carries one mantissa bit, and bf16's carries none of the mantissa. ``bgx``
+instead codes, per element, one byte H that holds the exponent's offset inside a
+window of at most 31 common values together with the top 3 mantissa bits, which
+are skewed and depend on the exponent (rarer exponents are escaped to a 16-bit
+side plane X). The next mantissa bits and the sign go to plane L; fp32's last 13
+mantissa bits to B1 and B0. Each plane is then compressed on its own.
+
+Weight matrices whose columns differ in scale get per-column exponent offsets O
+(period = the row length), which keep the exponents of every column inside the
+window. The encoder decides from a sample of rows whether they pay.
+
+The element transform is the C helper's (secpack.codec._planes); the numpy
+decoder here gives the same bytes without it, more slowly, so a package sealed
+anywhere opens everywhere.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from secpack.codec import planes as planes_mod
+from secpack.codec import zstd
+from secpack.errors import CodecError
+from secpack.format.manifest import BGX_FLOATS, Codec, Plane, bgx_plane_sizes
+
+__all__ = ["decode", "encode"]
+
+
+@dataclass(frozen=True)
+class _Kind:
+    code: int  # the C helper's kind number
+    width: int  # bytes per element
+    eb: int  # exponent bits
+    mb: int  # mantissa bits
+
+
+_KINDS = {
+    "fp32": _Kind(0, 4, 8, 23),
+    "bf16": _Kind(1, 2, 8, 7),
+    "fp16": _Kind(2, 2, 5, 10),
+}
+assert set(_KINDS) == set(BGX_FLOATS)
+_UINT: dict[int, np.dtype[Any]] = {2: np.dtype("<u2"), 4: np.dtype("<u4")}
+
+# Exponent values at least this frequent (in a sample) go into the window; rarer
+# ones are escaped at 2 bytes each plus an H symbol. 2^-9 was the best of the
+# powers of two tried on all-MiniLM-L6-v2 and Whisper tiny.en.
+_TAU = 2.0**-9
+# Elements sampled to choose the window: enough to see every exponent that
+# passes _TAU, and cheap next to the transform itself.
+_WINDOW_SAMPLE = 1 << 16
+# Column offsets are considered for segments of at least this many rows, from
+# about this many sampled rows, and kept when they save more than _OFFSET_GAIN
+# bits per element and more than their own P bytes.
+_OFFSET_MIN_ROWS = 64
+_OFFSET_SAMPLE_ROWS = 128
+_OFFSET_GAIN = 0.02
+# A cheap screen before the offsets are computed: the variance of the columns'
+# mean exponents (in binades squared) must be material.
+_OFFSET_SCREEN = 0.12
+# Periods above this are not worth an offset table (it is stored raw).
+_MAX_PERIOD = 1 << 16
+
+_local = threading.local()
+
+
+def _buffer(name: str, size: int) -> memoryview:
+    cache: dict[str, bytearray] = _local.__dict__.setdefault("buffers", {})
+    buf = cache.get(name)
+    if buf is None or len(buf) < size:
+        buf = bytearray(max(size, 1))
+        cache[name] = buf
+    return memoryview(buf)[:size]
+
+
+def available() -> bool:
+    """Whether this build can encode bgx (the encoder needs the C helper)."""
+    return planes_mod.native_module() is not None
+
+
+def _window(exps: np.ndarray, nb: int) -> tuple[int, int]:
+    """The exponent window (lo, span): the values seen at least _TAU of the time,
+    narrowed to the 31 consecutive values that cover most elements if wider."""
+    hist = np.bincount(exps, minlength=nb)
+    total = max(int(hist.sum()), 1)
+    big = np.flatnonzero(hist >= max(_TAU * total, 1))
+    if len(big) == 0:
+        big = np.flatnonzero(hist)
+    if len(big) == 0:
+        return 0, 1
+    lo, hi = int(big.min()), int(big.max()) + 1
+    if hi - lo > 31:
+        cs = np.concatenate([[0], np.cumsum(hist)])
+        lo = int(np.argmax(cs[31:] - cs[:-31]))
+        hi = lo + 31
+    return lo, hi - lo
+
+
+def _column_offsets(x: np.ndarray, kind: _Kind, period: int) -> np.ndarray | None:
+    """Per-column exponent offsets for a segment whose rows have ``period``
+    elements, or None when they do not pay."""
+    n = len(x)
+    rows = n // period
+    if period < 2 or period > _MAX_PERIOD or rows < _OFFSET_MIN_ROWS:
+        return None
+    nb = 1 << kind.eb
+    step = max(1, rows // _OFFSET_SAMPLE_ROWS)
+    sample = x[: rows * period].reshape(rows, period)[::step]
+    e = ((sample >> kind.mb) & (nb - 1)).astype(np.int64)
+    if float(e.mean(axis=0).var()) < _OFFSET_SCREEN:
+        return None
+    sampled, cols = e.shape
+    # Exponents relative to 32 below the median, clipped to 64 values: zeros and
+    # other outliers must not stretch the range that the medians are read from.
+    e0 = int(np.median(e)) - 32
+    span = 64
+    r = np.clip(e - e0, 0, span - 1)
+    counts = np.bincount((np.arange(cols) * span + r).reshape(-1), minlength=cols * span)
+    counts = counts.reshape(cols, span)
+    median = np.argmax(np.cumsum(counts, axis=1) * 2 >= sampled, axis=1)
+    offsets = median - int(np.median(median))
+    if not offsets.any():
+        return None
+
+    def bits(c: np.ndarray) -> float:
+        c = c[c > 0].astype(np.float64)
+        return float((c * np.log2(c.sum() / c)).sum()) / r.size
+
+    gain = bits(counts.sum(axis=0)) - bits(np.bincount((r - offsets[None, :] + 64).reshape(-1)))
+    if gain <= _OFFSET_GAIN or gain * n / 8 <= period:
+        return None
+    result: np.ndarray = (offsets % nb).astype(np.uint8)
+    return result
+
+
+def encode(view: memoryview, kind_name: str, period: int) -> tuple[Codec, bytes] | None:
+    """The bgx form of one segment, or None when this build cannot encode it or it
+    does not shrink the segment."""
+    native = planes_mod.native_module()
+    kind = _KINDS[kind_name]
+    if native is None or len(view) % kind.width or not view:
+        return None
+    x = np.frombuffer(view, dtype=_UINT[kind.width])
+    n = len(x)
+    nb = 1 << kind.eb
+    offsets = _column_offsets(x, kind, period) if period else None
+    p = len(offsets) if offsets is not None else 0
+    step = max(1, n // _WINDOW_SAMPLE)
+    exps = ((x[::step] >> kind.mb) & (nb - 1)).astype(np.int64)
+    if offsets is not None:
+        exps = (exps - offsets[(np.arange(0, n, step) % p)]) % nb
+    lo, span = _window(exps, nb)
+    wide = kind.width == 4
+    h, low = _buffer("H", n), _buffer("L", n)
+    empty = memoryview(bytearray())
+    b1, b0 = (_buffer("B1", n), _buffer("B0", n)) if wide else (empty, empty)
+    side = _buffer("X", 2 * n)
+    off_bytes = offsets.tobytes() if offsets is not None else b""
+    escapes = native.bgx_split(view, kind.code, lo, span, off_bytes, h, low, b1, b0, side)
+    sources: list[memoryview | bytes] = [h, low]
+    if wide:
+        sources += [b1, b0]
+    if escapes:
+        sources.append(side[: 2 * escapes])
+    planes: list[Plane] = []
+    parts: list[bytes | memoryview] = []
+    for src in sources:
+        packed = zstd.compress_plane(src)
+        if len(packed) < len(src):
+            planes.append(Plane("zstd", len(packed)))
+            parts.append(packed)
+        else:
+            planes.append(Plane("raw", len(src)))
+            parts.append(src)
+    if p:
+        planes.append(Plane("raw", p))
+        parts.append(off_bytes)
+    codec = Codec(
+        "bgx", float=kind_name, lo=lo, span=span, escapes=escapes, period=p, planes=tuple(planes)
+    )
+    payload = b"".join(parts)
+    if len(payload) >= len(view):
+        return None
+    return codec, payload
+
+
+def decode(codec: Codec, payload: memoryview, out: memoryview, max_window: int) -> None:
+    """Decode a bgx payload into ``out``. The schema has already tied every plane
+    size to the record; the values are checked here (by the C helper, or below)."""
+    kind = _KINDS[codec.float]
+    sizes = bgx_plane_sizes(codec, len(out))
+    planes: list[bytes | memoryview] = []
+    pos = 0
+    for plane, size in zip(codec.planes, sizes, strict=True):
+        chunk = payload[pos : pos + plane.size]
+        pos += plane.size
+        planes.append(chunk if plane.id == "raw" else zstd.decompress(chunk, size, max_window))
+    wide = kind.width == 4
+    h, low = planes[0], planes[1]
+    b1, b0 = (planes[2], planes[3]) if wide else (b"", b"")
+    rest = planes[4 if wide else 2 :]
+    side = rest.pop(0) if codec.escapes else b""
+    offsets = rest.pop(0) if codec.period else b""
+    native = planes_mod.native_module()
+    try:
+        if native is not None:
+            native.bgx_merge(h, low, b1, b0, side, offsets, out, kind.code, codec.lo, codec.span)
+        else:
+            _merge_numpy(kind, codec, h, low, b1, b0, side, offsets, out)
+    except ValueError as exc:
+        raise CodecError("codec.invalid", f"bgx: {exc}") from None
+
+
+def _merge_numpy(
+    kind: _Kind,
+    codec: Codec,
+    h_raw: Any,
+    l_raw: Any,
+    b1_raw: Any,
+    b0_raw: Any,
+    x_raw: Any,
+    o_raw: Any,
+    out: memoryview,
+) -> None:
+    """bgx_merge of the C helper, in numpy: the same checks, the same bytes."""
+    nb = 1 << kind.eb
+    lo, span = codec.lo, codec.span
+    h = np.frombuffer(h_raw, dtype=np.uint8).astype(np.int64)
+    lv = np.frombuffer(l_raw, dtype=np.uint8).astype(np.int64)
+    n = len(h)
+    try:
+        if kind.code == 1 and n and int(lv.max()) >= 32:
+            raise ValueError("L value out of range")
+        offsets = np.frombuffer(o_raw, dtype=np.uint8).astype(np.int64)
+        if len(offsets) and int(offsets.max()) >= nb:
+            raise ValueError("column offset out of range")
+        common = h < 8 * span
+        escaped = np.flatnonzero(h == 255)
+        if int((~common).sum()) != len(escaped):
+            raise ValueError("H value out of range")
+        side = np.frombuffer(x_raw, dtype="<u2").astype(np.int64)
+        if len(side) != len(escaped):
+            raise ValueError("escape count disagrees with the record")
+        e = lo + (h >> 3)
+        m3 = h & 7
+        if len(side):
+            xe = side >> 3
+            if int(((xe >= nb) | ((xe >= lo) & (xe < lo + span))).sum()):
+                raise ValueError("escaped exponent inside the window or out of range")
+            e[escaped] = xe
+            m3[escaped] = side & 7
+        if len(offsets):
+            e = (e + offsets[np.arange(n) % len(offsets)]) % nb
+        sign = lv & 1
+        if kind.width == 4:
+            b1 = np.frombuffer(b1_raw, dtype=np.uint8).astype(np.int64)
+            b0 = np.frombuffer(b0_raw, dtype=np.uint8).astype(np.int64)
+            if n and int(b0.max()) >= 32:
+                raise ValueError("B0 value out of range")
+            m = (m3 << 20) | ((lv >> 1) << 13) | (b1 << 5) | b0
+            v = (sign << 31) | (e << 23) | m
+        else:
+            m = (m3 << (kind.mb - 3)) | (lv >> 1)
+            v = (sign << 15) | (e << kind.mb) | m
+        np.frombuffer(out, dtype=_UINT[kind.width])[:] = v.astype(_UINT[kind.width])
+    except ValueError:
+        out[:] = bytes(len(out))
+        raise

