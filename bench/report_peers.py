@@ -12,9 +12,11 @@ from peers import (
     MS_VERIFY,
     OPEN,
     SEAL,
+    SEAL_FAST,
     SEAL_TMPFS,
     ST_LOAD,
     STREAM,
+    STREAM_FAST,
     THREADS,
     VERIFY,
     codec_label,
@@ -33,10 +35,12 @@ ZSTD3_C, ZSTD3_D = codec_label("zstd-3", "compress"), codec_label("zstd-3", "dec
 PAIRS = (
     (SEAL, ZIPNN_C),
     (SEAL_TMPFS, ZIPNN_C),
+    (SEAL_FAST, ZIPNN_C),
     (SEAL, ZSTD3_C),
     (SEAL, MS_SIGN),
     (LOAD, ZIPNN_D),
     (STREAM, ZIPNN_D),
+    (STREAM_FAST, ZIPNN_D),
     (LOAD, ST_LOAD),
     (OPEN, ZIPNN_D),
     (OPEN, ZSTD3_D),
@@ -102,6 +106,9 @@ def _ratio_line(ds: DatasetResult) -> str | None:
     line = f"- size, {ds.name}: secpack **{seal.ratio:.4f}**"
     if zr is not None:
         line += f" vs ZipNN {zr:.4f} ({(seal.ratio - zr) * 100:+.2f} points)"
+    fast = ds.peer(SEAL_FAST)
+    if fast is not None and fast.ratio is not None:
+        line += f" (`--level fast`: {fast.ratio:.4f})"
     if target is not None:
         ok = seal.ratio <= target and (zr is None or seal.ratio < zr)
         by = seal.ratio - target
@@ -169,6 +176,8 @@ def target_lines(results: list[DatasetResult]) -> list[str]:
         (SEAL_TMPFS, ZIPNN_C, "seal with its output on tmpfs vs ZipNN compression"),
         (LOAD, ZIPNN_D, "library load (state_dict, all arrays kept) vs ZipNN decompression"),
         (STREAM, ZIPNN_D, "library load (iter_tensors, arrays dropped) vs ZipNN decompression"),
+        (SEAL_FAST, ZIPNN_C, "seal --level fast, output on tmpfs, vs ZipNN compression"),
+        (STREAM_FAST, ZIPNN_D, "iter_tensors of the --level fast package vs ZipNN decompression"),
     ):
         out += [line for ds in done if (line := _speed_line(ds, ours, theirs, what))]
     for ds in done:

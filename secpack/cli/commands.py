@@ -82,7 +82,11 @@ def seal(
         typer.Option("--component", metavar="NAME=GLOB", help="Put matching files in NAME."),
     ] = None,
     level: Annotated[
-        str, typer.Option(help="Compression profile: fast, balanced, max.")
+        str,
+        typer.Option(
+            help="Compression profile: fast (bg planes, quickest), balanced (bgx planes, "
+            "smaller), max (the smaller of both per segment, zstd -19 elsewhere)."
+        ),
     ] = "balanced",
     segment_mib: Annotated[
         int, typer.Option("--segment-size", help="Segment size in MiB (1-16).")

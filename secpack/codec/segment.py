@@ -79,7 +79,8 @@ def encode(
     ``width`` is the element size (1 for opaque bytes); ``grouped`` asks for byte
     grouping, which is only worth trying for IEEE-style floats. ``dtype`` (the
     safetensors dtype) and ``period`` (the row length of a matrix) let fp32, bf16
-    and fp16 use bgx; the max profile also tries bg and keeps the smaller.
+    and fp16 use bgx, except with the fast profile; the max profile also tries bg
+    and keeps the smaller.
     """
     view = memoryview(data).cast("B")
     n = len(view)
@@ -88,7 +89,9 @@ def encode(
     w = width if width in _UINT and n % width == 0 else 1
     if _is_constant(view, w):
         return Encoded(Codec("const", width=w), bytes(view[:w]))
-    kind = BGX_DTYPES.get(dtype)
+    # The fast profile keeps to bg: about half a percent larger on float weights,
+    # and quicker to seal and to load (docs/BENCHMARKS.md).
+    kind = BGX_DTYPES.get(dtype) if level > LEVELS["fast"] else None
     if grouped and w > 1 and kind is not None and bgx.available():
         found = bgx.encode(view, kind, period)
         if found is not None and level < LEVELS["max"]:

@@ -281,3 +281,23 @@ def test_a_width_that_does_not_divide_the_segment_is_refused() -> None:
     with pytest.raises(SchemaError) as err:
         _parse_codec(_record(), "c", 127, Limits())
     assert err.value.code == "schema.invalid"
+
+
+@needs_native
+def test_profiles_choose_the_float_codec(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(8)
+    data = (rng.standard_normal((400, 250)) * 0.03).astype(np.float32).tobytes()
+    levels = segment.LEVELS
+    fast = segment.encode(data, 4, True, levels["fast"], "F32", 250)
+    balanced = segment.encode(data, 4, True, levels["balanced"], "F32", 250)
+    best = segment.encode(data, 4, True, levels["max"], "F32", 250)
+    assert (fast.codec.id, balanced.codec.id) == ("bg", "bgx")
+    assert len(balanced.payload) < len(fast.payload)
+    assert len(best.payload) <= min(len(fast.payload), len(balanced.payload))
+    # A build without the C helper writes bg, which every reader decodes.
+    monkeypatch.setattr(planes, "_native", None)
+    fallback = segment.encode(data, 4, True, levels["balanced"], "F32", 250)
+    assert fallback.codec.id == "bg"
+    out = bytearray(len(data))
+    segment.decode(fallback.codec, fallback.payload, memoryview(out), WINDOW)
+    assert bytes(out) == data
