@@ -41,11 +41,11 @@ test: lint typecheck unit
 bench: setup
 	$(BIN)/python bench/run.py
 
-# Coverage-guided fuzzing of the reader: make fuzz TARGET=header|manifest|open SECONDS=600
+# Coverage-guided fuzzing of the reader: make fuzz TARGET=header|manifest|bgx|open SECONDS=600
 TARGET  ?= open
 SECONDS ?= 600
 fuzz: setup
-	$(BIN)/pip install -q '.[fuzz]'
+	$(BIN)/pip install -q -e '.[fuzz]'
 	$(BIN)/python fuzz/seeds.py
 	mkdir -p fuzz/corpus/$(TARGET) fuzz/findings
 	cd fuzz/findings && ../../$(BIN)/python ../run.py $(TARGET) -max_total_time=$(SECONDS) \

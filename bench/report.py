@@ -63,7 +63,12 @@ def render(
         "/usr/bin/time -f %M .venv/bin/python bench/children.py secpack-state-dict PKG KEY PUB",
         "/usr/bin/time -f %M .venv/bin/python bench/children.py secpack-tensor PKG KEY PUB NAME",
         "/usr/bin/time -f %M .venv/bin/python bench/children.py safetensors-state-dict DIR",
+        "# peak memory of seal / verify / open / iter_tensors on a 4 GiB model, written to",
+        "# docs/BENCHMARKS-large.md (about 12 GiB of free disk):",
+        ".venv/bin/python bench/big.py",
         "```",
+        "",
+        "Peak memory on a 4 GiB model: [BENCHMARKS-large.md](BENCHMARKS-large.md).",
         "",
         f"These figures: `{cmd.strip()}`, {now}, {args.runs} run(s) per figure, "
         f"{elapsed / 60:.1f} min in all.",

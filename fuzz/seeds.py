@@ -36,12 +36,44 @@ def _manifest(data: bytes) -> bytes | None:
     return data[32 : 32 + m_len] if 32 + m_len <= len(data) else None
 
 
+def _bgx_seeds() -> list[bytes]:
+    """Valid cases for the ``bgx`` target: the planes the C helper writes for a few
+    small float arrays (with escapes), behind the 6-byte header that target reads."""
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT))
+    from secpack.codec import bgx, planes
+
+    native = planes.native_module()
+    if native is None:
+        return []
+    out = []
+    rng = np.random.default_rng(1)
+    for code, (kind, dtype) in enumerate([("fp32", "<f4"), ("bf16", "<f4"), ("fp16", "<f2")]):
+        k = bgx._KINDS[kind]
+        for n in (7, 33, 64):
+            values = rng.standard_normal(n) * 0.1
+            values[:4] = [np.inf, 0.0, 1e-30, -3e4]  # escapes of every kind
+            raw = values.astype(dtype).tobytes()
+            if kind == "bf16":
+                raw = (np.frombuffer(raw, "<u4") >> 16).astype("<u2").tobytes()
+            x = np.frombuffer(raw, dtype=f"<u{k.width}")
+            lo, span = bgx._window(((x >> k.mb) & ((1 << k.eb) - 1)).astype(np.int64), 1 << k.eb)
+            h, low, side = bytearray(n), bytearray(n), bytearray(2 * n)
+            b1, b0 = (bytearray(n), bytearray(n)) if k.width == 4 else (bytearray(), bytearray())
+            escapes = native.bgx_split(raw, k.code, lo, span, b"", h, low, b1, b0, side)
+            body = bytes(h + low + b1 + b0 + side[: 2 * escapes])
+            out.append(bytes([code, lo, span - 1, 0, 0, n - 1]) + body)
+    return out
+
+
 def main() -> None:
     packages = _packages()
     seeds = {
         "header": packages,
         "open": packages,
         "manifest": [m for m in map(_manifest, packages) if m],
+        "bgx": _bgx_seeds(),
     }
     for target, items in seeds.items():
         folder = OUT / target

@@ -4,6 +4,9 @@ anything else (or a hang, or runaway memory) is a finding.
 - ``header``: framing, bounded header, strict CBOR, schema and the blob index.
 - ``manifest``: strict CBOR and the manifest schema on raw bytes, plus the
   contents schema of every unencrypted component.
+- ``bgx``: the bgx decoder on arbitrary planes and records (behind the schema's
+  size rules), differentially: where the C helper decodes, the numpy decoder
+  must give the same bytes, and where one refuses, so must the other.
 - ``open``: a whole package through the loader with the public test keys. The
   input's manifest is re-signed with the test signing key before loading, so
   mutations are not all stopped by the signature and the checks behind it
@@ -27,6 +30,8 @@ import contextlib
 # Everything the targets reach is imported here, at the top: atheris instruments the
 # modules imported while this file loads, and nothing imported later.
 import secpack.api.loader
+import secpack.codec.bgx
+import secpack.codec.planes
 import secpack.codec.segment
 import secpack.codec.zstd
 import secpack.envelope.dek
@@ -37,7 +42,7 @@ import secpack.package.decode
 import secpack.package.reader
 import secpack.sign.cose
 import secpack.sign.policy
-import secpack.tensors.safetensors  # noqa: F401
+import secpack.tensors.safetensors
 from secpack.errors import SecpackError
 from secpack.format import cbor
 from secpack.format.limits import DEFAULT_LIMITS
@@ -157,4 +162,85 @@ def target_open(data: bytes) -> None:
         pass
 
 
-TARGETS = {"header": target_header, "manifest": target_manifest, "open": target_open}
+def bgx_case(data: bytes) -> tuple[secpack.format.manifest.Codec, bytes, int] | None:
+    """A bgx record and raw payload from fuzz bytes: 6 header bytes (float layout,
+    lo, span, flags, period, element count), then the planes' bytes. Unless flag
+    bit 0 is set, the planes are first mapped onto values a writer could produce
+    (mostly), so that decoding gets past the first check; flag bit 1 makes the
+    record's escape count disagree with H."""
+    from secpack.format.manifest import BGX_FLOATS, Codec, Plane, bgx_plane_sizes
+
+    if len(data) < 6:
+        return None
+    kind = list(BGX_FLOATS)[data[0] % 3]
+    width, exp_bits = BGX_FLOATS[kind]
+    n = 1 + data[5] % 64
+    span = 1 + data[2] % 31
+    lo = data[1] % ((1 << exp_bits) - span + 1)
+    flags = data[3]
+    period = data[4] % 9
+    period = 0 if period == 1 else period
+    body = bytearray(data[6:].ljust(2 * n + 2 * n + 2 * n + period, b"\0"))
+    h = body[:n]
+    if not flags & 1:
+        h = bytearray(255 if v >= 240 else v % (8 * span) for v in h)
+    escapes = h.count(255)
+    if flags & 2:
+        escapes = (escapes + 1) % (n + 1)
+    codec = Codec("bgx", float=kind, lo=lo, span=span, escapes=escapes, period=period)
+    sizes = bgx_plane_sizes(codec, n * width)
+    rest = bytearray(body[n:].ljust(sum(sizes) - n, b"\0")[: sum(sizes) - n])
+    if not flags & 1:
+        x_at = sum(sizes[1 : -1 if period else None]) - 2 * escapes if escapes else None
+        for i in range(len(rest)):
+            if kind == "bf16" and i < n:
+                rest[i] %= 32  # L
+            if kind == "fp32" and 2 * n <= i < 3 * n:
+                rest[i] %= 32  # B0
+            if x_at is not None and x_at <= i < x_at + 2 * escapes and (i - x_at) % 2:
+                rest[i] %= 1 << exp_bits >> 5 or 1  # X high byte: exponents in range
+            if period and i >= len(rest) - period:
+                rest[i] %= 1 << exp_bits  # O
+    planes = tuple(Plane("raw", size) for size in sizes)
+    return (
+        Codec("bgx", float=kind, lo=lo, span=span, escapes=escapes, period=period, planes=planes),
+        bytes(h) + bytes(rest),
+        n * width,
+    )
+
+
+def target_bgx(data: bytes) -> None:
+    from secpack.codec import bgx, planes
+
+    found = bgx_case(data)
+    if found is None:
+        return
+    codec, payload, plain = found
+    results = []
+    for native in (planes._native, None):
+        saved = planes._native
+        planes._native = native
+        out = bytearray(plain)
+        try:
+            bgx.decode(codec, memoryview(payload), memoryview(out), 1 << 20)
+            results.append(bytes(out))
+        except SecpackError as exc:
+            if exc.code != "codec.invalid":
+                raise
+            if any(out):
+                raise AssertionError("a refused segment left output behind") from None
+            results.append(None)
+        finally:
+            planes._native = saved
+        if saved is None:  # no C helper in this build: nothing to compare
+            return
+    if results[0] != results[1]:
+        raise AssertionError("the C helper and numpy disagree")
+
+
+TARGETS = {
+    "header": target_header,
+    "manifest": target_manifest,
+    "bgx": target_bgx,
+    "open": target_open,
+}
