@@ -216,19 +216,15 @@ static int get_kind(int kind, const kind_t **out) {
 /* bgx_split's loops; KIND is a constant at every call site, so each
  * specialisation below compiles to a branch-free first pass (which the compiler
  * can vectorise), and a second pass that collects the rare escapes. */
-INLINE void split_pass(const int KIND, const uint8_t *s, Py_ssize_t n, const uint8_t *o,
-                       Py_ssize_t period, unsigned ulo, unsigned uspan, uint8_t *h, uint8_t *l,
-                       uint8_t *b1, uint8_t *b0) {
+INLINE void split_range(const int KIND, const uint8_t *s, Py_ssize_t i0, Py_ssize_t len,
+                        const uint8_t *o, unsigned ulo, unsigned uspan, uint8_t *h, uint8_t *l,
+                        uint8_t *b1, uint8_t *b0) {
     const kind_t *k = &KINDS[KIND];
     const unsigned emask = (1u << k->eb) - 1;
-    Py_ssize_t j = 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
+    for (Py_ssize_t j = 0; j < len; j++) {
+        Py_ssize_t i = i0 + j;
         uint32_t v = k->width == 4 ? LOAD32(s + 4 * i) : LOAD16(s + 2 * i);
-        unsigned off = 0;
-        if (period) {
-            off = o[j];
-            if (++j == period) j = 0;
-        }
+        unsigned off = o ? o[j] : 0;
         unsigned sign = v >> (8 * k->width - 1);
         unsigned d = (((v >> k->esh) - off) & emask) - ulo;
         uint32_t m = v & ((1u << k->mb) - 1);
@@ -243,6 +239,21 @@ INLINE void split_pass(const int KIND, const uint8_t *s, Py_ssize_t n, const uin
         } else {
             l[i] = (uint8_t)(((m & 0x7F) << 1) | sign);
         }
+    }
+}
+
+/* The first pass of bgx_split: whole rows at a time when there are column
+ * offsets, so that the offsets are read in order and the loop vectorises. */
+INLINE void split_pass(const int KIND, const uint8_t *s, Py_ssize_t n, const uint8_t *o,
+                       Py_ssize_t period, unsigned ulo, unsigned uspan, uint8_t *h, uint8_t *l,
+                       uint8_t *b1, uint8_t *b0) {
+    if (period == 0) {
+        split_range(KIND, s, 0, n, NULL, ulo, uspan, h, l, b1, b0);
+        return;
+    }
+    for (Py_ssize_t start = 0; start < n; start += period) {
+        Py_ssize_t len = n - start < period ? n - start : period;
+        split_range(KIND, s, start, len, o, ulo, uspan, h, l, b1, b0);
     }
 }
 
@@ -374,35 +385,54 @@ INLINE void store(const int KIND, uint8_t *d, Py_ssize_t i, uint32_t v) {
     }
 }
 
-/* First pass of bgx_merge: every element as if it were common (escaped ones are
- * rewritten by the second pass), branch-free; returns the number of H == 255, or
- * -1 when some value is out of range. */
-INLINE Py_ssize_t merge_pass(const int KIND, const uint8_t *h, const uint8_t *l,
-                             const uint8_t *b1, const uint8_t *b0, const uint8_t *o,
-                             Py_ssize_t period, unsigned ulo, unsigned uspan, uint8_t *d,
-                             Py_ssize_t n) {
+/* Elements i0 .. i0 + len of bgx_merge's first pass, with offsets o[0 ..] (or
+ * none): every element as if it were common (escaped ones are rewritten by the
+ * second pass), branch-free. Counts the H == 255 bytes into *escapes and ORs
+ * any out-of-range value into *bad. */
+INLINE void merge_range(const int KIND, const uint8_t *h, const uint8_t *l, const uint8_t *b1,
+                        const uint8_t *b0, const uint8_t *o, Py_ssize_t i0, Py_ssize_t len,
+                        unsigned ulo, unsigned uspan, uint8_t *d, Py_ssize_t *escapes,
+                        unsigned *bad) {
     const kind_t *k = &KINDS[KIND];
     const unsigned emask = (1u << k->eb) - 1, common = 8u * uspan;
-    unsigned bad = 0;
-    Py_ssize_t escapes = 0, j = 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
+    unsigned wrong = 0;
+    Py_ssize_t count = 0;
+    for (Py_ssize_t j = 0; j < len; j++) {
+        Py_ssize_t i = i0 + j;
         unsigned hv = h[i], lv = l[i];
-        escapes += hv == 255;
-        bad |= (hv >= common) & (hv != 255);
-        unsigned e = ulo + (hv >> 3);
-        if (period) {
-            e += o[j];
-            if (++j == period) j = 0;
-        }
+        count += hv == 255;
+        wrong |= (hv >= common) & (hv != 255);
+        unsigned e = ulo + (hv >> 3) + (o ? o[j] : 0);
         unsigned b1v = 0, b0v = 0;
         if (KIND == KIND_FP32) {
             b1v = b1[i];
             b0v = b0[i];
-            bad |= b0v >= 32;
+            wrong |= b0v >= 32;
         } else if (KIND == KIND_BF16) {
-            bad |= lv >= 32;
+            wrong |= lv >= 32;
         }
         store(KIND, d, i, bgx_value(KIND, lv & 1, e & emask, hv & 7, lv, b1v, b0v));
+    }
+    *escapes += count;
+    *bad |= wrong;
+}
+
+/* First pass of bgx_merge (whole rows at a time with column offsets, like
+ * split_pass); returns the number of H == 255, or -1 when some value is out of
+ * range. */
+INLINE Py_ssize_t merge_pass(const int KIND, const uint8_t *h, const uint8_t *l,
+                             const uint8_t *b1, const uint8_t *b0, const uint8_t *o,
+                             Py_ssize_t period, unsigned ulo, unsigned uspan, uint8_t *d,
+                             Py_ssize_t n) {
+    Py_ssize_t escapes = 0;
+    unsigned bad = 0;
+    if (period == 0) {
+        merge_range(KIND, h, l, b1, b0, NULL, 0, n, ulo, uspan, d, &escapes, &bad);
+    } else {
+        for (Py_ssize_t start = 0; start < n; start += period) {
+            Py_ssize_t len = n - start < period ? n - start : period;
+            merge_range(KIND, h, l, b1, b0, o, start, len, ulo, uspan, d, &escapes, &bad);
+        }
     }
     return bad ? -1 : escapes;
 }
