@@ -11,7 +11,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from paths import ANCHORS_VENV, OUT, rm
+from paths import ANCHORS_VENV, OUT, rm, shown
 from procs import ChildFailed, run_child
 
 __all__ = ["Keys", "Tools", "find_tools", "install_anchors", "make_keys", "tool_versions"]
@@ -136,7 +136,7 @@ def tool_versions(tools: Tools) -> list[str]:
         try:
             text = run_child(argv).stdout.strip().splitlines()
             first = text[0].strip("* ") if text else "?"
-            out.append(f"- {label}: {first} (`{argv[0]}`)")
+            out.append(f"- {label}: {first} (`{shown(argv[0])}`)")
         except (ChildFailed, OSError):
-            out.append(f"- {label}: `{argv[0]}` (version unknown)")
+            out.append(f"- {label}: `{shown(argv[0])}` (version unknown)")
     return out

@@ -7,6 +7,7 @@ import platform
 import sys
 from pathlib import Path
 
+from paths import shown
 from source import SourceState
 
 __all__ = ["load_average", "machine_info"]
@@ -51,6 +52,6 @@ def machine_info(source: SourceState) -> list[str]:
         "the start of the run, first on the children's PYTHONPATH",
         f"- CPU: {cpu}; `nproc` = {os.cpu_count()}; memory {mem}",
         f"- OS: {platform.platform()}",
-        f"- Python {platform.python_version()} ({sys.executable})",
+        f"- Python {platform.python_version()} ({shown(sys.executable)})",
         f"- {', '.join(versions)}",
     ]

@@ -43,3 +43,13 @@ def short(path: Path) -> str:
         return str(path.relative_to(REPO))
     except ValueError:
         return str(path).replace(str(Path(sys.prefix)), "$VENV")
+
+
+def shown(path: str | Path) -> str:
+    """A path as the report shows it: relative to the repository when inside it,
+    so that no report carries a machine's own directories."""
+    p = Path(path).absolute()
+    try:
+        return str(p.relative_to(REPO))
+    except ValueError:
+        return str(path)
