@@ -167,8 +167,15 @@ def bgx_case(data: bytes) -> tuple[secpack.format.manifest.Codec, bytes, int] | 
     lo, span, flags, period, element count), then the planes' bytes. Unless flag
     bit 0 is set, the planes are first mapped onto values a writer could produce
     (mostly), so that decoding gets past the first check; flag bit 1 makes the
-    record's escape count disagree with H."""
-    from secpack.format.manifest import BGX_FLOATS, Codec, Plane, bgx_plane_sizes
+    record's escape count disagree with H; flag bit 2 stores the 5-bit plane as p5."""
+    from secpack.format.manifest import (
+        BGX_FLOATS,
+        Codec,
+        Plane,
+        bgx_p5_planes,
+        bgx_plane_sizes,
+        p5_size,
+    )
 
     if len(data) < 6:
         return None
@@ -201,10 +208,26 @@ def bgx_case(data: bytes) -> tuple[secpack.format.manifest.Codec, bytes, int] | 
                 rest[i] %= 1 << exp_bits >> 5 or 1  # X high byte: exponents in range
             if period and i >= len(rest) - period:
                 rest[i] %= 1 << exp_bits  # O
-    planes = tuple(Plane("raw", size) for size in sizes)
+    planes = [Plane("raw", size) for size in sizes]
+    payload = bytes(h) + bytes(rest)
+    if flags & 4 and bgx_p5_planes(kind):
+        # Flag bit 2: the 5-bit plane stored packed ("p5"), from the same bytes.
+        k = bgx_p5_planes(kind)[0]
+        start = sum(sizes[:k])
+        packed = payload[start : start + p5_size(sizes[k])]
+        planes[k] = Plane("p5", len(packed))
+        payload = payload[:start] + packed + payload[start + sizes[k] :]
     return (
-        Codec("bgx", float=kind, lo=lo, span=span, escapes=escapes, period=period, planes=planes),
-        bytes(h) + bytes(rest),
+        Codec(
+            "bgx",
+            float=kind,
+            lo=lo,
+            span=span,
+            escapes=escapes,
+            period=period,
+            planes=tuple(planes),
+        ),
+        payload,
         n * width,
     )
 

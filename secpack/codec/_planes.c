@@ -15,6 +15,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <math.h>
 #include <string.h>
 
 /* Element value as a little-endian integer, independent of the host's order. */
@@ -554,11 +555,167 @@ done:
     return result;
 }
 
+
+/* ---- 5-bit packing ("p5" planes of bgx) and byte entropy ----------------------
+ * p5: value i (< 32) occupies bits 5i .. 5i+4 of the plane, least significant
+ * bit first; the plane has ceil(5n / 8) bytes and its padding bits are zero. */
+
+static Py_ssize_t p5_size(Py_ssize_t n) { return (5 * n + 7) / 8; }
+
+/* Eight bytes as a little-endian integer (one load where the host is little-endian). */
+static inline uint64_t load64le(const uint8_t *p) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return v;
+#else
+    uint64_t v = 0;
+    for (int k = 0; k < 8; k++) v |= (uint64_t)p[k] << (8 * k);
+    return v;
+#endif
+}
+
+/* pack5(src, dst): ValueError if a value is 32 or more, or sizes disagree. */
+static PyObject *pack5(PyObject *self, PyObject *args) {
+    Py_buffer src, dst;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*w*", &src, &dst)) return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t n = src.len;
+    if (dst.len != p5_size(n)) {
+        PyErr_SetString(PyExc_ValueError, "buffer sizes disagree");
+        goto done;
+    }
+    {
+        const uint8_t *s = (const uint8_t *)src.buf;
+        uint8_t *d = (uint8_t *)dst.buf;
+        unsigned bad = 0;
+        Py_BEGIN_ALLOW_THREADS;
+        Py_ssize_t i = 0, o = 0;
+        for (; i + 8 <= n; i += 8, o += 5) {
+            uint64_t v = 0;
+            for (int k = 0; k < 8; k++) {
+                bad |= s[i + k];
+                v |= (uint64_t)(s[i + k] & 31) << (5 * k);
+            }
+            for (int k = 0; k < 5; k++) d[o + k] = (uint8_t)(v >> (8 * k));
+        }
+        uint64_t v = 0;
+        Py_ssize_t rest = n - i;
+        for (Py_ssize_t k = 0; k < rest; k++) {
+            bad |= s[i + k];
+            v |= (uint64_t)(s[i + k] & 31) << (5 * k);
+        }
+        for (Py_ssize_t k = 0; o + k < dst.len; k++) d[o + k] = (uint8_t)(v >> (8 * k));
+        Py_END_ALLOW_THREADS;
+        if (bad >= 32) {
+            PyErr_SetString(PyExc_ValueError, "a value does not fit in 5 bits");
+            goto done;
+        }
+    }
+    result = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&src);
+    PyBuffer_Release(&dst);
+    return result;
+}
+
+/* unpack5(src, dst): the n = len(dst) values of a p5 plane. ValueError if the
+ * sizes disagree or a padding bit is set; dst is then zeroed. */
+static PyObject *unpack5(PyObject *self, PyObject *args) {
+    Py_buffer src, dst;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*w*", &src, &dst)) return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t n = dst.len;
+    if (src.len != p5_size(n)) {
+        PyErr_SetString(PyExc_ValueError, "p5 plane size disagrees with its values");
+        goto done;
+    }
+    {
+        const uint8_t *s = (const uint8_t *)src.buf;
+        uint8_t *d = (uint8_t *)dst.buf;
+        int padded = 0;
+        Py_BEGIN_ALLOW_THREADS;
+        Py_ssize_t i = 0, o = 0;
+        /* 8 values per 5 bytes; while 8 bytes can be read, one load does it. */
+        for (; i + 8 <= n && o + 8 <= src.len; i += 8, o += 5) {
+            uint64_t v = load64le(s + o);
+            for (int k = 0; k < 8; k++) d[i + k] = (uint8_t)((v >> (5 * k)) & 31);
+        }
+        for (; i + 8 <= n; i += 8, o += 5) {
+            uint64_t v = 0;
+            for (int k = 0; k < 5; k++) v |= (uint64_t)s[o + k] << (8 * k);
+            for (int k = 0; k < 8; k++) d[i + k] = (uint8_t)((v >> (5 * k)) & 31);
+        }
+        Py_ssize_t rest = n - i, tail = src.len - o;
+        uint64_t v = 0;
+        for (Py_ssize_t k = 0; k < tail; k++) v |= (uint64_t)s[o + k] << (8 * k);
+        for (Py_ssize_t k = 0; k < rest; k++) d[i + k] = (uint8_t)((v >> (5 * k)) & 31);
+        if (v >> (5 * rest)) {
+            padded = 1;
+            memset(d, 0, (size_t)n);
+        }
+        Py_END_ALLOW_THREADS;
+        if (padded) {
+            PyErr_SetString(PyExc_ValueError, "p5 padding bits are not zero");
+            goto done;
+        }
+    }
+    result = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&src);
+    PyBuffer_Release(&dst);
+    return result;
+}
+
+/* entropy(buf, step) -> float: order-0 entropy, in bits per byte, of every
+ * step-th byte of buf (step >= 1). */
+static PyObject *entropy(PyObject *self, PyObject *args) {
+    Py_buffer buf;
+    Py_ssize_t step;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*n", &buf, &step)) return NULL;
+    if (step < 1) {
+        PyBuffer_Release(&buf);
+        PyErr_SetString(PyExc_ValueError, "step must be at least 1");
+        return NULL;
+    }
+    double bits = 0.0;
+    {
+        const uint8_t *s = (const uint8_t *)buf.buf;
+        Py_ssize_t n = buf.len;
+        Py_BEGIN_ALLOW_THREADS;
+        /* Four interleaved histograms keep the increments independent. */
+        uint32_t h[4][256];
+        memset(h, 0, sizeof h);
+        Py_ssize_t i = 0, seen = 0;
+        for (; i + 3 * step < n; i += 4 * step, seen += 4) {
+            h[0][s[i]]++;
+            h[1][s[i + step]]++;
+            h[2][s[i + 2 * step]]++;
+            h[3][s[i + 3 * step]]++;
+        }
+        for (; i < n; i += step, seen++) h[0][s[i]]++;
+        for (int b = 0; b < 256; b++) {
+            double c = (double)h[0][b] + h[1][b] + h[2][b] + h[3][b];
+            if (c > 0) bits -= c * log2(c / (double)seen);
+        }
+        if (seen > 0) bits /= (double)seen;
+        Py_END_ALLOW_THREADS;
+    }
+    PyBuffer_Release(&buf);
+    return PyFloat_FromDouble(bits);
+}
+
 static PyMethodDef methods[] = {
     {"split", split, METH_VARARGS, "split(src, dst, width, rotate): element bytes to planes"},
     {"merge", merge, METH_VARARGS, "merge(planes, dst, width, rotate): planes to element bytes"},
     {"bgx_split", bgx_split, METH_VARARGS,
      "bgx_split(src, kind, lo, span, offsets, H, L, B1, B0, X) -> escapes"},
+    {"pack5", pack5, METH_VARARGS, "pack5(src, dst): bytes below 32 to a p5 plane"},
+    {"unpack5", unpack5, METH_VARARGS, "unpack5(src, dst): a p5 plane to bytes"},
+    {"entropy", entropy, METH_VARARGS, "entropy(buf, step) -> order-0 entropy of every step-th byte, in bits"},
     {"bgx_merge", bgx_merge, METH_VARARGS,
      "bgx_merge(H, L, B1, B0, X, offsets, dst, kind, lo, span): bgx planes to floats"},
     {NULL, NULL, 0, NULL},

@@ -5,3 +5,32 @@ def split(src: bytes | memoryview, dst: memoryview, width: int, rotate: bool, /)
 def merge(
     planes: Sequence[bytes | memoryview], dst: memoryview, width: int, rotate: bool, /
 ) -> None: ...
+def bgx_split(
+    src: bytes | memoryview,
+    kind: int,
+    lo: int,
+    span: int,
+    offsets: bytes,
+    h: memoryview,
+    low: memoryview,
+    b1: memoryview,
+    b0: memoryview,
+    x: memoryview,
+    /,
+) -> int: ...
+def bgx_merge(
+    h: bytes | bytearray | memoryview,
+    low: bytes | bytearray | memoryview,
+    b1: bytes | bytearray | memoryview,
+    b0: bytes | bytearray | memoryview,
+    x: bytes | bytearray | memoryview,
+    offsets: bytes | bytearray | memoryview,
+    dst: memoryview,
+    kind: int,
+    lo: int,
+    span: int,
+    /,
+) -> None: ...
+def pack5(src: bytes | memoryview, dst: bytearray | memoryview, /) -> None: ...
+def unpack5(src: bytes | memoryview, dst: bytearray | memoryview, /) -> None: ...
+def entropy(buf: bytes | bytearray | memoryview, step: int, /) -> float: ...

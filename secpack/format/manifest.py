@@ -20,6 +20,7 @@ from secpack.format.schema import as_bytes, as_list, as_map, as_text, as_uint, f
 __all__ = [
     "BGX_FLOATS",
     "BGX_MAX_SPAN",
+    "BGX_PLANE_IDS",
     "COMPONENT_KINDS",
     "COMPONENT_NAME_RE",
     "FORMAT_VERSION",
@@ -32,7 +33,9 @@ __all__ = [
     "Plane",
     "Recipient",
     "Segment",
+    "bgx_p5_planes",
     "bgx_plane_sizes",
+    "p5_size",
     "parse_manifest",
 ]
 
@@ -55,6 +58,9 @@ BGX_FLOATS = {"fp32": (4, 8), "bf16": (2, 8), "fp16": (2, 5)}
 # The widest bgx exponent window: H codes 8 * span common values and 255 escapes.
 BGX_MAX_SPAN = 31
 PLANE_IDS = ("raw", "zstd")
+# bgx planes may also be "p5": 5-bit values packed, ceil(5n / 8) bytes; only the
+# planes whose values are below 32 by construction (fp32 B0, bf16 L).
+BGX_PLANE_IDS = ("raw", "zstd", "p5")
 WIDTHS = (1, 2, 4, 8)
 
 
@@ -434,6 +440,16 @@ def _parse_codec(obj: Any, where: str, plain: int, limits: Limits) -> Codec:
     return Codec("bg", width=width, rot=rot, planes=tuple(planes))
 
 
+def bgx_p5_planes(kind: str) -> tuple[int, ...]:
+    """Indices of the bgx planes that may be stored "p5": B0 of fp32, L of bf16."""
+    return {"fp32": (3,), "bf16": (1,)}.get(kind, ())
+
+
+def p5_size(count: int) -> int:
+    """Bytes of a p5 plane of ``count`` 5-bit values."""
+    return (5 * count + 7) // 8
+
+
 def bgx_plane_sizes(codec: Codec, plain: int) -> list[int]:
     """Decoded size of each plane of a bgx record, in plane order: H, L, then B1 and
     B0 for fp32, X (2 bytes per escape) when there are escapes, O when there is a
@@ -472,9 +488,13 @@ def _parse_bgx(obj: Any, where: str, plain: int) -> Codec:
     for i, (p_raw, size) in enumerate(zip(planes_raw, sizes, strict=True)):
         p = as_map(p_raw, f"{where}.planes[{i}]", ("id", "size"))
         pid = as_text(p["id"], f"{where}.planes[{i}].id", 16)
-        if pid not in PLANE_IDS:
+        if pid not in BGX_PLANE_IDS:
             raise SchemaError("schema.unsupported", f"{where}.planes[{i}]: plane codec {pid!r}")
         psize = as_uint(p["size"], f"{where}.planes[{i}].size", 1, size)
+        if pid == "p5" and (i not in bgx_p5_planes(kind) or psize != p5_size(size)):
+            raise fail(
+                f"{where}.planes[{i}]", "p5 is only for B0 of fp32 and L of bf16, ceil(5n/8) bytes"
+            )
         # The offsets O are always raw: their size is the period itself.
         if (pid == "raw" or (i == len(sizes) - 1 and period)) and (pid, psize) != ("raw", size):
             raise fail(f"{where}.planes[{i}].size", "raw plane must have its decoded size")

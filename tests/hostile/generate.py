@@ -861,10 +861,11 @@ def s_salt_plain(b: Base) -> bytes:
     )
 
 
-# Segment 10 of weights is the F64 tensor "double" (bg, 8 planes of 64 bytes);
+# Segment 11 of weights is the F64 tensor "double" (bg, 8 planes of 64 bytes);
 # segment 1 is embed.weight (bgx fp32: H, L, B1, B0, X), segment 8 cols.weight
-# (bgx fp32 with column offsets: H, L, B1, B0, X, O).
-BG_SEG, BGX_SEG, BGX_COLS_SEG = 10, 1, 8
+# (bgx fp32 with column offsets: H, L, B1, B0, X, O), segment 10 noise.bf16 (bgx
+# bf16 whose L plane is p5).
+BG_SEG, BGX_SEG, BGX_COLS_SEG, BGX_P5_SEG = 11, 1, 8, 10
 
 
 @case("schema", "bg-plane-count", "bg codec of width 8 with 7 planes", "schema.invalid")
@@ -933,6 +934,18 @@ for _name, _what, _change, _seg in [
         BGX_COLS_SEG,
     ),
     ("bgx-extra-key", "bgx record with an unknown key", lambda c: c.__setitem__("rot", 1), BGX_SEG),
+    (
+        "bgx-p5-on-h",
+        "bgx H plane marked p5",
+        lambda c: c["planes"][0].__setitem__("id", "p5"),
+        BGX_P5_SEG,
+    ),
+    (
+        "bgx-p5-size",
+        "bgx p5 plane one byte short",
+        lambda c: c["planes"][1].__setitem__("size", 2559),
+        BGX_P5_SEG,
+    ),
 ]:
     case(
         "schema",
@@ -2000,6 +2013,31 @@ for _name, _what, _change in [
         verify=OK,
         why=BEHIND,
     )
+
+
+def bgx_p5_padding(b: Base, *, encrypt: bool) -> bytes:
+    """Set a padding bit of the p5 L plane of noise.bf16: 4095 values fill 20475
+    bits of its 2560 bytes, so the top bit of the last byte is padding."""
+    p = b.pkg(encrypt)
+    seg = p.comp("weights").segs[BGX_P5_SEG]
+    codec = seg.codec
+    assert codec["id"] == "bgx" and codec["planes"][1] == {"id": "p5", "size": 2560}
+    end = codec["planes"][0]["size"] + 2560
+    payload = bytearray(seg.payload)
+    payload[end - 1] |= 0x80
+    seg.payload = bytes(payload)
+    return build(p).data
+
+
+both(
+    "compression",
+    "bgx-p5-padding",
+    "bgx p5 plane with a padding bit set",
+    "codec.invalid",
+    bgx_p5_padding,
+    verify=OK,
+    why=BEHIND,
+)
 
 
 # === tensor table (weights contents, behind a valid signature and AEAD) ======================

@@ -242,6 +242,13 @@ def _record(**changes: object) -> dict[str, object]:
     return rec
 
 
+def test_a_p5_plane_parses_where_it_is_allowed() -> None:
+    planes = _record()["planes"]
+    rec = _record(planes=[planes[0], {"id": "p5", "size": 40}, *planes[2:]])
+    codec = _parse_codec(rec, "c", 128, Limits())
+    assert codec.planes[1] == Plane("p5", 40)
+
+
 def test_a_well_formed_record_parses() -> None:
     codec = _parse_codec(_record(), "c", 128, Limits())
     assert (codec.float, codec.lo, codec.span, codec.escapes, codec.period) == (
@@ -268,6 +275,18 @@ def test_a_well_formed_record_parses() -> None:
         ({"planes": [{"id": "raw", "size": 63}, *_record()["planes"][1:]]}, "schema.invalid"),
         ({"planes": [*_record()["planes"][:3], {"id": "zstd", "size": 4}]}, "schema.invalid"),
         ({"planes": [{"id": "lz4", "size": 10}, *_record()["planes"][1:]]}, "schema.unsupported"),
+        # p5 only where values are below 32 (here bf16's L), at ceil(5n/8) bytes.
+        ({"planes": [{"id": "p5", "size": 40}, *_record()["planes"][1:]]}, "schema.invalid"),
+        (
+            {
+                "planes": [
+                    _record()["planes"][0],
+                    {"id": "p5", "size": 39},
+                    *_record()["planes"][2:],
+                ]
+            },
+            "schema.invalid",
+        ),
         ({"extra": 1}, "schema.invalid"),
     ],
 )
@@ -301,3 +320,42 @@ def test_profiles_choose_the_float_codec(monkeypatch: pytest.MonkeyPatch) -> Non
     out = bytearray(len(data))
     segment.decode(fallback.codec, fallback.payload, memoryview(out), WINDOW)
     assert bytes(out) == data
+
+
+@needs_native
+def test_near_uniform_5_bit_planes_are_packed(decoder: str) -> None:
+    rng = np.random.default_rng(21)
+    data = _bf16(rng.standard_normal(100_000) * 0.02)
+    enc = _round_trip(data.tobytes(), "bf16")
+    assert enc.codec.planes[1].id == "p5"
+    assert enc.codec.planes[1].size == (5 * 100_000 + 7) // 8
+    # fp32 weights upcast from bf16 have zero low mantissa bits: B0 compresses away.
+    upcast = (data.astype(np.uint32) << 16).view(np.float32).tobytes()
+    enc32 = _round_trip(upcast, "fp32")
+    assert enc32.codec.planes[3].id == "zstd" and enc32.codec.planes[3].size < 1000
+
+
+@pytest.mark.parametrize("count", [1, 7, 8, 9, 4095])
+def test_p5_padding_bits_are_refused(decoder: str, count: int) -> None:
+    lo, span = 10, 4
+    size = (5 * count + 7) // 8
+    codec = Codec(
+        "bgx",
+        float="bf16",
+        lo=lo,
+        span=span,
+        escapes=0,
+        period=0,
+        planes=(Plane("raw", count), Plane("p5", size)),
+    )
+    good = bytes(size)
+    out = bytearray(2 * count)
+    segment.decode(codec, bytes(count) + good, memoryview(out), WINDOW)
+    if (5 * count) % 8 == 0:
+        return  # no padding bits to set
+    bad = bytearray(good)
+    bad[-1] |= 0x80
+    out = bytearray(b"\xaa" * (2 * count))
+    with pytest.raises(CodecError) as err:
+        segment.decode(codec, bytes(count) + bytes(bad), memoryview(out), WINDOW)
+    assert err.value.code == "codec.invalid"

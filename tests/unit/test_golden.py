@@ -175,7 +175,14 @@ def _decode_bgx(codec: dict[str, Any], payload: bytes, plain: int) -> bytes:
     for name, p in zip(names, codec["planes"], strict=True):
         chunk = payload[pos : pos + p["size"]]
         pos += p["size"]
-        planes[name] = chunk if p["id"] == "raw" else _zstd(chunk, sizes[name])
+        if p["id"] == "p5":
+            assert (name, codec["float"]) in (("B0", "fp32"), ("L", "bf16"))
+            assert len(chunk) == (5 * n + 7) // 8
+            value = int.from_bytes(chunk, "little")
+            assert value >> (5 * n) == 0  # padding bits are zero
+            planes[name] = bytes((value >> (5 * i)) & 31 for i in range(n))
+        else:
+            planes[name] = chunk if p["id"] == "raw" else _zstd(chunk, sizes[name])
         assert len(planes[name]) == sizes[name]
     out = bytearray()
     escapes = 0
@@ -348,3 +355,17 @@ def test_golden_vectors_exercise_every_codec() -> None:
         for comp in manifest["components"]:
             seen.update(seg["codec"]["id"] for seg in comp["segments"])
     assert seen == {"raw", "zstd", "bg", "bgx", "const"}
+    forms = set()
+    for vector in (gen.PLAIN, gen.ENCRYPTED):
+        data = (VECTORS / vector).read_bytes()
+        (m_len,) = struct.unpack(">I", data[12:16])
+        manifest = cbor2.loads(data[32 : 32 + m_len])
+        for comp in manifest["components"]:
+            for seg in comp["segments"]:
+                if seg["codec"]["id"] == "bgx":
+                    forms.update(p["id"] for p in seg["codec"]["planes"])
+                    if seg["codec"]["period"]:
+                        forms.add("period")
+                    if seg["codec"]["escapes"]:
+                        forms.add("escapes")
+    assert forms >= {"raw", "zstd", "p5", "period", "escapes"}

@@ -54,6 +54,17 @@ def _safetensors(tensors: list[tuple[str, str, list[int], bytes]]) -> bytes:
     return struct.pack("<Q", len(raw)) + raw + b"".join(t[3] for t in tensors)
 
 
+def _noise_bf16(count: int) -> bytes:
+    """bf16 values whose sign and low mantissa bits come from SHA-256 (so the same
+    on every platform), with exponents in a narrow band, like trained weights."""
+    out = bytearray()
+    for i in range(count):
+        h = int.from_bytes(hashlib.sha256(b"noise" + i.to_bytes(4, "big")).digest()[:4], "big")
+        value = ((h >> 31) << 15) | ((120 + h % 7) << 7) | ((h >> 3) & 0x7F)
+        out += value.to_bytes(2, "little")
+    return bytes(out)
+
+
 def build_model(target: Path) -> None:
     """A small model with every feature the format must round-trip. Values come
     from integer arithmetic only, so the bytes are the same on every platform."""
@@ -81,6 +92,9 @@ def build_model(target: Path) -> None:
             [64, 16],
             struct.pack("<1024e", *[((i * 29) % 61 - 30) / 64 for i in range(1024)]),
         ),
+        # bf16 with near-random mantissas and signs: its L plane is stored "p5".
+        # 4095 values: the p5 plane ends with 5 padding bits.
+        ("noise.bf16", "BF16", [63, 65], _noise_bf16(4095)),
         # F64 has no bgx layout: byte grouping (bg).
         ("double", "F64", [64], struct.pack("<64d", *[(i * 7 % 23 - 11) / 8 for i in range(64)])),
     ]
