@@ -20,13 +20,13 @@ anywhere opens everywhere.
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 
+from secpack.buffers import scratch
 from secpack.codec import planes as planes_mod
 from secpack.codec import zstd
 from secpack.errors import CodecError
@@ -76,17 +76,6 @@ _OFFSET_GAIN = 0.02
 _OFFSET_SCREEN = 0.12
 # Periods above this are not worth an offset table (it is stored raw).
 _MAX_PERIOD = 1 << 16
-
-_local = threading.local()
-
-
-def _buffer(name: str, size: int) -> memoryview:
-    cache: dict[str, bytearray] = _local.__dict__.setdefault("buffers", {})
-    buf = cache.get(name)
-    if buf is None or len(buf) < size:
-        buf = bytearray(max(size, 1))
-        cache[name] = buf
-    return memoryview(buf)[:size]
 
 
 def available() -> bool:
@@ -207,10 +196,10 @@ def encode(view: memoryview, kind_name: str, period: int) -> tuple[Codec, bytes]
         exps = (exps - offsets[(np.arange(0, n, step) % p)]) % nb
     lo, span = _window(exps, nb)
     wide = kind.width == 4
-    h, low = _buffer("H", n), _buffer("L", n)
+    h, low = scratch("bgx.H", n), scratch("bgx.L", n)
     empty = memoryview(bytearray())
-    b1, b0 = (_buffer("B1", n), _buffer("B0", n)) if wide else (empty, empty)
-    side = _buffer("X", 2 * n)
+    b1, b0 = (scratch("bgx.B1", n), scratch("bgx.B0", n)) if wide else (empty, empty)
+    side = scratch("bgx.X", 2 * n)
     off_bytes = offsets.tobytes() if offsets is not None else b""
     escapes = native.bgx_split(view, kind.code, lo, span, off_bytes, h, low, b1, b0, side)
     sources: list[memoryview | bytes] = [h, low]

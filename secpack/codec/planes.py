@@ -9,12 +9,13 @@ bytes several times more slowly. ``NATIVE`` says which one runs.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
 import numpy as np
+
+from secpack.buffers import scratch
 
 __all__ = ["NATIVE", "merge", "native_module", "split"]
 
@@ -38,16 +39,10 @@ _UINT = {w: np.dtype(f"<u{w}") for w in (2, 4, 8)}
 # Elements per block for the numpy path: the block and its temporaries stay in the
 # L2 cache and are reused, so no multi-megabyte temporary is allocated per call.
 _BLOCK = 1 << 15
-_local = threading.local()
 
 
 def _scratch(name: str, count: int, dtype: np.dtype[Any]) -> np.ndarray:
-    cache: dict[str, np.ndarray] = _local.__dict__.setdefault("arrays", {})
-    arr = cache.get(name)
-    if arr is None or arr.dtype != dtype or arr.size < count:
-        arr = np.empty(max(count, 1), dtype=dtype)
-        cache[name] = arr
-    return arr[:count]
+    return np.frombuffer(scratch(f"planes.{name}", count * dtype.itemsize), dtype=dtype)
 
 
 def _check(width: int, size: int) -> int:

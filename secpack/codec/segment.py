@@ -13,11 +13,11 @@ smaller, which lets the reader refuse any stored form larger than the raw one.
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 
 import numpy as np
 
+from secpack.buffers import scratch
 from secpack.codec import bgx, zstd
 from secpack.codec import planes as planes_mod
 from secpack.errors import CodecError
@@ -37,18 +37,6 @@ _UINT = {w: np.dtype(f"<u{w}") for w in (1, 2, 4, 8)}
 class Encoded:
     codec: Codec
     payload: bytes
-
-
-_local = threading.local()
-
-
-def _plane_buffer(size: int) -> memoryview:
-    """A per-thread reusable buffer of ``size`` bytes for one segment's planes."""
-    buf: bytearray | None = _local.__dict__.get("planes")
-    if buf is None or len(buf) < size:
-        buf = bytearray(size)
-        _local.__dict__["planes"] = buf
-    return memoryview(buf)[:size]
 
 
 def _is_constant(buf: memoryview, width: int) -> bool:
@@ -116,7 +104,7 @@ def _encode_grouped(view: memoryview, w: int) -> Encoded | None:
     """The bg form of a segment, or None when it does not shrink it."""
     n = len(view)
     count = n // w
-    grid = _plane_buffer(n)
+    grid = scratch("segment.planes", n)
     planes_mod.split(view, grid, w, rotate=True)
     planes: list[Plane] = []
     parts: list[bytes | memoryview] = []

@@ -5,11 +5,11 @@ decrypt and decode segments on demand into exactly sized buffers.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 
 from cryptography.hazmat.primitives.asymmetric import x25519
 
+from secpack.buffers import scratch
 from secpack.envelope import dek as envelope
 from secpack.errors import CborError, SchemaError
 from secpack.format import cbor
@@ -19,22 +19,6 @@ from secpack.format.manifest import TAG_LEN
 from secpack.package.reader import ByteSource, Header, read_segment_into
 
 __all__ = ["OpenComponent"]
-
-_local = threading.local()
-
-
-def _scratch(name: str, size: int, at_least: int) -> memoryview:
-    """A per-thread reusable buffer of ``size`` bytes. Segments are read and
-    decrypted into these rather than into fresh allocations: a new multi-megabyte
-    buffer per segment costs a page fault and a zeroing per page. A buffer that has
-    to grow grows to ``at_least`` (the component's largest segment), so it grows
-    once rather than at every larger segment."""
-    cache: dict[str, bytearray] = _local.__dict__.setdefault("buffers", {})
-    buf = cache.get(name)
-    if buf is None or len(buf) < size:
-        buf = bytearray(max(size, at_least))
-        cache[name] = buf
-    return memoryview(buf)[:size]
 
 
 class OpenComponent:
@@ -82,7 +66,8 @@ class OpenComponent:
         # which keeps `secpack verify` (contents checks included) light to start.
         from secpack.codec import segment as codec
 
-        stored = _scratch("stored", segment.stored, self._largest)
+        # Per-thread buffers, each grown once to the component's largest segment.
+        stored = scratch("decode.stored", segment.stored, self._largest)
         read_segment_into(self.src, self.header, self.index, seg, stored)
         payload: memoryview = stored
         if self.dek is not None and segment.salt is not None:
@@ -94,7 +79,7 @@ class OpenComponent:
                 # Stored as is: decrypt straight into the caller's buffer.
                 envelope.open_segment_into(self.dek, segment.salt, aad, stored, out)
                 return
-            payload = _scratch("payload", size, self._largest)
+            payload = scratch("decode.payload", size, self._largest)
             envelope.open_segment_into(self.dek, segment.salt, aad, stored, payload)
         codec.decode(segment.codec, payload, out, self.limits.max_zstd_window)
 

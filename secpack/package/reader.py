@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
+from secpack.buffers import scratch
 from secpack.errors import FreshnessError, IntegrityError, PolicyError, SecpackError
 from secpack.format import cbor, container
 from secpack.format.limits import Limits
@@ -163,16 +163,10 @@ def verify_segments(
     """Check the digest of every stored segment (of the given components)."""
     indices = range(len(header.manifest.components)) if components is None else components
     threads = threads or os.cpu_count() or 1
-    local = threading.local()
 
     def check(c: int, s: int) -> int:
-        # One reusable buffer per thread: fresh multi-megabyte allocations per
-        # segment cost page faults that dominate a digest-only pass.
         size = header.manifest.components[c].segments[s].stored
-        buf: bytearray | None = getattr(local, "buf", None)
-        if buf is None or len(buf) < size:
-            buf = local.buf = bytearray(size)
-        read_segment_into(src, header, c, s, memoryview(buf)[:size])
+        read_segment_into(src, header, c, s, scratch("verify.stored", size))
         return size
 
     jobs = [
