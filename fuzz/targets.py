@@ -26,6 +26,7 @@ KEYS = ROOT / "keys-example"
 sys.path.insert(0, str(ROOT))
 
 import contextlib
+import dataclasses
 
 # Everything the targets reach is imported here, at the top: atheris instruments the
 # modules imported while this file loads, and nothing imported later.
@@ -217,19 +218,7 @@ def bgx_case(data: bytes) -> tuple[secpack.format.manifest.Codec, bytes, int] | 
         packed = payload[start : start + p5_size(sizes[k])]
         planes[k] = Plane("p5", len(packed))
         payload = payload[:start] + packed + payload[start + sizes[k] :]
-    return (
-        Codec(
-            "bgx",
-            float=kind,
-            lo=lo,
-            span=span,
-            escapes=escapes,
-            period=period,
-            planes=tuple(planes),
-        ),
-        payload,
-        n * width,
-    )
+    return dataclasses.replace(codec, planes=tuple(planes)), payload, n * width
 
 
 def target_bgx(data: bytes) -> None:

@@ -591,22 +591,16 @@ static PyObject *pack5(PyObject *self, PyObject *args) {
         uint8_t *d = (uint8_t *)dst.buf;
         unsigned bad = 0;
         Py_BEGIN_ALLOW_THREADS;
-        Py_ssize_t i = 0, o = 0;
-        for (; i + 8 <= n; i += 8, o += 5) {
+        /* 8 values per 5 bytes; the last group may hold fewer of both. */
+        for (Py_ssize_t i = 0, o = 0; i < n; i += 8, o += 5) {
+            Py_ssize_t count = n - i < 8 ? n - i : 8, bytes = dst.len - o < 5 ? dst.len - o : 5;
             uint64_t v = 0;
-            for (int k = 0; k < 8; k++) {
+            for (Py_ssize_t k = 0; k < count; k++) {
                 bad |= s[i + k];
                 v |= (uint64_t)(s[i + k] & 31) << (5 * k);
             }
-            for (int k = 0; k < 5; k++) d[o + k] = (uint8_t)(v >> (8 * k));
+            for (Py_ssize_t k = 0; k < bytes; k++) d[o + k] = (uint8_t)(v >> (8 * k));
         }
-        uint64_t v = 0;
-        Py_ssize_t rest = n - i;
-        for (Py_ssize_t k = 0; k < rest; k++) {
-            bad |= s[i + k];
-            v |= (uint64_t)(s[i + k] & 31) << (5 * k);
-        }
-        for (Py_ssize_t k = 0; o + k < dst.len; k++) d[o + k] = (uint8_t)(v >> (8 * k));
         Py_END_ALLOW_THREADS;
         if (bad >= 32) {
             PyErr_SetString(PyExc_ValueError, "a value does not fit in 5 bits");
@@ -643,19 +637,16 @@ static PyObject *unpack5(PyObject *self, PyObject *args) {
             uint64_t v = load64le(s + o);
             for (int k = 0; k < 8; k++) d[i + k] = (uint8_t)((v >> (5 * k)) & 31);
         }
-        for (; i + 8 <= n; i += 8, o += 5) {
+        /* The rest, and the last group, which may hold fewer values and bytes:
+         * the bits after its last value are padding and must be zero. */
+        for (; i < n; i += 8, o += 5) {
+            Py_ssize_t count = n - i < 8 ? n - i : 8, bytes = src.len - o < 5 ? src.len - o : 5;
             uint64_t v = 0;
-            for (int k = 0; k < 5; k++) v |= (uint64_t)s[o + k] << (8 * k);
-            for (int k = 0; k < 8; k++) d[i + k] = (uint8_t)((v >> (5 * k)) & 31);
+            for (Py_ssize_t k = 0; k < bytes; k++) v |= (uint64_t)s[o + k] << (8 * k);
+            for (Py_ssize_t k = 0; k < count; k++) d[i + k] = (uint8_t)((v >> (5 * k)) & 31);
+            if (v >> (5 * count)) padded = 1;
         }
-        Py_ssize_t rest = n - i, tail = src.len - o;
-        uint64_t v = 0;
-        for (Py_ssize_t k = 0; k < tail; k++) v |= (uint64_t)s[o + k] << (8 * k);
-        for (Py_ssize_t k = 0; k < rest; k++) d[i + k] = (uint8_t)((v >> (5 * k)) & 31);
-        if (v >> (5 * rest)) {
-            padded = 1;
-            memset(d, 0, (size_t)n);
-        }
+        if (padded) memset(d, 0, (size_t)n);
         Py_END_ALLOW_THREADS;
         if (padded) {
             PyErr_SetString(PyExc_ValueError, "p5 padding bits are not zero");

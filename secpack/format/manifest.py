@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from secpack.errors import SchemaError
@@ -499,15 +499,7 @@ def _parse_bgx(obj: Any, where: str, plain: int) -> Codec:
         if (pid == "raw" or (i == len(sizes) - 1 and period)) and (pid, psize) != ("raw", size):
             raise fail(f"{where}.planes[{i}].size", "raw plane must have its decoded size")
         planes.append(Plane(pid, psize))
-    return Codec(
-        "bgx",
-        float=kind,
-        lo=lo,
-        span=span,
-        escapes=escapes,
-        period=period,
-        planes=tuple(planes),
-    )
+    return replace(partial, planes=tuple(planes))
 
 
 def _parse_segment(obj: Any, where: str, encrypted: bool, limits: Limits) -> Segment:
