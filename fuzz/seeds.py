@@ -67,6 +67,28 @@ def _bgx_seeds() -> list[bytes]:
     return out
 
 
+def _ans_seeds() -> list[bytes]:
+    """Valid cases for the ``ans`` target: a symbol count, then a plane the writer
+    codes (no minimum size), for a few distributions."""
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT))
+    from secpack.codec import ans, planes
+
+    native = planes.native_module()
+    if native is None:
+        return []
+    out = []
+    rng = np.random.default_rng(2)
+    for n, spread in ((1, 3.0), (5, 3.0), (64, 0.5), (700, 6.0), (2048, 30.0)):
+        symbols = np.clip(rng.normal(128, spread, n), 0, 255).astype(np.uint8).tobytes()
+        q = ans.quantize(np.bincount(np.frombuffer(symbols, np.uint8), minlength=256))
+        coded = bytearray(4 * n + 64)
+        start = native.ans_encode(q.astype("<u2").tobytes(), symbols, coded)
+        out.append((n - 1).to_bytes(2, "little") + ans._table_bytes(q) + bytes(coded[start:]))
+    return out
+
+
 def main() -> None:
     packages = _packages()
     seeds = {
@@ -74,6 +96,7 @@ def main() -> None:
         "open": packages,
         "manifest": [m for m in map(_manifest, packages) if m],
         "bgx": _bgx_seeds(),
+        "ans": _ans_seeds(),
     }
     for target, items in seeds.items():
         folder = OUT / target

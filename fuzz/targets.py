@@ -7,6 +7,10 @@ anything else (or a hang, or runaway memory) is a finding.
 - ``bgx``: the bgx decoder on arbitrary planes and records (behind the schema's
   size rules), differentially: where the C helper decodes, the numpy decoder
   must give the same bytes, and where one refuses, so must the other.
+- ``ans``: the ans plane decoder on arbitrary planes, differentially (C helper
+  against the plain-Python decoder: same symbols or both refuse, output zeroed),
+  and every plane that decodes must be exactly what the encoder writes for those
+  symbols with that table.
 - ``open``: a whole package through the loader with the public test keys. The
   input's manifest is re-signed with the test signing key before loading, so
   mutations are not all stopped by the signature and the checks behind it
@@ -31,6 +35,7 @@ import dataclasses
 # Everything the targets reach is imported here, at the top: atheris instruments the
 # modules imported while this file loads, and nothing imported later.
 import secpack.api.loader
+import secpack.codec.ans
 import secpack.codec.bgx
 import secpack.codec.planes
 import secpack.codec.segment
@@ -250,9 +255,42 @@ def target_bgx(data: bytes) -> None:
         raise AssertionError("the C helper and numpy disagree")
 
 
+def target_ans(data: bytes) -> None:
+    """Two bytes of symbol count (1..2048: the Python twin is slow), then a plane."""
+    from secpack.codec import ans, planes
+
+    native = planes.native_module()
+    if len(data) < 2 or native is None:
+        return
+    n = 1 + int.from_bytes(data[:2], "little") % 2048
+    plane = memoryview(data[2:])
+    try:
+        freqs, pos = ans.parse_table(plane)
+    except ValueError:
+        return
+    results: list[bytes | None] = []
+    for decode in (native.ans_decode, ans.decode_python):
+        out = bytearray(b"\xaa" * n)
+        try:
+            decode(freqs, plane[pos:], memoryview(out))
+            results.append(bytes(out))
+        except ValueError:
+            if any(out):
+                raise AssertionError("a refused plane left output behind") from None
+            results.append(None)
+    if results[0] != results[1]:
+        raise AssertionError("the C helper and Python disagree")
+    if results[0] is not None:
+        coded = bytearray(4 * n + 64)
+        start = native.ans_encode(freqs, results[0], coded)
+        if bytes(coded[start:]) != bytes(plane[pos:]):
+            raise AssertionError("a plane the encoder would not write decodes")
+
+
 TARGETS = {
     "header": target_header,
     "manifest": target_manifest,
     "bgx": target_bgx,
+    "ans": target_ans,
     "open": target_open,
 }

@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 
 from secpack.buffers import scratch
+from secpack.codec import ans, zstd
 from secpack.codec import planes as planes_mod
-from secpack.codec import zstd
 from secpack.errors import CodecError
 from secpack.format.manifest import (
     BGX_FLOATS,
@@ -154,10 +154,12 @@ _ENTROPY_SAMPLE = 1 << 16
 
 
 def _store(
-    native: ModuleType, src: memoryview | bytes, p5: bool, noisy: bool
+    native: ModuleType, src: memoryview | bytes, p5: bool, noisy: bool, exponents: bool = False
 ) -> tuple[Plane, bytes | bytearray | memoryview]:
     """The stored form of one plane: p5, zstd or raw, whichever this plane's
-    statistics say is smallest (see _NOISE_BITS and _P5_BITS)."""
+    statistics say is smallest (see _NOISE_BITS and _P5_BITS); for H
+    (``exponents``), also ans, which codes it closer to its entropy than zstd's
+    Huffman stage but cannot use repeats, so the smaller is kept."""
     # Entropy from at most _ENTROPY_SAMPLE evenly spaced bytes: its estimate is
     # low by about 0.003 bit for 256 equally likely values, well inside the margins.
     step = max(1, len(src) // _ENTROPY_SAMPLE)
@@ -171,6 +173,10 @@ def _store(
     if noisy and bits >= _NOISE_BITS:
         return Plane("raw", len(src)), src
     packed = zstd.compress_plane(src)
+    if exponents:
+        coded = ans.encode(src, min(len(packed), len(src)))
+        if coded is not None:
+            return Plane("ans", len(coded)), coded
     if packed5 is not None and len(packed5) <= len(packed) and len(packed5) < len(src):
         return Plane("p5", len(packed5)), packed5
     if len(packed) < len(src):
@@ -211,7 +217,9 @@ def encode(view: memoryview, kind_name: str, period: int) -> tuple[Codec, bytes]
     parts: list[bytes | bytearray | memoryview] = []
     p5_planes = bgx_p5_planes(kind_name)
     for k, src in enumerate(sources):
-        plane, part = _store(native, src, k in p5_planes, noisy=k in _NOISY[kind_name])
+        plane, part = _store(
+            native, src, k in p5_planes, noisy=k in _NOISY[kind_name], exponents=k == 0
+        )
         planes.append(plane)
         parts.append(part)
     if p:
@@ -240,6 +248,8 @@ def decode(codec: Codec, payload: memoryview, out: memoryview, max_window: int) 
             planes.append(chunk)
         elif plane.id == "p5":
             planes.append(_unpack5(chunk, size))
+        elif plane.id == "ans":
+            planes.append(_ans_decode(chunk, size))
         else:
             planes.append(zstd.decompress(chunk, size, max_window))
     wide = kind.width == 4
@@ -258,9 +268,20 @@ def decode(codec: Codec, payload: memoryview, out: memoryview, max_window: int) 
         raise CodecError("codec.invalid", f"bgx: {exc}") from None
 
 
-def _unpack5(chunk: memoryview, count: int) -> bytearray:
-    """The ``count`` values of a p5 plane (the schema has checked its size)."""
-    out = bytearray(count)
+def _ans_decode(chunk: memoryview, count: int) -> memoryview:
+    """The ``count`` symbols of an ans plane, in a per-thread buffer."""
+    out = scratch("bgx.ans", count)
+    try:
+        ans.decode(chunk, out)
+    except ValueError as exc:
+        raise CodecError("codec.invalid", f"bgx: {exc}") from None
+    return out
+
+
+def _unpack5(chunk: memoryview, count: int) -> memoryview:
+    """The ``count`` values of a p5 plane (the schema has checked its size), in a
+    per-thread buffer: a segment has at most one p5 plane."""
+    out = scratch("bgx.p5", count)
     native = planes_mod.native_module()
     try:
         if native is not None:

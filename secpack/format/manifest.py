@@ -18,6 +18,7 @@ from secpack.format.limits import Limits
 from secpack.format.schema import as_bytes, as_list, as_map, as_text, as_uint, fail
 
 __all__ = [
+    "ANS_MIN_SIZE",
     "BGX_FLOATS",
     "BGX_MAX_SPAN",
     "BGX_PLANE_IDS",
@@ -60,7 +61,10 @@ BGX_MAX_SPAN = 31
 PLANE_IDS = ("raw", "zstd")
 # bgx planes may also be "p5": 5-bit values packed, ceil(5n / 8) bytes; only the
 # planes whose values are below 32 by construction (fp32 B0, bf16 L).
-BGX_PLANE_IDS = ("raw", "zstd", "p5")
+# H (plane 0) may also be "ans", static rANS (FORMAT.md 6.1.1), which needs at
+# least ANS_MIN_SIZE bytes: a 32-byte bitmap, one frequency and four states.
+BGX_PLANE_IDS = ("raw", "zstd", "p5", "ans")
+ANS_MIN_SIZE = 32 + 1 + 16
 WIDTHS = (1, 2, 4, 8)
 
 
@@ -495,6 +499,8 @@ def _parse_bgx(obj: Any, where: str, plain: int) -> Codec:
             raise fail(
                 f"{where}.planes[{i}]", "p5 is only for B0 of fp32 and L of bf16, ceil(5n/8) bytes"
             )
+        if pid == "ans" and (i != 0 or psize < ANS_MIN_SIZE):
+            raise fail(f"{where}.planes[{i}]", "ans is only for H, and at least 49 bytes")
         # The offsets O are always raw: their size is the period itself.
         if (pid == "raw" or (i == len(sizes) - 1 and period)) and (pid, psize) != ("raw", size):
             raise fail(f"{where}.planes[{i}].size", "raw plane must have its decoded size")

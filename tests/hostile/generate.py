@@ -866,6 +866,8 @@ def s_salt_plain(b: Base) -> bytes:
 # (bgx fp32 with column offsets: H, L, B1, B0, X, O), segment 10 noise.bf16 (bgx
 # bf16 whose L plane is p5).
 BG_SEG, BGX_SEG, BGX_COLS_SEG, BGX_P5_SEG = 11, 1, 8, 10
+# Segment 12 is skew.weight (bgx fp32 whose H plane is "ans": 5121 symbols).
+BGX_ANS_SEG = 12
 
 
 @case("schema", "bg-plane-count", "bg codec of width 8 with 7 planes", "schema.invalid")
@@ -934,6 +936,18 @@ for _name, _what, _change, _seg in [
         BGX_COLS_SEG,
     ),
     ("bgx-extra-key", "bgx record with an unknown key", lambda c: c.__setitem__("rot", 1), BGX_SEG),
+    (
+        "bgx-ans-on-l",
+        "bgx L plane marked ans",
+        lambda c: c["planes"][1].__setitem__("id", "ans"),
+        BGX_ANS_SEG,
+    ),
+    (
+        "bgx-ans-size-48",
+        "bgx ans plane of 48 bytes, below its smallest possible size",
+        lambda c: c["planes"][0].__setitem__("size", 48),
+        BGX_ANS_SEG,
+    ),
     (
         "bgx-p5-on-h",
         "bgx H plane marked p5",
@@ -2038,6 +2052,84 @@ both(
     verify=OK,
     why=BEHIND,
 )
+
+
+def bgx_ans(b: Base, change: Callable[[bytes], bytes], *, encrypt: bool) -> bytes:
+    """Replace the ans H plane of skew.weight with ``change(plane)``, its record's
+    size following: a plane a writer never produces, behind a valid signature,
+    digest and AEAD."""
+    p = b.pkg(encrypt)
+    seg = p.comp("weights").segs[BGX_ANS_SEG]
+    codec = seg.codec
+    assert codec["id"] == "bgx" and codec["planes"][0]["id"] == "ans"
+    size = codec["planes"][0]["size"]
+    plane = change(seg.payload[:size])
+    codec["planes"][0]["size"] = len(plane)
+    seg.payload = plane + seg.payload[size:]
+    return build(p).data
+
+
+def _ans_table_end(plane: bytes) -> int:
+    """Where the states start: after the bitmap and one LEB128 frequency per symbol."""
+    at = 32
+    for s in range(256):
+        if plane[s // 8] >> (s % 8) & 1:
+            at += 1 if plane[at] < 128 else 2
+    return at
+
+
+def _ans_first_freq(plane: bytes, new: bytes) -> bytes:
+    """The plane with its first frequency's LEB128 bytes replaced by ``new``."""
+    width = 1 if plane[32] < 128 else 2
+    return plane[:32] + new + plane[32 + width :]
+
+
+def _ans_state(plane: bytes, value: int) -> bytes:
+    at = _ans_table_end(plane)
+    return plane[:at] + value.to_bytes(4, "little") + plane[at + 4 :]
+
+
+def _leb(f: int) -> bytes:
+    return bytes((f,)) if f < 128 else bytes(((f & 127) | 128, f >> 7))
+
+
+def _ans_freq_delta(plane: bytes, delta: int) -> bytes:
+    """The first frequency changed by ``delta``: the table no longer sums to 4096."""
+    first = plane[32] if plane[32] < 128 else (plane[32] & 127) | (plane[33] << 7)
+    return _ans_first_freq(plane, _leb(first + delta))
+
+
+for _name, _what, _change in [
+    ("bgx-ans-sum", "ans frequencies summing to 4097", lambda pl: _ans_freq_delta(pl, 1)),
+    (
+        "bgx-ans-leb-long",
+        "ans frequency in non-minimal LEB128 (a 0x00 second byte)",
+        lambda pl: _ans_first_freq(pl, bytes([0x80, 0x00])),
+    ),
+    (
+        "bgx-ans-empty-table",
+        "ans bitmap with no symbol",
+        lambda pl: bytes(32) + pl[32:],
+    ),
+    ("bgx-ans-state-low", "ans state below 2^23", lambda pl: _ans_state(pl, (1 << 23) - 1)),
+    ("bgx-ans-state-high", "ans state of 2^31", lambda pl: _ans_state(pl, 1 << 31)),
+    ("bgx-ans-truncated", "ans stream one byte short", lambda pl: pl[:-1]),
+    ("bgx-ans-trailing", "ans stream with one byte left over", lambda pl: pl + b"\x00"),
+    (
+        "bgx-ans-flipped",
+        "ans stream with a flipped bit (final states disagree)",
+        lambda pl: pl[:-3] + bytes([pl[-3] ^ 0x10]) + pl[-2:],
+    ),
+]:
+    both(
+        "compression",
+        _name,
+        _what,
+        "codec.invalid",
+        lambda b, encrypt, _c=_change: bgx_ans(b, _c, encrypt=encrypt),
+        verify=OK,
+        why=BEHIND,
+    )
 
 
 # === tensor table (weights contents, behind a valid signature and AEAD) ======================

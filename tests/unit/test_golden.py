@@ -163,6 +163,40 @@ def _zstd(frame: bytes, size: int) -> bytes:
 _BGX = {"fp32": (4, 8, 23, 13), "bf16": (2, 8, 7, 0), "fp16": (2, 5, 10, 0)}
 
 
+def _ans(plane: bytes, n: int) -> bytes:
+    """An ans plane, symbol by symbol, from FORMAT.md §6.1.1."""
+    present = [s for s in range(256) if plane[s // 8] >> (s % 8) & 1]
+    assert present
+    freq, at = {}, 32
+    for s in present:
+        if plane[at] < 128:
+            freq[s], at = plane[at], at + 1
+        else:
+            assert 1 <= plane[at + 1] <= 127
+            freq[s], at = plane[at] - 128 + 128 * plane[at + 1], at + 2
+        assert 1 <= freq[s] <= 4096
+    assert sum(freq.values()) == 4096
+    starts, total = {}, 0
+    for s in present:
+        starts[s], total = total, total + freq[s]
+    states = [int.from_bytes(plane[at + 4 * k : at + 4 * k + 4], "little") for k in range(4)]
+    assert all(2**23 <= x < 2**31 for x in states)
+    stream = iter(plane[at + 16 :])
+    out = bytearray()
+    for i in range(n):
+        x = states[i % 4]
+        slot = x % 4096
+        s = next(s for s in present if starts[s] <= slot < starts[s] + freq[s])
+        out.append(s)
+        x = freq[s] * (x // 4096) + slot - starts[s]
+        while x < 2**23:
+            x = x * 256 + next(stream)  # StopIteration: the stream ended early
+        states[i % 4] = x
+    assert next(stream, None) is None
+    assert states == [2**23] * 4
+    return bytes(out)
+
+
 def _decode_bgx(codec: dict[str, Any], payload: bytes, plain: int) -> bytes:
     """bgx, element by element, from the table in FORMAT.md §6.1."""
     w, eb, mb, l_lo = _BGX[codec["float"]]
@@ -181,6 +215,9 @@ def _decode_bgx(codec: dict[str, Any], payload: bytes, plain: int) -> bytes:
             value = int.from_bytes(chunk, "little")
             assert value >> (5 * n) == 0  # padding bits are zero
             planes[name] = bytes((value >> (5 * i)) & 31 for i in range(n))
+        elif p["id"] == "ans":
+            assert name == "H" and p["size"] >= 49
+            planes[name] = _ans(chunk, n)
         else:
             planes[name] = chunk if p["id"] == "raw" else _zstd(chunk, sizes[name])
         assert len(planes[name]) == sizes[name]
@@ -368,4 +405,4 @@ def test_golden_vectors_exercise_every_codec() -> None:
                         forms.add("period")
                     if seg["codec"]["escapes"]:
                         forms.add("escapes")
-    assert forms >= {"raw", "zstd", "p5", "period", "escapes"}
+    assert forms >= {"raw", "zstd", "p5", "ans", "period", "escapes"}

@@ -65,6 +65,19 @@ def _noise_bf16(count: int) -> bytes:
     return bytes(out)
 
 
+def _skewed_f32(count: int) -> bytes:
+    """``count`` fp32 values in two binades, 85 % in the upper one, with m3 = 0
+    and random lower mantissa bits: an H plane of two symbols whose probabilities
+    no whole-bit (Huffman) code fits, so the writer stores it "ans"."""
+    out = bytearray()
+    for i in range(count):
+        h = hashlib.sha256(b"skew" + i.to_bytes(4, "big")).digest()
+        k = 0 if h[0] < 218 else 1
+        mantissa = int.from_bytes(h[1:4], "little") & 0xFFFFF  # bits 19..0
+        out += struct.pack("<I", ((h[4] & 1) << 31) | ((126 - k) << 23) | mantissa)
+    return bytes(out)
+
+
 def build_model(target: Path) -> None:
     """A small model with every feature the format must round-trip. Values come
     from integer arithmetic only, so the bytes are the same on every platform."""
@@ -97,6 +110,9 @@ def build_model(target: Path) -> None:
         ("noise.bf16", "BF16", [63, 65], _noise_bf16(4095)),
         # F64 has no bgx layout: byte grouping (bg).
         ("double", "F64", [64], struct.pack("<64d", *[(i * 7 % 23 - 11) / 8 for i in range(64)])),
+        # 5121 fp32 values whose H plane is stored "ans" (at least 4096 symbols, and
+        # 5121 is not a multiple of the 4 coder states).
+        ("skew.weight", "F32", [5121], _skewed_f32(5121)),
     ]
     (target / "model.safetensors").write_bytes(_safetensors(tensors))
     (target / "config.json").write_text('{"hidden_size": 16, "model_type": "golden"}\n')

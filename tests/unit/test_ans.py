@@ -1,0 +1,270 @@
+"""The ans plane coder (docs/FORMAT.md §6.1.1): exact round trips, the C helper
+and the plain-Python decoder agreeing on every input, valid or not, and strict
+refusal (with zeroed output) of every plane a writer cannot produce."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from secpack.buffers import scratch
+from secpack.codec import ans, planes, segment, zstd
+from secpack.errors import CodecError, SchemaError
+from secpack.format.limits import Limits
+from secpack.format.manifest import _parse_codec
+
+needs_native = pytest.mark.skipif(not planes.NATIVE, reason="ans encoding needs the C helper")
+L = 1 << 23
+
+
+def _freqs(q: np.ndarray) -> bytes:
+    return q.astype("<u2").tobytes()
+
+
+def _code(symbols: bytes) -> tuple[bytes, bytes, bytes]:
+    """(plane, frequency table as uint16, states + stream) for ``symbols``,
+    through the C encoder directly (no minimum size, no size limit)."""
+    native = planes.native_module()
+    assert native is not None
+    counts = np.bincount(np.frombuffer(symbols, dtype=np.uint8), minlength=256)
+    q = ans.quantize(counts)
+    out = bytearray(4 * len(symbols) + 64)
+    start = native.ans_encode(_freqs(q), symbols, out)
+    assert start >= 0
+    body = bytes(out[start:])
+    return ans._table_bytes(q) + body, _freqs(q), body
+
+
+def _decode_both(freqs: bytes, body: bytes, n: int) -> tuple[bytes | str, bytes | str]:
+    """Decode with the C helper and with Python: the output, or the error text.
+    A failed decode must leave its output zeroed."""
+    results: list[bytes | str] = []
+    native = planes.native_module()
+    assert native is not None
+    for fn in (native.ans_decode, ans.decode_python):
+        out = bytearray(b"\xaa" * n)
+        try:
+            fn(freqs, memoryview(body), memoryview(out))
+            results.append(bytes(out))
+        except ValueError as exc:
+            assert out == bytes(n)
+            results.append(str(exc))
+    return results[0], results[1]
+
+
+@needs_native
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 7, 8, 63, 4096, 4097, 4098, 4099, 100_003])
+def test_round_trip_every_lane_count(n: int) -> None:
+    rng = np.random.default_rng(n)
+    symbols = np.clip(rng.normal(120, 7, n), 0, 255).astype(np.uint8).tobytes()
+    plane, freqs, body = _code(symbols)
+    c_out, py_out = _decode_both(freqs, body, n)
+    assert c_out == py_out == symbols
+    out = bytearray(n)
+    ans.decode(memoryview(plane), memoryview(out))
+    assert bytes(out) == symbols
+
+
+@needs_native
+@pytest.mark.parametrize(
+    "symbols",
+    [
+        bytes([7]) * 5000,  # one symbol: frequency 4096, no stream at all
+        bytes(range(256)) * 40,  # every byte value
+        bytes([0, 255]) * 3000,  # the extremes of the alphabet
+        bytes([1] * 4095 + [2]),  # one very rare symbol: frequency 1
+    ],
+)
+def test_round_trip_edge_distributions(symbols: bytes) -> None:
+    plane, freqs, body = _code(symbols)
+    c_out, py_out = _decode_both(freqs, body, len(symbols))
+    assert c_out == py_out == symbols
+    out = bytearray(len(symbols))
+    ans.decode(memoryview(plane), memoryview(out))  # the table as written, parsed back
+    assert bytes(out) == symbols
+
+
+@needs_native
+@settings(max_examples=150, deadline=None)
+@given(st.binary(min_size=1, max_size=3000))
+def test_any_bytes_round_trip(symbols: bytes) -> None:
+    _plane, freqs, body = _code(symbols)
+    assert _decode_both(freqs, body, len(symbols)) == (symbols, symbols)
+
+
+@needs_native
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_damaged_planes_both_decoders_agree_and_valid_means_canonical(data: st.DataObject) -> None:
+    """Any change to the states or stream: both decoders give the same answer, and
+    whatever decodes re-encodes to exactly the same bytes (one encoding per
+    table), so nothing but the writer's own output is ever accepted."""
+    n = data.draw(st.integers(min_value=1, max_value=600))
+    rng = np.random.default_rng(n)
+    symbols = np.clip(rng.normal(60, 3, n), 0, 255).astype(np.uint8).tobytes()
+    _plane, freqs, body = _code(symbols)
+    damaged = bytearray(body)
+    action = data.draw(st.sampled_from(["flip", "drop", "add", "set"]))
+    at = data.draw(st.integers(min_value=0, max_value=len(damaged)))
+    if action == "flip" and at < len(damaged):
+        damaged[at] ^= 1 << data.draw(st.integers(min_value=0, max_value=7))
+    elif action == "drop" and at < len(damaged):
+        del damaged[at]
+    elif action == "add":
+        damaged.insert(at, data.draw(st.integers(min_value=0, max_value=255)))
+    elif at < len(damaged):
+        damaged[at] = data.draw(st.integers(min_value=0, max_value=255))
+    c_out, py_out = _decode_both(freqs, bytes(damaged), n)
+    assert c_out == py_out
+    if isinstance(c_out, bytes):
+        native = planes.native_module()
+        assert native is not None
+        out = bytearray(4 * n + 64)
+        start = native.ans_encode(freqs, c_out, out)
+        assert bytes(out[start:]) == bytes(damaged)
+
+
+@needs_native
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda b: (L - 1).to_bytes(4, "little") + b[4:], "state out of range"),
+        (lambda b: (1 << 31).to_bytes(4, "little") + b[4:], "state out of range"),
+        (lambda b: b[:-1], "ends early"),
+        (lambda b: b + b"\x00", "left over"),
+        (lambda b: b[:12], "shorter than its states"),
+    ],
+)
+def test_malformed_streams_are_refused(change, message: str) -> None:  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(1)
+    symbols = np.clip(rng.normal(100, 5, 9999), 0, 255).astype(np.uint8).tobytes()
+    _plane, freqs, body = _code(symbols)
+    c_out, py_out = _decode_both(freqs, change(body), len(symbols))
+    assert isinstance(c_out, str) and message in c_out
+    assert isinstance(py_out, str) and message in py_out
+
+
+def test_the_final_state_must_be_where_the_encoder_started() -> None:
+    # One symbol of frequency 4096 never changes a state and reads no byte: a
+    # state other than 2^23 decodes "fine" and is refused only by the end check.
+    freqs = _freqs(np.array([4096] + [0] * 255))
+    body = (L + 5).to_bytes(4, "little") + L.to_bytes(4, "little") * 3
+    out = bytearray(b"\x01" * 10)
+    with pytest.raises(ValueError, match="final state"):
+        ans.decode_python(freqs, memoryview(body), memoryview(out))
+    assert out == bytes(10)
+    if planes.NATIVE:
+        native = planes.native_module()
+        assert native is not None
+        with pytest.raises(ValueError, match="final state"):
+            native.ans_decode(freqs, body, out)
+
+
+def _table(entries: dict[int, bytes]) -> bytes:
+    bitmap = bytearray(32)
+    for s in entries:
+        bitmap[s // 8] |= 1 << (s % 8)
+    return bytes(bitmap) + b"".join(entries[s] for s in sorted(entries))
+
+
+STATES = (L.to_bytes(4, "little")) * 4
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        (bytes(32) + b"\x00" + STATES, "no symbol"),
+        (_table({3: b"\x00", 4: bytes([0x80, 0x20])}) + STATES, "out of range"),  # f = 0
+        (_table({3: bytes([0x80, 0x00]), 4: bytes([0x80, 0x20])}) + STATES, "minimal"),
+        (_table({3: bytes([0x81, 0x80, 0x01])}) + STATES, "minimal"),  # 3-byte LEB128
+        (_table({3: bytes([0x80, 0x21])}) + STATES, "out of range"),  # 4224 > 4096
+        (_table({3: bytes([0x80, 0x1F]), 9: b"\x7e"}) + STATES, "sum"),  # 4094
+        (_table({3: bytes([0x80, 0x20])}) + STATES[:15], "shorter"),
+        (_table({s: b"\x10" for s in range(200)})[:132], "ends early"),
+    ],
+)
+def test_malformed_tables_are_refused_and_zero_the_output(table: bytes, message: str) -> None:
+    out = bytearray(b"\x55" * 64)
+    with pytest.raises(ValueError, match=message):
+        ans.decode(memoryview(table), memoryview(out))
+    assert out == bytes(64)
+
+
+def test_a_hand_made_plane_decodes() -> None:
+    # Symbol 3 alone, frequency 4096 as two-byte LEB128 (0x80 0x20), and the
+    # four states at 2^23 with no stream: any number of 3s.
+    plane = _table({3: bytes([0x80, 0x20])}) + STATES
+    out = bytearray(9)
+    ans.decode(memoryview(plane), memoryview(out))
+    assert out == bytes([3]) * 9
+
+
+def test_quantized_frequencies_sum_to_4096_and_keep_every_symbol() -> None:
+    rng = np.random.default_rng(2)
+    for counts in (
+        np.bincount(rng.integers(0, 256, 10**5), minlength=256),
+        np.array([10**9] + [1] * 255),  # 255 rare symbols beside one huge one
+        np.array([0] * 100 + [5] + [0] * 155),
+        np.array([1] * 256),
+    ):
+        q = ans.quantize(counts)
+        assert int(q.sum()) == 4096
+        assert ((q > 0) == (counts > 0)).all()
+        assert q.min() >= 0 and q.max() <= 4096
+
+
+@needs_native
+def test_encode_keeps_to_its_limit_and_minimum() -> None:
+    rng = np.random.default_rng(4)
+    symbols = np.clip(rng.normal(100, 4, 50_000), 0, 255).astype(np.uint8).tobytes()
+    coded = ans.encode(symbols, len(symbols))
+    assert coded is not None and len(coded) < len(symbols)
+    assert ans.encode(symbols, len(coded)) is None  # must be strictly shorter
+    assert ans.encode(symbols, len(coded) + 1) == coded
+    assert ans.encode(symbols[:4095], 10**6) is None  # below the minimum: zstd's
+
+
+@needs_native
+def test_skewed_exponents_take_ans_and_beat_zstd() -> None:
+    """Weights-like data whose H plane a whole-bit code fits badly: bgx stores H
+    as ans, smaller than zstd, and a damaged ans plane is codec.invalid."""
+    rng = np.random.default_rng(9)
+    x = (rng.standard_normal(200_000) * 0.03).astype(np.float32).tobytes()
+    enc = segment.encode(x, 4, True, 3, "F32", 0)
+    assert enc.codec.id == "bgx" and enc.codec.planes[0].id == "ans"
+    h = scratch("bgx.H", 200_000)  # the H plane the encoder just wrote
+    zstd_size = len(zstd.compress_plane(h))
+    assert enc.codec.planes[0].size < zstd_size
+    out = bytearray(len(x))
+    segment.decode(enc.codec, enc.payload, memoryview(out), 1 << 24)
+    assert bytes(out) == x
+    damaged = bytearray(enc.payload)
+    damaged[enc.codec.planes[0].size - 1] ^= 0x40  # last byte of the ans stream
+    with pytest.raises(CodecError) as err:
+        segment.decode(enc.codec, bytes(damaged), memoryview(out), 1 << 24)
+    assert err.value.code == "codec.invalid"
+
+
+def _record(h: dict[str, object]) -> dict[str, object]:
+    return {
+        "id": "bgx",
+        "float": "bf16",
+        "lo": 100,
+        "span": 20,
+        "escapes": 0,
+        "period": 0,
+        "planes": [h, {"id": "raw", "size": 64}],
+    }
+
+
+def test_ans_parses_only_on_h_and_at_least_49_bytes() -> None:
+    codec = _parse_codec(_record({"id": "ans", "size": 49}), "c", 128, Limits())
+    assert codec.planes[0].id == "ans"
+    on_l = _record({"id": "raw", "size": 64})
+    on_l["planes"] = [{"id": "raw", "size": 64}, {"id": "ans", "size": 60}]
+    for bad in (_record({"id": "ans", "size": 48}), on_l):
+        with pytest.raises(SchemaError) as err:
+            _parse_codec(bad, "c", 128, Limits())
+        assert err.value.code == "schema.invalid"
