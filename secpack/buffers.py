@@ -1,15 +1,44 @@
-"""Per-thread reusable buffers for the hot paths (segment reading, decryption and
-the codecs): one buffer per name and thread, reused from segment to segment.
+"""Memory for the hot paths: per-thread reusable buffers (segment reading,
+decryption and the codecs) and huge-page-advised blocks.
+
 A fresh multi-megabyte allocation per segment costs a page fault and a zeroing
-for every page, which was a large share of decoding time."""
+for every page, which was a large share of decoding time; hence one buffer per
+name and thread, reused from segment to segment. The first write to each fresh
+4 KiB page still costs a fault, about 0.65 ms per MiB on the benchmark machine.
+Memory advised ``MADV_HUGEPAGE`` is faulted 2 MiB at a time where the kernel's
+transparent huge pages are in ``madvise`` or ``always`` mode, about five times
+faster (0.11-0.13 ms per MiB), so blocks of at least 2 MiB get a mapping of
+their own with that advice.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import mmap
 import threading
 
-__all__ = ["scratch"]
+__all__ = ["HUGE", "huge_block", "scratch"]
+
+# The smallest mapping that can hold a huge page (2 MiB on x86-64 and arm64).
+HUGE = 2 << 20
 
 _local = threading.local()
+
+
+def huge_block(nbytes: int) -> mmap.mmap | None:
+    """An anonymous, zero-filled mapping of ``nbytes`` (at least HUGE) advised to
+    use huge pages, or None where that is not available (not Linux)."""
+    advice = getattr(mmap, "MADV_HUGEPAGE", None)
+    if advice is None or nbytes < HUGE:
+        return None
+    try:
+        region = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    except (OSError, ValueError):
+        return None
+    # Advice only: where huge pages are off this changes nothing.
+    with contextlib.suppress(OSError):
+        region.madvise(advice)
+    return region
 
 
 def scratch(name: str, size: int, at_least: int = 0) -> memoryview:
@@ -17,9 +46,10 @@ def scratch(name: str, size: int, at_least: int = 0) -> memoryview:
     ``name`` (qualify names by module), valid until the next call with the same
     name on the same thread. A buffer that must grow grows to ``at_least`` when
     that is larger, so that a run of growing sizes allocates once."""
-    cache: dict[str, bytearray] = _local.__dict__.setdefault("buffers", {})
+    cache: dict[str, bytearray | mmap.mmap] = _local.__dict__.setdefault("buffers", {})
     buf = cache.get(name)
     if buf is None or len(buf) < size:
-        buf = bytearray(max(size, at_least, 1))
+        want = max(size, at_least, 1)
+        buf = huge_block(want) or bytearray(want)
         cache[name] = buf
     return memoryview(buf)[:size]

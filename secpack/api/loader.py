@@ -27,9 +27,20 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
+# cbor2, the audit log, the atomic writer, key files and the codecs: what every
+# open and every first decode needs, imported with the loader rather than inside
+# the first load (the modules that use them import them lazily, for the CLI's
+# start-up). A server imports the loader once, at start; its first model load
+# then pays no import (about 30 ms here).
+import cbor2  # noqa: F401
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric import x25519
 
+import secpack.api.keyfiles
+import secpack.audit.log
+import secpack.codec.segment
+import secpack.transport.atomic  # noqa: F401
+from secpack.api import hostmem
 from secpack.api.auditing import audited, package_facts
 from secpack.api.trust import establish_trust, remember_version
 from secpack.errors import SecpackError, TensorError
@@ -42,10 +53,6 @@ from secpack.tensors.variants import VARIANTS
 from secpack.transport.spkfile import FileSource
 
 __all__ = ["ComponentInfo", "DtypeWarning", "Package", "load", "open_package"]
-
-# Arrays start on a 64-byte boundary: cache-line and AVX-512 aligned, as
-# torch and numpy kernels prefer.
-ALIGNMENT = 64
 
 _NUMPY_DTYPES = {
     "BOOL": "|b1",
@@ -89,12 +96,6 @@ def numpy_dtype(dtype: str) -> np.dtype[Any]:
         return np.dtype(raw)
     found: np.dtype[Any] = np.dtype(getattr(ml_dtypes, name))
     return found
-
-
-def _aligned_buffer(nbytes: int) -> np.ndarray:
-    raw = np.empty(nbytes + ALIGNMENT, dtype=np.uint8)
-    shift = (-raw.ctypes.data) % ALIGNMENT
-    return raw[shift : shift + nbytes]
 
 
 def make_array(buffer: np.ndarray, record: TensorRecord) -> np.ndarray:
@@ -280,7 +281,7 @@ class Package:
         """Decode one tensor; reads only that tensor's segments. Raises ``KeyError``
         when no readable component has it, :class:`SecpackError` on any check."""
         comp, record = self._find(name, component)
-        buffer = _aligned_buffer(record.length)
+        buffer = hostmem.host_buffer(record.length)
         self._decode_many(self._segments_into(comp, record.first, record.count, buffer))
         return make_array(buffer, record)
 
@@ -301,7 +302,7 @@ class Package:
             # Each job returns the index of the tensor it completes, or -1: results
             # come back in order, so a tensor is whole once its final job returns.
             for i, record in enumerate(records):
-                buffer = buffers[i] = _aligned_buffer(record.length)
+                buffer = buffers[i] = hostmem.host_buffer(record.length)
                 work = self._segments_into(comp, record.first, record.count, buffer)
                 if not work:  # an empty tensor has no segment to wait for
                     yield functools.partial(_completes, i)
@@ -407,11 +408,11 @@ class Package:
 
     def _arrays(self, component: str) -> dict[str, np.ndarray]:
         comp = self._component(component)
-        buffers: list[tuple[TensorRecord, np.ndarray]] = []
+        records = comp.contents.tensors
+        # One block for the whole state dict: see secpack.api.hostmem.
+        buffers = list(zip(records, hostmem.arena([r.length for r in records]), strict=True))
         work = []
-        for record in comp.contents.tensors:
-            buffer = _aligned_buffer(record.length)
-            buffers.append((record, buffer))
+        for record, buffer in buffers:
             work.extend(self._segments_into(comp, record.first, record.count, buffer))
         if work:
             self._decode_many(work)

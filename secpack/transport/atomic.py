@@ -17,8 +17,6 @@ import hashlib
 import os
 import re
 import secrets
-import shutil
-import socket
 from types import TracebackType
 
 from secpack.errors import OutputError
@@ -40,7 +38,7 @@ def _origin() -> str:
     """Tags temporaries with the machine boot and PID namespace that made them: a pid
     only says whether a writer is alive when it is read on that same boot, in that
     same namespace (not across containers, NFS clients or reboots)."""
-    parts = [socket.gethostname()]
+    parts = [os.uname().nodename]  # socket.gethostname(), without importing socket
     with (
         contextlib.suppress(OSError),
         open("/proc/sys/kernel/random/boot_id", encoding="ascii") as fh,
@@ -103,6 +101,8 @@ def remove_stale(dest: str) -> list[str]:
             continue
         path = os.path.join(parent, name)
         if os.path.isdir(path) and not os.path.islink(path):
+            import shutil  # cleanup only: shutil is slow to import
+
             shutil.rmtree(path, ignore_errors=True)
         else:
             with contextlib.suppress(FileNotFoundError):
@@ -298,6 +298,8 @@ class AtomicDirectory:
         self._committed = True
 
     def abort(self) -> None:
+        import shutil  # cleanup only: shutil is slow to import
+
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def __enter__(self) -> AtomicDirectory:

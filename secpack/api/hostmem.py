@@ -1,0 +1,46 @@
+"""Host memory for decoded tensors: aligned, and in huge-page-advised mappings
+from 2 MiB up, whose first touch costs about a fifth of 4 KiB page faults (see
+secpack.buffers). Smaller buffers cannot hold a huge page and come from numpy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from secpack.buffers import huge_block
+
+__all__ = ["ALIGNMENT", "aligned", "arena", "host_buffer"]
+
+# Arrays start on a 64-byte boundary: cache-line and AVX-512 aligned, as torch
+# and numpy kernels prefer.
+ALIGNMENT = 64
+
+
+def aligned(nbytes: int) -> np.ndarray:
+    """``nbytes`` of uint8 from numpy, starting on an ALIGNMENT boundary."""
+    raw = np.empty(nbytes + ALIGNMENT, dtype=np.uint8)
+    shift = (-raw.ctypes.data) % ALIGNMENT
+    return raw[shift : shift + nbytes]
+
+
+def host_buffer(nbytes: int) -> np.ndarray:
+    """A writable, ALIGNMENT-aligned uint8 buffer of ``nbytes`` (contents undefined)."""
+    region = huge_block(nbytes)
+    if region is None:
+        return aligned(nbytes)
+    # The array holds the mapping (page-aligned); it is unmapped with the last view.
+    return np.frombuffer(region, dtype=np.uint8, count=nbytes)
+
+
+def arena(sizes: Sequence[int]) -> list[np.ndarray]:
+    """One buffer per size, all carved from one block (each ALIGNMENT-aligned):
+    many small tensors then share huge pages too. The block is freed when the last
+    of the buffers is."""
+    offsets, total = [], 0
+    for size in sizes:
+        offsets.append(total)
+        total += -(-size // ALIGNMENT) * ALIGNMENT
+    block = host_buffer(max(total, 1))
+    return [block[o : o + s] for o, s in zip(offsets, sizes, strict=True)]
