@@ -753,40 +753,55 @@ static PyObject *ans_encode(PyObject *self, PyObject *args) {
          * x / f == (x * rcp) >> (31 + shift) with shift = ceil(log2 f) and
          * rcp = floor(2^(31 + shift) / f) + 1 (the round-up method of Granlund
          * and Montgomery; x * rcp < 2^64). Division was half the encoder's time. */
-        uint64_t rcp[256];
-        unsigned shift[256];
+        struct {
+            uint64_t rcp, limit;
+            uint32_t f, start, shift;
+        } tab[256];
         for (int k = 0; k < 256; k++) {
             unsigned sh = 0;
             while (f[k] > (1u << sh)) sh++;
-            shift[k] = 31 + sh;
-            rcp[k] = f[k] ? (((uint64_t)1 << (31 + sh)) / f[k]) + 1 : 0;
+            tab[k].f = f[k];
+            tab[k].start = start[k];
+            tab[k].shift = 31 + sh;
+            tab[k].rcp = f[k] ? (((uint64_t)1 << (31 + sh)) / f[k]) + 1 : 0;
+            tab[k].limit = (uint64_t)f[k] << (31 - ANS_BITS);
         }
         uint32_t x[ANS_LANES] = {ANS_L, ANS_L, ANS_L, ANS_L};
-        /* Backwards, so that the decoder reads forwards. */
+        /* One symbol into state x[k]. p only moves down, and the states need 16
+         * bytes below the stream: below that the plane cannot fit (and the 2
+         * bytes written next are in room). 0, 1 or 2 bytes are emitted (v < 2^31
+         * <= limit << 16) without a branch: both are written, and one not taken
+         * is overwritten later (by the next byte or by the states). */
+#define ANS_PUT(k, idx)                                                            \
+    do {                                                                           \
+        unsigned sym = s[idx];                                                     \
+        if (RARE(tab[sym].f == 0)) {                                               \
+            missing = 1;                                                           \
+            goto put_stop;                                                         \
+        }                                                                          \
+        if (RARE(p - base < 4 * ANS_LANES)) goto put_stop;                         \
+        uint32_t v = x[k];                                                         \
+        unsigned c = (v >= tab[sym].limit) + ((uint64_t)v >= tab[sym].limit << 8); \
+        p[-1] = (uint8_t)v;                                                        \
+        p[-2] = (uint8_t)(v >> 8);                                                 \
+        p -= c;                                                                    \
+        v >>= 8 * c;                                                               \
+        uint32_t q = (uint32_t)(((uint64_t)v * tab[sym].rcp) >> tab[sym].shift);   \
+        x[k] = (q << ANS_BITS) + (v - q * tab[sym].f) + tab[sym].start;            \
+    } while (0)
+        /* Backwards, so that the decoder reads forwards: first the symbols past
+         * the last whole group of four, then four at a time with each state's
+         * index a constant, so that the states stay in registers. */
         Py_ssize_t i = n;
-        for (; i > 0; i--) {
-            unsigned sym = s[i - 1];
-            uint32_t fs = f[sym], *xs = &x[(i - 1) & (ANS_LANES - 1)];
-            if (RARE(fs == 0)) {
-                missing = 1;
-                break;
-            }
-            uint32_t v = *xs;
-            uint64_t limit = (uint64_t)fs << (31 - ANS_BITS);
-            /* p only moves down, and the states need 16 bytes below the stream:
-             * below that it cannot fit (and the 2 bytes written next are in room). */
-            if (RARE(p - base < 4 * ANS_LANES)) break;
-            /* Emit 0, 1 or 2 bytes (v < 2^31 <= limit << 16) without a branch:
-             * both are written, and one not taken is overwritten later (by the
-             * next byte or by the states). */
-            unsigned c = (v >= limit) + ((uint64_t)v >= limit << 8);
-            p[-1] = (uint8_t)v;
-            p[-2] = (uint8_t)(v >> 8);
-            p -= c;
-            v >>= 8 * c;
-            uint32_t q = (uint32_t)(((uint64_t)v * rcp[sym]) >> shift[sym]);
-            *xs = (q << ANS_BITS) + (v - q * fs) + start[sym];
+        for (; i % ANS_LANES; i--) ANS_PUT((i - 1) & (ANS_LANES - 1), i - 1);
+        for (; i > 0; i -= ANS_LANES) {
+            ANS_PUT(3, i - 1);
+            ANS_PUT(2, i - 2);
+            ANS_PUT(1, i - 3);
+            ANS_PUT(0, i - 4);
         }
+#undef ANS_PUT
+    put_stop:
         if (i == 0 && !missing && p - base >= 4 * ANS_LANES) {
             for (int k = ANS_LANES - 1; k >= 0; k--) {
                 p -= 4;
