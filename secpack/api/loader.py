@@ -326,6 +326,9 @@ class Package:
         ``prefer`` (e.g. ``["int8", "fp16", "exact"]``) picks the first precision
         variant the package has (``seal --variant``) and this identity can read;
         int8 comes back dequantized to float32. :meth:`served` tells which one was used.
+
+        The numpy arrays of one call share one block of memory (huge-page advised),
+        which is freed when the last of them is.
         """
         if prefer is None:
             arrays = self._arrays(component)
