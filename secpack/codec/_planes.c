@@ -851,11 +851,12 @@ static PyObject *ans_decode(PyObject *self, PyObject *args) {
         Py_ssize_t n = dst.len;
         const char *problem = NULL;
         Py_BEGIN_ALLOW_THREADS;
-        /* slot -> symbol | (f - 1) << 8 | start << 20: one 16 KB lookup per symbol. */
+        /* slot -> symbol | (slot - start) << 8 | (f - 1) << 20: one 16 KB lookup
+         * per symbol, and the new state is f * (x >> 12) + (slot - start). */
         uint32_t table[ANS_M];
         for (int sym = 0; sym < 256; sym++)
             for (uint32_t k = 0; k < f[sym]; k++)
-                table[start[sym] + k] = (uint32_t)sym | ((f[sym] - 1) << 8) | (start[sym] << 20);
+                table[start[sym] + k] = (uint32_t)sym | (k << 8) | ((f[sym] - 1) << 20);
         uint32_t x[ANS_LANES];
         for (int k = 0; k < ANS_LANES; k++) {
             x[k] = (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) |
@@ -869,8 +870,7 @@ static PyObject *ans_decode(PyObject *self, PyObject *args) {
     do {                                                                           \
         uint32_t e = table[x[k] & (ANS_M - 1)];                                    \
         d[i] = (uint8_t)e;                                                         \
-        x[k] = (((e >> 8) & (ANS_M - 1)) + 1) * (x[k] >> ANS_BITS) +               \
-               (x[k] & (ANS_M - 1)) - (e >> 20);                                   \
+        x[k] = ((e >> 20) + 1) * (x[k] >> ANS_BITS) + ((e >> 8) & (ANS_M - 1));    \
         while (x[k] < ANS_L) {                                                     \
             if (RARE(p == end)) {                                                  \
                 problem = "ans stream ends early";                                 \
@@ -888,8 +888,7 @@ static PyObject *ans_decode(PyObject *self, PyObject *args) {
     do {                                                                           \
         uint32_t e = table[x[k] & (ANS_M - 1)];                                    \
         d[i] = (uint8_t)e;                                                         \
-        uint32_t v = (((e >> 8) & (ANS_M - 1)) + 1) * (x[k] >> ANS_BITS) +         \
-                     (x[k] & (ANS_M - 1)) - (e >> 20);                             \
+        uint32_t v = ((e >> 20) + 1) * (x[k] >> ANS_BITS) + ((e >> 8) & (ANS_M - 1)); \
         uint32_t b0 = p[0], b1 = p[1];                                             \
         unsigned one = v < ANS_L, two = v < (ANS_L >> 8);                          \
         uint32_t v1 = (v << 8) | b0, v2 = (v << 16) | (b0 << 8) | b1;              \

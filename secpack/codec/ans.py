@@ -4,7 +4,9 @@
 zstd codes a plane of high-entropy symbols with Huffman codes, whose lengths are
 whole bits: on the exponent planes of real weights that is 0.5-1 % above the
 order-0 entropy. rANS codes at the entropy to within the 12-bit rounding of its
-frequencies, which takes 0.09-0.2 % more off the whole model (docs/BENCHMARKS.md).
+frequencies: on the benchmark models that took 0.0010-0.0021 off the package's
+size ratio, at about 3.6 ns per symbol to decode against zstd's 1 (see
+bench/stages.py).
 
 A plane is its frequency table, four 32-bit coder states and one byte stream.
 The coding loops are in the C helper; this module builds, writes and parses the
@@ -27,6 +29,9 @@ from secpack.format.manifest import ANS_MIN_SIZE
 
 __all__ = ["BITS", "decode", "decode_python", "encode", "parse_table", "quantize"]
 
+# Frequencies are out of 2^12: within 0.0001 of the order-0 entropy on weight
+# planes (14 bits gained 0.00001 more), and the decoder's slot table stays at
+# 16 KB, inside the L1 cache.
 BITS = 12
 _M = 1 << BITS
 # The state bound of byte-wise rANS: a multiple of _M, with 256 * _L < 2^32.
