@@ -173,7 +173,8 @@ def bgx_case(data: bytes) -> tuple[secpack.format.manifest.Codec, bytes, int] | 
     lo, span, flags, period, element count), then the planes' bytes. Unless flag
     bit 0 is set, the planes are first mapped onto values a writer could produce
     (mostly), so that decoding gets past the first check; flag bit 1 makes the
-    record's escape count disagree with H; flag bit 2 stores the 5-bit plane as p5."""
+    record's escape count disagree with H; flag bit 2 stores the 5-bit plane as p5;
+    flag bit 3 stores H as ans (coded by the C helper, then decoded by both)."""
     from secpack.format.manifest import (
         BGX_FLOATS,
         Codec,
@@ -223,6 +224,22 @@ def bgx_case(data: bytes) -> tuple[secpack.format.manifest.Codec, bytes, int] | 
         packed = payload[start : start + p5_size(sizes[k])]
         planes[k] = Plane("p5", len(packed))
         payload = payload[:start] + packed + payload[start + sizes[k] :]
+    if flags & 8:
+        # Flag bit 3: H stored "ans", coded from the same bytes with a table of its
+        # own counts (the writer's minimum size does not apply here).
+        import numpy as np
+
+        from secpack.codec import ans
+        from secpack.codec import planes as planes_mod
+
+        native = planes_mod.native_module()
+        if native is not None:
+            q = ans.quantize(np.bincount(np.frombuffer(bytes(h), np.uint8), minlength=256))
+            coded = bytearray(4 * n + 64)
+            start = native.ans_encode(q.astype("<u2").tobytes(), bytes(h), coded)
+            plane = ans._table_bytes(q) + bytes(coded[start:])
+            planes[0] = Plane("ans", len(plane))
+            payload = plane + payload[n:]
     return dataclasses.replace(codec, planes=tuple(planes)), payload, n * width
 
 
