@@ -3,6 +3,7 @@ that ``secpack --help`` and small verifications start fast."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Callable
@@ -129,5 +130,21 @@ from secpack.cli import audit_cmds, commands, sign_cmds  # noqa: E402,F401  (reg
 
 
 def main() -> NoReturn:
-    app()
-    raise SystemExit(0)
+    """The console script. Once the command has finished (its output files are
+    closed, fsynced and renamed, its audit record written), the process leaves
+    without the interpreter's teardown of every module, which took 60-80 ms of a
+    `secpack verify` here: more than the signature check. Standard streams are
+    flushed first; nothing else of secpack's is left open by then."""
+    try:
+        app()
+        code = 0
+    except SystemExit as done:
+        if done.code is None or isinstance(done.code, int):
+            code = done.code or 0
+        else:  # a message instead of a status, as sys.exit("...") gives
+            print(done.code, file=sys.stderr)
+            code = 1
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
