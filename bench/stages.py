@@ -16,16 +16,16 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import functools
 import json
 import struct
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,26 +54,19 @@ def timed(module: Any, name: str, label: str) -> Iterator[None]:
         setattr(module, name, original)
 
 
-class _TimedNative:
-    """The C helper with a timer around each function."""
+@contextmanager
+def timed_native(labels: dict[str, str]) -> Iterator[None]:
+    """The C helper's functions named in ``labels``, each timed under its label."""
+    from secpack.codec import planes
 
-    def __init__(self, native: ModuleType, labels: dict[str, str]) -> None:
-        self._native, self._labels = native, labels
-
-    def __getattr__(self, name: str) -> Callable[..., Any]:
-        fn = getattr(self._native, name)
-        label = self._labels.get(name)
-        if label is None:
-            return fn  # type: ignore[no-any-return]
-
-        def call(*args: Any) -> Any:
-            started = time.perf_counter()
-            try:
-                return fn(*args)
-            finally:
-                TIMES[label] += time.perf_counter() - started
-
-        return call
+    native = planes.native_module()
+    if native is None:
+        yield
+        return
+    with contextlib.ExitStack() as stack:
+        for name, label in labels.items():
+            stack.enter_context(timed(native, name, label))
+        yield
 
 
 def _report(title: str, total: float, nbytes: int, outer: list[str]) -> None:
@@ -86,50 +79,36 @@ def _report(title: str, total: float, nbytes: int, outer: list[str]) -> None:
 
 def decode_stages(pkg: Path, identity: Any, trust: Path) -> None:
     import secpack
-    from secpack.codec import ans, bgx, planes, zstd
+    from secpack.codec import ans, bgx, zstd
     from secpack.envelope import dek
     from secpack.package import decode, reader
 
     package = secpack.open_package(pkg, identity=identity, trust=[trust], threads=1)
-    native = planes.native_module()
     labels = {"bgx_merge": "  bgx merge (C)", "ans_decode": "  ans decode (C)"}
     labels |= {"unpack5": "  p5 unpack (C)", "merge": "  bg merge (C)"}
     TIMES.clear()
-    real_sha = reader.hashlib.sha256
+    total, nbytes = 0.0, 0
     with (
         timed(decode, "read_segment_into", "read + SHA-256"),
+        timed(reader.hashlib, "sha256", "  SHA-256"),
         timed(dek, "segment_aad", "AAD"),
         timed(dek, "open_segment_into", "AES-GCM (key + decrypt)"),
         timed(zstd, "decompress", "  zstd"),
         timed(bgx, "decode", "codec (bgx)"),
         timed(ans, "parse_table", "  ans table"),
+        timed_native(labels),
     ):
-        planes._native = _TimedNative(native, labels) if native else None  # type: ignore[assignment]
-
-        def sha(data: Any = b"") -> Any:
+        for comp in package.components:
+            if comp.kind not in ("weights", "adapter"):
+                continue
+            opened = package._component(comp.name)
+            segments = opened.component.segments
+            out = bytearray(max((s.plain for s in segments), default=0))
             started = time.perf_counter()
-            try:
-                return real_sha(data)
-            finally:
-                TIMES["  SHA-256"] += time.perf_counter() - started
-
-        reader.hashlib.sha256 = sha  # type: ignore[assignment]
-        try:
-            total, nbytes = 0.0, 0
-            for comp in package.components:
-                if comp.kind not in ("weights", "adapter"):
-                    continue
-                opened = package._component(comp.name)
-                segments = opened.component.segments
-                out = bytearray(max((s.plain for s in segments), default=0))
-                started = time.perf_counter()
-                for i, seg in enumerate(segments):
-                    opened.decode_into(i, memoryview(out)[: seg.plain])
-                    nbytes += seg.plain
-                total += time.perf_counter() - started
-        finally:
-            reader.hashlib.sha256 = real_sha  # type: ignore[assignment]
-            planes._native = native
+            for i, seg in enumerate(segments):
+                opened.decode_into(i, memoryview(out)[: seg.plain])
+                nbytes += seg.plain
+            total += time.perf_counter() - started
     package.close()
     _report(
         "decode (read, check, decrypt, decode every segment)",
@@ -150,9 +129,8 @@ def _tensors(path: Path) -> Iterator[tuple[str, list[int], memoryview]]:
 
 
 def encode_stages(model: Path) -> None:
-    from secpack.codec import ans, bgx, planes, segment, zstd
+    from secpack.codec import ans, bgx, segment, zstd
 
-    native = planes.native_module()
     labels = {"bgx_split": "  bgx split (C)", "ans_encode": "    ans encode (C)"}
     labels |= {
         "pack5": "  p5 pack (C)",
@@ -168,23 +146,20 @@ def encode_stages(model: Path) -> None:
         timed(zstd, "compress_plane", "  zstd (planes)"),
         timed(ans, "encode", "  ans (all)"),
         timed(ans, "quantize", "    quantize"),
+        timed_native(labels),
     ):
-        planes._native = _TimedNative(native, labels) if native else None  # type: ignore[assignment]
-        try:
-            for path in sorted(model.glob("*.safetensors")):
-                for dtype, shape, data in _tensors(path):
-                    width = {"F32": 4, "BF16": 2, "F16": 2}.get(dtype)
-                    if width is None:
-                        continue
-                    period = shape[-1] if len(shape) >= 2 else 0
-                    started = time.perf_counter()
-                    for at in range(0, len(data), 4 << 20):  # seal's 4 MiB segments
-                        chunk = data[at : at + (4 << 20)]
-                        segment.encode(chunk, width, True, 3, dtype, period)
-                        nbytes += len(chunk)
-                    total += time.perf_counter() - started
-        finally:
-            planes._native = native
+        for path in sorted(model.glob("*.safetensors")):
+            for dtype, shape, data in _tensors(path):
+                width = {"F32": 4, "BF16": 2, "F16": 2}.get(dtype)
+                if width is None:
+                    continue
+                period = shape[-1] if len(shape) >= 2 else 0
+                started = time.perf_counter()
+                for at in range(0, len(data), 4 << 20):  # seal's 4 MiB segments
+                    chunk = data[at : at + (4 << 20)]
+                    segment.encode(chunk, width, True, 3, dtype, period)
+                    nbytes += len(chunk)
+                total += time.perf_counter() - started
     _report("encode (the float codec of every F32/BF16/F16 tensor)", total, nbytes, ["codec (bgx)"])
 
 
