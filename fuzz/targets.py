@@ -227,17 +227,11 @@ def bgx_case(data: bytes) -> tuple[secpack.format.manifest.Codec, bytes, int] | 
     if flags & 8:
         # Flag bit 3: H stored "ans", coded from the same bytes with a table of its
         # own counts (the writer's minimum size does not apply here).
-        import numpy as np
-
         from secpack.codec import ans
         from secpack.codec import planes as planes_mod
 
-        native = planes_mod.native_module()
-        if native is not None:
-            q = ans.quantize(np.bincount(np.frombuffer(bytes(h), np.uint8), minlength=256))
-            coded = bytearray(4 * n + 64)
-            start = native.ans_encode(q.astype("<u2").tobytes(), bytes(h), coded)
-            plane = ans._table_bytes(q) + bytes(coded[start:])
+        if planes_mod.native_module() is not None:
+            plane = ans.code(bytes(h))
             planes[0] = Plane("ans", len(plane))
             payload = plane + payload[n:]
     return dataclasses.replace(codec, planes=tuple(planes)), payload, n * width

@@ -27,7 +27,7 @@ from secpack.buffers import scratch
 from secpack.codec import planes as planes_mod
 from secpack.format.manifest import ANS_MIN_SIZE
 
-__all__ = ["BITS", "decode", "decode_python", "encode", "parse_table", "quantize"]
+__all__ = ["BITS", "code", "decode", "decode_python", "encode", "parse_table", "quantize"]
 
 # Frequencies are out of 2^12: within 0.0001 of the order-0 entropy on weight
 # planes (14 bits gained 0.00001 more), and the decoder's slot table stays at
@@ -77,36 +77,53 @@ def _table_bytes(q: np.ndarray) -> bytes:
     return bytes(out)
 
 
-def estimate(counts: np.ndarray, q: np.ndarray) -> int:
-    """Bytes of the plane ``encode`` would write, give or take the few bytes of
-    information the final states hold (at most 4 x 31 bits)."""
+def _bits(counts: np.ndarray, q: np.ndarray) -> float:
+    """Bits the stream needs for ``counts`` under frequencies ``q``, give or take
+    what the final states hold (at most 4 x 31 bits)."""
     present = counts > 0
-    bits = float((counts[present] * (BITS - np.log2(q[present]))).sum())
-    return len(_table_bytes(q)) + 4 * _LANES + int(bits / 8)
+    return float((counts[present] * (BITS - np.log2(q[present]))).sum())
+
+
+def _code_into(q: np.ndarray, plane: memoryview | bytes, room: int) -> bytes | None:
+    """The plane for table ``q`` when it fits in ``room`` bytes, else None."""
+    native = planes_mod.native_module()
+    assert native is not None
+    table = _table_bytes(q)
+    space = room - len(table)
+    if space < 4 * _LANES:
+        return None
+    out = scratch("ans.out", space)
+    start = native.ans_encode(q.astype("<u2").tobytes(), plane, out)
+    return None if start < 0 else table + bytes(out[start:])
+
+
+def _counts(plane: memoryview | bytes) -> np.ndarray:
+    native = planes_mod.native_module()
+    assert native is not None
+    counts = np.zeros(256, dtype=np.uint64)
+    native.histogram(plane, counts)
+    return counts
 
 
 def encode(plane: memoryview | bytes, limit: int) -> bytes | None:
     """The ans form of ``plane`` when it is shorter than ``limit`` bytes, else None."""
-    native = planes_mod.native_module()
-    n = len(plane)
-    if native is None or n < _MIN_SYMBOLS:
+    if planes_mod.native_module() is None or len(plane) < _MIN_SYMBOLS:
         return None
-    counts = np.zeros(256, dtype=np.uint64)
-    native.histogram(plane, counts)
+    counts = _counts(plane)
     q = quantize(counts)
     # Only a clear loser skips the real encoding: the states can hold up to 16 of
-    # the estimated bytes.
-    if estimate(counts, q) - 4 * _LANES >= limit:
+    # the estimated stream bytes, and the table is at least the bitmap.
+    if _BITMAP + int(_bits(counts, q) / 8) >= limit:
         return None
-    table = _table_bytes(q)
-    room = limit - len(table) - 1  # strictly shorter than limit
-    if room <= 4 * _LANES:
-        return None
-    out = scratch("ans.out", room)
-    start = native.ans_encode(q.astype("<u2").tobytes(), plane, out)
-    if start < 0:
-        return None
-    return table + bytes(out[start:])
+    return _code_into(q, plane, limit - 1)  # strictly shorter than limit
+
+
+def code(plane: memoryview | bytes) -> bytes:
+    """The ans form of any non-empty ``plane``, with no size limit or minimum (for
+    tests and fuzzing: the writer goes through ``encode``). Needs the C helper."""
+    coded = _code_into(quantize(_counts(plane)), plane, 4 * len(plane) + 600)
+    assert coded is not None  # 4 bytes per symbol and the largest table always fit
+    return coded
 
 
 def parse_table(chunk: memoryview) -> tuple[bytes, int]:
@@ -121,7 +138,6 @@ def parse_table(chunk: memoryview) -> tuple[bytes, int]:
     if not symbols:
         raise ValueError("ans table has no symbol")
     freqs = [0] * 256
-    pos = _BITMAP
     data = bytes(chunk[_BITMAP : _BITMAP + 2 * len(symbols)])
     at = 0
     for s in symbols:
@@ -142,10 +158,10 @@ def parse_table(chunk: memoryview) -> tuple[bytes, int]:
         freqs[s] = f
     if sum(freqs) != _M:
         raise ValueError("ans frequencies do not sum to 4096")
-    pos += at
-    if len(chunk) - pos < 4 * _LANES:
+    states = _BITMAP + at
+    if len(chunk) - states < 4 * _LANES:
         raise ValueError("ans plane shorter than its table and states")
-    return np.array(freqs, dtype="<u2").tobytes(), pos
+    return np.array(freqs, dtype="<u2").tobytes(), states
 
 
 def decode(chunk: memoryview, out: memoryview) -> None:

@@ -24,17 +24,11 @@ def _freqs(q: np.ndarray) -> bytes:
 
 
 def _code(symbols: bytes) -> tuple[bytes, bytes, bytes]:
-    """(plane, frequency table as uint16, states + stream) for ``symbols``,
-    through the C encoder directly (no minimum size, no size limit)."""
-    native = planes.native_module()
-    assert native is not None
-    counts = np.bincount(np.frombuffer(symbols, dtype=np.uint8), minlength=256)
-    q = ans.quantize(counts)
-    out = bytearray(4 * len(symbols) + 64)
-    start = native.ans_encode(_freqs(q), symbols, out)
-    assert start >= 0
-    body = bytes(out[start:])
-    return ans._table_bytes(q) + body, _freqs(q), body
+    """(plane, frequency table as uint16, states + stream) for ``symbols``, as
+    the writer codes them (no minimum size, no size limit)."""
+    plane = ans.code(symbols)
+    freqs, states = ans.parse_table(memoryview(plane))
+    return plane, freqs, plane[states:]
 
 
 def _decode_both(freqs: bytes, body: bytes, n: int) -> tuple[bytes | str, bytes | str]:
