@@ -618,6 +618,15 @@ static inline uint64_t load64le(const uint8_t *p) {
 #endif
 }
 
+/* Eight bytes stored little-endian. */
+static inline void store64le(uint8_t *p, uint64_t v) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    memcpy(p, &v, 8);
+#else
+    for (int k = 0; k < 8; k++) p[k] = (uint8_t)(v >> (8 * k));
+#endif
+}
+
 /* pack5(src, dst): ValueError if a value is 32 or more, or sizes disagree. */
 static PyObject *pack5(PyObject *self, PyObject *args) {
     Py_buffer src, dst;
@@ -634,8 +643,21 @@ static PyObject *pack5(PyObject *self, PyObject *args) {
         uint8_t *d = (uint8_t *)dst.buf;
         unsigned bad = 0;
         Py_BEGIN_ALLOW_THREADS;
-        /* 8 values per 5 bytes; the last group may hold fewer of both. */
-        for (Py_ssize_t i = 0, o = 0; i < n; i += 8, o += 5) {
+        Py_ssize_t i = 0, o = 0;
+        /* 8 values per 5 bytes. While 8 bytes can be read and written, one load
+         * takes the group's values and one store writes it (its last 3 bytes are
+         * overwritten by the next group). */
+        uint64_t seen = 0;
+        for (; i + 8 <= n && o + 8 <= dst.len; i += 8, o += 5) {
+            uint64_t x = load64le(s + i), v = 0;
+            seen |= x;
+            for (int k = 0; k < 8; k++) v |= ((x >> (8 * k)) & 31) << (5 * k);
+            store64le(d + o, v);
+        }
+        /* Any byte of 32 or more sets a bit above 5 in some byte of seen. */
+        bad = (seen & 0xE0E0E0E0E0E0E0E0ull) ? 32 : 0;
+        /* The rest; the last group may hold fewer values and bytes. */
+        for (; i < n; i += 8, o += 5) {
             Py_ssize_t count = n - i < 8 ? n - i : 8, bytes = dst.len - o < 5 ? dst.len - o : 5;
             uint64_t v = 0;
             for (Py_ssize_t k = 0; k < count; k++) {

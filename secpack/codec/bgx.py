@@ -111,9 +111,12 @@ def _column_offsets(x: np.ndarray, kind: _Kind, period: int) -> np.ndarray | Non
     nb = 1 << kind.eb
     step = max(1, rows // _OFFSET_SAMPLE_ROWS)
     sample = x[: rows * period].reshape(rows, period)[::step]
-    e = ((sample >> kind.mb) & (nb - 1)).astype(np.int64)
-    if float(e.mean(axis=0).var()) < _OFFSET_SCREEN:
+    exps = (sample >> kind.mb) & (nb - 1)
+    # The screen reads the unsigned exponents as they are; most segments stop
+    # here, so the widening below is only paid for those that go on.
+    if float(exps.mean(axis=0).var()) < _OFFSET_SCREEN:
         return None
+    e = exps.astype(np.int64)
     sampled, cols = e.shape
     # Exponents relative to 32 below the median, clipped to 64 values: zeros and
     # other outliers must not stretch the range that the medians are read from.

@@ -359,3 +359,31 @@ def test_p5_padding_bits_are_refused(decoder: str, count: int) -> None:
     with pytest.raises(CodecError) as err:
         segment.decode(codec, bytes(count) + bytes(bad), memoryview(out), WINDOW)
     assert err.value.code == "codec.invalid"
+
+
+def _p5_definition(values: bytes) -> bytes:
+    """FORMAT.md's p5 plane: value i at bits 5i .. 5i+4, least significant first."""
+    bits = 0
+    for i, v in enumerate(values):
+        bits |= v << (5 * i)
+    return bits.to_bytes((5 * len(values) + 7) // 8, "little")
+
+
+@needs_native
+@pytest.mark.parametrize("count", [*range(0, 42), 1000, 1 << 16, (1 << 16) + 3])
+def test_p5_packing_matches_the_definition_at_every_length(count: int) -> None:
+    native = planes.native_module()
+    assert native is not None
+    values = np.random.default_rng(count).integers(0, 32, count, dtype=np.uint8).tobytes()
+    packed = bytearray((5 * count + 7) // 8)
+    native.pack5(values, packed)
+    assert bytes(packed) == _p5_definition(values)
+    back = bytearray(count)
+    native.unpack5(bytes(packed), back)
+    assert bytes(back) == values
+    # A value of 32 or more is refused wherever it is: in a whole group, or the last.
+    for at in {0, count // 2, count - 1} if count else set():
+        bad = bytearray(values)
+        bad[at] = 32 << (at % 3)
+        with pytest.raises(ValueError, match="5 bits"):
+            native.pack5(bytes(bad), bytearray(len(packed)))
