@@ -291,7 +291,10 @@ class Package:
 
         For loaders that hand each tensor on (to a device, say) and drop it: host
         memory stays near one tensor plus the read-ahead window instead of the
-        whole model, and freed buffers are reused rather than faulted in anew.
+        whole model. Small freed buffers are reused by the allocator; tensors of
+        2 MiB and more get fresh huge-page mappings, whose first touch is cheap
+        enough (about 0.12 ms per MiB here) that keeping freed ones for reuse
+        measured no faster.
         Every check of :meth:`state_dict` applies; an error stops the iteration.
         """
         comp = self._component(component)
