@@ -66,9 +66,15 @@ def render(
         "# peak memory of seal / verify / open / iter_tensors on a 4 GiB model, written to",
         "# docs/BENCHMARKS-large.md (about 12 GiB of free disk):",
         ".venv/bin/python bench/big.py",
+        "# where the time of a load and a seal goes, by py-spy, written to docs/PROFILE.md",
+        "# (.venv/bin/pip install py-spy; it attaches to a child, so it needs ptrace):",
+        ".venv/bin/python bench/profile.py bench/out/data/minilm-fp32 --out docs/PROFILE.md",
+        "# the same stages timed from inside, on one thread:",
+        ".venv/bin/python bench/stages.py bench/out/data/minilm-fp32",
         "```",
         "",
-        "Peak memory on a 4 GiB model: [BENCHMARKS-large.md](BENCHMARKS-large.md).",
+        "Peak memory on a 4 GiB model: [BENCHMARKS-large.md](BENCHMARKS-large.md). "
+        "Profiles of load and seal: [PROFILE.md](PROFILE.md).",
         "",
         f"These figures: `{cmd.strip()}`, {now}, {args.runs} run(s) per figure, "
         f"{elapsed / 60:.1f} min in all.",
