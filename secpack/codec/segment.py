@@ -77,7 +77,7 @@ def encode(
     w = width if width in _UINT and n % width == 0 else 1
     if _is_constant(view, w):
         return Encoded(Codec("const", width=w), bytes(view[:w]))
-    # The fast profile keeps to bg: 0.6-1.5 % larger on float weights,
+    # The fast profile keeps to bg: 0.2-1.5 % larger on float weights,
     # and quicker to seal and to load (docs/BENCHMARKS.md).
     kind = BGX_DTYPES.get(dtype) if level > LEVELS["fast"] else None
     if grouped and w > 1 and kind is not None and bgx.available():
