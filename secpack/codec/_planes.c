@@ -225,9 +225,10 @@ static int get_kind(int kind, const kind_t **out) {
 /* The plane loops are compiled twice on x86-64 with GCC: for the baseline
  * (SSE2) and for AVX2, which handles 32 bytes at a time; the loader picks one
  * when the module loads (an ifunc), by what the CPU has. The AVX2 version is
- * about 1.5x faster here (bench/stages.py). Other compilers and CPUs get the one
+ * 1.3-1.5x faster here (bench/stages.py). The choice needs an ifunc, which
+ * glibc's loader provides; other compilers, CPUs and C libraries get the one
  * baseline version. */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__GLIBC__)
 #define SIMD_CLONES __attribute__((target_clones("avx2", "default")))
 #else
 #define SIMD_CLONES
