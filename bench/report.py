@@ -66,6 +66,8 @@ def render(
         "# peak memory of seal / verify / open / iter_tensors on a 4 GiB model, written to",
         "# docs/BENCHMARKS-large.md (about 12 GiB of free disk):",
         ".venv/bin/python bench/big.py",
+        "# package size of MiniLM cast to fp8 and int8, written to docs/BENCHMARKS-onebyte.md:",
+        ".venv/bin/python bench/onebyte.py",
         "# where the time of a load and a seal goes, by py-spy, written to docs/PROFILE.md",
         "# (.venv/bin/pip install py-spy; it attaches to a child, so it needs ptrace):",
         ".venv/bin/python bench/profile.py bench/out/data/minilm-fp32 --out docs/PROFILE.md",

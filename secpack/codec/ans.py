@@ -1,4 +1,5 @@
-"""``ans`` planes: a static order-0 rANS coder for the H plane of bgx
+"""``ans`` planes: a static order-0 rANS coder for the H plane of bgx, and for
+whole segments of one-byte numbers (fp8, int8) as the ``ans`` codec
 (docs/FORMAT.md, "ans planes").
 
 zstd codes a plane of high-entropy symbols with Huffman codes, whose lengths are

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from secpack.buffers import scratch
-from secpack.codec import bgx, zstd
+from secpack.codec import ans, bgx, zstd
 from secpack.codec import planes as planes_mod
 from secpack.errors import CodecError
 from secpack.format.manifest import Codec, Plane
@@ -52,6 +52,13 @@ def _is_constant(buf: memoryview, width: int) -> bool:
 
 # safetensors dtypes that the bgx codec models, and its names for them.
 BGX_DTYPES = {"F32": "fp32", "BF16": "bf16", "F16": "fp16"}
+# One-byte numbers: an fp8 byte holds sign, exponent and mantissa at once, so
+# byte planes have nothing to group, and no split of its bits codes smaller
+# than an order-0 coder of the whole byte (on MiniLM cast to e4m3: 6.965 bits
+# per byte whole, 6.985 for exponent and the rest apart). Their segments are
+# coded by zstd and, from ans's minimum up, as one ans plane, and the smaller
+# kept: ans takes 0.4-0.5 % more off fp8 and int8 weights than zstd does.
+ANS_DTYPES = frozenset({"F8_E4M3", "F8_E5M2", "I8", "U8"})
 
 
 def encode(
@@ -95,6 +102,10 @@ def encode(
             return found_bg
     else:
         packed = zstd.compress(view, level)
+        if dtype in ANS_DTYPES and level > LEVELS["fast"]:
+            coded = ans.encode(view, min(len(packed), n))
+            if coded is not None:
+                return Encoded(Codec("ans", size=len(coded)), coded)
         if len(packed) < n:
             return Encoded(Codec("zstd", size=len(packed)), packed)
     return Encoded(Codec("raw"), bytes(view))
@@ -143,6 +154,11 @@ def decode(codec: Codec, payload: bytes | memoryview, out: memoryview, max_windo
         _decode_grouped(codec, payload, out, max_window)
     elif codec.id == "bgx":
         bgx.decode(codec, memoryview(payload), out, max_window)
+    elif codec.id == "ans":
+        try:
+            ans.decode(memoryview(payload), out)
+        except ValueError as exc:
+            raise CodecError("codec.invalid", f"ans: {exc}") from None
     else:  # pragma: no cover - the schema refuses unknown codec ids
         raise CodecError("codec.invalid", f"unknown codec {codec.id!r}")
 

@@ -53,7 +53,7 @@ TAG_LEN = 16  # AES-GCM tag
 HPKE_ENC_LEN = 32  # X25519 encapsulated key
 DEK_LEN = 32
 WRAPPED_LEN = DEK_LEN + TAG_LEN
-CODEC_IDS = ("raw", "zstd", "bg", "bgx", "const")
+CODEC_IDS = ("raw", "zstd", "bg", "bgx", "const", "ans")
 # bgx float layouts: (element width in bytes, exponent bits).
 BGX_FLOATS = {"fp32": (4, 8), "bf16": (2, 8), "fp16": (2, 5)}
 # The widest bgx exponent window: H codes 8 * span common values and 255 escapes.
@@ -62,7 +62,8 @@ PLANE_IDS = ("raw", "zstd")
 # bgx planes may also be "p5": 5-bit values packed, ceil(5n / 8) bytes; only the
 # planes whose values are below 32 by construction (fp32 B0, bf16 L).
 # H (plane 0) may also be "ans", static rANS (FORMAT.md 6.1.1), which needs at
-# least ANS_MIN_SIZE bytes: a 32-byte bitmap, one frequency and four states.
+# least ANS_MIN_SIZE bytes: a 32-byte bitmap, one frequency and four states. A
+# whole segment may be one ans plane too (codec "ans"), under the same minimum.
 BGX_PLANE_IDS = ("raw", "zstd", "p5", "ans")
 ANS_MIN_SIZE = 32 + 1 + 16
 WIDTHS = (1, 2, 4, 8)
@@ -82,7 +83,7 @@ class Codec:
     """How a segment's payload decodes to its plaintext (docs/FORMAT.md, "Codecs")."""
 
     id: str
-    size: int = 0  # zstd: frame length
+    size: int = 0  # zstd: frame length; ans: plane length
     width: int = 0  # bg / const: element width in bytes
     rot: int = 0  # bg: 1 when each element was rotated left by one bit before grouping
     planes: tuple[Plane, ...] = ()
@@ -96,7 +97,7 @@ class Codec:
         """Length of the codec payload (before encryption) for ``plain`` bytes of output."""
         if self.id == "raw":
             return plain
-        if self.id == "zstd":
+        if self.id in ("zstd", "ans"):
             return self.size
         if self.id == "const":
             return self.width
@@ -105,8 +106,8 @@ class Codec:
     def to_cbor(self) -> dict[str, Any]:
         if self.id == "raw":
             return {"id": "raw"}
-        if self.id == "zstd":
-            return {"id": "zstd", "size": self.size}
+        if self.id in ("zstd", "ans"):
+            return {"id": self.id, "size": self.size}
         if self.id == "const":
             return {"id": "const", "width": self.width}
         if self.id == "bgx":
@@ -417,6 +418,11 @@ def _parse_codec(obj: Any, where: str, plain: int, limits: Limits) -> Codec:
     if cid == "zstd":
         z = as_map(obj, where, ("id", "size"))
         return Codec("zstd", size=as_uint(z["size"], f"{where}.size", 1, limits.max_segment_bytes))
+    if cid == "ans":
+        a = as_map(obj, where, ("id", "size"))
+        if plain < ANS_MIN_SIZE:
+            raise fail(f"{where}.size", "segment too short for an ans plane")
+        return Codec("ans", size=as_uint(a["size"], f"{where}.size", ANS_MIN_SIZE, plain))
     if cid == "const":
         k = as_map(obj, where, ("id", "width"))
         width = as_uint(k["width"], f"{where}.width", 1, 8)

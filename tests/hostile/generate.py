@@ -866,8 +866,9 @@ def s_salt_plain(b: Base) -> bytes:
 # (bgx fp32 with column offsets: H, L, B1, B0, X, O), segment 10 noise.bf16 (bgx
 # bf16 whose L plane is p5).
 BG_SEG, BGX_SEG, BGX_COLS_SEG, BGX_P5_SEG = 11, 1, 8, 10
-# Segment 12 is skew.weight (bgx fp32 whose H plane is "ans": 5121 symbols).
-BGX_ANS_SEG = 12
+# Segment 12 is skew.weight (bgx fp32 whose H plane is "ans": 5121 symbols);
+# segment 13 is fp8.weight (4099 F8_E4M3 bytes, the whole segment one "ans" plane).
+BGX_ANS_SEG, ANS_SEG = 12, 13
 
 
 @case("schema", "bg-plane-count", "bg codec of width 8 with 7 planes", "schema.invalid")
@@ -967,6 +968,24 @@ for _name, _what, _change, _seg in [
         _what,
         "schema.unsupported" if _name == "bgx-float-unknown" else "schema.invalid",
     )(lambda b, _c=_change, _s=_seg: hooked(b, _bgx_record(_c, _s)))
+
+
+for _name, _what, _change in [
+    (
+        "ans-size-48",
+        "ans codec of 48 bytes, below its smallest plane",
+        lambda c: c.__setitem__("size", 48),
+    ),
+    (
+        "ans-size-above-plain",
+        "ans codec larger than its plaintext",
+        lambda c: c.__setitem__("size", 4100),
+    ),
+    ("ans-extra-key", "ans codec record with a width", lambda c: c.__setitem__("width", 1)),
+]:
+    case("schema", _name, _what, "schema.invalid")(
+        lambda b, _c=_change: hooked(b, _bgx_record(_c, ANS_SEG))
+    )
 
 
 @case("schema", "const-width-3", "const codec of width 3", "schema.invalid")
@@ -2127,6 +2146,39 @@ for _name, _what, _change in [
         _what,
         "codec.invalid",
         lambda b, encrypt, _c=_change: bgx_ans(b, _c, encrypt=encrypt),
+        verify=OK,
+        why=BEHIND,
+    )
+
+
+def ans_codec(b: Base, change: Callable[[bytes], bytes], *, encrypt: bool) -> bytes:
+    """Replace the ans plane that is the whole of fp8.weight's segment with
+    ``change(plane)``, its record's size following."""
+    p = b.pkg(encrypt)
+    seg = p.comp("weights").segs[ANS_SEG]
+    assert seg.codec["id"] == "ans" and seg.codec["size"] == len(seg.payload)
+    seg.payload = change(seg.payload)
+    seg.codec["size"] = len(seg.payload)
+    return build(p).data
+
+
+for _name, _what, _change in [
+    ("ans-codec-sum", "ans codec table summing to 4097", lambda pl: _ans_freq_delta(pl, 1)),
+    ("ans-codec-state-low", "ans codec state below 2^23", lambda pl: _ans_state(pl, 1 << 22)),
+    ("ans-codec-truncated", "ans codec stream one byte short", lambda pl: pl[:-1]),
+    ("ans-codec-trailing", "ans codec stream with a byte left over", lambda pl: pl + b"\x00"),
+    (
+        "ans-codec-flipped",
+        "ans codec stream with a flipped bit (final states disagree)",
+        lambda pl: pl[:-3] + bytes([pl[-3] ^ 0x10]) + pl[-2:],
+    ),
+]:
+    both(
+        "compression",
+        _name,
+        _what,
+        "codec.invalid",
+        lambda b, encrypt, _c=_change: ans_codec(b, _c, encrypt=encrypt),
         verify=OK,
         why=BEHIND,
     )

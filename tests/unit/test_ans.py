@@ -262,3 +262,58 @@ def test_ans_parses_only_on_h_and_at_least_49_bytes() -> None:
         with pytest.raises(SchemaError) as err:
             _parse_codec(bad, "c", 128, Limits())
         assert err.value.code == "schema.invalid"
+
+
+# --- the "ans" codec: a whole segment of one-byte numbers as one plane ---------------
+
+
+def _int8_weights(n: int, seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    return np.clip(np.round(rng.standard_normal(n) * 20), -127, 127).astype(np.int8).tobytes()
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", ["I8", "U8", "F8_E4M3", "F8_E5M2"])
+def test_one_byte_numbers_take_the_ans_codec_when_it_beats_zstd(dtype: str) -> None:
+    data = _int8_weights(100_003, 11)
+    levels = segment.LEVELS
+    enc = segment.encode(data, 1, dtype.startswith("F8"), levels["balanced"], dtype)
+    assert enc.codec.id == "ans" and enc.codec.size == len(enc.payload)
+    assert len(enc.payload) < len(zstd.compress(memoryview(data), levels["balanced"]))
+    out = bytearray(len(data))
+    segment.decode(enc.codec, enc.payload, memoryview(out), 1 << 24)
+    assert bytes(out) == data
+    # The fast profile keeps to zstd; so do bytes that are not one-byte numbers.
+    assert segment.encode(data, 1, False, levels["fast"], dtype).codec.id == "zstd"
+    assert segment.encode(data, 1, False, levels["balanced"], "").codec.id == "zstd"
+
+
+@needs_native
+def test_a_damaged_ans_segment_is_refused_with_no_output() -> None:
+    data = _int8_weights(20_000, 12)
+    enc = segment.encode(data, 1, False, segment.LEVELS["balanced"], "I8")
+    assert enc.codec.id == "ans"
+    for damaged in (
+        enc.payload[:-1] + bytes([enc.payload[-1] ^ 0x01]),  # final states disagree
+        bytes([enc.payload[0] ^ 0x01]) + enc.payload[1:],  # a symbol left out of the bitmap
+    ):
+        out = bytearray(b"\xaa" * len(data))
+        with pytest.raises(CodecError) as err:
+            segment.decode(enc.codec, damaged, memoryview(out), 1 << 24)
+        assert err.value.code == "codec.invalid"
+        assert out == bytes(len(out))
+
+
+def test_the_ans_codec_record_is_bounded_by_its_plaintext() -> None:
+    codec = _parse_codec({"id": "ans", "size": 49}, "c", 4096, Limits())
+    assert (codec.id, codec.size, codec.payload_len(4096)) == ("ans", 49, 49)
+    assert codec.to_cbor() == {"id": "ans", "size": 49}
+    for record, plain in (
+        ({"id": "ans", "size": 48}, 4096),  # below the smallest plane
+        ({"id": "ans", "size": 4097}, 4096),  # larger than the plaintext
+        ({"id": "ans", "size": 49}, 48),  # a segment too short for any plane
+        ({"id": "ans", "size": 49, "width": 1}, 4096),  # a key the codec does not have
+    ):
+        with pytest.raises(SchemaError) as err:
+            _parse_codec(record, "c", plain, Limits())
+        assert err.value.code == "schema.invalid"

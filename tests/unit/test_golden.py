@@ -254,6 +254,8 @@ def _decode(codec: dict[str, Any], payload: bytes, plain: int) -> bytes:
         return payload * (plain // codec["width"])
     if codec["id"] == "bgx":
         return _decode_bgx(codec, payload, plain)
+    if codec["id"] == "ans":
+        return _ans(payload, plain)
     w, n = codec["width"], plain // codec["width"]
     planes, pos = [], 0
     for p in codec["planes"]:
@@ -391,7 +393,7 @@ def test_golden_vectors_exercise_every_codec() -> None:
         manifest = cbor2.loads(data[32 : 32 + m_len])
         for comp in manifest["components"]:
             seen.update(seg["codec"]["id"] for seg in comp["segments"])
-    assert seen == {"raw", "zstd", "bg", "bgx", "const"}
+    assert seen == {"raw", "zstd", "bg", "bgx", "const", "ans"}
     forms = set()
     for vector in (gen.PLAIN, gen.ENCRYPTED):
         data = (VECTORS / vector).read_bytes()

@@ -78,6 +78,17 @@ def _skewed_f32(count: int) -> bytes:
     return bytes(out)
 
 
+def _skewed_f8(count: int) -> bytes:
+    """``count`` e4m3 bytes, four values with probabilities 0.8, 0.1, 0.06 and 0.04
+    in hash order: a one-byte tensor that the writer codes as one ans plane."""
+    values = [(0x38, 205), (0xB8, 230), (0x30, 245), (0x40, 256)]  # (byte, cumulative /256)
+    out = bytearray()
+    for i in range(count):
+        r = hashlib.sha256(b"fp8" + i.to_bytes(4, "big")).digest()[0]
+        out.append(next(v for v, bound in values if r < bound))
+    return bytes(out)
+
+
 def build_model(target: Path) -> None:
     """A small model with every feature the format must round-trip. Values come
     from integer arithmetic only, so the bytes are the same on every platform."""
@@ -113,6 +124,8 @@ def build_model(target: Path) -> None:
         # 5121 fp32 values whose H plane is stored "ans" (at least 4096 symbols, and
         # 5121 is not a multiple of the 4 coder states).
         ("skew.weight", "F32", [5121], _skewed_f32(5121)),
+        # 4099 fp8 values, coded as one ans plane (the "ans" codec).
+        ("fp8.weight", "F8_E4M3", [4099], _skewed_f8(4099)),
     ]
     (target / "model.safetensors").write_bytes(_safetensors(tensors))
     (target / "config.json").write_text('{"hidden_size": 16, "model_type": "golden"}\n')
