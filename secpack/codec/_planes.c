@@ -222,17 +222,19 @@ static int get_kind(int kind, const kind_t **out) {
 #define RARE(x) (x)
 #endif
 
-/* The plane loops are compiled twice on x86-64 with GCC: for the baseline
- * (SSE2) and for AVX2, which handles 32 bytes at a time; the loader picks one
- * when the module loads (an ifunc), by what the CPU has. The AVX2 version is
- * 1.3-1.5x faster here (bench/stages.py). The choice needs an ifunc, which
- * glibc's loader provides; other compilers, CPUs and C libraries get the one
- * baseline version. */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__GLIBC__)
-#define SIMD_CLONES __attribute__((target_clones("avx2", "default")))
+/* The bgx plane loops are compiled twice on x86-64 with GCC or Clang: for the
+ * baseline (SSE2) and for AVX2, which handles 32 bytes at a time; the module
+ * picks the AVX2 ones when it loads, where the CPU has AVX2. They are 1.5-1.8x
+ * faster here (bench/stages.py). simd() switches between them, so that the
+ * tests run both on any machine that has both. Elsewhere there is only the
+ * baseline. */
+#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
+#define HAVE_AVX2_LOOPS 1
+#define AVX2 __attribute__((target("avx2")))
 #else
-#define SIMD_CLONES
+#define HAVE_AVX2_LOOPS 0
 #endif
+static int use_avx2 = 0;
 
 /* bgx_split's loops; KIND is a constant at every call site, so each
  * specialisation below compiles to a branch-free first pass, and a second pass
@@ -318,20 +320,33 @@ INLINE Py_ssize_t split_loop(const int KIND, const uint8_t *s, Py_ssize_t n, con
     return esc;
 }
 
-SIMD_CLONES static Py_ssize_t split_fp32(const uint8_t *s, Py_ssize_t n, const uint8_t *o, Py_ssize_t p,
-                             unsigned ulo, unsigned uspan, uint8_t *h, uint8_t *l, uint8_t *b1,
-                             uint8_t *b0, uint8_t *x) {
-    return split_loop(KIND_FP32, s, n, o, p, ulo, uspan, h, l, b1, b0, x);
-}
+/* One bgx_split loop per kind, all with one signature (B1, B0 are NULL for 16-bit
+ * kinds), in a baseline and an AVX2 build. */
+typedef Py_ssize_t (*split_fn)(const uint8_t *s, Py_ssize_t n, const uint8_t *o, Py_ssize_t p,
+                               unsigned ulo, unsigned uspan, uint8_t *h, uint8_t *l,
+                               uint8_t *b1, uint8_t *b0, uint8_t *x);
+#define SPLIT_FN(NAME, ATTR, KIND)                                                        \
+    ATTR static Py_ssize_t NAME(const uint8_t *s, Py_ssize_t n, const uint8_t *o,          \
+                                Py_ssize_t p, unsigned ulo, unsigned uspan, uint8_t *h,     \
+                                uint8_t *l, uint8_t *b1, uint8_t *b0, uint8_t *x) {         \
+        return split_loop(KIND, s, n, o, p, ulo, uspan, h, l, b1, b0, x);                  \
+    }
+SPLIT_FN(split_fp32, , KIND_FP32)
+SPLIT_FN(split_bf16, , KIND_BF16)
+SPLIT_FN(split_fp16, , KIND_FP16)
+static const split_fn SPLIT_BASE[3] = {split_fp32, split_bf16, split_fp16};
+#if HAVE_AVX2_LOOPS
+SPLIT_FN(split_fp32_avx2, AVX2, KIND_FP32)
+SPLIT_FN(split_bf16_avx2, AVX2, KIND_BF16)
+SPLIT_FN(split_fp16_avx2, AVX2, KIND_FP16)
+static const split_fn SPLIT_AVX2[3] = {split_fp32_avx2, split_bf16_avx2, split_fp16_avx2};
+#endif
 
-SIMD_CLONES static Py_ssize_t split_bf16(const uint8_t *s, Py_ssize_t n, const uint8_t *o, Py_ssize_t p,
-                             unsigned ulo, unsigned uspan, uint8_t *h, uint8_t *l, uint8_t *x) {
-    return split_loop(KIND_BF16, s, n, o, p, ulo, uspan, h, l, NULL, NULL, x);
-}
-
-SIMD_CLONES static Py_ssize_t split_fp16(const uint8_t *s, Py_ssize_t n, const uint8_t *o, Py_ssize_t p,
-                             unsigned ulo, unsigned uspan, uint8_t *h, uint8_t *l, uint8_t *x) {
-    return split_loop(KIND_FP16, s, n, o, p, ulo, uspan, h, l, NULL, NULL, x);
+static split_fn split_kernel(int kind) {
+#if HAVE_AVX2_LOOPS
+    if (use_avx2) return SPLIT_AVX2[kind];
+#endif
+    return SPLIT_BASE[kind];
 }
 
 /* bgx_split(src, kind, lo, span, offsets, H, L, B1, B0, X) -> escapes.
@@ -374,12 +389,8 @@ static PyObject *bgx_split(PyObject *self, PyObject *args) {
         unsigned emask = nb - 1, m3sh = (unsigned)k->mb - 3, ulo = (unsigned)lo,
                  uspan = (unsigned)span;
         Py_BEGIN_ALLOW_THREADS;
-        if (kind == KIND_FP32)
-            esc = split_fp32(s, n, o, period, ulo, uspan, h, l, b1, b0, x);
-        else if (kind == KIND_BF16)
-            esc = split_bf16(s, n, o, period, ulo, uspan, h, l, x);
-        else
-            esc = split_fp16(s, n, o, period, ulo, uspan, h, l, x);
+        esc = split_kernel(kind)(s, n, o, period, ulo, uspan, h, l, kind == KIND_FP32 ? b1 : NULL,
+                                 kind == KIND_FP32 ? b0 : NULL, x);
         Py_END_ALLOW_THREADS;
         (void)emask;
         (void)m3sh;
@@ -513,23 +524,34 @@ INLINE const char *merge_loop(const int KIND, const uint8_t *h, const uint8_t *l
     return NULL;
 }
 
-SIMD_CLONES static const char *merge_fp32(const uint8_t *h, const uint8_t *l, const uint8_t *b1,
-                              const uint8_t *b0, const uint8_t *x, Py_ssize_t nesc,
-                              const uint8_t *o, Py_ssize_t p, unsigned ulo, unsigned uspan,
-                              uint8_t *d, Py_ssize_t n) {
-    return merge_loop(KIND_FP32, h, l, b1, b0, x, nesc, o, p, ulo, uspan, d, n);
-}
+/* One bgx_merge loop per kind, like the split loops. */
+typedef const char *(*merge_fn)(const uint8_t *h, const uint8_t *l, const uint8_t *b1,
+                                const uint8_t *b0, const uint8_t *x, Py_ssize_t nesc,
+                                const uint8_t *o, Py_ssize_t p, unsigned ulo, unsigned uspan,
+                                uint8_t *d, Py_ssize_t n);
+#define MERGE_FN(NAME, ATTR, KIND)                                                        \
+    ATTR static const char *NAME(const uint8_t *h, const uint8_t *l, const uint8_t *b1,     \
+                                 const uint8_t *b0, const uint8_t *x, Py_ssize_t nesc,      \
+                                 const uint8_t *o, Py_ssize_t p, unsigned ulo,              \
+                                 unsigned uspan, uint8_t *d, Py_ssize_t n) {                \
+        return merge_loop(KIND, h, l, b1, b0, x, nesc, o, p, ulo, uspan, d, n);            \
+    }
+MERGE_FN(merge_fp32, , KIND_FP32)
+MERGE_FN(merge_bf16, , KIND_BF16)
+MERGE_FN(merge_fp16, , KIND_FP16)
+static const merge_fn MERGE_BASE[3] = {merge_fp32, merge_bf16, merge_fp16};
+#if HAVE_AVX2_LOOPS
+MERGE_FN(merge_fp32_avx2, AVX2, KIND_FP32)
+MERGE_FN(merge_bf16_avx2, AVX2, KIND_BF16)
+MERGE_FN(merge_fp16_avx2, AVX2, KIND_FP16)
+static const merge_fn MERGE_AVX2[3] = {merge_fp32_avx2, merge_bf16_avx2, merge_fp16_avx2};
+#endif
 
-SIMD_CLONES static const char *merge_bf16(const uint8_t *h, const uint8_t *l, const uint8_t *x,
-                              Py_ssize_t nesc, const uint8_t *o, Py_ssize_t p, unsigned ulo,
-                              unsigned uspan, uint8_t *d, Py_ssize_t n) {
-    return merge_loop(KIND_BF16, h, l, NULL, NULL, x, nesc, o, p, ulo, uspan, d, n);
-}
-
-SIMD_CLONES static const char *merge_fp16(const uint8_t *h, const uint8_t *l, const uint8_t *x,
-                              Py_ssize_t nesc, const uint8_t *o, Py_ssize_t p, unsigned ulo,
-                              unsigned uspan, uint8_t *d, Py_ssize_t n) {
-    return merge_loop(KIND_FP16, h, l, NULL, NULL, x, nesc, o, p, ulo, uspan, d, n);
+static merge_fn merge_kernel(int kind) {
+#if HAVE_AVX2_LOOPS
+    if (use_avx2) return MERGE_AVX2[kind];
+#endif
+    return MERGE_BASE[kind];
 }
 
 /* bgx_merge(H, L, B1, B0, X, offsets, dst, kind, lo, span): the inverse of bgx_split.
@@ -574,12 +596,9 @@ static PyObject *bgx_merge(PyObject *self, PyObject *args) {
         Py_ssize_t nesc = X.len / 2;
         unsigned ulo = (unsigned)lo, uspan = (unsigned)span;
         Py_BEGIN_ALLOW_THREADS;
-        if (kind == KIND_FP32)
-            problem = merge_fp32(h, l, b1, b0, x, nesc, o, period, ulo, uspan, d, n);
-        else if (kind == KIND_BF16)
-            problem = merge_bf16(h, l, x, nesc, o, period, ulo, uspan, d, n);
-        else
-            problem = merge_fp16(h, l, x, nesc, o, period, ulo, uspan, d, n);
+        problem = merge_kernel(kind)(h, l, kind == KIND_FP32 ? b1 : NULL,
+                                     kind == KIND_FP32 ? b0 : NULL, x, nesc, o, period, ulo,
+                                     uspan, d, n);
         if (problem != NULL) memset(d, 0, (size_t)dst.len);
         Py_END_ALLOW_THREADS;
     }
@@ -1034,7 +1053,28 @@ done:
     return result;
 }
 
+/* simd(on=-1) -> bool: whether the bgx loops in use are the AVX2 build. With on
+ * = 0 or 1, first switch to the baseline or (where the CPU has AVX2) to AVX2:
+ * both write the same bytes, and the tests check it. */
+static int cpu_has_avx2(void) {
+#if HAVE_AVX2_LOOPS
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") != 0;
+#else
+    return 0;
+#endif
+}
+
+static PyObject *simd(PyObject *self, PyObject *args) {
+    int on = -1;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "|i", &on)) return NULL;
+    if (on >= 0) use_avx2 = on && cpu_has_avx2();
+    return PyBool_FromLong(use_avx2);
+}
+
 static PyMethodDef methods[] = {
+    {"simd", simd, METH_VARARGS, "simd(on=-1) -> bool: the AVX2 bgx loops are in use"},
     {"split", split, METH_VARARGS, "split(src, dst, width, rotate): element bytes to planes"},
     {"merge", merge, METH_VARARGS, "merge(planes, dst, width, rotate): planes to element bytes"},
     {"bgx_split", bgx_split, METH_VARARGS,
@@ -1056,4 +1096,7 @@ static struct PyModuleDef module = {
     methods,
 };
 
-PyMODINIT_FUNC PyInit__planes(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__planes(void) {
+    use_avx2 = cpu_has_avx2();
+    return PyModule_Create(&module);
+}

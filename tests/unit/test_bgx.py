@@ -387,3 +387,61 @@ def test_p5_packing_matches_the_definition_at_every_length(count: int) -> None:
         bad[at] = 32 << (at % 3)
         with pytest.raises(ValueError, match="5 bits"):
             native.pack5(bytes(bad), bytearray(len(packed)))
+
+
+def _simd_paths() -> list[bool]:
+    """The bgx loop builds this machine can run: the baseline, and AVX2 if any."""
+    native = planes.native_module()
+    if native is None:
+        return []
+    saved = native.simd()
+    has_avx2 = native.simd(1)
+    native.simd(int(saved))
+    return [False, True] if has_avx2 else [False]
+
+
+@needs_native
+@pytest.mark.skipif(len(_simd_paths()) < 2, reason="this CPU has no AVX2 build to compare")
+@pytest.mark.parametrize("kind", ["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("period", [0, 7, 64])
+def test_the_baseline_and_avx2_loops_write_the_same_bytes(kind: str, period: int) -> None:
+    """Both builds of the C loops (the module picks one by CPU) split to the same
+    planes, merge to the same elements, and refuse the same damaged planes."""
+    native = planes.native_module()
+    assert native is not None
+    saved = native.simd()
+    try:
+        rng = np.random.default_rng(period)
+        n = 100_003  # not a multiple of any vector width
+        x = rng.standard_normal(n) * np.exp2(rng.integers(-30, 30, n))  # escapes too
+        x[::97] = 0.0
+        data = _as_kind(x, kind)
+        k = bgx._KINDS[kind]
+        width = 4 if kind == "fp32" else 2
+        lo, span = (100, 28) if k.eb == 8 else (3, 20)
+        offsets = bytes(rng.integers(0, 1 << k.eb, period, dtype=np.uint8)) if period else b""
+        splits, merges, refusals = [], [], []
+        for on in (0, 1):
+            native.simd(on)
+            h, low, side = bytearray(n), bytearray(n), bytearray(2 * n)
+            b1, b0 = (bytearray(n), bytearray(n)) if width == 4 else (bytearray(), bytearray())
+            esc = native.bgx_split(data, k.code, lo, span, offsets, h, low, b1, b0, side)
+            planes_out = (bytes(h), bytes(low), bytes(b1), bytes(b0), bytes(side[: 2 * esc]))
+            splits.append(planes_out)
+            out = bytearray(len(data))
+            native.bgx_merge(*planes_out[:4], planes_out[4], offsets, out, k.code, lo, span)
+            merges.append(bytes(out))
+            bad_h = bytearray(h)
+            bad_h[n // 2] = 8 * span  # between the window and the escape byte
+            try:
+                native.bgx_merge(
+                    bad_h, *planes_out[1:4], planes_out[4], offsets, out, k.code, lo, span
+                )
+                refusals.append("accepted")
+            except ValueError as exc:
+                refusals.append(f"{exc} {out == bytes(len(out))}")
+        assert splits[0] == splits[1] and len(splits[0][4]) > 0
+        assert merges[0] == merges[1] == data
+        assert refusals[0] == refusals[1] == "a plane holds a value out of range True"
+    finally:
+        native.simd(int(saved))
