@@ -238,16 +238,22 @@ def bgx_case(data: bytes) -> tuple[secpack.format.manifest.Codec, bytes, int] | 
 
 
 def target_bgx(data: bytes) -> None:
+    """Decode each case with the C helper's AVX2 loops (where the CPU has them),
+    its baseline loops, and numpy: all must agree, bytes or refusal."""
     from secpack.codec import bgx, planes
 
     found = bgx_case(data)
     if found is None:
         return
     codec, payload, plain = found
+    native = planes.native_module()
+    if native is None:  # no C helper in this build: nothing to compare
+        return
+    saved, simd = planes._native, native.simd()
     results = []
-    for native in (planes._native, None):
-        saved = planes._native
-        planes._native = native
+    for module, avx2 in ((native, 1), (native, 0), (None, 0)):
+        planes._native = module
+        native.simd(avx2)
         out = bytearray(plain)
         try:
             bgx.decode(codec, memoryview(payload), memoryview(out), 1 << 20)
@@ -260,10 +266,9 @@ def target_bgx(data: bytes) -> None:
             results.append(None)
         finally:
             planes._native = saved
-        if saved is None:  # no C helper in this build: nothing to compare
-            return
-    if results[0] != results[1]:
-        raise AssertionError("the C helper and numpy disagree")
+            native.simd(int(simd))
+    if len(set(results)) != 1:
+        raise AssertionError("the C helper's loops and numpy disagree")
 
 
 def target_ans(data: bytes) -> None:
