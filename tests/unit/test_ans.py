@@ -289,6 +289,19 @@ def test_one_byte_numbers_take_the_ans_codec_when_it_beats_zstd(dtype: str) -> N
 
 
 @needs_native
+def test_a_build_without_the_c_helper_reads_the_ans_codec(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = _int8_weights(50_001, 13)
+    enc = segment.encode(data, 1, False, segment.LEVELS["balanced"], "I8")
+    assert enc.codec.id == "ans"
+    monkeypatch.setattr(planes, "_native", None)
+    out = bytearray(len(data))
+    segment.decode(enc.codec, enc.payload, memoryview(out), 1 << 24)
+    assert bytes(out) == data
+    # ... and such a build writes zstd, which every reader decodes.
+    assert segment.encode(data, 1, False, segment.LEVELS["balanced"], "I8").codec.id == "zstd"
+
+
+@needs_native
 def test_a_damaged_ans_segment_is_refused_with_no_output() -> None:
     data = _int8_weights(20_000, 12)
     enc = segment.encode(data, 1, False, segment.LEVELS["balanced"], "I8")
