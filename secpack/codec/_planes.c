@@ -386,14 +386,11 @@ static PyObject *bgx_split(PyObject *self, PyObject *args) {
         const uint8_t *s = (const uint8_t *)src.buf;
         uint8_t *h = (uint8_t *)H.buf, *l = (uint8_t *)L.buf, *b1 = (uint8_t *)B1.buf,
                 *b0 = (uint8_t *)B0.buf, *x = (uint8_t *)X.buf;
-        unsigned emask = nb - 1, m3sh = (unsigned)k->mb - 3, ulo = (unsigned)lo,
-                 uspan = (unsigned)span;
+        unsigned ulo = (unsigned)lo, uspan = (unsigned)span;
         Py_BEGIN_ALLOW_THREADS;
         esc = split_kernel(kind)(s, n, o, period, ulo, uspan, h, l, kind == KIND_FP32 ? b1 : NULL,
                                  kind == KIND_FP32 ? b0 : NULL, x);
         Py_END_ALLOW_THREADS;
-        (void)emask;
-        (void)m3sh;
     }
     result = PyLong_FromSsize_t(esc);
 done:

@@ -2118,37 +2118,23 @@ def _ans_freq_delta(plane: bytes, delta: int) -> bytes:
     return _ans_first_freq(plane, _leb(first + delta))
 
 
-for _name, _what, _change in [
-    ("bgx-ans-sum", "ans frequencies summing to 4097", lambda pl: _ans_freq_delta(pl, 1)),
-    (
-        "bgx-ans-leb-long",
-        "ans frequency in non-minimal LEB128 (a 0x00 second byte)",
+# Damages to an ans plane, each breaking one rule of FORMAT.md §6.1.1.
+ANS_DAMAGES: dict[str, tuple[str, Callable[[bytes], bytes]]] = {
+    "sum": ("frequencies summing to 4097", lambda pl: _ans_freq_delta(pl, 1)),
+    "leb-long": (
+        "a frequency in non-minimal LEB128 (a 0x00 second byte)",
         lambda pl: _ans_first_freq(pl, bytes([0x80, 0x00])),
     ),
-    (
-        "bgx-ans-empty-table",
-        "ans bitmap with no symbol",
-        lambda pl: bytes(32) + pl[32:],
-    ),
-    ("bgx-ans-state-low", "ans state below 2^23", lambda pl: _ans_state(pl, (1 << 23) - 1)),
-    ("bgx-ans-state-high", "ans state of 2^31", lambda pl: _ans_state(pl, 1 << 31)),
-    ("bgx-ans-truncated", "ans stream one byte short", lambda pl: pl[:-1]),
-    ("bgx-ans-trailing", "ans stream with one byte left over", lambda pl: pl + b"\x00"),
-    (
-        "bgx-ans-flipped",
-        "ans stream with a flipped bit (final states disagree)",
+    "empty-table": ("a bitmap with no symbol", lambda pl: bytes(32) + pl[32:]),
+    "state-low": ("a state below 2^23", lambda pl: _ans_state(pl, (1 << 23) - 1)),
+    "state-high": ("a state of 2^31", lambda pl: _ans_state(pl, 1 << 31)),
+    "truncated": ("a stream one byte short", lambda pl: pl[:-1]),
+    "trailing": ("a stream with one byte left over", lambda pl: pl + b"\x00"),
+    "flipped": (
+        "a stream with a flipped bit (final states disagree)",
         lambda pl: pl[:-3] + bytes([pl[-3] ^ 0x10]) + pl[-2:],
     ),
-]:
-    both(
-        "compression",
-        _name,
-        _what,
-        "codec.invalid",
-        lambda b, encrypt, _c=_change: bgx_ans(b, _c, encrypt=encrypt),
-        verify=OK,
-        why=BEHIND,
-    )
+}
 
 
 def ans_codec(b: Base, change: Callable[[bytes], bytes], *, encrypt: bool) -> bytes:
@@ -2162,26 +2148,28 @@ def ans_codec(b: Base, change: Callable[[bytes], bytes], *, encrypt: bool) -> by
     return build(p).data
 
 
-for _name, _what, _change in [
-    ("ans-codec-sum", "ans codec table summing to 4097", lambda pl: _ans_freq_delta(pl, 1)),
-    ("ans-codec-state-low", "ans codec state below 2^23", lambda pl: _ans_state(pl, 1 << 22)),
-    ("ans-codec-truncated", "ans codec stream one byte short", lambda pl: pl[:-1]),
-    ("ans-codec-trailing", "ans codec stream with a byte left over", lambda pl: pl + b"\x00"),
+# Every damage on bgx's H plane; on the ans codec, which decodes through the same
+# plane decoder, the table, a state and the stream's end.
+for _prefix, _where, _build, _keys in [
+    ("bgx-ans", "bgx H plane as ans with", bgx_ans, list(ANS_DAMAGES)),
     (
-        "ans-codec-flipped",
-        "ans codec stream with a flipped bit (final states disagree)",
-        lambda pl: pl[:-3] + bytes([pl[-3] ^ 0x10]) + pl[-2:],
+        "ans-codec",
+        "ans codec with",
+        ans_codec,
+        ["sum", "state-low", "truncated", "trailing", "flipped"],
     ),
 ]:
-    both(
-        "compression",
-        _name,
-        _what,
-        "codec.invalid",
-        lambda b, encrypt, _c=_change: ans_codec(b, _c, encrypt=encrypt),
-        verify=OK,
-        why=BEHIND,
-    )
+    for _key in _keys:
+        _what, _change = ANS_DAMAGES[_key]
+        both(
+            "compression",
+            f"{_prefix}-{_key}",
+            f"{_where} {_what}",
+            "codec.invalid",
+            lambda b, encrypt, _c=_change, _f=_build: _f(b, _c, encrypt=encrypt),
+            verify=OK,
+            why=BEHIND,
+        )
 
 
 # === tensor table (weights contents, behind a valid signature and AEAD) ======================
