@@ -223,5 +223,5 @@ def seal(
             package_size=package_size,
             signers=tuple(key_id(k.public_key()) for k in sign_keys),
             seconds=time.perf_counter() - started,
-            notes=plan.notes,
+            notes=plan.notes + tuple(build.notes if build else ()),
         )

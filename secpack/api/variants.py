@@ -31,6 +31,7 @@ from secpack.tensors.variants import (
     quantize_int8,
     to_float32,
     transform_blocks,
+    unrepresentable,
     variant_dtype,
     wants_transform,
 )
@@ -55,6 +56,7 @@ class VariantBuild:
     overrides: list[tuple[str, str]]  # --component rules for the variant components
     summary: dict[str, str]  # package metadata: worst error per variant
     errors: dict[str, dict[str, dict[str, tuple[float, float]]]]  # variant -> path -> tensor
+    notes: list[str]  # tensors a variant keeps exact, and why
 
     def cleanup(self) -> None:
         shutil.rmtree(self.workdir, ignore_errors=True)
@@ -85,7 +87,7 @@ def build_variants(
     workdir = tempfile.mkdtemp(
         prefix=f".{os.path.basename(near)}.secpack-tmp-variants-", dir=parent
     )
-    build = VariantBuild(workdir, {}, [], {}, {})
+    build = VariantBuild(workdir, {}, [], {}, {}, [])
     try:
         for variant in dict.fromkeys(variants):
             worst = 0.0
@@ -93,7 +95,11 @@ def build_variants(
                 rel = f"variants/{variant}/{f.path}"
                 target = os.path.join(workdir, *rel.split("/"))
                 os.makedirs(os.path.dirname(target), exist_ok=True)
-                errs = _write_variant(tree, f.path, f.size, variant, target)
+                errs, kept = _write_variant(tree, f.path, f.size, variant, target)
+                build.notes += [
+                    f"{variant} variant: {f.path}: {name} kept exact: {why}"
+                    for name, why in kept.items()
+                ]
                 build.errors.setdefault(variant, {})[rel] = errs
                 worst = max([worst, *(e[1] for e in errs.values())])
                 build.files[rel] = target
@@ -107,7 +113,9 @@ def build_variants(
 
 def _write_variant(
     tree: InputDirectory, path: str, size: int, variant: str, target: str
-) -> dict[str, tuple[float, float]]:
+) -> tuple[dict[str, tuple[float, float]], dict[str, str]]:
+    """Write one variant file; return the error of every transformed tensor, and
+    the tensors kept exact because the variant cannot hold them (with why)."""
     prefix = tree.read_at(path, 0, safetensors.PREFIX_LEN)
     n = safetensors.parse_prefix(prefix, size, DEFAULT_LIMITS.max_safetensors_header)
     layout = safetensors.parse_header(
@@ -123,8 +131,18 @@ def _write_variant(
         return name
 
     plan = []  # (entry, new dtype, transformed?, (row scale, column scale) names)
+    kept: dict[str, str] = {}
+    base = safetensors.PREFIX_LEN + n
     for t in layout.tensors:
         change = wants_transform(t.dtype, t.shape, variant)
+        if change:
+            # The header is written before any tensor, so this needs its own pass.
+            why = unrepresentable(
+                tree.read_at(path, base + t.begin, t.end - t.begin), t.dtype, variant
+            )
+            if why is not None:
+                change = False
+                kept[t.name] = why
         scale = None
         if change and variant == "int8":
             scale = (fresh(t.name, SCALE_SUFFIX), fresh(t.name, COLSCALE_SUFFIX))
@@ -155,6 +173,8 @@ def _write_variant(
                 offset += 4 * length
     placeholder = {t.name: [_fixed(0), _fixed(0)] for t, _, change, _ in plan if change}
     meta = {"secpack.variant": variant, "secpack.source": path}
+    if kept:
+        meta["secpack.kept"] = json.dumps(kept, sort_keys=True)
     scales = {t.name: s for t, _, _, s in plan if s is not None}
 
     def encode(errors: dict[str, list[str]]) -> bytes:
@@ -173,7 +193,6 @@ def _write_variant(
     errors: dict[str, tuple[float, float]] = {}
     with open(target, "wb") as out:
         out.write(struct.pack("<Q", len(raw_header) + pad) + raw_header + b" " * pad)
-        base = safetensors.PREFIX_LEN + n
         for t, _, change, scale in plan:
             data = tree.read_at(path, base + t.begin, t.end - t.begin)
             if not change:
@@ -197,4 +216,4 @@ def _write_variant(
             raise AssertionError("variant header changed size")
         out.seek(safetensors.PREFIX_LEN)
         out.write(final)
-    return errors
+    return errors, kept

@@ -7,6 +7,7 @@ not by the tensor.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ __all__ = [
     "quantize_int8",
     "to_float32",
     "transform_blocks",
+    "unrepresentable",
     "variant_dtype",
     "wants_transform",
 ]
@@ -43,6 +45,40 @@ def wants_transform(dtype: str, shape: tuple[int, ...], variant: str) -> bool:
 
 def variant_dtype(variant: str) -> str:
     return {"fp16": "F16", "bf16": "BF16", "int8": "I8"}[variant]
+
+
+# Smallest magnitudes that round to infinity (round to nearest even): fp16's
+# largest finite value is 65504 and its last step 32, so 65520 is the midpoint
+# above it; bf16's largest finite is 0x7F7F, whose midpoint to infinity is the
+# float32 0x7F7F8000. int8's scales are float32, whose own midpoint past its
+# largest finite value (2^128 - 2^104) is 2^128 - 2^103.
+_OVERFLOW = {
+    "fp16": 65520.0,
+    "bf16": float(np.array(0x7F7F8000, dtype=np.uint32).view(np.float32)),
+    "int8": float(2**128 - 2**103),
+}
+
+
+def unrepresentable(raw: bytes | memoryview, dtype: str, variant: str) -> str | None:
+    """Why ``variant`` cannot hold this tensor faithfully, or None when it can.
+
+    A variant must not turn a finite weight into an infinity, nor invent a value
+    where the source has NaN or an infinity: fp16 and bf16 keep NaN and the
+    infinities as they are but overflow on finite values past their range; int8
+    has no NaN or infinity at all. Such a tensor stays exact in the variant.
+    """
+    x = np.frombuffer(raw, dtype="<f8") if dtype == "F64" else to_float32(raw, dtype)
+    finite = np.isfinite(x)
+    bad = int(x.size - np.count_nonzero(finite))
+    if variant == "int8" and bad:
+        return f"{bad} NaN or infinite value(s), which int8 cannot hold"
+    limit = _OVERFLOW[variant]
+    if limit > float(np.finfo(x.dtype).max):
+        return None  # every finite value of the source fits
+    big = int(np.count_nonzero(np.abs(x[finite]) >= x.dtype.type(limit)))
+    if big:
+        return f"{big} finite value(s) past {variant}'s range would become infinite"
+    return None
 
 
 def to_float32(raw: bytes | memoryview, dtype: str) -> np.ndarray:
@@ -81,18 +117,28 @@ class ErrorStats:
     ref_sq: float = 0.0
 
     def add(self, ref: np.ndarray, approx: np.ndarray) -> None:
-        diff = (ref.astype(np.float64) - approx.astype(np.float64)).ravel()
-        finite = np.isfinite(diff)
-        if finite.any():
-            self.max_abs = max(self.max_abs, float(np.abs(diff[finite]).max()))
-        self.err_sq += float(np.dot(diff[finite], diff[finite]))
+        """Add one block. Elements that are NaN or infinite in ``ref`` count as
+        exact when ``approx`` keeps them (NaN as NaN, each infinity as itself) and
+        as an infinite error when it does not, as does a finite element that
+        ``approx`` turns into NaN or an infinity."""
         r = ref.astype(np.float64).ravel()
-        r = r[np.isfinite(r)]
-        self.ref_sq += float(np.dot(r, r))
+        a = approx.astype(np.float64).ravel()
+        finite = np.isfinite(r)
+        kept = np.where(np.isnan(r), np.isnan(a), r == a)
+        if not np.all(finite | kept) or not np.isfinite(a[finite]).all():
+            self.max_abs = self.err_sq = math.inf
+        diff = r[finite] - a[finite]
+        diff = diff[np.isfinite(diff)]
+        if diff.size:
+            self.max_abs = max(self.max_abs, float(np.abs(diff).max()))
+        self.err_sq += float(np.dot(diff, diff))
+        self.ref_sq += float(np.dot(r[finite], r[finite]))
 
     @property
     def rel_l2(self) -> float:
-        return 0.0 if self.ref_sq == 0 else (self.err_sq / self.ref_sq) ** 0.5
+        if self.err_sq == 0:
+            return 0.0
+        return math.inf if self.ref_sq == 0 else (self.err_sq / self.ref_sq) ** 0.5
 
 
 # Column pre-scaling exponents tried for int8 (0: plain per-row scales). Dividing

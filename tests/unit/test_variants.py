@@ -15,7 +15,7 @@ import secpack
 from secpack.api.keyfiles import load_recipient, load_signing_key
 from secpack.api.seal import seal
 from secpack.errors import SecpackError
-from secpack.tensors.variants import ErrorStats, quantize_int8
+from secpack.tensors.variants import ErrorStats, quantize_int8, unrepresentable
 
 ROOT = Path(__file__).resolve().parents[2]
 KEYS = ROOT / "keys-example"
@@ -195,3 +195,124 @@ def test_quantize_int8_column_scaling_tames_outlier_columns() -> None:
 
     variants._int8_pass(w, None, plain, emit=False)
     assert stats.rel_l2 < plain.rel_l2 and cols is not None
+
+
+def test_error_stats_count_every_value_a_variant_loses() -> None:
+    ref = np.array([1.0, np.nan, np.inf, -np.inf, 2.0], np.float32)
+    kept = ErrorStats()
+    kept.add(ref, ref.copy())  # NaN stays NaN, each infinity itself: exact
+    assert (kept.max_abs, kept.rel_l2) == (0.0, 0.0)
+    for approx in (
+        np.array([1.0, np.nan, np.inf, -np.inf, np.inf], np.float32),  # finite -> inf
+        np.array([1.0, 0.0, np.inf, -np.inf, 2.0], np.float32),  # NaN -> a number
+        np.array([1.0, np.nan, 127.0, -np.inf, 2.0], np.float32),  # inf -> a number
+        np.array([1.0, np.nan, -np.inf, -np.inf, 2.0], np.float32),  # sign lost
+    ):
+        lost = ErrorStats()
+        lost.add(ref, approx)
+        assert lost.max_abs == np.inf and lost.rel_l2 == np.inf, approx
+    # Every source value zero, the copy not: the relative error is unbounded.
+    zeros = ErrorStats()
+    zeros.add(np.zeros(3, np.float32), np.array([0, 1e-3, 0], np.float32))
+    assert zeros.rel_l2 == np.inf and zeros.max_abs > 0
+
+
+@pytest.mark.parametrize(
+    ("variant", "dtype", "fits", "overflows"),
+    [
+        # fp16: 65519 rounds down to 65504, 65520 is the tie that rounds to infinity.
+        ("fp16", "F32", [65504.0, 65519.0, -65519.0], [65520.0, -1e6]),
+        ("fp16", "F64", [65519.9], [65520.0, 1e300]),
+        # bf16: 0x7F7F7FFF rounds down to its largest finite value, 0x7F7F8000 up.
+        ("bf16", "F32", [0x7F7F7FFF], [0x7F7F8000, 0x7F7FFFFF]),
+        ("bf16", "F64", [1e38], [3.4e38, 1e300]),
+        # int8 keeps any float32 magnitude (its scales are float32), nothing past it.
+        ("int8", "F32", [0x7F7FFFFF, 1e-45], []),
+        ("int8", "F64", [3.4e38], [3.41e38, 1e300]),
+    ],
+)
+def test_unrepresentable_finds_values_that_would_overflow(
+    variant: str, dtype: str, fits: list[float], overflows: list[float]
+) -> None:
+    def raw(values: list[float]) -> bytes:
+        if dtype == "F64":
+            return np.array(values, "<f8").tobytes()
+        bits = [int(v) if isinstance(v, int) else None for v in values]
+        f = [
+            np.array(b, np.uint32).view(np.float32) if b is not None else np.float32(v)
+            for b, v in zip(bits, values, strict=True)
+        ]
+        return np.array(f, "<f4").tobytes()
+
+    base = [0.5, -3.0]
+    assert unrepresentable(raw(base + fits), dtype, variant) is None
+    for value in overflows:
+        why = unrepresentable(raw([*base, value]), dtype, variant)
+        assert why is not None and "would become infinite" in why, value
+
+
+def test_unrepresentable_keeps_non_finite_values_out_of_int8_only() -> None:
+    raw = np.array([1.0, np.nan, np.inf, -np.inf], "<f4").tobytes()
+    assert unrepresentable(raw, "F32", "fp16") is None
+    assert unrepresentable(raw, "F32", "bf16") is None
+    why = unrepresentable(raw, "F32", "int8")
+    assert why is not None and why.startswith("3 NaN or infinite")
+    half = np.array([1.0, np.nan], "<f2").tobytes()
+    assert unrepresentable(half, "F16", "int8") is not None
+
+
+def test_a_tensor_the_variant_cannot_hold_stays_exact(tmp_path: Path) -> None:
+    """A variant never turns a finite weight into an infinity or invents a value
+    for NaN: that tensor is copied exact, the metadata says why, seal notes it, and
+    the recorded errors of the other tensors stay honest."""
+    root = tmp_path / "m"
+    root.mkdir()
+    rng = np.random.default_rng(5)
+    holes = rng.standard_normal((16, 24)).astype(np.float32)
+    holes[0, 0], holes[1, 1], holes[2, 2] = np.nan, np.inf, -np.inf
+    tensors = {
+        "holes": holes,
+        "huge": np.full((8, 8), 1e6, np.float32),  # past fp16, fine for bf16 and int8
+        "w": rng.standard_normal((16, 24)).astype(np.float32),
+    }
+    from safetensors.numpy import save_file
+
+    save_file(tensors, str(root / "model.safetensors"))
+    pkg = tmp_path / "v.spk"
+    report = seal(
+        str(root),
+        str(pkg),
+        encrypt=False,
+        variants=["fp16", "bf16", "int8"],
+        sign_keys=[load_signing_key(str(KEYS / "signing-ed25519.key"))],
+    )
+    assert sorted(n for n in report.notes if "kept exact" in n) == [
+        "fp16 variant: model.safetensors: huge kept exact: "
+        "64 finite value(s) past fp16's range would become infinite",
+        "int8 variant: model.safetensors: holes kept exact: "
+        "3 NaN or infinite value(s), which int8 cannot hold",
+    ]
+    exact_dtype = {"fp16": {"huge"}, "bf16": set(), "int8": {"holes"}}
+    with _open(pkg) as p:
+        for variant, kept in exact_dtype.items():
+            raw = p.read_file(f"weights.{variant}", f"variants/{variant}/model.safetensors")
+            (n,) = struct.unpack("<Q", raw[:8])
+            header = json.loads(raw[8 : 8 + n])
+            meta = header["__metadata__"]
+            assert set(json.loads(meta.get("secpack.kept", "{}"))) == kept
+            errors = json.loads(meta["secpack.errors"])
+            assert set(errors) == set(tensors) - kept
+            assert all(np.isfinite(float(rel)) for _, rel in errors.values())
+            for name in kept:
+                assert header[name]["dtype"] == "F32"
+            sd = p.state_dict("weights", prefer=[variant])
+            assert p.served() == variant
+            for name in kept:
+                assert np.array_equal(sd[name], tensors[name], equal_nan=True)
+        # fp16 and bf16 keep NaN and the infinities where they were.
+        for variant in ("fp16", "bf16"):
+            got = p.state_dict("weights", prefer=[variant])["holes"]
+            if got.dtype == np.uint16:  # bf16 bit patterns without ml_dtypes
+                got = (got.astype(np.uint32) << 16).view(np.float32)
+            got = got.astype(np.float32)
+            assert np.isnan(got[0, 0]) and got[1, 1] == np.inf and got[2, 2] == -np.inf
