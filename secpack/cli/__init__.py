@@ -1,7 +1,10 @@
 """The ``secpack`` command line. Heavy modules are imported inside each verb so
-that ``secpack --help`` and small verifications start fast."""
+that ``secpack --help`` and small verifications start fast.
 
-from __future__ import annotations
+The modules of this package do not use ``from __future__ import annotations``:
+typer reads every parameter's annotation of every command at each start, and as
+strings they were compiled and evaluated each time, 30 ms of every command.
+"""
 
 import contextlib
 import os

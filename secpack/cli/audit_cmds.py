@@ -1,7 +1,5 @@
 """``secpack audit show|verify|export``."""
 
-from __future__ import annotations
-
 import json
 import sys
 from typing import Annotated, Any

@@ -1,7 +1,5 @@
 """The verbs. Each parses its options, calls the library, and renders the report."""
 
-from __future__ import annotations
-
 import contextlib
 import os
 import sys

@@ -1,7 +1,5 @@
 """Rendering of ``secpack inspect``."""
 
-from __future__ import annotations
-
 from typing import Any
 
 from secpack.api.inspect import InspectReport

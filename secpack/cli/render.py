@@ -1,7 +1,5 @@
 """Turning reports into what people read (and into JSON). Only the CLI prints."""
 
-from __future__ import annotations
-
 import datetime as dt
 import json
 import os

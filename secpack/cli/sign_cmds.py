@@ -1,7 +1,5 @@
 """Signature verbs: ``sign``, ``signatures``, ``unsign``, ``trust update`` and ``ci sign``."""
 
-from __future__ import annotations
-
 import datetime as dt
 import os
 from typing import Annotated

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from secpack.errors import SchemaError
@@ -491,27 +491,35 @@ def _parse_bgx(obj: Any, where: str, plain: int) -> Codec:
     period = as_uint(g["period"], f"{where}.period", 0, n)
     if period == 1:
         raise fail(f"{where}.period", "a period of 1 is a constant offset")
-    partial = Codec("bgx", float=kind, lo=lo, span=span, escapes=escapes, period=period)
-    sizes = bgx_plane_sizes(partial, plain)
+    sizes = bgx_plane_sizes(
+        Codec("bgx", float=kind, lo=lo, span=span, escapes=escapes, period=period), plain
+    )
     planes_raw = as_list(g["planes"], f"{where}.planes", len(sizes), len(sizes))
     planes = []
     for i, (p_raw, size) in enumerate(zip(planes_raw, sizes, strict=True)):
-        p = as_map(p_raw, f"{where}.planes[{i}]", ("id", "size"))
-        pid = as_text(p["id"], f"{where}.planes[{i}].id", 16)
+        pw = f"{where}.planes[{i}]"
+        p = as_map(p_raw, pw, ("id", "size"))
+        pid = as_text(p["id"], pw + ".id", 16)
         if pid not in BGX_PLANE_IDS:
-            raise SchemaError("schema.unsupported", f"{where}.planes[{i}]: plane codec {pid!r}")
-        psize = as_uint(p["size"], f"{where}.planes[{i}].size", 1, size)
+            raise SchemaError("schema.unsupported", f"{pw}: plane codec {pid!r}")
+        psize = as_uint(p["size"], pw + ".size", 1, size)
         if pid == "p5" and (i not in bgx_p5_planes(kind) or psize != p5_size(size)):
-            raise fail(
-                f"{where}.planes[{i}]", "p5 is only for B0 of fp32 and L of bf16, ceil(5n/8) bytes"
-            )
+            raise fail(pw, "p5 is only for B0 of fp32 and L of bf16, ceil(5n/8) bytes")
         if pid == "ans" and (i != 0 or psize < ANS_MIN_SIZE):
-            raise fail(f"{where}.planes[{i}]", "ans is only for H, and at least 49 bytes")
+            raise fail(pw, "ans is only for H, and at least 49 bytes")
         # The offsets O are always raw: their size is the period itself.
         if (pid == "raw" or (i == len(sizes) - 1 and period)) and (pid, psize) != ("raw", size):
-            raise fail(f"{where}.planes[{i}].size", "raw plane must have its decoded size")
+            raise fail(pw + ".size", "raw plane must have its decoded size")
         planes.append(Plane(pid, psize))
-    return replace(partial, planes=tuple(planes))
+    return Codec(
+        "bgx",
+        float=kind,
+        lo=lo,
+        span=span,
+        escapes=escapes,
+        period=period,
+        planes=tuple(planes),
+    )
 
 
 def _parse_segment(obj: Any, where: str, encrypted: bool, limits: Limits) -> Segment:

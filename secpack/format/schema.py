@@ -36,6 +36,10 @@ def as_map(
     """A map with exactly the required keys, some optional ones, and nothing else."""
     if not isinstance(value, dict):
         raise fail(where, "expected a map")
+    # The common case, checked first: exactly the required keys. A manifest holds
+    # thousands of small maps, and this is most of its parse time saved.
+    if len(value) == len(required) and all(k in value for k in required):
+        return value
     keys = set(value)
     missing = [k for k in required if k not in keys]
     if missing:
