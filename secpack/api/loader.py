@@ -402,11 +402,10 @@ class Package:
             self._decode_many(
                 self._segments_into(comp, entry.first, first_tensor - entry.first, buffer)
             )
-            try:
-                meta = json.loads(buffer.tobytes()[8:])["__metadata__"]
-                scales.update(json.loads(meta["secpack.scales"]))
-            except (ValueError, KeyError, TypeError):
-                raise TensorError("tensor.invalid", f"{entry.path}: no int8 scale table") from None
+            table = _scale_table(buffer.tobytes()[8:])
+            if table is None:
+                raise TensorError("tensor.invalid", f"{entry.path}: no valid int8 scale table")
+            scales.update(table)
         return scales
 
     def _dtypes(self, component: str) -> dict[str, str]:
@@ -503,12 +502,34 @@ def _completes(index: int) -> int:
     return index
 
 
+def _scale_table(header: bytes) -> dict[str, list[str]] | None:
+    """The ``secpack.scales`` table of one variant file's safetensors header
+    (docs/FORMAT.md §15): tensor name -> [row-scale tensor, column-scale tensor],
+    or None when it is missing or not of that shape. The header was signed, but a
+    signer's mistake must still end in a typed error, not in a crash."""
+    try:
+        meta = json.loads(header)["__metadata__"]
+        table = json.loads(meta["secpack.scales"])
+    except (ValueError, KeyError, TypeError, RecursionError):
+        return None
+    if not isinstance(table, dict):
+        return None
+    for pair in table.values():
+        if not (
+            isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, str) for p in pair)
+        ):
+            return None
+    return table
+
+
 def _dequantize(
     arrays: dict[str, np.ndarray], scales: dict[str, list[str]]
 ) -> dict[str, np.ndarray]:
     """int8 values times their per-row and per-column scales, as float32."""
     out = {}
     used = {name for pair in scales.values() for name in pair}
+    if used & scales.keys():
+        raise TensorError("tensor.invalid", "an int8 tensor is named as another's scale")
     for name, arr in arrays.items():
         if name in used:
             continue
@@ -516,12 +537,16 @@ def _dequantize(
         if pair is None:
             out[name] = arr
             continue
-        if not (isinstance(pair, list) and len(pair) == 2 and all(p in arrays for p in pair)):
+        if not all(p in arrays for p in pair):
             raise TensorError("tensor.invalid", f"{name}: its int8 scale tensors are missing")
         rows, cols = arrays[pair[0]], arrays[pair[1]]
         if (
             arr.dtype != np.int8
+            or arr.ndim < 1
+            or rows.dtype != np.float32
+            or cols.dtype != np.float32
             or rows.shape != (arr.shape[0],)
+            or cols.shape != (arr.size // arr.shape[0] if arr.shape[0] else 0,)
             or cols.size * rows.size != arr.size
         ):
             raise TensorError("tensor.invalid", f"{name}: int8 scales do not fit the tensor")

@@ -316,3 +316,86 @@ def test_a_tensor_the_variant_cannot_hold_stays_exact(tmp_path: Path) -> None:
                 got = (got.astype(np.uint32) << 16).view(np.float32)
             got = got.astype(np.float32)
             assert np.isnan(got[0, 0]) and got[1, 1] == np.inf and got[2, 2] == -np.inf
+
+
+def _write_st(path: Path, tensors: dict[str, np.ndarray], meta: dict[str, str]) -> None:
+    from safetensors.numpy import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata=meta)
+
+
+_Q = np.arange(12, dtype=np.int8).reshape(3, 4)
+_ROW = np.ones(3, np.float32)
+_COL = np.ones(4, np.float32)
+
+
+@pytest.mark.parametrize(
+    ("scales", "extra"),
+    [
+        ("not json", {}),
+        ('{"q": 5}', {}),  # a pair that is not a list
+        ('{"q": ["r"]}', {}),  # one name short
+        ('{"q": [["r"], "c"]}', {}),  # a name that is not a string
+        ('["q", "r", "c"]', {}),  # not a map
+        ("[" * 100_000 + "]" * 100_000, {}),  # nested past the parser's depth
+        ('{"q": ["r", "missing"]}', {}),
+        ('{"q": ["r", "c"]}', {"r": np.ones(4, np.float32)}),  # rows do not fit
+        ('{"q": ["r", "c"]}', {"c": np.ones((2, 2), np.float32)}),  # columns not 1-D
+        ('{"q": ["r", "c"]}', {"r": np.ones(3, np.int32)}),  # scales not float32
+        ('{"q": ["r", "c"], "r": ["c", "q"]}', {}),  # a scale that is itself scaled
+        ('{"q": ["r", "c"]}', {"q": np.ones((3, 4), np.float32)}),  # values not int8
+    ],
+)
+def test_a_malformed_int8_scale_table_is_a_typed_error(
+    tmp_path: Path, scales: str, extra: dict[str, np.ndarray]
+) -> None:
+    """The int8 variant's scale table is signed, but a wrong one (a signer's bug, or
+    a hand-made package) must end in ``tensor.invalid``, never in a crash or in
+    silently wrong weights."""
+    root = tmp_path / "m"
+    _write_st(root / "model.safetensors", {"q": np.zeros((3, 4), np.float32)}, {})
+    tensors = {"q": _Q, "r": _ROW, "c": _COL, **extra}
+    _write_st(
+        root / "variants" / "int8" / "model.safetensors",
+        tensors,
+        {"secpack.variant": "int8", "secpack.scales": scales},
+    )
+    pkg = tmp_path / "v.spk"
+    seal(
+        str(root),
+        str(pkg),
+        encrypt=False,
+        components=[("weights.int8", "variants/int8/*")],
+        sign_keys=[load_signing_key(str(KEYS / "signing-ed25519.key"))],
+    )
+    with _open(pkg) as p:
+        assert p.variants() == ["exact", "int8"]
+        with pytest.raises(SecpackError) as err:
+            p.state_dict("weights", prefer=["int8"])
+        assert err.value.code == "tensor.invalid"
+        # The exact weights still load.
+        assert p.state_dict("weights", prefer=["exact"])["q"].shape == (3, 4)
+
+
+def test_a_well_formed_hand_made_int8_variant_dequantizes(tmp_path: Path) -> None:
+    """The twin of the cases above with a valid table: the same files load."""
+    root = tmp_path / "m"
+    _write_st(root / "model.safetensors", {"q": np.zeros((3, 4), np.float32)}, {})
+    _write_st(
+        root / "variants" / "int8" / "model.safetensors",
+        {"q": _Q, "r": _ROW * 2, "c": _COL * 0.5},
+        {"secpack.variant": "int8", "secpack.scales": '{"q": ["r", "c"]}'},
+    )
+    pkg = tmp_path / "v.spk"
+    seal(
+        str(root),
+        str(pkg),
+        encrypt=False,
+        components=[("weights.int8", "variants/int8/*")],
+        sign_keys=[load_signing_key(str(KEYS / "signing-ed25519.key"))],
+    )
+    with _open(pkg) as p:
+        sd = p.state_dict("weights", prefer=["int8"])
+        assert p.served() == "int8" and set(sd) == {"q"}
+        assert np.array_equal(sd["q"], _Q.astype(np.float32))
