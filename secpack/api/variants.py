@@ -95,7 +95,15 @@ def build_variants(
                 rel = f"variants/{variant}/{f.path}"
                 target = os.path.join(workdir, *rel.split("/"))
                 os.makedirs(os.path.dirname(target), exist_ok=True)
-                errs, kept = _write_variant(tree, f.path, f.size, variant, target)
+                written = _write_variant(tree, f.path, f.size, variant, target)
+                if written is None:
+                    # Sealed as an opaque file (see make_plan's note): it has no
+                    # tensor table in the exact weights either.
+                    build.notes.append(
+                        f"{variant} variant: {f.path} left out (a dtype secpack does not model)"
+                    )
+                    continue
+                errs, kept = written
                 build.notes += [
                     f"{variant} variant: {f.path}: {name} kept exact: {why}"
                     for name, why in kept.items()
@@ -104,6 +112,11 @@ def build_variants(
                 worst = max([worst, *(e[1] for e in errs.values())])
                 build.files[rel] = target
                 build.overrides.append((f"{component_of[f.path]}.{variant}", rel))
+            if not any(rel.startswith(f"variants/{variant}/") for rel in build.files):
+                raise InputError(
+                    "input.invalid",
+                    f"--variant {variant}: no safetensors file holds only dtypes secpack models",
+                )
             build.summary[f"variant.{variant}.max_rel_l2"] = f"{worst:.6g}"
         return build
     except BaseException:
@@ -113,14 +126,20 @@ def build_variants(
 
 def _write_variant(
     tree: InputDirectory, path: str, size: int, variant: str, target: str
-) -> tuple[dict[str, tuple[float, float]], dict[str, str]]:
+) -> tuple[dict[str, tuple[float, float]], dict[str, str]] | None:
     """Write one variant file; return the error of every transformed tensor, and
-    the tensors kept exact because the variant cannot hold them (with why)."""
+    the tensors kept exact because the variant cannot hold them (with why). None
+    (nothing written) for a file with a dtype secpack does not model."""
     prefix = tree.read_at(path, 0, safetensors.PREFIX_LEN)
-    n = safetensors.parse_prefix(prefix, size, DEFAULT_LIMITS.max_safetensors_header)
-    layout = safetensors.parse_header(
-        tree.read_at(path, safetensors.PREFIX_LEN, n), size, DEFAULT_LIMITS.max_tensor_ndim
-    )
+    try:
+        n = safetensors.parse_prefix(prefix, size, DEFAULT_LIMITS.max_safetensors_header)
+        layout = safetensors.parse_header(
+            tree.read_at(path, safetensors.PREFIX_LEN, n), size, DEFAULT_LIMITS.max_tensor_ndim
+        )
+    except safetensors.UnsupportedDtype:
+        return None
+    except InputError as exc:
+        raise InputError("input.safetensors", f"{path}: {exc.detail}") from None
     names = {t.name for t in layout.tensors}
 
     def fresh(base: str, suffix: str) -> str:

@@ -399,3 +399,56 @@ def test_a_well_formed_hand_made_int8_variant_dequantizes(tmp_path: Path) -> Non
         sd = p.state_dict("weights", prefer=["int8"])
         assert p.served() == "int8" and set(sd) == {"q"}
         assert np.array_equal(sd["q"], _Q.astype(np.float32))
+
+
+def test_a_file_of_unmodelled_dtypes_gets_no_variant(tmp_path: Path) -> None:
+    """A safetensors file that seal keeps opaque (a dtype secpack does not model)
+    has no tensor table in the exact weights, so no variant either: the others
+    still get theirs, and seal says which file was left out. Only when no file is
+    left at all is the variant refused."""
+    from helpers import Tensor, leftovers, write_safetensors
+
+    root = tmp_path / "m"
+    root.mkdir()
+    odd = {
+        "scales": Tensor("F8_E8M0", (16,), bytes(range(16))),
+        "w": Tensor("F32", (8, 8), np.ones((8, 8), "<f4").tobytes()),
+    }
+    write_safetensors(root / "odd.safetensors", odd)
+    w = np.random.default_rng(2).standard_normal((8, 8)).astype("<f4")
+    write_safetensors(root / "model.safetensors", {"w": Tensor("F32", (8, 8), w.tobytes())})
+    key = load_signing_key(str(KEYS / "signing-ed25519.key"))
+    pkg = tmp_path / "v.spk"
+    report = seal(str(root), str(pkg), encrypt=False, variants=["int8"], sign_keys=[key])
+    assert "int8 variant: odd.safetensors left out (a dtype secpack does not model)" in (
+        report.notes
+    )
+    with _open(pkg) as p:
+        files = {f.path for f in p.files("weights.int8")}
+        assert files == {"variants/int8/model.safetensors"}
+        got = p.state_dict("weights", prefer=["int8"])["w"]
+        assert _rel_l2(w, got) < 0.01
+
+    (root / "model.safetensors").unlink()
+    with pytest.raises(SecpackError) as err:
+        seal(str(root), str(tmp_path / "x.spk"), encrypt=False, variants=["int8"], sign_keys=[key])
+    assert err.value.code == "input.invalid" and "--variant int8" in err.value.detail
+    assert leftovers(tmp_path, "x.spk") == []
+
+
+def test_a_malformed_safetensors_file_is_named_when_variants_are_built(tmp_path: Path) -> None:
+    root = tmp_path / "m"
+    root.mkdir()
+    (root / "broken.safetensors").write_bytes(b"\xff" * 8 + b"{}")
+    key = load_signing_key(str(KEYS / "signing-ed25519.key"))
+    for variants in ([], ["int8"]):
+        with pytest.raises(SecpackError) as err:
+            seal(
+                str(root),
+                str(tmp_path / "x.spk"),
+                encrypt=False,
+                variants=variants,
+                sign_keys=[key],
+            )
+        assert err.value.code == "input.safetensors"
+        assert err.value.detail.startswith("broken.safetensors: ")
