@@ -25,11 +25,14 @@ from secpack.errors import InputError
 from secpack.format.limits import DEFAULT_LIMITS
 from secpack.package.plan import assign_components
 from secpack.tensors import safetensors
+from secpack.tensors.dtypes import DTYPE_SIZES
 from secpack.tensors.variants import (
     VARIANTS,
+    ElementReader,
     ErrorStats,
-    quantize_int8,
-    to_float32,
+    int8_column_scale,
+    int8_values,
+    to_values,
     transform_blocks,
     unrepresentable,
     variant_dtype,
@@ -47,6 +50,8 @@ COLSCALE_SUFFIX = "@colscale"
 # before the tensors are transformed, and rewritten in place afterwards.
 _ERR_FMT = "{:.6e}"
 _ERR_WIDTH = len(_ERR_FMT.format(-1.0))
+# Tensors a variant leaves as they are are copied in pieces of this size.
+_COPY_BYTES = 8 << 20
 
 
 @dataclass
@@ -124,6 +129,21 @@ def build_variants(
         raise
 
 
+def _count(t: safetensors.TensorEntry) -> int:
+    """Elements of a tensor (the parser checked its byte span against its shape)."""
+    return (t.end - t.begin) // DTYPE_SIZES[t.dtype]
+
+
+def _reader(tree: InputDirectory, path: str, offset: int, dtype: str) -> ElementReader:
+    """Elements of the float tensor at ``offset`` of ``path``, read when asked."""
+    size = DTYPE_SIZES[dtype]
+
+    def read(first: int, count: int) -> np.ndarray:
+        return to_values(tree.read_at(path, offset + first * size, count * size), dtype)
+
+    return read
+
+
 def _write_variant(
     tree: InputDirectory, path: str, size: int, variant: str, target: str
 ) -> tuple[dict[str, tuple[float, float]], dict[str, str]] | None:
@@ -156,9 +176,7 @@ def _write_variant(
         change = wants_transform(t.dtype, t.shape, variant)
         if change:
             # The header is written before any tensor, so this needs its own pass.
-            why = unrepresentable(
-                tree.read_at(path, base + t.begin, t.end - t.begin), t.dtype, variant
-            )
+            why = unrepresentable(_reader(tree, path, base + t.begin, t.dtype), _count(t), variant)
             if why is not None:
                 change = False
                 kept[t.name] = why
@@ -168,8 +186,6 @@ def _write_variant(
         plan.append((t, variant_dtype(variant) if change else t.dtype, change, scale))
     header: dict[str, object] = {}
     offset = 0
-    from secpack.tensors.dtypes import DTYPE_SIZES
-
     for t, dtype, _, scale in plan:
         count = 1
         for d in t.shape:
@@ -213,21 +229,25 @@ def _write_variant(
     with open(target, "wb") as out:
         out.write(struct.pack("<Q", len(raw_header) + pad) + raw_header + b" " * pad)
         for t, _, change, scale in plan:
-            data = tree.read_at(path, base + t.begin, t.end - t.begin)
             if not change:
-                out.write(data)
+                for first in range(t.begin, t.end, _COPY_BYTES):
+                    out.write(tree.read_at(path, base + first, min(_COPY_BYTES, t.end - first)))
                 continue
             stats = ErrorStats()
-            w = to_float32(data, t.dtype).reshape(t.shape)
+            read = _reader(tree, path, base + t.begin, t.dtype)
             if scale is not None:
-                values, row_scale, col_scale = quantize_int8(w, stats)
+                rows = t.shape[0]
+                cols = _count(t) // rows
+                col_scale = int8_column_scale(read, rows, cols)
+                row_scale = np.empty(rows, dtype=np.float32)
+                for values in int8_values(read, rows, cols, col_scale, stats, row_scale):
+                    out.write(values)
                 if col_scale is None:
-                    col_scale = np.ones(w.size // w.shape[0], dtype=np.float32)
-                out.write(values)
+                    col_scale = np.ones(cols, dtype=np.float32)
                 out.write(row_scale.astype("<f4").tobytes())
                 out.write(col_scale.astype("<f4").tobytes())
             else:
-                for values, _ in transform_blocks(w, variant, stats):
+                for values in transform_blocks(read, _count(t), variant, stats):
                     out.write(values)
             errors[t.name] = (stats.max_abs, stats.rel_l2)
         final = encode({k: [_fixed(a), _fixed(r)] for k, (a, r) in errors.items()})

@@ -1,14 +1,16 @@
 """Precision variants (lossy, opt-in): fp16, bf16 and per-output-channel int8.
 
-Pure numpy transforms; reading and writing files is the caller's job. Large
-tensors are processed in row blocks so that memory stays bounded by a block,
-not by the tensor.
+Pure numpy transforms; reading and writing files is the caller's job. Every
+transform reads its tensor through an :data:`ElementReader`, a block of elements
+at a time, and yields its output a block at a time, so that memory stays bounded
+by a block (or, for int8, by one row if a row is larger), not by the tensor: the
+embedding matrix of a 4 GiB model is itself 0.5-1 GiB.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,9 +19,12 @@ from secpack.tensors.dtypes import FLOAT_DTYPES
 
 __all__ = [
     "VARIANTS",
+    "ElementReader",
     "ErrorStats",
+    "int8_column_scale",
+    "int8_values",
     "quantize_int8",
-    "to_float32",
+    "to_values",
     "transform_blocks",
     "unrepresentable",
     "variant_dtype",
@@ -27,8 +32,13 @@ __all__ = [
 ]
 
 VARIANTS = ("fp16", "bf16", "int8")
-# Rows per block when transforming a large tensor (a few MiB of fp32 per block).
-_BLOCK_BYTES = 8 << 20
+# Elements per block when transforming a large tensor: 8 MiB of float32, so that
+# the few temporaries numpy makes per block stay at tens of MiB.
+_BLOCK_ELEMS = (8 << 20) // 4
+
+# (first element, count) -> those elements of the source tensor in row-major
+# order, as :func:`to_values` gives them.
+ElementReader = Callable[[int, int], np.ndarray]
 # int8 symmetric range: -127..127 keeps the grid symmetric around zero.
 _QMAX = 127.0
 
@@ -59,35 +69,44 @@ _OVERFLOW = {
 }
 
 
-def unrepresentable(raw: bytes | memoryview, dtype: str, variant: str) -> str | None:
-    """Why ``variant`` cannot hold this tensor faithfully, or None when it can.
+def _flat_blocks(read: ElementReader, count: int) -> Iterator[np.ndarray]:
+    for first in range(0, count, _BLOCK_ELEMS):
+        yield read(first, min(_BLOCK_ELEMS, count - first))
+
+
+def unrepresentable(read: ElementReader, count: int, variant: str) -> str | None:
+    """Why ``variant`` cannot hold this tensor of ``count`` elements faithfully, or
+    None when it can.
 
     A variant must not turn a finite weight into an infinity, nor invent a value
     where the source has NaN or an infinity: fp16 and bf16 keep NaN and the
     infinities as they are but overflow on finite values past their range; int8
     has no NaN or infinity at all. Such a tensor stays exact in the variant.
     """
-    x = np.frombuffer(raw, dtype="<f8") if dtype == "F64" else to_float32(raw, dtype)
-    finite = np.isfinite(x)
-    bad = int(x.size - np.count_nonzero(finite))
+    limit = _OVERFLOW[variant]
+    bad = big = 0
+    for x in _flat_blocks(read, count):
+        finite = np.isfinite(x)
+        bad += int(x.size - np.count_nonzero(finite))
+        # A float32 source cannot reach int8's limit, which float32 cannot hold.
+        if limit <= float(np.finfo(x.dtype).max):
+            big += int(np.count_nonzero(np.abs(x[finite]) >= x.dtype.type(limit)))
     if variant == "int8" and bad:
         return f"{bad} NaN or infinite value(s), which int8 cannot hold"
-    limit = _OVERFLOW[variant]
-    if limit > float(np.finfo(x.dtype).max):
-        return None  # every finite value of the source fits
-    big = int(np.count_nonzero(np.abs(x[finite]) >= x.dtype.type(limit)))
     if big:
         return f"{big} finite value(s) past {variant}'s range would become infinite"
     return None
 
 
-def to_float32(raw: bytes | memoryview, dtype: str) -> np.ndarray:
+def to_values(raw: bytes | memoryview, dtype: str) -> np.ndarray:
+    """A float tensor's bytes as numbers: float64 for F64, float32 for the rest (a
+    fresh array either way)."""
     if dtype == "F32":
         return np.frombuffer(raw, dtype="<f4").astype(np.float32, copy=True)
     if dtype == "F16":
         return np.frombuffer(raw, dtype="<f2").astype(np.float32)
     if dtype == "F64":
-        return np.frombuffer(raw, dtype="<f8").astype(np.float32)
+        return np.frombuffer(raw, dtype="<f8").astype(np.float64, copy=True)
     if dtype == "BF16":
         return (np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
     raise ValueError(f"not a float dtype: {dtype}")
@@ -148,19 +167,26 @@ class ErrorStats:
 _COLUMN_EXPONENTS = (0.0, 0.5, 0.3, 0.7)
 
 
-def _blocks(rows: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
-    step = max(1, _BLOCK_BYTES // max(rows.shape[1] * 4, 1))
-    for start in range(0, rows.shape[0], step):
-        yield start, rows[start : start + step]
+def _row_blocks(read: ElementReader, rows: int, cols: int) -> Iterator[tuple[int, np.ndarray]]:
+    """(first row, block of whole rows): about _BLOCK_ELEMS elements, or one row."""
+    step = max(1, _BLOCK_ELEMS // max(cols, 1))
+    for start in range(0, rows, step):
+        n = min(step, rows - start)
+        yield start, read(start * cols, n * cols).reshape(n, cols)
 
 
-def _int8_pass(
-    rows: np.ndarray, col: np.ndarray | None, stats: ErrorStats, emit: bool
-) -> tuple[list[bytes], np.ndarray]:
-    """Quantize ``rows`` (divided by ``col`` when given) with per-row scales."""
-    out: list[bytes] = []
-    scales = np.empty(rows.shape[0], dtype=np.float32)
-    for start, block in _blocks(rows):
+def int8_values(
+    read: ElementReader,
+    rows: int,
+    cols: int,
+    col: np.ndarray | None,
+    stats: ErrorStats,
+    scales: np.ndarray,
+) -> Iterator[bytes]:
+    """The int8 values of a ``rows`` x ``cols`` tensor (each column divided by
+    ``col`` first when given), a block of rows at a time; each row's scale goes
+    into ``scales`` and the error into ``stats``."""
+    for start, block in _row_blocks(read, rows, cols):
         x = block if col is None else block / col[None, :]
         absmax = np.abs(np.where(np.isfinite(x), x, 0)).max(axis=1)
         scale = (absmax / _QMAX).astype(np.float32)
@@ -169,46 +195,60 @@ def _int8_pass(
         approx = q.astype(np.float32) * safe[:, None]
         stats.add(block, approx if col is None else approx * col[None, :])
         scales[start : start + len(block)] = scale
-        if emit:
-            out.append(q.tobytes())
-    return out, scales
+        yield q.tobytes()
 
 
-def quantize_int8(w: np.ndarray, stats: ErrorStats) -> tuple[bytes, np.ndarray, np.ndarray | None]:
-    """Per-output-channel symmetric int8: returns (int8 values, per-row scales, per-column
-    scales or None). Dequantize as ``q * row[:, None] * col[None, :]``. The column
-    pre-scaling exponent with the smallest relative L2 error is chosen per tensor."""
-    rows = w.reshape(w.shape[0], -1)
-    colmax = np.abs(np.where(np.isfinite(rows), rows, 0)).max(axis=0)
+def int8_column_scale(read: ElementReader, rows: int, cols: int) -> np.ndarray | None:
+    """The per-column pre-scale (float32) of _COLUMN_EXPONENTS with the smallest
+    relative L2 error, or None when plain per-row scales are best. Reads the tensor
+    once for the column maxima and once per exponent tried."""
+    colmax = np.zeros(cols, dtype=np.float64)
+    for _, block in _row_blocks(read, rows, cols):
+        np.maximum(colmax, np.abs(np.where(np.isfinite(block), block, 0)).max(axis=0), out=colmax)
     best: tuple[float, np.ndarray | None] | None = None
+    trial_scales = np.empty(rows, dtype=np.float32)
     for a in _COLUMN_EXPONENTS:
         col = None if a == 0 else np.where(colmax > 0, colmax**a, 1).astype(np.float32)
         trial = ErrorStats()
-        _int8_pass(rows, col, trial, emit=False)
+        for _ in int8_values(read, rows, cols, col, trial, trial_scales):
+            pass
         if best is None or trial.rel_l2 < best[0]:
             best = (trial.rel_l2, col)
     assert best is not None
-    parts, scales = _int8_pass(rows, best[1], stats, emit=True)
-    return b"".join(parts), scales, best[1]
+    return best[1]
+
+
+def quantize_int8(w: np.ndarray, stats: ErrorStats) -> tuple[bytes, np.ndarray, np.ndarray | None]:
+    """Per-output-channel symmetric int8 of an array in memory (ndim >= 1): returns
+    (int8 values, per-row scales, per-column scales or None). Dequantize as
+    ``q.reshape(rows, -1) * row[:, None] * col[None, :]``."""
+    rows = w.shape[0]
+    cols = w.size // rows if rows else 0
+    flat = w.reshape(-1)
+
+    def read(first: int, count: int) -> np.ndarray:
+        return flat[first : first + count]
+
+    col = int8_column_scale(read, rows, cols)
+    scales = np.empty(rows, dtype=np.float32)
+    values = b"".join(int8_values(read, rows, cols, col, stats, scales))
+    return values, scales, col
 
 
 def transform_blocks(
-    w: np.ndarray, variant: str, stats: ErrorStats
-) -> Iterator[tuple[bytes, bytes]]:
-    """Yield byte blocks of ``w`` (float32, any shape) cast to fp16 or bf16, in row
-    order (int8 goes through :func:`quantize_int8`)."""
-    if w.size == 0:
-        return
-    rows = w.reshape(w.shape[0], -1) if w.ndim >= 2 else w.reshape(1, -1)
-    for _, block in _blocks(rows):
+    read: ElementReader, count: int, variant: str, stats: ErrorStats
+) -> Iterator[bytes]:
+    """The ``count`` elements of a tensor cast to fp16 or bf16, a block at a time
+    in element order (int8 goes through :func:`int8_values`)."""
+    for block in _flat_blocks(read, count):
         if variant == "fp16":
             with np.errstate(over="ignore"):
                 half = block.astype("<f2")
             stats.add(block, half.astype(np.float32))
-            yield half.tobytes(), b""
+            yield half.tobytes()
         elif variant == "bf16":
             h = _to_bf16(block)
             stats.add(block, _from_bf16(h))
-            yield h.astype("<u2").tobytes(), b""
+            yield h.astype("<u2").tobytes()
         else:
             raise ValueError(f"transform_blocks does not do {variant}")
