@@ -4,7 +4,6 @@ original file back byte for byte into a new directory, atomically."""
 from __future__ import annotations
 
 import functools
-import os
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -18,11 +17,12 @@ from secpack.errors import SecpackError
 from secpack.format.manifest import Manifest
 from secpack.package.decode import OpenComponent
 from secpack.package.parallel import ordered
-from secpack.package.reader import select_components
+from secpack.package.reader import largest_segment, select_components
 from secpack.sign.modelsig import COMPONENT as MODEL_SIGNING
 from secpack.sign.policy import Policy, Signer
 from secpack.transport.atomic import AtomicDirectory
 from secpack.transport.outdir import OutputTree
+from secpack.workers import worker_threads
 
 __all__ = ["ExtractReport", "extract"]
 
@@ -96,10 +96,10 @@ def extract(
     """
     started = time.perf_counter()
     progress = progress or NullProgress()
-    threads = threads or os.cpu_count() or 1
     with trusted_package(
         "open", package, policy, expected_name=expected_name, allow_downgrade=allow_downgrade
     ) as (src, header, signers):
+        threads = worker_threads(threads, largest_segment(header.manifest))
         indices = _selection(header.manifest, components, emit_model_signing)
         # Unwrap every key and validate every contents table before writing a byte.
         opened = [OpenComponent(src, header, i, identities, policy.limits) for i in indices]

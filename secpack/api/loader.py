@@ -48,9 +48,11 @@ from secpack.format.contents import FileEntry, TensorRecord
 from secpack.format.manifest import Manifest
 from secpack.package.decode import OpenComponent
 from secpack.package.parallel import ordered
+from secpack.package.reader import largest_segment
 from secpack.sign.policy import Policy, Signer
 from secpack.tensors.variants import VARIANTS
 from secpack.transport.spkfile import FileSource
+from secpack.workers import worker_threads
 
 __all__ = ["ComponentInfo", "DtypeWarning", "Package", "load", "open_package"]
 
@@ -169,12 +171,12 @@ class Package:
         self._identities = identities
         self._lock = threading.Lock()
         self._components: dict[int, OpenComponent] = {}
-        self._threads = threads or os.cpu_count() or 1
         self._pool: ThreadPoolExecutor | None = None
         self._served: dict[str, str] = {}
         self._header, signers = establish_trust(
             src, policy, expected_name=expected_name, allow_downgrade=allow_downgrade
         )
+        self._threads = worker_threads(threads, largest_segment(self._header.manifest))
         remember_version(self._header, signers, policy)
         self.signers: tuple[Signer, ...] = tuple(signers)
 

@@ -8,7 +8,6 @@ Nothing here decrypts or decodes; see :mod:`secpack.package.decode`.
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,11 +25,13 @@ from secpack.format.sections import (
 )
 from secpack.package.parallel import ordered
 from secpack.sign.policy import Policy, Signer, evaluate_signatures
+from secpack.workers import worker_threads
 
 __all__ = [
     "ByteSource",
     "Header",
     "check_trust",
+    "largest_segment",
     "read_header",
     "read_segment",
     "read_segment_into",
@@ -153,6 +154,11 @@ def read_segment_into(
         raise IntegrityError("segment digest does not match the manifest")
 
 
+def largest_segment(manifest: Manifest) -> int:
+    """The largest segment's plaintext size, which sizes the workers' buffers."""
+    return max((s.plain for c in manifest.components for s in c.segments), default=0)
+
+
 def verify_segments(
     src: ByteSource,
     header: Header,
@@ -162,7 +168,7 @@ def verify_segments(
 ) -> None:
     """Check the digest of every stored segment (of the given components)."""
     indices = range(len(header.manifest.components)) if components is None else components
-    threads = threads or os.cpu_count() or 1
+    threads = worker_threads(threads, largest_segment(header.manifest))
 
     def check(c: int, s: int) -> int:
         size = header.manifest.components[c].segments[s].stored

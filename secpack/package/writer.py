@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -37,6 +36,7 @@ from secpack.format.manifest import (
 )
 from secpack.package.parallel import ordered
 from secpack.package.plan import InputTree, Plan, PlannedComponent, PlannedSegment
+from secpack.workers import worker_threads
 
 __all__ = ["SealSettings", "placeholder_manifest", "write_blobs"]
 
@@ -105,7 +105,8 @@ def write_blobs(
     progress: Callable[[int], None] | None = None,
 ) -> Manifest:
     """Seal every segment of ``plan`` into ``sink`` (in blob order); return the manifest."""
-    threads = settings.threads or os.cpu_count() or 1
+    largest = max((s.length for c in plan.components for s in c.segments), default=0)
+    threads = worker_threads(settings.threads, largest)
     window = 2 * threads + 2
     components: list[Component] = []
     # Blob digests are computed on a thread of their own, in blob order, so that the

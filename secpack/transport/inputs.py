@@ -19,6 +19,7 @@ from secpack.format.contents import MODE_MASK
 from secpack.format.limits import Limits
 from secpack.format.paths import collision_key, path_problem
 from secpack.package.plan import InputFile, InputTree
+from secpack.workers import worker_threads
 
 __all__ = ["InputDirectory", "WithExtraFiles", "file_digests", "scan_input"]
 
@@ -100,7 +101,7 @@ def file_digests(tree: InputDirectory, threads: int = 0) -> dict[str, bytes]:
             h.update(chunk)
         return f.path, h.digest()
 
-    with ThreadPoolExecutor(threads or os.cpu_count() or 1) as pool:
+    with ThreadPoolExecutor(worker_threads(threads, _HASH_CHUNK)) as pool:
         return dict(pool.map(one, tree.files))
 
 
