@@ -18,6 +18,8 @@ from paths import CHILDREN, PEER_CODECS, rm
 from procs import Child, cmd, reported_seconds, run_child, settle
 from results import DatasetResult, MiB, Row
 
+from secpack.workers import worker_threads
+
 __all__ = [
     "LOAD",
     "MS_SIGN",
@@ -38,8 +40,9 @@ __all__ = [
     "codec_label",
 ]
 
-# secpack uses one thread per CPU; the peers get the same.
-THREADS = 2
+# The peers get as many threads as secpack takes by default for its 4 MiB
+# segments: one per usable CPU, within its memory budget (2 on a 2-CPU machine).
+THREADS = worker_threads(0, 4 * MiB)
 ZSTD_LEVELS = (1, 3, 19)
 # zstd -19 runs at 1-3 MB/s on float weights here: it is measured in the first
 # round only, and on the small data sets only (on 1 GiB it would take ~10 minutes).

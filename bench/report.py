@@ -106,7 +106,7 @@ def render(
         "machine that just wrote the model); `sync` runs before each command. secpack `seal` "
         "and `open` fsync their output before the atomic rename; the shell anchors do not.",
         "- secpack runs with default settings: `seal DIR -o PKG --sign-key ed25519.key "
-        "--recipient x25519.pub` (balanced level, 4 MiB segments, one thread per CPU), "
+        "--recipient x25519.pub` (balanced level, 4 MiB segments, one thread per usable CPU), "
         "`verify PKG --trust ed25519.pub`, `open PKG -o NEW_DIR --identity x25519.key "
         "--trust ed25519.pub`. The first `open` of each data set is compared byte for byte "
         "with the input.",

@@ -204,7 +204,7 @@ def peers_section(results: list[DatasetResult], runs: int, chart: str | None) ->
         "## secpack against its peers",
         "",
         f"Same files for every tool, one process per tool and operation, medians of {runs} "
-        f"round(s). Codec peers run with {THREADS} threads, as secpack does (one per CPU).",
+        f"round(s). Codec peers run with {THREADS} threads, as secpack does (one per usable CPU, within its memory budget).",
         "",
         "- *size ratio* = output bytes / original bytes: the whole signed, encrypted "
         "package for secpack; the codec's output (all segments plus a small index) for "

@@ -64,7 +64,9 @@ DowngradeOpt = Annotated[
         help="Accept a version older than one already seen from the same signer (logged).",
     ),
 ]
-ThreadsOpt = Annotated[int, typer.Option("--threads", help="Worker threads (0: one per CPU).")]
+ThreadsOpt = Annotated[
+    int, typer.Option("--threads", help="Worker threads (0: one per usable CPU, as memory allows).")
+]
 
 
 def _run(as_json: bool, action: Callable[[], None]) -> None:

@@ -51,7 +51,7 @@ class SealSettings:
     # component name -> recipients; an empty mapping means sign-and-compress only.
     recipients: Mapping[str, Sequence[x25519.X25519PublicKey]] = field(default_factory=dict)
     level: int = codec.LEVELS["balanced"]
-    threads: int = 0  # 0: one per CPU
+    threads: int = 0  # 0: see secpack.workers.worker_threads
 
     @property
     def encrypt(self) -> bool:
