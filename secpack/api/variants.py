@@ -139,9 +139,16 @@ def _reader(tree: InputDirectory, path: str, offset: int, dtype: str) -> Element
     size = DTYPE_SIZES[dtype]
 
     def read(first: int, count: int) -> np.ndarray:
-        return to_values(tree.read_at(path, offset + first * size, count * size), dtype)
+        return to_values(_read_exactly(tree, path, offset + first * size, count * size), dtype)
 
     return read
+
+
+def _read_exactly(tree: InputDirectory, path: str, offset: int, length: int) -> bytes:
+    data = tree.read_at(path, offset, length)
+    if len(data) != length:
+        raise InputError("input.invalid", f"{path} changed while it was being read")
+    return data
 
 
 def _write_variant(
@@ -231,7 +238,8 @@ def _write_variant(
         for t, _, change, scale in plan:
             if not change:
                 for first in range(t.begin, t.end, _COPY_BYTES):
-                    out.write(tree.read_at(path, base + first, min(_COPY_BYTES, t.end - first)))
+                    length = min(_COPY_BYTES, t.end - first)
+                    out.write(_read_exactly(tree, path, base + first, length))
                 continue
             stats = ErrorStats()
             read = _reader(tree, path, base + t.begin, t.dtype)

@@ -502,3 +502,46 @@ def test_building_a_variant_of_a_large_tensor_stays_in_bounded_memory(tmp_path: 
     assert code == 0, out.stderr
     # About 220 MiB measured; the tensor alone is 192 MiB, the old way took 4x that.
     assert peak_kib < 360 * 1024, f"peak RSS {peak_kib // 1024} MiB"
+
+
+@pytest.mark.parametrize("tensor", ["w", "ids"])
+def test_a_source_that_shrinks_while_variants_are_built_is_a_typed_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tensor: str
+) -> None:
+    """A tensor read short (the file was truncated after the scan) ends in
+    ``input.invalid``, whether the variant transforms it (``w``) or copies it
+    (``ids``), and leaves nothing behind."""
+    from safetensors.numpy import save_file
+
+    from secpack.transport.inputs import InputDirectory
+
+    root = tmp_path / "m"
+    root.mkdir()
+    tensors = {
+        "w": np.ones((64, 32), np.float32),
+        "ids": np.arange(4096, dtype=np.int64),
+    }
+    save_file(tensors, str(root / "model.safetensors"))
+    size = (root / "model.safetensors").stat().st_size
+    # The tensor's last byte, from the file's own header.
+    raw = (root / "model.safetensors").read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    end = 8 + n + json.loads(raw[8 : 8 + n])[tensor]["data_offsets"][1]
+    real = InputDirectory.read_at
+
+    def short(self: InputDirectory, path: str, offset: int, length: int) -> bytes:
+        data = real(self, path, offset, length)
+        return data[:-1] if offset + length == end and offset + length <= size else data
+
+    monkeypatch.setattr(InputDirectory, "read_at", short)
+    with pytest.raises(SecpackError) as err:
+        seal(
+            str(root),
+            str(tmp_path / "x.spk"),
+            encrypt=False,
+            variants=["int8"],
+            sign_keys=[load_signing_key(str(KEYS / "signing-ed25519.key"))],
+        )
+    assert err.value.code == "input.invalid"
+    assert "changed while it was being read" in err.value.detail
+    assert not [p for p in tmp_path.iterdir() if p.name != "m"]
