@@ -196,6 +196,8 @@ def seal(
 
             progress.start(sum(c.size for c in plan.components), "sealing")
             manifest = write_blobs(source_tree, plan, settings, sink, progress.advance)
+            # Every read of the input is done: all of it must be of one version.
+            tree.check_unchanged()
             manifest_bytes = cbor.encode(manifest.to_cbor())
             audit["package"].update(
                 package_facts(

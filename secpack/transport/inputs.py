@@ -11,8 +11,8 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from secpack.errors import InputError
 from secpack.format.contents import MODE_MASK
@@ -24,11 +24,36 @@ from secpack.workers import worker_threads
 __all__ = ["InputDirectory", "WithExtraFiles", "file_digests", "scan_input"]
 
 
+# What identifies one version of a file: a rewrite in place changes the size or
+# the modification time, and even one that restores both (``touch -d``) changes the
+# inode's change time, which no caller can set; a replacement changes the inode.
+_Fingerprint = tuple[int, int, int, int, int]
+
+
+def _fingerprint(st: os.stat_result) -> _Fingerprint:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 @dataclass(frozen=True)
 class InputDirectory:
     root: str  # the directory, or the parent of a single input file
     files: Sequence[InputFile]
     default_name: str
+    # Each file as the scan saw it, for check_unchanged.
+    fingerprints: Mapping[str, _Fingerprint] = field(default_factory=dict)
+
+    def check_unchanged(self) -> None:
+        """Refuse the input if any file changed since the scan. Seal reads a file
+        more than once (segments, precision variants, model_signing digests), and
+        all of it must come from one version of each file."""
+        for f in self.files:
+            full = os.path.join(self.root, *f.path.split("/"))
+            try:
+                now = _fingerprint(os.lstat(full))
+            except OSError:
+                now = None
+            if now != self.fingerprints.get(f.path):
+                raise InputError("input.invalid", f"{f.path} changed while it was being sealed")
 
     def read_at(self, path: str, offset: int, length: int) -> bytes:
         full = os.path.join(self.root, *path.split("/"))
@@ -121,20 +146,25 @@ def scan_input(source: str, limits: Limits) -> InputDirectory:
         root, base = os.path.split(os.path.abspath(source))
         _check_name(base, limits)
         return InputDirectory(
-            root, [InputFile(base, st.st_size, st.st_mode & MODE_MASK)], _stem(base)
+            root,
+            [InputFile(base, st.st_size, st.st_mode & MODE_MASK)],
+            _stem(base),
+            {base: _fingerprint(st)},
         )
     if not stat.S_ISDIR(st.st_mode):
         raise _refuse(source, "is not a regular file or directory")
     root = os.path.abspath(source)
     files: list[InputFile] = []
-    _walk(root, "", files, limits)
+    fingerprints: dict[str, _Fingerprint] = {}
+    _walk(root, "", files, fingerprints, limits)
     seen: dict[str, str] = {}
     for f in files:
         key = collision_key(f.path)
         if key in seen:
             raise _refuse(f.path, f"collides with {seen[key]!r} on case-insensitive systems")
         seen[key] = f.path
-    return InputDirectory(root, files, os.path.basename(root.rstrip("/")) or "model")
+    name = os.path.basename(root.rstrip("/")) or "model"
+    return InputDirectory(root, files, name, fingerprints)
 
 
 def _stem(name: str) -> str:
@@ -147,7 +177,13 @@ def _check_name(rel: str, limits: Limits) -> None:
         raise _refuse(rel, problem)
 
 
-def _walk(root: str, rel: str, out: list[InputFile], limits: Limits) -> None:
+def _walk(
+    root: str,
+    rel: str,
+    out: list[InputFile],
+    fingerprints: dict[str, _Fingerprint],
+    limits: Limits,
+) -> None:
     here = os.path.join(root, rel) if rel else root
     try:
         entries = sorted(os.scandir(here), key=lambda e: e.name)
@@ -161,9 +197,10 @@ def _walk(root: str, rel: str, out: list[InputFile], limits: Limits) -> None:
         if stat.S_ISLNK(st.st_mode):
             raise _refuse(child, "is a symlink; secpack seals regular files only")
         if stat.S_ISDIR(st.st_mode):
-            _walk(root, child, out, limits)
+            _walk(root, child, out, fingerprints, limits)
         elif stat.S_ISREG(st.st_mode):
             out.append(InputFile(child, st.st_size, st.st_mode & MODE_MASK))
+            fingerprints[child] = _fingerprint(st)
             if len(out) > limits.max_files:
                 raise InputError("input.invalid", f"more than {limits.max_files} files")
         else:

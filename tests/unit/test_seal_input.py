@@ -1,0 +1,113 @@
+"""Seal reads each input file more than once; all of it must be one version."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from secpack.api.keyfiles import load_signing_key
+from secpack.api.seal import seal
+from secpack.errors import SecpackError
+
+ROOT = Path(__file__).resolve().parents[2]
+KEYS = ROOT / "keys-example"
+
+
+class _Meddler:
+    """A progress sink that does ``act`` once, at the first segment written."""
+
+    def __init__(self, act: object) -> None:
+        self.act = act
+        self.done = False
+
+    def start(self, total: int, what: str) -> None:
+        pass
+
+    def advance(self, n: int) -> None:
+        if not self.done:
+            self.done = True
+            self.act()  # type: ignore[operator]
+
+
+def _model(root: Path) -> Path:
+    root.mkdir()
+    rng = np.random.default_rng(7)
+    save_file(
+        {"w": rng.standard_normal((256, 64)).astype(np.float32)}, str(root / "model.safetensors")
+    )
+    (root / "config.json").write_text('{"a": 1}')
+    return root
+
+
+def _seal(root: Path, out: Path, progress: object, **kwargs: object) -> None:
+    seal(
+        str(root),
+        str(out),
+        encrypt=False,
+        sign_keys=[load_signing_key(str(KEYS / "signing-ed25519.key"))],
+        progress=progress,  # type: ignore[arg-type]
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def _rewrite_same_bytes(path: Path) -> None:
+    """Write the file's own bytes back, in place: same size, same content."""
+    data = path.read_bytes()
+    with open(path, "r+b") as fh:
+        fh.write(data)
+
+
+def _restore_mtime_after(path: Path, change: object) -> None:
+    """Change the file, then put its size and modification time back."""
+    st = path.stat()
+    change()  # type: ignore[operator]
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+@pytest.mark.parametrize(
+    "meddle",
+    [
+        "rewrite",
+        "rewrite-and-restore-mtime",
+        "replace",
+        "chmod",
+    ],
+)
+@pytest.mark.parametrize("variants", [(), ("int8",)])
+def test_a_file_changed_during_the_seal_is_refused(
+    tmp_path: Path, meddle: str, variants: tuple[str, ...]
+) -> None:
+    root = _model(tmp_path / "m")
+    config = root / "config.json"
+    weights = root / "model.safetensors"
+
+    def act() -> None:
+        if meddle == "rewrite":
+            _rewrite_same_bytes(weights)
+        elif meddle == "rewrite-and-restore-mtime":
+            _restore_mtime_after(config, lambda: config.write_text('{"a": 2}'))
+        elif meddle == "replace":
+            copy = root / "copy.tmp"
+            copy.write_bytes(config.read_bytes())
+            os.replace(copy, config)
+        else:
+            config.chmod(0o600)
+
+    out = tmp_path / "x.spk"
+    with pytest.raises(SecpackError) as err:
+        _seal(root, out, _Meddler(act), variants=list(variants))
+    assert err.value.code == "input.invalid"
+    assert "changed while it was being sealed" in err.value.detail
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+def test_an_unchanged_input_seals(tmp_path: Path) -> None:
+    """The twin of the cases above: reading the input changes nothing."""
+    root = _model(tmp_path / "m")
+    meddler = _Meddler(lambda: (root / "config.json").read_bytes())
+    _seal(root, tmp_path / "x.spk", meddler, variants=["int8"])
+    assert meddler.done and (tmp_path / "x.spk").stat().st_size > 0
