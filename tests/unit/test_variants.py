@@ -342,6 +342,26 @@ def _write_st(path: Path, tensors: dict[str, np.ndarray], meta: dict[str, str]) 
     save_file(tensors, str(path), metadata=meta)
 
 
+def _hand_made_int8(tmp_path: Path, tensors: dict[str, np.ndarray], scales: str) -> Path:
+    """A package whose int8 variant file is written by hand, with this scale table."""
+    root = tmp_path / "m"
+    _write_st(root / "model.safetensors", {"q": np.zeros((3, 4), np.float32)}, {})
+    _write_st(
+        root / "variants" / "int8" / "model.safetensors",
+        tensors,
+        {"secpack.variant": "int8", "secpack.scales": scales},
+    )
+    pkg = tmp_path / "v.spk"
+    seal(
+        str(root),
+        str(pkg),
+        encrypt=False,
+        components=[("weights.int8", "variants/int8/*")],
+        sign_keys=[load_signing_key(str(KEYS / "signing-ed25519.key"))],
+    )
+    return pkg
+
+
 _Q = np.arange(12, dtype=np.int8).reshape(3, 4)
 _ROW = np.ones(3, np.float32)
 _COL = np.ones(4, np.float32)
@@ -370,22 +390,7 @@ def test_a_malformed_int8_scale_table_is_a_typed_error(
     """The int8 variant's scale table is signed, but a wrong one (a signer's bug, or
     a hand-made package) must end in ``tensor.invalid``, never in a crash or in
     silently wrong weights."""
-    root = tmp_path / "m"
-    _write_st(root / "model.safetensors", {"q": np.zeros((3, 4), np.float32)}, {})
-    tensors = {"q": _Q, "r": _ROW, "c": _COL, **extra}
-    _write_st(
-        root / "variants" / "int8" / "model.safetensors",
-        tensors,
-        {"secpack.variant": "int8", "secpack.scales": scales},
-    )
-    pkg = tmp_path / "v.spk"
-    seal(
-        str(root),
-        str(pkg),
-        encrypt=False,
-        components=[("weights.int8", "variants/int8/*")],
-        sign_keys=[load_signing_key(str(KEYS / "signing-ed25519.key"))],
-    )
+    pkg = _hand_made_int8(tmp_path, {"q": _Q, "r": _ROW, "c": _COL, **extra}, scales)
     with _open(pkg) as p:
         assert p.variants() == ["exact", "int8"]
         with pytest.raises(SecpackError) as err:
@@ -397,21 +402,8 @@ def test_a_malformed_int8_scale_table_is_a_typed_error(
 
 def test_a_well_formed_hand_made_int8_variant_dequantizes(tmp_path: Path) -> None:
     """The twin of the cases above with a valid table: the same files load."""
-    root = tmp_path / "m"
-    _write_st(root / "model.safetensors", {"q": np.zeros((3, 4), np.float32)}, {})
-    _write_st(
-        root / "variants" / "int8" / "model.safetensors",
-        {"q": _Q, "r": _ROW * 2, "c": _COL * 0.5},
-        {"secpack.variant": "int8", "secpack.scales": '{"q": ["r", "c"]}'},
-    )
-    pkg = tmp_path / "v.spk"
-    seal(
-        str(root),
-        str(pkg),
-        encrypt=False,
-        components=[("weights.int8", "variants/int8/*")],
-        sign_keys=[load_signing_key(str(KEYS / "signing-ed25519.key"))],
-    )
+    tensors = {"q": _Q, "r": _ROW * 2, "c": _COL * 0.5}
+    pkg = _hand_made_int8(tmp_path, tensors, '{"q": ["r", "c"]}')
     with _open(pkg) as p:
         sd = p.state_dict("weights", prefer=["int8"])
         assert p.served() == "int8" and set(sd) == {"q"}
