@@ -23,7 +23,6 @@ __all__ = [
     "ErrorStats",
     "int8_column_scale",
     "int8_values",
-    "quantize_int8",
     "to_values",
     "transform_blocks",
     "unrepresentable",
@@ -216,23 +215,6 @@ def int8_column_scale(read: ElementReader, rows: int, cols: int) -> np.ndarray |
             best = (trial.rel_l2, col)
     assert best is not None
     return best[1]
-
-
-def quantize_int8(w: np.ndarray, stats: ErrorStats) -> tuple[bytes, np.ndarray, np.ndarray | None]:
-    """Per-output-channel symmetric int8 of an array in memory (ndim >= 1): returns
-    (int8 values, per-row scales, per-column scales or None). Dequantize as
-    ``q.reshape(rows, -1) * row[:, None] * col[None, :]``."""
-    rows = w.shape[0]
-    cols = w.size // rows if rows else 0
-    flat = w.reshape(-1)
-
-    def read(first: int, count: int) -> np.ndarray:
-        return flat[first : first + count]
-
-    col = int8_column_scale(read, rows, cols)
-    scales = np.empty(rows, dtype=np.float32)
-    values = b"".join(int8_values(read, rows, cols, col, stats, scales))
-    return values, scales, col
 
 
 def transform_blocks(

@@ -17,8 +17,8 @@ from secpack.api.seal import seal
 from secpack.errors import SecpackError
 from secpack.tensors.variants import (
     ErrorStats,
+    int8_column_scale,
     int8_values,
-    quantize_int8,
     to_values,
     unrepresentable,
 )
@@ -184,6 +184,22 @@ def test_refusals(small_model: Path, tmp_path: Path) -> None:
         assert err.value.code == "input.invalid"
         assert not (tmp_path / "x.spk").exists()
     assert not [p for p in tmp_path.iterdir() if "secpack-tmp" in p.name]
+
+
+def quantize_int8(w: np.ndarray, stats: ErrorStats) -> tuple[bytes, np.ndarray, np.ndarray | None]:
+    """The seal's int8 steps on an array in memory: (values, row scales, column
+    scales or None)."""
+    rows = w.shape[0]
+    cols = w.size // rows
+    flat = w.reshape(-1)
+
+    def read(first: int, count: int) -> np.ndarray:
+        return flat[first : first + count]
+
+    col = int8_column_scale(read, rows, cols)
+    scales = np.empty(rows, dtype=np.float32)
+    values = b"".join(int8_values(read, rows, cols, col, stats, scales))
+    return values, scales, col
 
 
 def test_quantize_int8_column_scaling_tames_outlier_columns() -> None:
