@@ -189,7 +189,7 @@ def seal(
         with AtomicFile(output, overwrite=overwrite) as out:
             position = room
 
-            def sink(data: bytes) -> None:
+            def sink(data: bytes | memoryview) -> None:
                 nonlocal position
                 out.pwrite(position, data)
                 position += len(data)

@@ -1050,6 +1050,304 @@ done:
     return result;
 }
 
+/* ---- bgx encoder decisions: column offsets and the exponent window ---------
+ * The encoder's choices for one segment, from samples of its exponents (see
+ * bgx.py for what they are and why). They were numpy code; in C they need no
+ * temporary arrays and run without the GIL, which the seal's workers were
+ * queueing for. tests/unit/test_bgx.py checks them against that numpy code. */
+
+/* Exponent values at least this frequent (in a sample) go into the window;
+ * rarer ones are escaped at 2 bytes each plus an H symbol. 2^-9 was the best of
+ * the powers of two tried on all-MiniLM-L6-v2 and Whisper tiny.en. */
+#define BGX_TAU (1.0 / 512.0)
+/* Elements sampled to choose the window: enough to see every exponent that
+ * passes BGX_TAU, and cheap next to the transform itself. */
+#define BGX_WINDOW_SAMPLE ((Py_ssize_t)1 << 16)
+/* Column offsets are considered for segments of at least this many rows, from
+ * about this many sampled rows (so at most 255), and kept when they save more
+ * than BGX_OFFSET_GAIN bits per element and more than their own P bytes. */
+#define BGX_OFFSET_MIN_ROWS 64
+#define BGX_OFFSET_SAMPLE_ROWS 128
+#define BGX_OFFSET_GAIN 0.02
+/* A cheap screen before the offsets are computed: the variance of the columns'
+ * mean exponents (in binades squared) must be material. Most segments stop here. */
+#define BGX_OFFSET_SCREEN 0.12
+/* Periods above this are not worth an offset table (it is stored raw). */
+#define BGX_MAX_PERIOD ((Py_ssize_t)1 << 16)
+/* Exponents relative to 32 below the median, clipped to 64 values: zeros and
+ * other outliers must not stretch the range that the medians are read from. */
+#define BGX_OFFSET_SPAN 64
+
+INLINE uint32_t exponent_at(const uint8_t *s, Py_ssize_t i, const kind_t *k) {
+    uint32_t v = k->width == 4 ? (uint32_t)s[4 * i] | ((uint32_t)s[4 * i + 1] << 8) |
+                                     ((uint32_t)s[4 * i + 2] << 16) | ((uint32_t)s[4 * i + 3] << 24)
+                               : (uint32_t)LOAD16(s + 2 * i);
+    return (v >> k->mb) & ((1u << k->eb) - 1);
+}
+
+/* The value numpy's median gives, truncated to an integer as int() does, of
+ * `total` values whose histogram is hist[0..bins). Values are >= 0, so the
+ * mean of the two middle ones truncates to its floor. */
+static Py_ssize_t histogram_median(const uint64_t *hist, int bins, uint64_t total) {
+    uint64_t below = 0, lo_rank = (total - 1) / 2, hi_rank = total / 2;
+    Py_ssize_t lo_val = -1, hi_val = -1;
+    for (int b = 0; b < bins && hi_val < 0; b++) {
+        if (lo_val < 0 && below + hist[b] > lo_rank) lo_val = b;
+        if (below + hist[b] > hi_rank) hi_val = b;
+        below += hist[b];
+    }
+    return (lo_val + hi_val) / 2;
+}
+
+/* Bits per sampled element of an order-0 code for hist (what bgx.py's bits() gives). */
+static double histogram_bits(const uint64_t *hist, int bins, double size) {
+    double total = 0.0, bits = 0.0;
+    for (int b = 0; b < bins; b++) total += (double)hist[b];
+    for (int b = 0; b < bins; b++)
+        if (hist[b]) bits += (double)hist[b] * log2(total / (double)hist[b]);
+    return bits / size;
+}
+
+/* Column offsets (mod 2^EB) into off[0..period), or 0 when they do not pay;
+ * -1 when out of memory. */
+static int column_offsets(const uint8_t *s, Py_ssize_t n, const kind_t *k, Py_ssize_t period,
+                          uint8_t *off) {
+    if (period < 2 || period > BGX_MAX_PERIOD) return 0;
+    Py_ssize_t rows = n / period;
+    if (rows < BGX_OFFSET_MIN_ROWS) return 0;
+    Py_ssize_t step = rows / BGX_OFFSET_SAMPLE_ROWS > 1 ? rows / BGX_OFFSET_SAMPLE_ROWS : 1;
+    Py_ssize_t sampled = (rows + step - 1) / step; /* at most 255 */
+    double *mean = calloc((size_t)period, sizeof *mean);
+    uint16_t *counts = calloc((size_t)period * BGX_OFFSET_SPAN, sizeof *counts);
+    int16_t *med = calloc((size_t)period, sizeof *med);
+    int result = -1;
+    if (!mean || !counts || !med) goto out;
+    result = 0;
+    /* The screen: the variance of the columns' mean exponents. */
+    uint64_t ehist[256] = {0};
+    for (Py_ssize_t r = 0; r < rows; r += step) {
+        const uint8_t *row = s + (size_t)r * period * k->width;
+        for (Py_ssize_t j = 0; j < period; j++) {
+            uint32_t e = exponent_at(row, j, k);
+            mean[j] += e;
+            ehist[e]++;
+        }
+    }
+    double mu = 0.0, var = 0.0;
+    for (Py_ssize_t j = 0; j < period; j++) {
+        mean[j] /= (double)sampled;
+        mu += mean[j];
+    }
+    mu /= (double)period;
+    for (Py_ssize_t j = 0; j < period; j++) var += (mean[j] - mu) * (mean[j] - mu);
+    var /= (double)period;
+    if (var < BGX_OFFSET_SCREEN) goto out;
+    /* Each column's median exponent, from bins relative to the sample's median. */
+    uint64_t total = (uint64_t)sampled * (uint64_t)period;
+    Py_ssize_t e0 = histogram_median(ehist, 256, total) - 32;
+    uint64_t rhist[BGX_OFFSET_SPAN] = {0};
+    for (Py_ssize_t r = 0; r < rows; r += step) {
+        const uint8_t *row = s + (size_t)r * period * k->width;
+        for (Py_ssize_t j = 0; j < period; j++) {
+            Py_ssize_t d = (Py_ssize_t)exponent_at(row, j, k) - e0;
+            d = d < 0 ? 0 : (d > BGX_OFFSET_SPAN - 1 ? BGX_OFFSET_SPAN - 1 : d);
+            counts[j * BGX_OFFSET_SPAN + d]++;
+            rhist[d]++;
+        }
+    }
+    uint64_t mhist[BGX_OFFSET_SPAN] = {0};
+    for (Py_ssize_t j = 0; j < period; j++) {
+        const uint16_t *c = counts + j * BGX_OFFSET_SPAN;
+        Py_ssize_t acc = 0, b = 0;
+        while (2 * (acc + c[b]) < sampled) acc += c[b++];
+        med[j] = (int16_t)b;
+        mhist[b]++;
+    }
+    Py_ssize_t mm = histogram_median(mhist, BGX_OFFSET_SPAN, (uint64_t)period);
+    int any = 0;
+    for (Py_ssize_t j = 0; j < period; j++) {
+        med[j] = (int16_t)(med[j] - mm);
+        any |= med[j] != 0;
+    }
+    if (!any) goto out;
+    /* The gain: bits per element of the binned exponents, before and after. */
+    uint64_t shifted[2 * BGX_OFFSET_SPAN + BGX_OFFSET_SPAN] = {0};
+    for (Py_ssize_t j = 0; j < period; j++) {
+        const uint16_t *c = counts + j * BGX_OFFSET_SPAN;
+        for (int b = 0; b < BGX_OFFSET_SPAN; b++) shifted[b - med[j] + 64] += c[b];
+    }
+    double size = (double)total;
+    double gain = histogram_bits(rhist, BGX_OFFSET_SPAN, size) -
+                  histogram_bits(shifted, 3 * BGX_OFFSET_SPAN, size);
+    if (gain <= BGX_OFFSET_GAIN || gain * (double)n / 8.0 <= (double)period) goto out;
+    uint32_t mask = (1u << k->eb) - 1;
+    for (Py_ssize_t j = 0; j < period; j++) off[j] = (uint8_t)((uint32_t)med[j] & mask);
+    result = 1;
+out:
+    free(mean);
+    free(counts);
+    free(med);
+    return result;
+}
+
+/* The exponent window (lo, span) of a sample of the segment's exponents, taken
+ * relative to the column offsets when there are any. */
+static void exponent_window(const uint8_t *s, Py_ssize_t n, const kind_t *k, const uint8_t *off,
+                            Py_ssize_t p, int *lo_out, int *span_out) {
+    int nb = 1 << k->eb;
+    uint64_t hist[256] = {0}, total = 0;
+    Py_ssize_t step = n / BGX_WINDOW_SAMPLE > 1 ? n / BGX_WINDOW_SAMPLE : 1;
+    for (Py_ssize_t i = 0; i < n; i += step, total++) {
+        uint32_t e = exponent_at(s, i, k);
+        if (p) e = (e - off[i % p]) & (uint32_t)(nb - 1);
+        hist[e]++;
+    }
+    double floor_count = BGX_TAU * (double)(total ? total : 1);
+    if (floor_count < 1.0) floor_count = 1.0;
+    int lo = -1, hi = -1;
+    for (int b = 0; b < nb; b++)
+        if ((double)hist[b] >= floor_count) {
+            if (lo < 0) lo = b;
+            hi = b + 1;
+        }
+    if (lo < 0) /* no sample (cannot happen for a non-empty segment): any value seen */
+        for (int b = 0; b < nb; b++)
+            if (hist[b]) {
+                if (lo < 0) lo = b;
+                hi = b + 1;
+            }
+    if (lo < 0) {
+        *lo_out = 0;
+        *span_out = 1;
+        return;
+    }
+    if (hi - lo > 31) {
+        /* The 31 consecutive values that cover most of the sample (the first such). */
+        uint64_t run = 0, best = 0;
+        for (int b = 0; b < 31; b++) run += hist[b];
+        best = run;
+        lo = 0;
+        for (int b = 1; b + 31 <= nb; b++) {
+            run += hist[b + 30];
+            run -= hist[b - 1];
+            if (run > best) best = run, lo = b;
+        }
+        hi = lo + 31;
+    }
+    *lo_out = lo;
+    *span_out = hi - lo;
+}
+
+/* bgx_analyze(src, kind, period) -> (lo, span, offsets): the encoder's window,
+ * and its column offsets (b"" when there are none) for a segment of rows of
+ * `period` elements (0: not a matrix). */
+static PyObject *bgx_analyze(PyObject *self, PyObject *args) {
+    Py_buffer src;
+    int kind_code;
+    Py_ssize_t period;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*in", &src, &kind_code, &period)) return NULL;
+    PyObject *result = NULL, *offsets = NULL;
+    const kind_t *k;
+    if (!get_kind(kind_code, &k)) goto done;
+    if (src.len % k->width || period < 0) {
+        PyErr_SetString(PyExc_ValueError, "bad segment length or period");
+        goto done;
+    }
+    {
+        Py_ssize_t n = src.len / k->width;
+        Py_ssize_t room = period >= 2 && period <= BGX_MAX_PERIOD ? period : 0;
+        offsets = PyBytes_FromStringAndSize(NULL, room);
+        if (offsets == NULL) goto done;
+        uint8_t *off = (uint8_t *)PyBytes_AS_STRING(offsets);
+        const uint8_t *s = (const uint8_t *)src.buf;
+        int found = 0, lo = 0, span = 1;
+        Py_BEGIN_ALLOW_THREADS;
+        found = room ? column_offsets(s, n, k, period, off) : 0;
+        if (found >= 0) exponent_window(s, n, k, off, found > 0 ? period : 0, &lo, &span);
+        Py_END_ALLOW_THREADS;
+        if (found < 0) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        if (found == 0) Py_SETREF(offsets, PyBytes_FromStringAndSize(NULL, 0));
+        if (offsets != NULL) result = Py_BuildValue("iiO", lo, span, offsets);
+    }
+done:
+    Py_XDECREF(offsets);
+    PyBuffer_Release(&src);
+    return result;
+}
+
+/* ans_quantize(counts) -> freqs: frequencies out of ANS_M (256 little-endian
+ * uint16) for 256 symbol counts (native uint64, not all zero). Every symbol
+ * that occurs gets at least 1; the rounding error is then settled one step at
+ * a time where it costs fewest bits: +1 to the symbol that gains most, or -1
+ * from the one (above 1) that loses least, the first such on a tie. This is
+ * ans.py's quantize_python, in C so that it runs without the GIL. */
+static PyObject *ans_quantize(PyObject *self, PyObject *args) {
+    Py_buffer counts;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*", &counts)) return NULL;
+    PyObject *result = NULL;
+    uint64_t c[256], total = 0;
+    if (counts.len != 256 * (Py_ssize_t)sizeof(uint64_t)) {
+        PyErr_SetString(PyExc_ValueError, "counts must be 256 uint64");
+        goto done;
+    }
+    memcpy(c, counts.buf, sizeof c);
+    for (int s = 0; s < 256; s++) {
+        if (c[s] >> 40) { /* keeps c * ANS_M below 2^64; a plane is far shorter */
+            PyErr_SetString(PyExc_ValueError, "symbol count out of range");
+            goto done;
+        }
+        total += c[s];
+    }
+    if (total == 0) {
+        PyErr_SetString(PyExc_ValueError, "no symbol to quantize");
+        goto done;
+    }
+    {
+        int64_t q[256], diff = ANS_M;
+        uint8_t out[512];
+        Py_BEGIN_ALLOW_THREADS;
+        for (int s = 0; s < 256; s++) {
+            uint64_t v = c[s] ? (c[s] * ANS_M + total / 2) / total : 0;
+            q[s] = c[s] && v == 0 ? 1 : (int64_t)v;
+            diff -= q[s];
+        }
+        for (; diff > 0; diff--) {
+            int best = 0;
+            double top = -2.0;
+            for (int s = 0; s < 256; s++) {
+                double g = c[s] ? (double)c[s] * log2(((double)q[s] + 1.0) / (double)q[s]) : -1.0;
+                if (g > top) top = g, best = s;
+            }
+            q[best]++;
+        }
+        for (; diff < 0; diff++) {
+            int best = 0;
+            double low = INFINITY;
+            int found = 0;
+            for (int s = 0; s < 256; s++) {
+                if (q[s] <= 1) continue;
+                double l = (double)c[s] * log2((double)q[s] / ((double)q[s] - 1.0));
+                if (!found || l < low) low = l, best = s, found = 1;
+            }
+            q[best]--;
+        }
+        for (int s = 0; s < 256; s++) {
+            out[2 * s] = (uint8_t)q[s];
+            out[2 * s + 1] = (uint8_t)(q[s] >> 8);
+        }
+        Py_END_ALLOW_THREADS;
+        result = PyBytes_FromStringAndSize((const char *)out, sizeof out);
+    }
+done:
+    PyBuffer_Release(&counts);
+    return result;
+}
+
 /* simd(on=-1) -> bool: whether the bgx loops in use are the AVX2 build. With on
  * = 0 or 1, first switch to the baseline or (where the CPU has AVX2) to AVX2:
  * both write the same bytes, and the tests check it. */
@@ -1083,6 +1381,10 @@ static PyMethodDef methods[] = {
     {"ans_encode", ans_encode, METH_VARARGS,
      "ans_encode(freqs, src, out) -> offset of the coded plane in out, or -1"},
     {"ans_decode", ans_decode, METH_VARARGS, "ans_decode(freqs, src, dst): an ans plane to bytes"},
+    {"bgx_analyze", bgx_analyze, METH_VARARGS,
+     "bgx_analyze(src, kind, period) -> (lo, span, offsets): the encoder's choices"},
+    {"ans_quantize", ans_quantize, METH_VARARGS,
+     "ans_quantize(counts) -> 256 little-endian uint16 frequencies out of 4096"},
     {"bgx_merge", bgx_merge, METH_VARARGS,
      "bgx_merge(H, L, B1, B0, X, offsets, dst, kind, lo, span): bgx planes to floats"},
     {NULL, NULL, 0, NULL},

@@ -28,7 +28,16 @@ from secpack.buffers import scratch
 from secpack.codec import planes as planes_mod
 from secpack.format.manifest import ANS_MIN_SIZE
 
-__all__ = ["BITS", "code", "decode", "decode_python", "encode", "parse_table", "quantize"]
+__all__ = [
+    "BITS",
+    "code",
+    "decode",
+    "decode_python",
+    "encode",
+    "parse_table",
+    "quantize",
+    "quantize_python",
+]
 
 # Frequencies are out of 2^12: within 0.0001 of the order-0 entropy on weight
 # planes (14 bits gained 0.00001 more), and the decoder's slot table stays at
@@ -47,7 +56,18 @@ _MIN_SYMBOLS = 4096
 def quantize(counts: np.ndarray) -> np.ndarray:
     """Frequencies out of 2^12 for symbol ``counts`` (256 of them, not all zero):
     every symbol that occurs gets at least 1, and the rounding is settled where it
-    costs fewest bits."""
+    costs fewest bits. The C helper's ``ans_quantize`` where it was built: it runs
+    without the GIL (this loop held it for up to a few hundred numpy calls per
+    plane); ``quantize_python`` otherwise, which gives the same frequencies."""
+    native = planes_mod.native_module()
+    if native is None:
+        return quantize_python(counts)
+    coded = native.ans_quantize(np.ascontiguousarray(counts, dtype=np.uint64))
+    return np.frombuffer(coded, dtype="<u2").astype(np.int64)
+
+
+def quantize_python(counts: np.ndarray) -> np.ndarray:
+    """``quantize`` in numpy: the C helper's twin."""
     counts = counts.astype(np.int64)
     total = int(counts.sum())
     present = counts > 0

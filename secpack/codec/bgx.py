@@ -58,87 +58,16 @@ _KINDS = {
 assert set(_KINDS) == set(BGX_FLOATS)
 _UINT: dict[int, np.dtype[Any]] = {2: np.dtype("<u2"), 4: np.dtype("<u4")}
 
-# Exponent values at least this frequent (in a sample) go into the window; rarer
-# ones are escaped at 2 bytes each plus an H symbol. 2^-9 was the best of the
-# powers of two tried on all-MiniLM-L6-v2 and Whisper tiny.en.
-_TAU = 2.0**-9
-# Elements sampled to choose the window: enough to see every exponent that
-# passes _TAU, and cheap next to the transform itself.
-_WINDOW_SAMPLE = 1 << 16
-# Column offsets are considered for segments of at least this many rows, from
-# about this many sampled rows, and kept when they save more than _OFFSET_GAIN
-# bits per element and more than their own P bytes.
-_OFFSET_MIN_ROWS = 64
-_OFFSET_SAMPLE_ROWS = 128
-_OFFSET_GAIN = 0.02
-# A cheap screen before the offsets are computed: the variance of the columns'
-# mean exponents (in binades squared) must be material.
-_OFFSET_SCREEN = 0.12
-# Periods above this are not worth an offset table (it is stored raw).
-_MAX_PERIOD = 1 << 16
+# The window and the column offsets are chosen from samples of the segment by
+# the C helper (bgx_analyze in _planes.c, where their constants are), without
+# the GIL: as numpy code they held it for about a third of the encoder's time,
+# and the seal's workers queued for it. tests/unit/test_bgx.py keeps that numpy
+# code as the reference the C must agree with.
 
 
 def available() -> bool:
     """Whether this build can encode bgx (the encoder needs the C helper)."""
     return planes_mod.native_module() is not None
-
-
-def _window(exps: np.ndarray, nb: int) -> tuple[int, int]:
-    """The exponent window (lo, span): the values seen at least _TAU of the time,
-    narrowed to the 31 consecutive values that cover most elements if wider."""
-    hist = np.bincount(exps, minlength=nb)
-    total = max(int(hist.sum()), 1)
-    big = np.flatnonzero(hist >= max(_TAU * total, 1))
-    if len(big) == 0:
-        big = np.flatnonzero(hist)
-    if len(big) == 0:
-        return 0, 1
-    lo, hi = int(big.min()), int(big.max()) + 1
-    if hi - lo > 31:
-        cs = np.concatenate([[0], np.cumsum(hist)])
-        lo = int(np.argmax(cs[31:] - cs[:-31]))
-        hi = lo + 31
-    return lo, hi - lo
-
-
-def _column_offsets(x: np.ndarray, kind: _Kind, period: int) -> np.ndarray | None:
-    """Per-column exponent offsets for a segment whose rows have ``period``
-    elements, or None when they do not pay."""
-    n = len(x)
-    rows = n // period
-    if period < 2 or period > _MAX_PERIOD or rows < _OFFSET_MIN_ROWS:
-        return None
-    nb = 1 << kind.eb
-    step = max(1, rows // _OFFSET_SAMPLE_ROWS)
-    sample = x[: rows * period].reshape(rows, period)[::step]
-    exps = (sample >> kind.mb) & (nb - 1)
-    # The screen reads the unsigned exponents as they are; most segments stop
-    # here, so the widening below is only paid for those that go on.
-    if float(exps.mean(axis=0).var()) < _OFFSET_SCREEN:
-        return None
-    e = exps.astype(np.int64)
-    sampled, cols = e.shape
-    # Exponents relative to 32 below the median, clipped to 64 values: zeros and
-    # other outliers must not stretch the range that the medians are read from.
-    e0 = int(np.median(e)) - 32
-    span = 64
-    r = np.clip(e - e0, 0, span - 1)
-    counts = np.bincount((np.arange(cols) * span + r).reshape(-1), minlength=cols * span)
-    counts = counts.reshape(cols, span)
-    median = np.argmax(np.cumsum(counts, axis=1) * 2 >= sampled, axis=1)
-    offsets = median - int(np.median(median))
-    if not offsets.any():
-        return None
-
-    def bits(c: np.ndarray) -> float:
-        c = c[c > 0].astype(np.float64)
-        return float((c * np.log2(c.sum() / c)).sum()) / r.size
-
-    gain = bits(counts.sum(axis=0)) - bits(np.bincount((r - offsets[None, :] + 64).reshape(-1)))
-    if gain <= _OFFSET_GAIN or gain * n / 8 <= period:
-        return None
-    result: np.ndarray = (offsets % nb).astype(np.uint8)
-    return result
 
 
 # Planes of raw mantissa bits (L of fp32 and fp16, B1 of fp32): when their bytes'
@@ -194,22 +123,14 @@ def encode(view: memoryview, kind_name: str, period: int) -> tuple[Codec, bytes]
     kind = _KINDS[kind_name]
     if native is None or len(view) % kind.width or not view:
         return None
-    x = np.frombuffer(view, dtype=_UINT[kind.width])
-    n = len(x)
-    nb = 1 << kind.eb
-    offsets = _column_offsets(x, kind, period) if period else None
-    p = len(offsets) if offsets is not None else 0
-    step = max(1, n // _WINDOW_SAMPLE)
-    exps = ((x[::step] >> kind.mb) & (nb - 1)).astype(np.int64)
-    if offsets is not None:
-        exps = (exps - offsets[(np.arange(0, n, step) % p)]) % nb
-    lo, span = _window(exps, nb)
+    n = len(view) // kind.width
+    lo, span, off_bytes = native.bgx_analyze(view, kind.code, period)
+    p = len(off_bytes)
     wide = kind.width == 4
     h, low = scratch("bgx.H", n), scratch("bgx.L", n)
     empty = memoryview(bytearray())
     b1, b0 = (scratch("bgx.B1", n), scratch("bgx.B0", n)) if wide else (empty, empty)
     side = scratch("bgx.X", 2 * n)
-    off_bytes = offsets.tobytes() if offsets is not None else b""
     escapes = native.bgx_split(view, kind.code, lo, span, off_bytes, h, low, b1, b0, side)
     sources: list[memoryview | bytes] = [h, low]
     if wide:

@@ -86,6 +86,12 @@ def seal_segment(dek: bytes, salt: bytes, aad: bytes, payload: bytes | memoryvie
     return aead.seal(aead.derive(dek, salt, _SEGMENT_KEY), aad, payload)
 
 
+def seal_segment_into(
+    dek: bytes, salt: bytes, aad: bytes, payload: bytes | memoryview, out: memoryview
+) -> None:
+    aead.seal_into(aead.derive(dek, salt, _SEGMENT_KEY), aad, payload, out)
+
+
 def open_segment(dek: bytes, salt: bytes, aad: bytes, stored: bytes | memoryview) -> bytes:
     return aead.open_(aead.derive(dek, salt, _SEGMENT_KEY), aad, stored)
 

@@ -87,6 +87,8 @@ class InputTree(Protocol):
 
     def read_at(self, path: str, offset: int, length: int) -> bytes: ...
 
+    def read_into(self, path: str, offset: int, buf: memoryview) -> int: ...
+
 
 @dataclass(frozen=True)
 class PlannedSegment:

@@ -27,6 +27,7 @@ __all__ = [
     "open_into",
     "random_bytes",
     "seal",
+    "seal_into",
 ]
 
 KEY_LEN = 32  # AES-256
@@ -46,6 +47,18 @@ def derive(ikm: bytes, salt: bytes, info: bytes, length: int = KEY_LEN) -> bytes
 
 def seal(key: bytes, aad: bytes, plaintext: bytes | memoryview) -> bytes:
     return AESGCM(key).encrypt(ZERO_NONCE, plaintext, aad)
+
+
+def seal_into(key: bytes, aad: bytes, plaintext: bytes | memoryview, out: memoryview) -> None:
+    """``seal`` that writes ciphertext and tag to ``out`` (exactly their length), so
+    that a writer can reuse its buffers instead of faulting in fresh ones per segment."""
+    if len(out) != len(plaintext) + TAG_LEN:
+        raise ValueError("output buffer has the wrong size")
+    cipher = AESGCM(key)
+    if hasattr(cipher, "encrypt_into"):  # cryptography >= 46
+        cipher.encrypt_into(ZERO_NONCE, plaintext, aad, out)
+    else:  # pragma: no cover - older cryptography: one copy more
+        out[:] = cipher.encrypt(ZERO_NONCE, plaintext, aad)
 
 
 def open_(key: bytes, aad: bytes, ciphertext: bytes | memoryview) -> bytes:

