@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import x25519
 from secpack.api.common import NullProgress, Progress
 from secpack.api.trust import remember_version, trusted_package
 from secpack.errors import SecpackError
+from secpack.format.contents import check_paths
 from secpack.format.manifest import Manifest
 from secpack.package.decode import OpenComponent
 from secpack.package.parallel import ordered
@@ -103,6 +104,8 @@ def extract(
         indices = _selection(header.manifest, components, emit_model_signing)
         # Unwrap every key and validate every contents table before writing a byte.
         opened = [OpenComponent(src, header, i, identities, policy.limits) for i in indices]
+        # Every component goes into one tree: their paths must not collide either.
+        check_paths(f.path for c in opened for f in c.contents.files)
         total = sum(c.component.size for c in opened)
         files = sum(len(c.contents.files) for c in opened)
         progress.start(total, "opening")

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from secpack.buffers import huge_block
+from secpack.errors import LimitError
 
 __all__ = ["ALIGNMENT", "aligned", "arena", "host_buffer"]
 
@@ -29,10 +30,19 @@ def aligned(nbytes: int) -> np.ndarray:
 
 
 def host_buffer(nbytes: int) -> np.ndarray:
-    """A writable, ALIGNMENT-aligned uint8 buffer of ``nbytes`` (contents undefined)."""
-    region = huge_block(nbytes)
-    if region is None:
-        return aligned(nbytes)
+    """A writable, ALIGNMENT-aligned uint8 buffer of ``nbytes`` (contents undefined).
+
+    ``limit.exceeded`` when the host cannot provide it: the size comes from a signed
+    manifest, but a signer (or a small package of constant segments) can ask for
+    more memory than there is, and that must be a typed refusal."""
+    try:
+        region = huge_block(nbytes)
+        if region is None:
+            return aligned(nbytes)
+    except MemoryError:
+        raise LimitError(
+            "limit.exceeded", f"cannot allocate {nbytes} bytes for decoded tensors"
+        ) from None
     # The array holds the mapping (page-aligned); it is unmapped with the last view.
     return np.frombuffer(region, dtype=np.uint8, count=nbytes)
 

@@ -50,7 +50,7 @@ from secpack.package.decode import OpenComponent
 from secpack.package.parallel import ordered
 from secpack.package.reader import largest_segment
 from secpack.sign.policy import Policy, Signer
-from secpack.tensors.variants import VARIANTS
+from secpack.tensors.variants import VARIANTS, VARIANTS_ONLY
 from secpack.transport.spkfile import FileSource
 from secpack.workers import worker_threads
 
@@ -359,8 +359,12 @@ class Package:
     def variants(self, component: str = "weights") -> list[str]:
         """The precision variants of ``component`` in this package, "exact" included."""
         names = {c.name for c in self.manifest.components}
-        found = ["exact"] if component in names else []
-        return found + [v for v in VARIANTS if f"{component}.{v}" in names]
+        others = [v for v in VARIANTS if f"{component}.{v}" in names]
+        # With --variants-only the exact component keeps only what has no variant
+        # (an adapter's config, say): its tensors are in the variants alone.
+        exact_left_out = bool(others) and self.manifest.metadata.get(VARIANTS_ONLY) == "true"
+        found = ["exact"] if component in names and not exact_left_out else []
+        return found + others
 
     def _preferred(self, component: str, prefer: Sequence[str]) -> dict[str, Any]:
         available = self.variants(component)
@@ -400,7 +404,7 @@ class Package:
                 ),
                 default=entry.first + entry.count,
             )
-            buffer = np.empty(entry.header, dtype=np.uint8)
+            buffer = hostmem.host_buffer(entry.header)
             self._decode_many(
                 self._segments_into(comp, entry.first, first_tensor - entry.first, buffer)
             )
@@ -430,7 +434,7 @@ class Package:
         comp = self._component(component)
         for entry in comp.contents.files:
             if entry.path == path:
-                buffer = np.empty(entry.size, dtype=np.uint8)
+                buffer = hostmem.host_buffer(entry.size)
                 if entry.count:
                     self._decode_many(self._segments_into(comp, entry.first, entry.count, buffer))
                 return buffer.tobytes()
@@ -460,7 +464,7 @@ class Package:
             offset += r.length
         raw = json.dumps(header, separators=(",", ":")).encode()
         raw += b" " * (-len(raw) % 8)
-        body = np.empty(offset, dtype=np.uint8)
+        body = hostmem.host_buffer(offset)
         work, pos = [], 0
         for r in records:
             work.extend(self._segments_into(comp, r.first, r.count, body[pos : pos + r.length]))
@@ -552,7 +556,8 @@ def _dequantize(
             or cols.size * rows.size != arr.size
         ):
             raise TensorError("tensor.invalid", f"{name}: int8 scales do not fit the tensor")
-        flat = arr.reshape(arr.shape[0], -1).astype(np.float32)
+        # The column count from the checked scales: -1 cannot be inferred when empty.
+        flat = arr.reshape(arr.shape[0], cols.size).astype(np.float32)
         flat *= rows[:, None]
         flat *= cols[None, :]
         out[name] = flat.reshape(arr.shape)

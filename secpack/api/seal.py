@@ -27,6 +27,7 @@ from secpack.recipes.keys import SigningPrivateKey, key_id
 from secpack.sign.cose import sign_manifest
 from secpack.sign.modelsig import COMPONENT as MODEL_SIGNING
 from secpack.sign.modelsig import SIGNATURE_NAME, sign_model, verify_model
+from secpack.tensors.variants import VARIANTS_ONLY
 from secpack.transport.atomic import AtomicFile
 from secpack.transport.inputs import InputDirectory, WithExtraFiles, file_digests, scan_input
 
@@ -164,13 +165,18 @@ def seal(
         if variants:
             build = build_variants(tree, variants, components, output)
             cleanup.callback(build.cleanup)
+            # --variants-only leaves out the exact form of each file that has a
+            # variant; a file without one (a dtype secpack does not model) stays.
+            replaced = {rel.split("/", 2)[2] for rel in build.files}
             source_tree = WithExtraFiles(
                 source_tree,
                 scratch=build.files,
-                drop=(lambda p: p.endswith(".safetensors")) if variants_only else None,
+                drop=replaced.__contains__ if variants_only else None,
             )
             components = [*build.overrides, *components]
             metadata.update(build.summary)
+            if variants_only:
+                metadata[VARIANTS_ONLY] = "true"
         plan = make_plan(source_tree, components, segment_size, DEFAULT_LIMITS)
         created = source_date_epoch()
         settings = SealSettings(

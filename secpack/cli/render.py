@@ -8,7 +8,27 @@ from typing import Any
 
 from secpack.errors import SecpackError
 
-__all__ = ["fail", "human_ratio", "human_size", "human_time", "out", "progress_for"]
+__all__ = ["fail", "human_ratio", "human_size", "human_time", "out", "printable", "progress_for"]
+
+# Characters a terminal acts on rather than shows: C0 and C1 controls and DEL
+# (escape sequences, carriage returns, new lines that forge a line of output), and
+# the bidirectional overrides that reorder what is shown. Names, paths and
+# signature types come from the package, so each is shown as an escape instead.
+_UNPRINTABLE = {
+    c: f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+    for c in [
+        *range(0x20),
+        *range(0x7F, 0xA0),
+        *(0x061C, 0x200E, 0x200F),
+        *range(0x202A, 0x202F),
+        *range(0x2066, 0x206A),
+    ]
+}
+
+
+def printable(text: str) -> str:
+    """``text`` with every character that a terminal would act on escaped."""
+    return text.translate(_UNPRINTABLE)
 
 
 def human_size(n: int) -> str:
@@ -30,7 +50,11 @@ def human_ratio(part: int, whole: int) -> str:
 def human_time(ts: int | None) -> str:
     if ts is None:
         return "never"
-    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    try:
+        return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except (OverflowError, OSError, ValueError):
+        # Signed, and valid, but past what a calendar date can show (year 9999).
+        return f"{ts} (seconds since 1970, beyond year 9999)"
 
 
 def out(obj: dict[str, Any], as_json: bool, lines: list[str], quiet: bool) -> None:
@@ -39,7 +63,7 @@ def out(obj: dict[str, Any], as_json: bool, lines: list[str], quiet: bool) -> No
         sys.stdout.write(json.dumps({"ok": True, **obj}, sort_keys=True) + "\n")
     elif not quiet:
         for line in lines:
-            sys.stdout.write(line + "\n")
+            sys.stdout.write(printable(line) + "\n")
 
 
 def fail(err: SecpackError, as_json: bool) -> None:
@@ -49,7 +73,7 @@ def fail(err: SecpackError, as_json: bool) -> None:
         sys.stdout.write(
             json.dumps({"ok": False, "error": {"code": err.code, "message": message}}) + "\n"
         )
-    sys.stderr.write(f"error[{err.code}]: {message}\n")
+    sys.stderr.write(f"error[{err.code}]: {printable(message)}\n")
 
 
 class _RichProgress:

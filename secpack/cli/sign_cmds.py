@@ -49,9 +49,13 @@ ExportOpt = Annotated[
 
 
 def _time(ts: int | None) -> str:
-    return (
-        "-" if ts is None else dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-    )
+    if ts is None:
+        return "-"
+    try:
+        return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    except (OverflowError, OSError, ValueError):
+        # Any signer (trusted or not) may record any time: past year 9999, the number.
+        return str(ts)
 
 
 def _export(path: str, bundle: bytes | None, enabled: bool) -> str | None:

@@ -21,6 +21,7 @@ from secpack.buffers import scratch
 from secpack.codec import ans, bgx, zstd
 from secpack.codec import planes as planes_mod
 from secpack.errors import CodecError
+from secpack.format.limits import DEFAULT_LIMITS
 from secpack.format.manifest import Codec, Plane
 
 __all__ = ["LEVELS", "decode", "encode"]
@@ -31,6 +32,7 @@ LEVELS = {"fast": 1, "balanced": 3, "max": 19}
 
 # Little-endian on every host: plane k is byte k of the element as stored on disk.
 _UINT = {w: np.dtype(f"<u{w}") for w in (1, 2, 4, 8)}
+_MAX_CONST_ELEMENTS = DEFAULT_LIMITS.max_expansion
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,10 @@ def encode(
     if n == 0:
         raise ValueError("empty segment")
     w = width if width in _UINT and n % width == 0 else 1
-    if _is_constant(view, w):
+    # A const segment stores one element, so its expansion (plain / stored) is the
+    # element count: past the readers' default limit (docs/FORMAT.md §11) even an
+    # unencrypted package, with no GCM tag to add, must code the run otherwise.
+    if n // w <= _MAX_CONST_ELEMENTS and _is_constant(view, w):
         return Encoded(Codec("const", width=w), bytes(view[:w]))
     # The fast profile keeps to bg: 0.2-1.5 % larger on float weights,
     # and quicker to seal and to load (docs/BENCHMARKS.md).

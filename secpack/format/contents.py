@@ -8,7 +8,7 @@ component's public segment list before anything is written or decoded.
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -154,18 +154,32 @@ def parse_contents(obj: Any, plains: Sequence[int], limits: Limits) -> Contents:
 
 
 def _check_paths(files: tuple[FileEntry, ...]) -> None:
+    check_paths(f.path for f in files)
+
+
+def check_paths(paths: Iterable[str]) -> None:
+    """Refuse two paths that collide (§10) or a file path that is also a directory
+    of another. Directories are (parent, element) nodes, not prefix strings: memory
+    stays linear in the paths' bytes, however deep they go."""
     seen: dict[str, str] = {}
-    dirs: set[str] = set()
-    for f in files:
-        key = collision_key(f.path)
+    dirs: dict[tuple[int, str], int] = {}
+    leaves: dict[tuple[int, str], str] = {}
+    for path in paths:
+        key = collision_key(path)
         if key in seen:
-            raise SchemaError("schema.invalid", f"paths {seen[key]!r} and {f.path!r} collide")
-        seen[key] = f.path
-        parts = key.split("/")
-        dirs.update("/".join(parts[:n]) for n in range(1, len(parts)))
-    clash = dirs & set(seen)
-    if clash:
-        raise SchemaError("schema.invalid", f"{seen[min(clash)]!r} is both a file and a directory")
+            raise SchemaError("schema.invalid", f"paths {seen[key]!r} and {path!r} collide")
+        seen[key] = path
+        *parents, name = key.split("/")
+        node = 0
+        for element in parents:
+            if (node, element) in leaves:
+                raise SchemaError(
+                    "schema.invalid", f"{leaves[node, element]!r} is both a file and a directory"
+                )
+            node = dirs.setdefault((node, element), len(dirs) + 1)
+        if (node, name) in dirs:
+            raise SchemaError("schema.invalid", f"{path!r} is both a file and a directory")
+        leaves[node, name] = path
 
 
 def _check_tensors(

@@ -432,7 +432,8 @@ def _parse_codec(obj: Any, where: str, plain: int, limits: Limits) -> Codec:
     if cid == "bgx":
         return _parse_bgx(obj, where, plain)
     g = as_map(obj, where, ("id", "width", "rot", "planes"))
-    width = as_uint(g["width"], f"{where}.width", 1, 8)
+    # Byte grouping needs two bytes per element at least: width 1 has no planes to split.
+    width = as_uint(g["width"], f"{where}.width", 2, 8)
     if width not in WIDTHS or plain % width:
         raise fail(f"{where}.width", "not a width that divides the segment")
     rot = as_uint(g["rot"], f"{where}.rot", 0, 1)

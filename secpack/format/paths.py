@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import unicodedata
 
-__all__ = ["collision_key", "path_problem"]
+__all__ = ["MAX_PATH_ELEMENTS", "collision_key", "path_problem"]
 
 # One path element; POSIX NAME_MAX on the file systems we target.
 _MAX_ELEMENT_BYTES = 255
+# Elements in one path. Model trees are a few levels deep; a path of thousands of
+# one-letter directories (4096 bytes allow 2048) breaks tools that recurse once
+# per level, shutil.rmtree among them, and costs a directory per level to open.
+MAX_PATH_ELEMENTS = 64
 # Characters that are separators, stream markers or device syntax on some platform.
 _FORBIDDEN_CHARS = frozenset('\\:*?"<>|')
 
@@ -32,7 +36,10 @@ def path_problem(path: str, max_bytes: int) -> str | None:
             return "control character or lone surrogate in path"
         if ch in _FORBIDDEN_CHARS:
             return f"character {ch!r} is not allowed in paths"
-    for element in path.split("/"):
+    elements = path.split("/")
+    if len(elements) > MAX_PATH_ELEMENTS:
+        return f"more than {MAX_PATH_ELEMENTS} path elements"
+    for element in elements:
         if element in ("", ".", ".."):
             return "empty, '.' or '..' path element"
         if len(element.encode("utf-8")) > _MAX_ELEMENT_BYTES:

@@ -295,7 +295,7 @@ def make_plan(
             entries.append(
                 FileEntry(f.path, f.size, f.mode, fmt, first, len(builder.segments) - first, header)
             )
-        _check_unique_tensor_names(name, tensors)
+        _check_unique_tensor_names(name, tensors, entries)
         kind = kind_of(name, bool(tensors))
         components.append(
             PlannedComponent(
@@ -331,14 +331,24 @@ def _read_layout(
         raise InputError("input.safetensors", f"{f.path}: {exc.detail}") from None
 
 
-def _check_unique_tensor_names(component: str, tensors: list[TensorRecord]) -> None:
+def _check_unique_tensor_names(
+    component: str, tensors: list[TensorRecord], files: list[FileEntry]
+) -> None:
+    """The loader addresses a component's tensors by name, so names must be unique
+    within it. Pipelines (unet/, vae/, text_encoder/...) reuse names across their
+    parts: the error names both files and how to split them."""
     import unicodedata
 
-    seen: set[str] = set()
+    seen: dict[str, int] = {}
     for t in tensors:
         key = unicodedata.normalize("NFC", t.name)
         if key in seen:
+            first, second = files[seen[key]].path, files[t.file].path
+            where = f"in {first} and {second}" if first != second else f"twice in {first}"
             raise InputError(
-                "input.safetensors", f"tensor {t.name!r} appears twice in component {component!r}"
+                "input.safetensors",
+                f"tensor {t.name!r} appears {where}, both in component {component!r}; "
+                "put the files in components of their own, e.g. "
+                f"--component {component}-{first.split('/')[0].split('.')[0]}={first}",
             )
-        seen.add(key)
+        seen[key] = t.file

@@ -60,6 +60,10 @@ def parse_prefix(prefix: bytes, file_size: int, max_header: int) -> int:
     """Return the JSON header length declared by the first eight bytes."""
     if len(prefix) < PREFIX_LEN or file_size < PREFIX_LEN:
         raise _bad("file shorter than the 8-byte header length")
+    if prefix[:PREFIX_LEN] == b"version ":
+        # A Git LFS pointer ("version https://git-lfs...") checked out without
+        # `git lfs pull`: as a header length these bytes are far out of range anyway.
+        raise _bad("looks like a Git LFS pointer, not the weights (run `git lfs pull`)")
     n = int.from_bytes(prefix[:PREFIX_LEN], "little")
     if n < 2 or n > max_header:
         raise _bad(f"header length {n} out of range")

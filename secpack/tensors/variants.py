@@ -19,6 +19,7 @@ from secpack.tensors.dtypes import FLOAT_DTYPES
 
 __all__ = [
     "VARIANTS",
+    "VARIANTS_ONLY",
     "ElementReader",
     "ErrorStats",
     "int8_column_scale",
@@ -31,6 +32,9 @@ __all__ = [
 ]
 
 VARIANTS = ("fp16", "bf16", "int8")
+# Package metadata key (value "true") that ``seal --variants-only`` sets: the exact
+# components hold no tensors, so a loader must not offer "exact" beside a variant.
+VARIANTS_ONLY = "variants-only"
 # Elements per block when transforming a large tensor: 8 MiB of float32, so that
 # the few temporaries numpy makes per block stay at tens of MiB.
 _BLOCK_ELEMS = (8 << 20) // 4

@@ -15,10 +15,10 @@ import stat
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from secpack.errors import InputError
-from secpack.format.contents import MODE_MASK
+from secpack.errors import InputError, SchemaError
+from secpack.format.contents import MODE_MASK, check_paths
 from secpack.format.limits import Limits
-from secpack.format.paths import collision_key, path_problem
+from secpack.format.paths import path_problem
 from secpack.package.plan import InputFile, InputTree
 from secpack.workers import worker_threads
 
@@ -191,12 +191,14 @@ def scan_input(source: str, limits: Limits) -> InputDirectory:
     files: list[InputFile] = []
     fingerprints: dict[str, _Fingerprint] = {}
     _walk(root, "", files, fingerprints, limits)
-    seen: dict[str, str] = {}
-    for f in files:
-        key = collision_key(f.path)
-        if key in seen:
-            raise _refuse(f.path, f"collides with {seen[key]!r} on case-insensitive systems")
-        seen[key] = f.path
+    # The rules readers apply to the contents (§10), over the whole tree: whatever
+    # the components, they are opened into one directory.
+    try:
+        check_paths(f.path for f in files)
+    except SchemaError as exc:
+        raise InputError(
+            "input.unsafe", f"{exc.detail} (on case-insensitive or normalising file systems)"
+        ) from None
     name = os.path.basename(root.rstrip("/")) or "model"
     return InputDirectory(root, files, name, fingerprints)
 
@@ -229,7 +231,11 @@ def _walk(
         _check_name(child, limits)
         st = entry.stat(follow_symlinks=False)
         if stat.S_ISLNK(st.st_mode):
-            raise _refuse(child, "is a symlink; secpack seals regular files only")
+            raise _refuse(
+                child,
+                "is a symlink; secpack seals regular files only (a Hugging Face cache "
+                "snapshot links into blobs/: copy it first, e.g. `cp -rL SNAPSHOT DIR`)",
+            )
         if stat.S_ISDIR(st.st_mode):
             _walk(root, child, out, fingerprints, limits)
         elif stat.S_ISREG(st.st_mode):

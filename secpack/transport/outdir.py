@@ -12,6 +12,7 @@ import contextlib
 import errno
 import os
 import threading
+from collections import OrderedDict
 from types import TracebackType
 
 from secpack.errors import OutputError
@@ -19,7 +20,7 @@ from secpack.transport.syncer import Syncer
 
 # Errors that mean "something is in the way" (a planted symlink, an existing file or
 # directory): the package path is unsafe here. Anything else (ENOSPC, EDQUOT, EROFS,
-# EIO...) is an I/O failure of the output.
+# EIO, EMFILE...) is an I/O failure of the output.
 _UNSAFE_ERRNOS = frozenset({errno.EEXIST, errno.ELOOP, errno.ENOTDIR, errno.EISDIR})
 
 
@@ -34,42 +35,80 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
+# Directory descriptors held open at once. Each is fsynced before it is closed,
+# so the entries made in it are durable, and it is opened again (relative to its
+# parent, without following symlinks) if more goes into it. A package with
+# thousands of directories must not run the process out of descriptors: the
+# usual soft limit is 1024.
+_MAX_OPEN_DIRS = 64
+
+
 class OutputTree:
     def __init__(self, root: str) -> None:
         self.root_fd = os.open(root, _DIR_FLAGS)
-        self._dirs: dict[str, int] = {"": self.root_fd}
+        # Every directory made, as (parent node, name) -> node; the root is node 0.
+        # Keys hold one path element each, so memory is linear in the paths' bytes
+        # however deep they go.
+        self._nodes: dict[tuple[int, str], int] = {}
+        # Open directory descriptors by node, least recently used first.
+        self._open: OrderedDict[int, int] = OrderedDict()
         self._files: set[int] = set()  # open file descriptors, closed on any exit
         self._lock = threading.Lock()
         self._syncer = Syncer()
 
     def _dir(self, rel: str) -> int:
-        fd = self._dirs.get(rel)
-        if fd is not None:
+        """The descriptor of directory ``rel``, made if needed (the caller holds the
+        lock, and uses the descriptor before releasing it)."""
+        node, fd = 0, self.root_fd
+        if not rel:
             return fd
-        parent, _, name = rel.rpartition("/")
-        parent_fd = self._dir(parent)
-        try:
-            os.mkdir(name, 0o755, dir_fd=parent_fd)
-            fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
-        except OSError as exc:
-            raise OutputError(
-                "output.unsafe", f"cannot create directory {rel}: {exc.strerror}"
-            ) from None
-        self._dirs[rel] = fd
+        for name in rel.split("/"):
+            child = self._nodes.get((node, name))
+            if child is None:
+                try:
+                    os.mkdir(name, 0o755, dir_fd=fd)
+                except OSError as exc:
+                    raise _error(f"cannot create directory {rel}", exc) from None
+                child = len(self._nodes) + 1
+                self._nodes[(node, name)] = child
+            child_fd = self._open.get(child)
+            if child_fd is None:
+                try:
+                    child_fd = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                except OSError as exc:
+                    raise _error(f"cannot open directory {rel}", exc) from None
+                self._open[child] = child_fd
+                # The parent is the most recently used: it is not the one let go.
+                while len(self._open) > _MAX_OPEN_DIRS:
+                    _, old = self._open.popitem(last=False)
+                    self._close_dir(old)
+            else:
+                self._open.move_to_end(child)
+            node, fd = child, child_fd
         return fd
+
+    @staticmethod
+    def _close_dir(fd: int) -> None:
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            raise _error("syncing a directory", exc) from None
+        finally:
+            os.close(fd)
 
     def create(self, path: str, size: int, mode: int) -> int:
         """Create ``path`` (which must not exist) with ``size`` bytes; return a write fd."""
         parent, _, name = path.rpartition("/")
-        with self._lock:
-            dir_fd = self._dir(parent)
         # Owner read/write always; group and others keep at most read and execute, so a
         # private (0600) file stays private and nothing becomes group- or world-writable.
         perm = (mode & 0o755) | 0o600
-        try:
-            fd = os.open(name, _FILE_FLAGS, perm, dir_fd=dir_fd)
-        except OSError as exc:
-            raise _error(f"cannot create {path}", exc) from None
+        with self._lock:
+            # Under the lock: another thread may let the directory's descriptor go.
+            dir_fd = self._dir(parent)
+            try:
+                fd = os.open(name, _FILE_FLAGS, perm, dir_fd=dir_fd)
+            except OSError as exc:
+                raise _error(f"cannot create {path}", exc) from None
         try:
             os.fchmod(fd, perm)
             if size:
@@ -101,10 +140,11 @@ class OutputTree:
     def close(self) -> None:
         """Wait until every file is on disk, then sync and close the directories."""
         self._syncer.close()
-        for fd in self._dirs.values():
-            os.fsync(fd)
-            os.close(fd)
-        self._dirs.clear()
+        while self._open:
+            _, fd = self._open.popitem(last=False)
+            self._close_dir(fd)
+        self._close_dir(self.root_fd)
+        self.root_fd = -1
 
     def __enter__(self) -> OutputTree:
         return self
@@ -114,7 +154,9 @@ class OutputTree:
     ) -> None:
         with contextlib.suppress(OutputError):
             self._syncer.close()
-        for fd in list(self._files) + list(self._dirs.values()):
-            os.close(fd)
+        for fd in [*self._files, *self._open.values(), self.root_fd]:
+            if fd >= 0:
+                os.close(fd)
         self._files.clear()
-        self._dirs.clear()
+        self._open.clear()
+        self.root_fd = -1

@@ -2276,6 +2276,7 @@ PATH_CASES: list[tuple[str, str, Callable[[Comp], None], bool]] = [
     ("not-nfc", "cafe\\u0301.md (decomposed)", repath("cafe\u0301.md"), False),
     ("element-256", "one 256-byte element", repath("a" * 256), False),
     ("too-long", "4097-byte path", repath("/".join(["a" * 200] * 20) + "/" + "b" * 77), False),
+    ("too-deep", "65 path elements (limit 64)", repath("/".join(["d"] * 64) + "/notes.md"), True),
     ("case-collision", "Sub/Deep/Notes.md next to sub/deep/notes.md", two_paths("Sub/Deep/Notes.md", NOTES), True),
     ("fullwidth-collision", "\\uff53ub/deep/notes.md (fullwidth s) next to sub/deep/notes.md", two_paths("\uff53ub/deep/notes.md", NOTES), True),
     ("casefold-collision", "stra\\u00dfe.md next to STRASSE.md", two_paths("STRASSE.md", "stra\u00dfe.md"), False),
@@ -2296,6 +2297,48 @@ for _pid, _title, _change, _plain_too in PATH_CASES:
         verify=OK,
         why=BEHIND,
     )
+
+# Each component's paths are fine, but open writes every component into one tree.
+CROSS_CASES = [
+    (
+        "cross-component-same",
+        "files' notes renamed config.json, the config component's file",
+        "config.json",
+    ),
+    (
+        "cross-component-case",
+        "files' notes renamed CONFIG.json, beside the config component's config.json",
+        "CONFIG.json",
+    ),
+    (
+        "cross-component-file-is-dir",
+        "files' notes renamed config.json/x, under the config component's file",
+        "config.json/x",
+    ),
+]
+_CROSS_WHY = (
+    "each component's contents are valid alone, so verify accepts it; open writes every "
+    "component into one tree and must refuse before writing anything. The loader reads "
+    "files one by one: it serves the --no-encrypt variant, and the renamed file of the "
+    "encrypted one fails its segments' AAD, which binds the path"
+)
+for _pid, _title, _path in CROSS_CASES:
+    for _encrypt, _suffix, _how in ((True, "enc", "encrypted"), (False, "plain", "--no-encrypt")):
+        case(
+            "paths",
+            f"{_pid}-{_suffix}",
+            f"{_title} ({_how})",
+            "schema.invalid",
+            verify=OK,
+            load="integrity" if _encrypt else OK,
+            why=_CROSS_WHY,
+        )(
+            partial(
+                lambda b, path, encrypt: path_case(b, repath(path), encrypt=encrypt),
+                path=_path,
+                encrypt=_encrypt,
+            )
+        )
 
 OUTDIRS = {
     "symlink-to-dir": "-o is a pre-planted symlink to a non-empty directory",

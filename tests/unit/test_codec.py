@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from secpack.codec import segment
 from secpack.errors import CodecError
+from secpack.format.limits import DEFAULT_LIMITS
 from secpack.format.manifest import Codec, Plane
 
 WINDOW = 1 << 24
@@ -44,6 +45,20 @@ def test_constant_segments_store_one_element() -> None:
     enc = _round_trip(data, 4, True)
     assert enc.codec == Codec("const", width=4) and len(enc.payload) == 4
     assert _round_trip(bytes(4096), 1, False).codec.id == "const"
+
+
+@pytest.mark.parametrize("width", [1, 2, 4, 8])
+def test_constant_runs_stay_within_the_readers_expansion_limit(width: int) -> None:
+    # Unencrypted, a stored segment is its payload alone: a const segment of more
+    # than max_expansion elements would be refused by every default reader.
+    limit = DEFAULT_LIMITS.max_expansion
+    at_limit = bytes(limit * width)
+    assert _round_trip(at_limit, width, width > 1).codec.id == "const"
+    for size in (limit * width + width, 16 << 20):
+        data = np.full(size // width, 7, dtype=f"<u{width}").tobytes()
+        enc = _round_trip(data, width, width > 1)
+        assert enc.codec.id != "const"
+        assert len(data) <= len(enc.payload) * limit
 
 
 def test_incompressible_data_falls_back_to_raw() -> None:

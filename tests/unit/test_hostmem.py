@@ -10,6 +10,7 @@ import pytest
 
 from secpack import buffers
 from secpack.api import hostmem
+from secpack.errors import SecpackError
 
 
 @pytest.mark.parametrize("size", [0, 1, 63, 4096, (2 << 20) - 1, 2 << 20, (5 << 20) + 3])
@@ -48,3 +49,13 @@ def test_scratch_buffers_are_per_name_and_reused() -> None:
     other = buffers.scratch("test.b", 10)
     other[:4] = b"wxyz"
     assert bytes(buffers.scratch("test.a", 4)) == b"abcd"
+
+
+def test_a_buffer_the_host_cannot_provide_is_a_typed_refusal() -> None:
+    # A signed manifest may declare any size; 2^62 bytes is past every host.
+    with pytest.raises(SecpackError) as err:
+        hostmem.host_buffer(1 << 62)
+    assert err.value.code == "limit.exceeded"
+    with pytest.raises(SecpackError) as err:
+        hostmem.arena([1 << 61, 1 << 61])
+    assert err.value.code == "limit.exceeded"

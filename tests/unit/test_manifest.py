@@ -49,6 +49,14 @@ def _weights(doc: dict[str, Any]) -> dict[str, Any]:
     return next(c for c in doc["components"] if c["name"] == "weights")
 
 
+def _bg_width_one(comp: dict[str, Any]) -> None:
+    """A bg record that is consistent except for its width of 1 (no planes to group)."""
+    seg = comp["segments"][0]
+    n = seg["plain"]
+    seg["codec"] = {"id": "bg", "width": 1, "rot": 0, "planes": [{"id": "raw", "size": n}]}
+    seg["stored"] = n
+
+
 MUTATIONS = {
     "unknown top-level key": (lambda d: d.__setitem__("extra", 1), "schema.invalid"),
     "missing name": (lambda d: d.pop("name"), "schema.invalid"),
@@ -69,6 +77,7 @@ MUTATIONS = {
         lambda d: _weights(d)["segments"][0].__setitem__("codec", {"id": "lz4"}),
         "schema.unsupported",
     ),
+    "bg of one-byte elements": (lambda d: _bg_width_one(_weights(d)), "schema.invalid"),
     "stored disagrees with codec": (
         lambda d: _weights(d)["segments"][0].__setitem__("stored", 999999),
         "schema.invalid",

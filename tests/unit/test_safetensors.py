@@ -106,3 +106,10 @@ def test_zero_size_tensor_at_running_offset_before_neighbour_is_fine() -> None:
 )
 def test_refusals(blob: bytes) -> None:
     _refused(blob)
+
+
+def test_a_git_lfs_pointer_is_named_as_such() -> None:
+    pointer = b"version https://git-lfs.github.com/spec/v1\noid sha256:ab\nsize 9\n"
+    with pytest.raises(InputError) as err:
+        st.parse_prefix(pointer[:8], len(pointer), 1 << 20)
+    assert err.value.code == "input.safetensors" and "Git LFS pointer" in err.value.detail

@@ -111,3 +111,60 @@ def test_an_unchanged_input_seals(tmp_path: Path) -> None:
     meddler = _Meddler(lambda: (root / "config.json").read_bytes())
     _seal(root, tmp_path / "x.spk", meddler, variants=["int8"])
     assert meddler.done and (tmp_path / "x.spk").stat().st_size > 0
+
+
+@pytest.mark.parametrize("segment_mib", [4, 16])
+def test_unencrypted_constant_segments_open_with_default_limits(
+    tmp_path: Path, segment_mib: int
+) -> None:
+    # A constant segment stores one element, and unencrypted it has no GCM tag:
+    # the writer must still keep to what the readers' default limits accept.
+    from secpack.api.extract import extract
+    from secpack.api.verify import verify
+    from secpack.sign.policy import policy_from_keys
+
+    root = tmp_path / "model"
+    root.mkdir()
+    (root / "zeros.bin").write_bytes(bytes(segment_mib << 20))
+    save_file(
+        {"w": np.full((segment_mib << 19,), 0.25, dtype=np.float16)},
+        str(root / "model.safetensors"),
+    )
+    out = tmp_path / "p.spk"
+    _seal(root, out, None, segment_size=segment_mib << 20)
+    policy = policy_from_keys([("k", (KEYS / "signing-ed25519.key.pub").read_bytes())])
+    verify(str(out), policy)
+    extract(str(out), str(tmp_path / "out"), identities=[], policy=policy)
+    for name in ("zeros.bin", "model.safetensors"):
+        assert (tmp_path / "out" / name).read_bytes() == (root / name).read_bytes()
+
+
+def test_tensor_names_shared_by_two_files_name_both_and_the_way_out(tmp_path: Path) -> None:
+    # A diffusers-style pipeline: two parts that reuse tensor names.
+    root = tmp_path / "pipe"
+    for part in ("unet", "vae"):
+        (root / part).mkdir(parents=True)
+        save_file(
+            {"conv_in.weight": np.ones((4, 4), np.float32)}, str(root / part / "m.safetensors")
+        )
+    with pytest.raises(SecpackError) as err:
+        _seal(root, tmp_path / "p.spk", None)
+    assert err.value.code == "input.safetensors"
+    assert "unet/m.safetensors and vae/m.safetensors" in err.value.detail
+    assert "--component" in err.value.detail
+    _seal(
+        root,
+        tmp_path / "q.spk",
+        None,
+        components=[("weights-unet", "unet/*"), ("weights-vae", "vae/*")],
+    )
+
+
+def test_python_dash_m_runs_the_cli() -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "secpack", "--help"], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0 and "seal" in done.stdout

@@ -426,6 +426,23 @@ def test_a_well_formed_hand_made_int8_variant_dequantizes(tmp_path: Path) -> Non
         assert np.array_equal(sd["q"], _Q.astype(np.float32))
 
 
+@pytest.mark.parametrize("shape", [(0, 4), (0,), (3, 0)])
+def test_an_empty_int8_tensor_dequantizes_to_an_empty_array(
+    tmp_path: Path, shape: tuple[int, ...]
+) -> None:
+    rows = shape[0]
+    cols = shape[1] if len(shape) > 1 and rows else 0
+    tensors = {
+        "q": np.zeros(shape, np.int8),
+        "r": np.ones(rows, np.float32),
+        "c": np.ones(cols, np.float32),
+    }
+    pkg = _hand_made_int8(tmp_path, tensors, '{"q": ["r", "c"]}')
+    with _open(pkg) as p:
+        sd = p.state_dict("weights", prefer=["int8"])
+        assert sd["q"].shape == shape and sd["q"].dtype == np.float32
+
+
 def test_a_file_of_unmodelled_dtypes_gets_no_variant(tmp_path: Path) -> None:
     """A safetensors file that seal keeps opaque (a dtype secpack does not model)
     has no tensor table in the exact weights, so no variant either: the others
@@ -553,3 +570,59 @@ def test_a_source_that_shrinks_while_variants_are_built_is_a_typed_error(
     assert err.value.code == "input.invalid"
     assert "changed while it was being read" in err.value.detail
     assert not [p for p in tmp_path.iterdir() if p.name != "m"]
+
+
+def test_variants_only_keeps_what_has_no_variant_and_offers_no_empty_exact(
+    tmp_path: Path,
+) -> None:
+    """--variants-only leaves out the exact form of what has a variant, and only
+    that: an adapter's config stays (its component then holds no tensors, and the
+    loader must serve the variant rather than an empty "exact"), and a file of a
+    dtype secpack does not model stays exact instead of vanishing."""
+    from helpers import Tensor, write_safetensors
+
+    root = tmp_path / "m"
+    rng = np.random.default_rng(3)
+    weights = rng.standard_normal((32, 16)).astype(np.float32)
+    _write_st(root / "model.safetensors", {"w": weights}, {})
+    lora = root / "my_lora"
+    _write_st(lora / "adapter_model.safetensors", {"a": weights[:8]}, {})
+    (lora / "adapter_config.json").write_text('{"r": 8}')
+    write_safetensors(
+        root / "exotic.safetensors",
+        {"s": Tensor("F8_E8M0", (16,), bytes(range(16)))},
+    )
+    pkg = tmp_path / "v.spk"
+    seal(
+        str(root),
+        str(pkg),
+        encrypt=False,
+        variants=["fp16"],
+        variants_only=True,
+        sign_keys=[load_signing_key(str(KEYS / "signing-ed25519.key"))],
+    )
+    with _open(pkg) as p:
+        adapter = next(c.name for c in p.components if c.name.startswith("adapter"))
+        assert p.variants(adapter) == ["fp16"]
+        assert p.variants("weights") == ["fp16"]
+        sd = p.state_dict(adapter, prefer=["exact", "fp16"])
+        assert p.served(adapter) == "fp16" and set(sd) == {"a"}
+        with pytest.raises(SecpackError) as err:
+            p.state_dict(adapter, prefer=["exact"])
+        assert err.value.code == "component.unknown"
+        paths = {f.path for c in p.components for f in p.files(c.name)}
+        assert "exotic.safetensors" in paths and "my_lora/adapter_config.json" in paths
+        assert "model.safetensors" not in paths
+        assert "my_lora/adapter_model.safetensors" not in paths
+    # Without --variants-only, "exact" is offered first, as always.
+    full = tmp_path / "full.spk"
+    seal(
+        str(root),
+        str(full),
+        encrypt=False,
+        variants=["fp16"],
+        sign_keys=[load_signing_key(str(KEYS / "signing-ed25519.key"))],
+    )
+    with _open(full) as p:
+        assert p.variants(adapter) == ["exact", "fp16"]
+        assert set(p.state_dict(adapter, prefer=["exact"])) == {"a"}

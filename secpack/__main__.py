@@ -1,0 +1,5 @@
+"""``python -m secpack``: the same command line as the ``secpack`` script."""
+
+from secpack.cli import main
+
+main()
