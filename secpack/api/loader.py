@@ -299,6 +299,7 @@ class Package:
         measured no faster.
         Every check of :meth:`state_dict` applies; an error stops the iteration.
         """
+        self._check_exact(component)
         comp = self._component(component)
         records = comp.contents.tensors
         buffers: dict[int, np.ndarray] = {}
@@ -336,6 +337,7 @@ class Package:
         which is freed when the last of them is.
         """
         if prefer is None:
+            self._check_exact(component)
             arrays = self._arrays(component)
             self._served[component] = "exact"
         else:
@@ -365,6 +367,17 @@ class Package:
         exact_left_out = bool(others) and self.manifest.metadata.get(VARIANTS_ONLY) == "true"
         found = ["exact"] if component in names and not exact_left_out else []
         return found + others
+
+    def _check_exact(self, component: str) -> None:
+        """Refuse to serve as exact weights a component whose tensors are only in its
+        precision variants (``seal --variants-only``): it would come back empty."""
+        others = self.variants(component)
+        if others and "exact" not in others:
+            raise SecpackError(
+                "component.unknown",
+                f"{component!r} is only in precision variants {others}: "
+                f"pass prefer=[{', '.join(repr(v) for v in others)}]",
+            )
 
     def _preferred(self, component: str, prefer: Sequence[str]) -> dict[str, Any]:
         available = self.variants(component)

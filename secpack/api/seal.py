@@ -15,8 +15,9 @@ from secpack.api.auditing import audited, package_facts
 from secpack.api.common import NullProgress, Progress, parse_expires, source_date_epoch
 from secpack.api.variants import build_variants
 from secpack.codec.segment import LEVELS
-from secpack.errors import InputError
+from secpack.errors import InputError, SchemaError
 from secpack.format import cbor
+from secpack.format.contents import check_paths
 from secpack.format.limits import DEFAULT_LIMITS
 from secpack.format.manifest import PACKAGE_NAME_RE, Manifest
 from secpack.format.sections import SIG_TYPE_COSE_SIGN1, SignatureEntry
@@ -177,6 +178,13 @@ def seal(
             metadata.update(build.summary)
             if variants_only:
                 metadata[VARIANTS_ONLY] = "true"
+        if source_tree is not tree:
+            # What seal adds (model.sig, variants/...) must not collide with the input
+            # either: open writes it all into one tree (FORMAT.md §10).
+            try:
+                check_paths(f.path for f in source_tree.files)
+            except SchemaError as exc:
+                raise InputError("input.unsafe", f"{exc.detail} (with what seal adds)") from None
         plan = make_plan(source_tree, components, segment_size, DEFAULT_LIMITS)
         created = source_date_epoch()
         settings = SealSettings(

@@ -96,6 +96,8 @@ def build_variants(
     try:
         for variant in dict.fromkeys(variants):
             worst = 0.0
+            written_for: dict[str, list[str]] = {}  # component -> variant files
+            converted: set[str] = set()  # components with at least one tensor changed
             for f in sources:
                 rel = f"variants/{variant}/{f.path}"
                 target = os.path.join(workdir, *rel.split("/"))
@@ -117,7 +119,18 @@ def build_variants(
                 worst = max([worst, *(e[1] for e in errs.values())])
                 build.files[rel] = target
                 build.overrides.append((f"{component_of[f.path]}.{variant}", rel))
+                written_for.setdefault(component_of[f.path], []).append(rel)
+                if errs:
+                    converted.add(component_of[f.path])
+            unchanged = [c for c in written_for if c not in converted]
+            for comp in unchanged:
+                # Every tensor stayed as it was: the variant would only duplicate the
+                # exact weights. (Within a component the variant must hold every
+                # file's tensors, so a partly converted one keeps all its copies.)
+                _drop_variant(build, variant, comp, written_for[comp])
             if not any(rel.startswith(f"variants/{variant}/") for rel in build.files):
+                if unchanged:
+                    continue
                 raise InputError(
                     "input.invalid",
                     f"--variant {variant}: no safetensors file holds only dtypes secpack models",
@@ -127,6 +140,17 @@ def build_variants(
     except BaseException:
         build.cleanup()
         raise
+
+
+def _drop_variant(build: VariantBuild, variant: str, comp: str, rels: list[str]) -> None:
+    for rel in rels:
+        os.unlink(build.files.pop(rel))
+        build.errors.get(variant, {}).pop(rel, None)
+    build.overrides = [o for o in build.overrides if o[1] not in rels]
+    build.notes.append(
+        f"{variant} variant of {comp!r} not made: no tensor in it changes (its floats are "
+        f"{variant} already, or too small for {variant} to gain); the exact weights serve it"
+    )
 
 
 def _count(t: safetensors.TensorEntry) -> int:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from secpack.tensors.dtypes import FLOAT_DTYPES
+from secpack.tensors.dtypes import DTYPE_SIZES, FLOAT_DTYPES
 
 __all__ = [
     "VARIANTS",
@@ -47,12 +47,19 @@ _QMAX = 127.0
 
 
 def wants_transform(dtype: str, shape: tuple[int, ...], variant: str) -> bool:
-    """Which tensors a variant changes: floats; for int8 only matrices (ndim >= 2),
-    since biases and norms are small and sensitive, and stay exact."""
+    """Which tensors a variant changes: floats not already of its dtype; for int8
+    only matrices (ndim >= 2) that its scales leave smaller, since biases and norms
+    are small and sensitive, and stay exact."""
     if dtype not in FLOAT_DTYPES or dtype.startswith("F8"):
         return False
     if variant == "int8":
-        return len(shape) >= 2 and shape[0] > 0 and int(np.prod(shape)) > 0
+        if len(shape) < 2 or shape[0] <= 0:
+            return False
+        count = int(np.prod(shape))
+        rows, cols = shape[0], count // shape[0]
+        # Its scales are float32, one per row and one per column: a (1, N) or
+        # (N, 1) tensor would come out larger than it went in.
+        return count > 0 and count + 4 * (rows + cols) < count * DTYPE_SIZES[dtype]
     return variant_dtype(variant) != dtype
 
 
@@ -65,6 +72,11 @@ def variant_dtype(variant: str) -> str:
 # above it; bf16's largest finite is 0x7F7F, whose midpoint to infinity is the
 # float32 0x7F7F8000. int8's scales are float32, whose own midpoint past its
 # largest finite value (2^128 - 2^104) is 2^128 - 2^103.
+# Below its smallest normal number a float keeps fewer significant bits, down to
+# none: a tensor whose values all lie there (fp32 weights of 1e-40, or of 1e-6 for
+# fp16) would come out mostly or wholly zero. int8's scales are float32 and follow
+# the tensor's own scale.
+_SMALLEST_NORMAL = {"fp16": 2.0**-14, "bf16": 2.0**-126}
 _OVERFLOW = {
     "fp16": 65520.0,
     "bf16": float(np.array(0x7F7F8000, dtype=np.uint32).view(np.float32)),
@@ -88,16 +100,25 @@ def unrepresentable(read: ElementReader, count: int, variant: str) -> str | None
     """
     limit = _OVERFLOW[variant]
     bad = big = 0
+    top = 0.0
     for x in _flat_blocks(read, count):
         finite = np.isfinite(x)
         bad += int(x.size - np.count_nonzero(finite))
+        magnitudes = np.abs(x[finite])
+        if magnitudes.size:
+            top = max(top, float(magnitudes.max()))
         # A float32 source cannot reach int8's limit, which float32 cannot hold.
         if limit <= float(np.finfo(x.dtype).max):
-            big += int(np.count_nonzero(np.abs(x[finite]) >= x.dtype.type(limit)))
+            big += int(np.count_nonzero(magnitudes >= x.dtype.type(limit)))
     if variant == "int8" and bad:
         return f"{bad} NaN or infinite value(s), which int8 cannot hold"
     if big:
         return f"{big} finite value(s) past {variant}'s range would become infinite"
+    tiny = _SMALLEST_NORMAL.get(variant)
+    if tiny is not None and 0.0 < top < tiny:
+        return (
+            f"every value is below {variant}'s smallest normal number: few or no bits would be left"
+        )
     return None
 
 

@@ -143,8 +143,8 @@ class OutputTree:
         while self._open:
             _, fd = self._open.popitem(last=False)
             self._close_dir(fd)
-        self._close_dir(self.root_fd)
-        self.root_fd = -1
+        root, self.root_fd = self.root_fd, -1  # closed below even if its fsync fails
+        self._close_dir(root)
 
     def __enter__(self) -> OutputTree:
         return self

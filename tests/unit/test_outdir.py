@@ -110,3 +110,24 @@ def test_a_planted_symlink_is_refused_even_for_a_directory_let_go(
 def test_running_out_of_descriptors_is_an_io_error() -> None:
     assert outdir._error("x", OSError(errno.EMFILE, "Too many open files")).code == "output.io"
     assert outdir._error("x", OSError(errno.ELOOP, "loop")).code == "output.unsafe"
+
+
+def test_a_failed_fsync_of_the_root_is_a_typed_error_and_closes_it_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tree = OutputTree(str(tmp_path))
+    root = tree.root_fd
+    real_fsync = os.fsync
+
+    def failing(fd: int) -> None:
+        if fd == root:
+            raise OSError(errno.EIO, "I/O error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", failing)
+    with pytest.raises(OutputError) as err, tree:
+        _write(tree, "a/f", b"x")
+        tree.close()
+    assert err.value.code == "output.io"
+    with pytest.raises(OSError):
+        os.fstat(root)  # closed, and only once: no other descriptor was hit

@@ -168,3 +168,31 @@ def test_python_dash_m_runs_the_cli() -> None:
         [sys.executable, "-m", "secpack", "--help"], capture_output=True, text=True, check=False
     )
     assert done.returncode == 0 and "seal" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        ("variants", {"variants": ["fp16"]}),  # a file where seal puts variants/
+        ("MODEL.SIG", {"model_signing": True}),  # beside the model.sig seal adds
+        ("model.sig/x", {"model_signing": True}),
+    ],
+)
+def test_what_seal_adds_must_not_collide_with_the_input(
+    tmp_path: Path, name: str, options: dict[str, object]
+) -> None:
+    root = _model(tmp_path / "m")
+    (root / name).parent.mkdir(parents=True, exist_ok=True)
+    (root / name).write_text("in the way")
+    keys = [str(KEYS / "signing-p256.key")] if options.get("model_signing") else []
+    with pytest.raises(SecpackError) as err:
+        seal(
+            str(root),
+            str(tmp_path / "p.spk"),
+            encrypt=False,
+            sign_keys=[load_signing_key(k) for k in keys]
+            or [load_signing_key(str(KEYS / "signing-ed25519.key"))],
+            **options,  # type: ignore[arg-type]
+        )
+    assert err.value.code == "input.unsafe"
+    assert not (tmp_path / "p.spk").exists()

@@ -610,6 +610,15 @@ def test_variants_only_keeps_what_has_no_variant_and_offers_no_empty_exact(
         with pytest.raises(SecpackError) as err:
             p.state_dict(adapter, prefer=["exact"])
         assert err.value.code == "component.unknown"
+        # Nor does a load that asks for no variant get an empty "exact".
+        for load in (
+            lambda: p.state_dict(adapter),
+            lambda: p.state_dict("weights"),
+            lambda: list(p.iter_tensors("weights")),
+        ):
+            with pytest.raises(SecpackError) as err:
+                load()
+            assert err.value.code == "component.unknown" and "prefer=" in err.value.detail
         paths = {f.path for c in p.components for f in p.files(c.name)}
         assert "exotic.safetensors" in paths and "my_lora/adapter_config.json" in paths
         assert "model.safetensors" not in paths
@@ -626,3 +635,88 @@ def test_variants_only_keeps_what_has_no_variant_and_offers_no_empty_exact(
     with _open(full) as p:
         assert p.variants(adapter) == ["exact", "fp16"]
         assert set(p.state_dict(adapter, prefer=["exact"])) == {"a"}
+
+
+def _seal_variant(root: Path, pkg: Path, variants: list[str]) -> list[str]:
+    report = seal(
+        str(root),
+        str(pkg),
+        encrypt=False,
+        variants=variants,
+        sign_keys=[load_signing_key(str(KEYS / "signing-ed25519.key"))],
+    )
+    return list(report.notes)
+
+
+def test_a_variant_that_changes_nothing_is_not_stored(tmp_path: Path) -> None:
+    """A bf16 variant of bf16 weights would duplicate them: it is not made, seal
+    says so, and the loader serves the exact weights for it."""
+    rng = np.random.default_rng(8)
+    bf16 = (rng.standard_normal((64, 32)).astype(np.float32).view(np.uint32) >> 16).astype(
+        np.uint16
+    )
+    root = tmp_path / "m"
+    from helpers import Tensor, write_safetensors
+
+    root.mkdir()
+    write_safetensors(root / "model.safetensors", {"w": Tensor("BF16", (64, 32), bf16.tobytes())})
+    notes = _seal_variant(root, tmp_path / "v.spk", ["bf16"])
+    assert any("bf16 variant of 'weights' not made" in n for n in notes)
+    with _open(tmp_path / "v.spk") as p:
+        assert p.variants("weights") == ["exact"]
+        assert [c.name for c in p.components if c.name.startswith("weights")] == ["weights"]
+        sd = p.state_dict("weights", prefer=["bf16", "exact"])
+        assert p.served() == "exact" and np.array_equal(sd["w"], bf16)
+
+
+def test_a_partly_converted_component_keeps_every_file_in_its_variant(tmp_path: Path) -> None:
+    """The variant of a component must hold all its tensors: a file with nothing to
+    convert is copied into it when another file of the component converts."""
+    from helpers import Tensor, write_safetensors
+
+    rng = np.random.default_rng(9)
+    root = tmp_path / "m"
+    _write_st(root / "a.safetensors", {"f": rng.standard_normal((8, 8)).astype(np.float32)}, {})
+    write_safetensors(root / "b.safetensors", {"g": Tensor("BF16", (4,), bytes(8))})
+    _seal_variant(root, tmp_path / "v.spk", ["bf16"])
+    with _open(tmp_path / "v.spk") as p:
+        sd = p.state_dict("weights", prefer=["bf16"])
+        assert p.served() == "bf16" and set(sd) == {"f", "g"}
+
+
+def test_int8_leaves_exact_what_its_scales_would_make_larger(tmp_path: Path) -> None:
+    rng = np.random.default_rng(10)
+    tensors = {
+        "row": rng.standard_normal((1, 4096)).astype(np.float32),
+        "col": rng.standard_normal((4096, 1)).astype(np.float32),
+        "mat": rng.standard_normal((64, 64)).astype(np.float32),
+    }
+    root = tmp_path / "m"
+    _write_st(root / "model.safetensors", tensors, {})
+    _seal_variant(root, tmp_path / "v.spk", ["int8"])
+    with _open(tmp_path / "v.spk") as p:
+        raw = p.read_file("weights.int8", "variants/int8/model.safetensors")
+        (n,) = struct.unpack("<Q", raw[:8])
+        header = json.loads(raw[8 : 8 + n])
+        assert header["row"]["dtype"] == "F32" and header["col"]["dtype"] == "F32"
+        assert header["mat"]["dtype"] == "I8"
+        sizes = {c.name: c.size for c in p.components}
+        assert sizes["weights.int8"] < sizes["weights"]
+
+
+@pytest.mark.parametrize(("variant", "scale"), [("fp16", 1e-6), ("fp16", 1e-40), ("bf16", 1e-40)])
+def test_a_tensor_below_the_variants_normal_range_stays_exact(
+    tmp_path: Path, variant: str, scale: float
+) -> None:
+    """fp16 would turn every value of such a tensor to zero or to a few bits (a
+    relative error near 1): it is kept exact, as overflowing ones are, and noted."""
+    rng = np.random.default_rng(11)
+    tiny = (rng.standard_normal((16, 16)) * scale).astype(np.float32)
+    normal = rng.standard_normal((16, 16)).astype(np.float32)
+    root = tmp_path / "m"
+    _write_st(root / "model.safetensors", {"tiny": tiny, "normal": normal}, {})
+    notes = _seal_variant(root, tmp_path / "v.spk", [variant])
+    assert any("tiny kept exact" in n and "smallest normal" in n for n in notes)
+    with _open(tmp_path / "v.spk") as p:
+        sd = p.state_dict("weights", prefer=[variant])
+        assert np.array_equal(sd["tiny"], tiny)
