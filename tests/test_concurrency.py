@@ -485,3 +485,44 @@ def test_state_file_that_is_not_an_object_fails_closed(
 ) -> None:
     (_isolated_state / "versions.json").write_text(content)
     fails("state.corrupt", "verify", sealed, "--trust", release_key.public)
+
+
+def _ed25519_keys(where: Path, n: int) -> list[Path]:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    paths = []
+    for i in range(n):
+        key = ed25519.Ed25519PrivateKey.generate()
+        path = where / f"signer{i}.key"
+        path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        paths.append(path)
+    return paths
+
+
+def test_signers_at_once_lose_no_signature_and_keep_the_mode(
+    tmp_path: Path, mid_package: Path
+) -> None:
+    """In-place sign locks the package from its read to its replacement, and reads
+    the replacement if another signer got there first: with six at once, every
+    signature is there at the end. A private (0600) package stays private."""
+    pkg = tmp_path / "p.spk"
+    pkg.write_bytes(mid_package.read_bytes())
+    pkg.chmod(0o600)
+    before = run_together([secpack_cmd("signatures", pkg, "--json")], clean_env())[0]
+    count = len(json.loads(before.stdout)["signatures"])
+    keys = _ed25519_keys(tmp_path, 6)
+    results = run_together(
+        [secpack_cmd("sign", pkg, "--key", k) for k in keys], clean_env(), barrier=False
+    )
+    assert all(succeeded(r) for r in results)
+    after = run_together([secpack_cmd("signatures", pkg, "--json")], clean_env())[0]
+    assert len(json.loads(after.stdout)["signatures"]) == count + 6
+    assert pkg.stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".p.spk")) == []

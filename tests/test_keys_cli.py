@@ -53,6 +53,45 @@ def test_keygen_files_and_refusals(tmp_path: Path) -> None:
     assert not (tmp_path / "x.key").exists()
 
 
+def test_keygen_writes_both_halves_or_neither(tmp_path: Path) -> None:
+    # The public half cannot be written (its name is a directory, or too long):
+    # no private key is left without it, and --force keeps the old pair whole.
+    blocked = tmp_path / "b.key"
+    Path(f"{blocked}.pub").mkdir()
+    fails("output.exists", "keygen", "signing", "-o", blocked)
+    assert not blocked.exists()
+    key = tmp_path / "k.key"
+    ok("keygen", "signing", "-o", key)
+    old = key.read_bytes()
+    Path(f"{key}.pub").unlink()
+    Path(f"{key}.pub").mkdir()
+    fails("output.unsafe", "keygen", "signing", "-o", key, "--force")
+    assert key.read_bytes() == old
+    long = tmp_path / ("n" * 220)  # its temporary names pass NAME_MAX
+    fails("output.io", "keygen", "signing", "-o", long)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.key.pub", "k.key", "k.key.pub"]
+
+
+def test_force_replaces_files_only(tmp_path: Path, model_dir: Path, release_key: KeyPair) -> None:
+    import os
+
+    fifo = tmp_path / "fifo.spk"
+    os.mkfifo(fifo)
+    fails(
+        "output.unsafe",
+        "seal",
+        model_dir,
+        "-o",
+        fifo,
+        "--sign-key",
+        release_key.private,
+        "--no-encrypt",
+        "--force",
+    )
+    fails("output.unsafe", "keygen", "signing", "-o", fifo, "--force")
+    assert fifo.is_fifo()
+
+
 def test_wrong_key_kinds(
     tmp_path: Path, model_dir: Path, sealed: Path, release_key: KeyPair, server_key: KeyPair
 ) -> None:
@@ -361,7 +400,10 @@ def test_sealing_an_already_expired_package_is_refused(
     args = ["seal", model_dir, "-o", pkg, "--sign-key", release_key.private, "--no-encrypt"]
     fails("input.invalid", *args, "--expires", "1d", env={"SOURCE_DATE_EPOCH": "1700000000"})
     fails("input.invalid", *args, "--expires", "2001-01-01")
+    # Past what a 64-bit time holds: no package that no reader could parse.
+    fails("input.invalid", *args, "--expires", "99999999999999999999w")
     assert not pkg.exists()
+    ok(*args, "--expires", "5000w")
 
 
 def test_expired_package(

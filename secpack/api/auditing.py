@@ -61,6 +61,10 @@ def audited(action: str) -> Iterator[dict[str, Any]]:
     """Wrap one verb: the caller stores ``package_facts(...)`` under ``"package"``
     in the yielded dict as soon as it knows them."""
     facts: dict[str, Any] = {}
+    if os.environ.get("SECPACK_AUDIT", "on") != "off":
+        # Loaded before the verb runs: an unusable key refuses the verb (nothing is
+        # done, and no unsigned record goes into a log that is meant to be signed).
+        facts["audit_key"] = _audit_key()
     try:
         yield facts
     except SecpackError as exc:

@@ -48,6 +48,11 @@ def source_date_epoch() -> int:
     return int(value)
 
 
+# Times are CBOR unsigned integers that readers take as 64-bit: past 2^63 - 1 a
+# writer would need a bignum, which canonical CBOR here forbids.
+_LATEST = 2**63
+
+
 def parse_expires(text: str, created: int) -> int:
     """An ISO-8601 time ('2027-01-01', '2027-01-01T00:00:00Z') or a duration ('90d')
     after ``created``. A time that has already passed is refused: the package would be
@@ -58,6 +63,8 @@ def parse_expires(text: str, created: int) -> int:
         value = _parse_time(text)
     if value <= created:
         raise InputError("input.invalid", f"--expires {text!r} is not after the creation time")
+    if value >= _LATEST:
+        raise InputError("input.invalid", f"--expires {text!r} is too far in the future")
     if value <= now():
         raise InputError("input.invalid", f"--expires {text!r} has already passed")
     return value

@@ -20,7 +20,7 @@ from secpack.recipes.keys import (
     public_pem,
 )
 from secpack.sign.policy import Policy, policy_from_keys
-from secpack.transport.files import read_small, write_private, write_public
+from secpack.transport.files import read_small, write_key_pair
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -146,6 +146,5 @@ def keygen(
     else:
         raise ValueError(f"unknown key kind {kind!r}")
     pub = public_pem(key.public_key())
-    write_private(path, private_pem(key, passphrase), overwrite)
-    write_public(path + ".pub", pub, overwrite)
+    write_key_pair(path, private_pem(key, passphrase), pub, overwrite)
     return pub

@@ -8,7 +8,11 @@ because a signature vouches for everything the manifest commits to.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import fcntl
+import os
+import stat
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from secpack.api.auditing import audited, package_facts
@@ -57,11 +61,36 @@ class SignatureListing:
     trusted: bool | None  # against the given policy; None without one
 
 
+@contextlib.contextmanager
+def _source(package: str, in_place: bool) -> Iterator[FileSource]:
+    """The package to rewrite. In place, it is locked (flock) until the new file has
+    replaced it, and it is the file the name holds once the lock is ours: two
+    signers at once must each see the other's signature, never overwrite it."""
+    while True:
+        src = FileSource(package)
+        try:
+            if in_place:
+                fcntl.flock(src.fd, fcntl.LOCK_EX)
+                held = os.fstat(src.fd)
+                try:
+                    now = os.stat(package)
+                except FileNotFoundError:
+                    now = None
+                if now is None or (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino):
+                    continue  # replaced while we waited: read the new one
+            yield src
+            return
+        finally:
+            src.close()
+
+
 def _rewrite(
     src: FileSource, header: Header, entries: list[SignatureEntry], dest: str, in_place: bool
 ) -> None:
     tail = assemble.signature_tail(entries)
     with AtomicFile(dest, overwrite=in_place) as out:
+        if in_place:
+            out.chmod(stat.S_IMODE(os.fstat(src.fd).st_mode))
         out.copy_from(src.fd, 0, 0, header.layout.sigs_off)
         out.pwrite(header.layout.sigs_off, tail)
         out.commit()
@@ -108,7 +137,7 @@ def _append(
 ) -> tuple[SignReport, bytes | None]:
     with audited("sign") as audit:
         audit["package"] = {"path": package}
-        with FileSource(package) as src:
+        with _source(package, in_place=output is None) as src:
             header = read_header(src, DEFAULT_LIMITS)
             audit["package"].update(
                 package_facts(header.manifest.name, header.manifest.version, header.digest)
@@ -219,7 +248,7 @@ def remove_signature(package: str, key_id_text: str, output: str | None = None) 
     with ``key_id_text`` (at least 8 hex digits); return how many were removed."""
     with audited("unsign") as audit:
         audit["package"] = {"path": package}
-        with FileSource(package) as src:
+        with _source(package, in_place=output is None) as src:
             header = read_header(src, DEFAULT_LIMITS)
             audit["package"].update(
                 package_facts(header.manifest.name, header.manifest.version, header.digest)

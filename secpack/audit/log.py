@@ -21,10 +21,11 @@ import getpass
 import hashlib
 import json
 import os
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 from secpack.errors import SecpackError
 
@@ -115,10 +116,15 @@ def append(
     directory = os.path.dirname(os.path.abspath(path))
     try:
         os.makedirs(directory, mode=0o700, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        # O_NONBLOCK: a FIFO or device at the log's name is refused, not waited on.
+        fd = os.open(
+            path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NONBLOCK, 0o600
+        )
     except OSError as exc:
         raise SecpackError("audit.io", f"{path}: {exc.strerror}") from None
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise SecpackError("audit.io", f"{path} is not a regular file")
         fcntl.flock(fd, fcntl.LOCK_EX)
         last = _last_line(fd)
         if last is None:
@@ -126,7 +132,7 @@ def append(
         else:
             try:
                 seq = int(json.loads(last)["seq"]) + 1
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, RecursionError):
                 raise SecpackError("audit.corrupt", f"{path}: last record is unreadable") from None
             prev = _line_hash(last)
         record: dict[str, Any] = {
@@ -182,10 +188,26 @@ def read_log(path: str | None = None) -> Iterator[tuple[int, bytes]]:
     """(line number from 1, raw line) for each line of the log."""
     path = path or default_log_path()
     try:
-        with open(path, "rb") as fh:
-            yield from enumerate(fh, start=1)
+        fh = _open_regular(path)
     except FileNotFoundError:
         return
+    with fh:
+        yield from enumerate(fh, start=1)
+
+
+def _open_regular(path: str) -> BinaryIO:
+    """``path`` for reading; ``audit.io`` unless it is a regular file (a FIFO at the
+    name would block the reader forever). FileNotFoundError passes through."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise SecpackError("audit.io", f"{path}: {exc.strerror}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise SecpackError("audit.io", f"{path} is not a regular file")
+    return os.fdopen(fd, "rb")
 
 
 @dataclass(frozen=True)
@@ -206,7 +228,7 @@ def verify_log(path: str | None = None, keys: dict[str, Any] | None = None) -> A
             return AuditProblem(number, "truncated record (no end of line)")
         try:
             record = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # nesting past the parser's stack
             return AuditProblem(number, "not a JSON record")
         if not isinstance(record, dict) or _canonical(record) + b"\n" != raw:
             return AuditProblem(number, "record was edited (not in canonical form)")
@@ -227,8 +249,14 @@ def verify_log(path: str | None = None, keys: dict[str, Any] | None = None) -> A
                 return AuditProblem(number, problem)
         prev = last_hash = _line_hash(raw)
         expected_seq += 1
-    head = _read_head(path)
-    if head is not None and (head.get("seq") != expected_seq - 1 or head.get("hash") != last_hash):
+    try:
+        head = _read_head(path)
+    except FileNotFoundError:
+        # Without its head file, a log cut short after a record would look whole.
+        return AuditProblem(count, "the head file is missing") if count else None
+    if head is None:
+        return AuditProblem(count, "the head file is unreadable")
+    if head.get("seq") != expected_seq - 1 or head.get("hash") != last_hash:
         if isinstance(head.get("seq"), int) and head["seq"] >= expected_seq:
             return AuditProblem(
                 count + 1,
@@ -240,10 +268,13 @@ def verify_log(path: str | None = None, keys: dict[str, Any] | None = None) -> A
 
 
 def _read_head(path: str) -> dict[str, Any] | None:
+    """The head file's record, None when it is not one; FileNotFoundError if absent."""
     try:
-        with open(path + ".head", encoding="ascii") as fh:
-            head = json.load(fh)
-    except (OSError, ValueError):
+        with _open_regular(path + ".head") as fh:
+            head = json.loads(fh.read(4096))
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, RecursionError, SecpackError):
         return None
     return head if isinstance(head, dict) else None
 

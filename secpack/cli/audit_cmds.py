@@ -30,9 +30,12 @@ def _records(path: str | None) -> list[dict[str, Any]]:
     out = []
     for number, raw in read_log(path):
         try:
-            out.append(json.loads(raw))
-        except ValueError:
+            record = json.loads(raw)
+        except (ValueError, RecursionError):
             raise SecpackError("audit.corrupt", f"line {number} is not JSON") from None
+        if not isinstance(record, dict):
+            raise SecpackError("audit.corrupt", f"line {number} is not a JSON object")
+        out.append(record)
     return out
 
 

@@ -204,7 +204,7 @@ def _check_subject(payload: bytes, name: str, digest: bytes) -> None:
         statement = json.loads(payload)
         subjects = statement["subject"]
         ptype = statement["predicateType"]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         raise IntegrityError("sigstore statement is malformed") from None
     if ptype != PREDICATE_TYPE or not isinstance(subjects, list):
         raise IntegrityError("sigstore statement is not a secpack manifest statement")
@@ -253,7 +253,7 @@ def verify_artifact_bundle(
     digest = hashlib.sha256(artifact).hexdigest()
     try:
         subjects = json.loads(payload)["subject"]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         raise IntegrityError("sigstore statement is malformed") from None
     if not any(
         isinstance(s, dict) and s.get("digest", {}).get("sha256") == digest for s in subjects

@@ -137,7 +137,7 @@ def verify_model(
         payload = _b64(envelope["payload"], "payload")
         signatures = envelope["signatures"]
         payload_type = envelope["payloadType"]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         raise _fail("not a model_signing bundle") from None
     hint = (bundle.get("verificationMaterial") or {}).get("publicKey", {}).get("hint")
     if hint and hint != _hint(key):
@@ -155,7 +155,7 @@ def verify_model(
         resources = statement["predicate"]["resources"]
         serialization_ = statement["predicate"].get("serialization", {})
         subjects = statement["subject"]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         raise _fail("statement is malformed") from None
     if statement.get("predicateType") != PREDICATE_TYPE or len(subjects) != 1:
         raise _fail("not a model_signing statement")

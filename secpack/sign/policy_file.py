@@ -29,6 +29,8 @@ def policy_from_toml(
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise PolicyError("policy.invalid", f"{name}: {exc}") from None
+    except RecursionError:  # nesting past the parser's stack
+        raise PolicyError("policy.invalid", f"{name}: nested too deeply") from None
     return _from_doc(doc, read_key, resolve, name)
 
 

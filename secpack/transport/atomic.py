@@ -17,6 +17,7 @@ import hashlib
 import os
 import re
 import secrets
+import stat
 from types import TracebackType
 
 from secpack.errors import OutputError
@@ -162,6 +163,15 @@ class AtomicFile:
         remove_stale(self.dest)
         if not overwrite and os.path.lexists(self.dest):
             raise OutputError("output.exists", f"{dest} exists (use --force to replace it)")
+        if overwrite:
+            with contextlib.suppress(FileNotFoundError):
+                kind = os.lstat(self.dest).st_mode
+                # --force replaces a file (or a symlink, not its target); a device, a
+                # FIFO or a directory at the name is not the output of an earlier run.
+                if not (stat.S_ISREG(kind) or stat.S_ISLNK(kind)):
+                    raise OutputError(
+                        "output.unsafe", f"{dest} is not a regular file; not replacing it"
+                    )
         self.tmp = temp_name(self.dest)
         try:
             self.fd = os.open(self.tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
@@ -169,6 +179,14 @@ class AtomicFile:
             raise _io_error(f"cannot create a file next to {dest}", exc) from None
         self._committed = False
         self._syncer: Syncer | None = None
+
+    def chmod(self, mode: int) -> None:
+        """Give the file ``mode`` exactly (not masked by the umask): a package
+        rewritten in place keeps the permissions it had."""
+        try:
+            os.fchmod(self.fd, mode)
+        except OSError as exc:
+            raise _io_error(f"setting the mode of {self.dest}", exc) from None
 
     def pwrite(self, offset: int, data: bytes | memoryview) -> None:
         view = memoryview(data)

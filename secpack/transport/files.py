@@ -1,4 +1,4 @@
-"""Small-file I/O for keys and policies, and private-key files written 0600."""
+"""Small-file I/O for keys and policies, and key pairs written whole (private 0600)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import stat
 
 from secpack.errors import InputError
 
-__all__ = ["read_small", "write_private", "write_public"]
+__all__ = ["read_small", "write_key_pair", "write_public"]
 
 # Keys and policies are a few KiB; a cap stops a mistaken path (a model file) early.
 MAX_SMALL_FILE = 1 << 20
@@ -46,10 +46,31 @@ def _write(path: str, data: bytes, mode: int, overwrite: bool) -> None:
         out.commit()
 
 
-def write_private(path: str, data: bytes, overwrite: bool = False) -> None:
-    """Write key material readable by its owner only (mode 0600, set before any byte)."""
-    _write(path, data, 0o600, overwrite)
-
-
 def write_public(path: str, data: bytes, overwrite: bool = False) -> None:
     _write(path, data, 0o644, overwrite)
+
+
+def write_key_pair(path: str, private: bytes, public: bytes, overwrite: bool = False) -> None:
+    """``path`` (0600) and ``path.pub`` (0644), both or neither: both are written and
+    flushed under temporary names before either takes its name, so a full disk, a
+    name too long or a directory in the way leaves no private key without its
+    public half."""
+    import contextlib
+
+    from secpack.transport.atomic import AtomicFile
+
+    with (
+        AtomicFile(path, overwrite=overwrite, mode=0o600) as first,
+        AtomicFile(path + ".pub", overwrite=overwrite, mode=0o644) as second,
+    ):
+        for out, data, mode in ((first, private, 0o600), (second, public, 0o644)):
+            os.fchmod(out.fd, mode)  # the umask may have narrowed it; set exactly
+            out.pwrite(0, data)
+        first.commit()
+        try:
+            second.commit()
+        except BaseException:
+            if not overwrite:  # the private key did not exist before: take it back
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+            raise

@@ -66,7 +66,7 @@ class VersionState:
                 doc = json.loads(fh.read(16 << 20))
         except (FileNotFoundError, NotADirectoryError):
             return {}
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):  # nesting past the parser's stack
             raise SecpackError("state.corrupt", f"{self._path()} cannot be read") from None
         if not isinstance(doc, dict):
             raise SecpackError("state.corrupt", f"{self._path()} is not a secpack state file")

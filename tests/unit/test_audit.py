@@ -12,6 +12,7 @@ import pytest
 
 from secpack.api.keyfiles import load_signing_key
 from secpack.audit.log import append, read_log, verify_log
+from secpack.errors import SecpackError
 from secpack.recipes.keys import key_id
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -185,3 +186,104 @@ def test_cli_names_the_first_bad_line(tmp_path: Path) -> None:
     assert bad.returncode == 1
     assert bad.error_code == "audit.tampered"
     assert "line 2:" in bad.stderr
+
+
+def test_audit_key_signs_every_record_and_a_bad_one_refuses_the_verb(tmp_path: Path) -> None:
+    # In processes of their own: the CLI puts --audit-key into its environment.
+    from helpers import run_cli
+
+    log = tmp_path / "audit.jsonl"
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    sign_key = KEYS / "signing-ed25519.key"
+    env = {"SECPACK_AUDIT_LOG": str(log)}
+    sealed = run_cli(
+        "--audit-key",
+        KEYS / "signing-p256.key",
+        "seal",
+        model,
+        "-o",
+        tmp_path / "p.spk",
+        "--sign-key",
+        sign_key,
+        "--no-encrypt",
+        env=env,
+        subprocess_=True,
+    )
+    assert sealed.returncode == 0, sealed.stderr
+    verified = run_cli(
+        "verify",
+        tmp_path / "p.spk",
+        "--trust",
+        f"{sign_key}.pub",
+        env={**env, "SECPACK_AUDIT_KEY": str(KEYS / "signing-p256.key")},
+        subprocess_=True,
+    )
+    assert verified.returncode == 0, verified.stderr
+    records = [json.loads(raw) for _, raw in read_log(str(log))]
+    assert [r["action"] for r in records] == ["seal", "verify"]
+    assert all(r.get("sig") for r in records)
+    checked = run_cli("audit", "verify", "--log", log, "--key", KEYS / "signing-p256.key.pub")
+    assert checked.returncode == 0, checked.stderr
+    # A key that cannot sign refuses the verb before it runs, and records nothing.
+    for bad in (tmp_path / "missing.key", KEYS / "recipient-x25519.key", model / "config.json"):
+        refused = run_cli(
+            "--audit-key",
+            bad,
+            "seal",
+            model,
+            "-o",
+            tmp_path / "q.spk",
+            "--sign-key",
+            sign_key,
+            "--no-encrypt",
+            env=env,
+            subprocess_=True,
+        )
+        assert refused.returncode != 0 and refused.error_code in ("key.invalid", "input.missing")
+        assert not (tmp_path / "q.spk").exists()
+    assert len(list(read_log(str(log)))) == 2
+
+
+def test_a_log_that_is_not_a_regular_file_or_not_records_is_a_typed_error(
+    tmp_path: Path,
+) -> None:
+    from helpers import run_cli
+
+    fifo = tmp_path / "fifo.jsonl"
+    os.mkfifo(fifo)
+    for verb in ("verify", "show", "export"):
+        res = run_cli("audit", verb, "--log", fifo, timeout=30)
+        assert res.error_code == "audit.io", (verb, res.stderr)
+    with pytest.raises(SecpackError) as err:
+        append("verify", outcome="ok", path=str(fifo))
+    assert err.value.code == "audit.io"
+    deep = tmp_path / "deep.jsonl"
+    _fill(deep, 2)
+    with deep.open("ab") as fh:
+        fh.write(b"[" * 100_000 + b"]" * 100_000 + b"\n")
+    assert run_cli("audit", "verify", "--log", deep).error_code == "audit.tampered"
+    assert run_cli("audit", "show", "--log", deep).error_code == "audit.corrupt"
+    with pytest.raises(SecpackError) as err:
+        append("verify", outcome="ok", path=str(deep))
+    assert err.value.code == "audit.corrupt"
+    array = tmp_path / "array.jsonl"
+    array.write_bytes(b"[1, 2, 3]\n")
+    assert run_cli("audit", "show", "--log", array).error_code == "audit.corrupt"
+
+
+@pytest.mark.parametrize("head", [b"junk", b"[" * 100_000, b"", None])
+def test_a_truncated_log_with_its_head_garbled_or_gone_is_caught(
+    tmp_path: Path, head: bytes | None
+) -> None:
+    log = tmp_path / "audit.jsonl"
+    lines = _fill(log, 3)
+    _rewrite(log, lines[:2])  # the last record cut away...
+    head_file = Path(f"{log}.head")
+    if head is None:
+        head_file.unlink()  # ...and the head that would show it removed
+    else:
+        head_file.write_bytes(head)
+    problem = verify_log(str(log))
+    assert problem is not None and "head file" in problem.reason

@@ -57,6 +57,8 @@ def test_default_policy_without_its_key_is_an_error() -> None:
         "version = 1\n[trust]\nkeys = ['keys/a.pub']\n[limits]\nmax_everything = 1",
         "version = 1\n[trust]\nkeys = ['keys/a.pub']\n[freshness]\nmax_age = 'soon'",
         "version = 1\n[trust\n",
+        "version = 1\nx = " + "[" * 50_000 + "]" * 50_000,  # nested past the parser's stack
+        "version = 1\nx = " + "{a = " * 50_000 + "1" + "}" * 50_000,
     ],
 )
 def test_bad_policies(tmp_path: Path, text: str) -> None:
@@ -103,3 +105,13 @@ def test_durations(text: str, seconds: int) -> None:
     assert parse_duration(text) == seconds
     with pytest.raises(ValueError):
         parse_duration("0d")
+
+
+def test_a_rollback_state_nested_past_the_parser_is_state_corrupt(tmp_path: Path) -> None:
+    from secpack.transport.state import VersionState
+
+    state = VersionState(str(tmp_path))
+    (tmp_path / "versions.json").write_bytes(b"[" * 100_000 + b"]" * 100_000)
+    with pytest.raises(SecpackError) as err, state._locked():
+        pass
+    assert err.value.code == "state.corrupt"
