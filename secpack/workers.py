@@ -13,7 +13,13 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["usable_cpus", "worker_threads"]
+from secpack.errors import InputError
+
+__all__ = ["MAX_THREADS", "usable_cpus", "worker_threads"]
+
+# An explicit thread count above this is a mistake, not a machine: each worker
+# holds several segments, so 10^9 of them would only exhaust memory.
+MAX_THREADS = 1024
 
 # Segments' worth of memory one seal worker holds at its peak, measured: 33 MB
 # per worker at 4 MiB segments (484 MB with 13 workers), 90 MB at 16 MiB.
@@ -38,6 +44,10 @@ def worker_threads(requested: int, segment_bytes: int) -> int:
     """``requested`` when it is positive (the user's explicit choice, memory and
     all); otherwise one worker per usable CPU, at most as many as the budget allows
     for segments of ``segment_bytes``, and at least one."""
+    if not 0 <= requested <= MAX_THREADS:
+        raise InputError(
+            "input.invalid", f"--threads must be 0 (automatic) to {MAX_THREADS}, not {requested}"
+        )
     if requested > 0:
         return requested
     per_worker = _SEGMENTS_PER_WORKER * max(segment_bytes, 1)

@@ -402,6 +402,8 @@ def test_sealing_an_already_expired_package_is_refused(
     fails("input.invalid", *args, "--expires", "2001-01-01")
     # Past what a 64-bit time holds: no package that no reader could parse.
     fails("input.invalid", *args, "--expires", "99999999999999999999w")
+    fails("input.invalid", *args, "--expires", "")  # not "never"
+    fails("input.invalid", *args, "--threads", "-1")
     assert not pkg.exists()
     ok(*args, "--expires", "5000w")
 

@@ -191,7 +191,7 @@ def seal(
             name=pkg_name,
             version=version,
             created=created,
-            expires=parse_expires(expires, created) if expires else None,
+            expires=parse_expires(expires, created) if expires is not None else None,
             metadata=metadata,
             recipients=_recipient_map([c.name for c in plan.components], recipients)
             if encrypt

@@ -88,8 +88,20 @@ def signing_alg_of(key: SigningPublicKey | SigningPrivateKey) -> SigningAlg:
     raise KeyUseError("key.invalid", f"curve {key.curve.name} is not allowed (P-256 or P-384)")
 
 
+def _one_pem(data: bytes, what: str) -> None:
+    """A key file holds one key: the PEM loader reads the first block and ignores
+    the rest, so a second key would be silently dropped (and never trusted). An
+    EC PARAMETERS block, which `openssl ecparam -genkey` writes before the key, is
+    not a key."""
+    if data.count(b"-----BEGIN ") - data.count(b"-----BEGIN EC PARAMETERS-----") > 1:
+        raise KeyUseError(
+            "key.invalid", f"{what}: holds more than one PEM block (one key per file)"
+        )
+
+
 def load_private_pem(data: bytes, passphrase: bytes | None, what: str) -> PrivateKey:
     """Load a PKCS#8 (or traditional) PEM private key of an allowed type."""
+    _one_pem(data, what)
     try:
         key = serialization.load_pem_private_key(data, password=passphrase)
     except TypeError:
@@ -116,6 +128,7 @@ def load_private_pem(data: bytes, passphrase: bytes | None, what: str) -> Privat
 
 def load_public_pem(data: bytes, what: str) -> PublicKey:
     """Load a SubjectPublicKeyInfo PEM public key of an allowed type."""
+    _one_pem(data, what)
     try:
         key = serialization.load_pem_public_key(data)
     except (ValueError, UnsupportedAlgorithm):

@@ -72,7 +72,7 @@ def _from_doc(
     doc: dict[str, Any], read_key: Callable[[str], bytes], resolve: Callable[[str], str], name: str
 ) -> Policy:
     _check_keys(doc, {"version", "trust", "freshness", "components", "rollback", "limits"}, name)
-    if doc.get("version") != 1:
+    if type(doc.get("version")) is not int or doc["version"] != 1:  # not true, not 1.0
         raise PolicyError("policy.invalid", f"{name}: version must be 1")
     trust = doc.get("trust")
     if not isinstance(trust, dict):
@@ -120,7 +120,9 @@ def _from_doc(
     _check_keys(comps, {"required"}, f"{name} [components]")
     if "required" in comps:
         req = _expect(comps, "required", list, "components")
-        kwargs["required_components"] = tuple(str(c) for c in req)
+        if not all(isinstance(c, str) and c for c in req):
+            raise PolicyError("policy.invalid", f"{name}: components.required must list names")
+        kwargs["required_components"] = tuple(req)
     rollback = doc.get("rollback", {})
     if not isinstance(rollback, dict):
         raise PolicyError("policy.invalid", f"{name}: [rollback] must be a table")

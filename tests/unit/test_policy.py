@@ -57,6 +57,10 @@ def test_default_policy_without_its_key_is_an_error() -> None:
         "version = 1\n[trust]\nkeys = ['keys/a.pub']\n[limits]\nmax_everything = 1",
         "version = 1\n[trust]\nkeys = ['keys/a.pub']\n[freshness]\nmax_age = 'soon'",
         "version = 1\n[trust\n",
+        "version = true\n[trust]\nkeys = ['keys/a.pub']",
+        "version = 1.0\n[trust]\nkeys = ['keys/a.pub']",
+        "version = 1\n[trust]\nkeys = ['keys/a.pub']\n[components]\nrequired = [1, {a = 1}]",
+        "version = 1\n[trust]\nkeys = ['keys/a.pub']\n[components]\nrequired = ['']",
         "version = 1\nx = " + "[" * 50_000 + "]" * 50_000,  # nested past the parser's stack
         "version = 1\nx = " + "{a = " * 50_000 + "1" + "}" * 50_000,
     ],
@@ -115,3 +119,37 @@ def test_a_rollback_state_nested_past_the_parser_is_state_corrupt(tmp_path: Path
     with pytest.raises(SecpackError) as err, state._locked():
         pass
     assert err.value.code == "state.corrupt"
+
+
+def test_a_key_file_holds_one_key(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from secpack.api.keyfiles import load_recipient, load_signing_key
+    from secpack.sign.policy import policy_from_keys
+
+    keys = Path(__file__).resolve().parents[2] / "keys-example"
+    two = (keys / "signing-ed25519.key.pub").read_bytes() + (
+        keys / "signing-p256.key.pub"
+    ).read_bytes()
+    with pytest.raises(SecpackError) as err:
+        policy_from_keys([("two.pub", two)])
+    assert err.value.code == "key.invalid"
+    both = tmp_path / "both.pub"
+    both.write_bytes(
+        (keys / "recipient-x25519.key.pub").read_bytes()
+        + (keys / "other-recipient-x25519.key.pub").read_bytes()
+    )
+    with pytest.raises(SecpackError) as err:
+        load_recipient(str(both))
+    assert err.value.code == "key.invalid"
+    # `openssl ecparam -genkey` writes the curve's parameters before the key: one key.
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
+    params = b"-----BEGIN EC PARAMETERS-----\nBggqhkjOPQMBBw==\n-----END EC PARAMETERS-----\n"
+    (tmp_path / "ec.pem").write_bytes(params + pem)
+    assert isinstance(load_signing_key(str(tmp_path / "ec.pem")), ec.EllipticCurvePrivateKey)

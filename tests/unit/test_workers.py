@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from secpack import workers
+from secpack.errors import SecpackError
 
 MiB = 1 << 20
 
@@ -16,6 +17,14 @@ MiB = 1 << 20
 def test_an_explicit_count_is_kept() -> None:
     assert workers.worker_threads(1, 16 * MiB) == 1
     assert workers.worker_threads(48, 16 * MiB) == 48
+    assert workers.worker_threads(workers.MAX_THREADS, MiB) == workers.MAX_THREADS
+
+
+@pytest.mark.parametrize("count", [-1, workers.MAX_THREADS + 1, 10**20])
+def test_a_count_out_of_range_is_refused(count: int) -> None:
+    with pytest.raises(SecpackError) as err:
+        workers.worker_threads(count, MiB)
+    assert err.value.code == "input.invalid"
 
 
 @pytest.mark.parametrize(
