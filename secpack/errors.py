@@ -164,6 +164,8 @@ CODES: dict[str, str] = {
     "audit.tampered": "the audit log was edited, reordered or truncated",
     # component selection
     "component.unknown": "no such component in the package",
+    # the user stopped the verb (SIGINT); the CLI exits 130
+    "interrupted": "stopped by an interrupt (Ctrl-C); nothing was left half-written",
     # a bug in secpack itself; the CLI reports it without a traceback
     "internal": "internal error (set SECPACK_DEBUG=1 for a traceback)",
 }

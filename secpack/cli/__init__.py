@@ -79,7 +79,9 @@ def _run(as_json: bool, action: Callable[[], None]) -> None:
         fail(err, as_json)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
-        sys.stderr.write("error[interrupted]: stopped; nothing was left half-written\n")
+        from secpack.cli.render import fail
+
+        fail(SecpackError("interrupted", "stopped; nothing was left half-written"), as_json)
         raise typer.Exit(130) from None
     except (ValueError, TypeError) as exc:
         from secpack.cli.render import fail

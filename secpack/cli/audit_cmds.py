@@ -74,6 +74,8 @@ def verify(
     """Check the hash chain: detects edited, deleted, inserted, reordered and truncated records."""
 
     def action() -> None:
+        from cryptography.hazmat.primitives.asymmetric import x25519
+
         from secpack.audit.log import default_log_path, verify_log
         from secpack.cli.render import out
         from secpack.errors import SecpackError
@@ -85,6 +87,10 @@ def verify(
             keys = {}
             for path in key:
                 pub = load_public_pem(read_small(path, "audit key"), path)
+                if isinstance(pub, x25519.X25519PublicKey):
+                    raise SecpackError(
+                        "key.invalid", f"{path}: an X25519 key encrypts; it cannot sign records"
+                    )
                 keys[key_id(pub).hex()] = pub
         problem = verify_log(log, keys)
         if problem is not None:

@@ -226,6 +226,8 @@ def test_audit_key_signs_every_record_and_a_bad_one_refuses_the_verb(tmp_path: P
     assert all(r.get("sig") for r in records)
     checked = run_cli("audit", "verify", "--log", log, "--key", KEYS / "signing-p256.key.pub")
     assert checked.returncode == 0, checked.stderr
+    wrong = run_cli("audit", "verify", "--log", log, "--key", KEYS / "recipient-x25519.key.pub")
+    assert wrong.error_code == "key.invalid"
     # A key that cannot sign refuses the verb before it runs, and records nothing.
     for bad in (tmp_path / "missing.key", KEYS / "recipient-x25519.key", model / "config.json"):
         refused = run_cli(

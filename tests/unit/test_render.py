@@ -45,3 +45,21 @@ def test_ordinary_times() -> None:
     assert human_time(0) == "1970-01-01 00:00:00 UTC"
     assert human_time(None) == "never"
     assert sign_cmds._time(86400) == "1970-01-02 00:00:00Z"
+
+
+def test_an_interrupt_is_a_typed_error_in_json_too(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    import typer
+
+    from secpack.cli import _run
+
+    def stopped() -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(typer.Exit) as done:
+        _run(True, stopped)
+    assert done.value.exit_code == 130
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["error"]["code"] == "interrupted"
+    assert captured.err.startswith("error[interrupted]: ")
