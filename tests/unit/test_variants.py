@@ -572,6 +572,19 @@ def test_a_source_that_shrinks_while_variants_are_built_is_a_typed_error(
     assert not [p for p in tmp_path.iterdir() if p.name != "m"]
 
 
+def _seal_variant(root: Path, pkg: Path, variants: list[str], **options: Any) -> list[str]:
+    """Seal ``root`` unencrypted with ``variants``; return seal's notes."""
+    report = seal(
+        str(root),
+        str(pkg),
+        encrypt=False,
+        variants=variants,
+        sign_keys=[load_signing_key(str(KEYS / "signing-ed25519.key"))],
+        **options,
+    )
+    return list(report.notes)
+
+
 def test_variants_only_keeps_what_has_no_variant_and_offers_no_empty_exact(
     tmp_path: Path,
 ) -> None:
@@ -593,14 +606,7 @@ def test_variants_only_keeps_what_has_no_variant_and_offers_no_empty_exact(
         {"s": Tensor("F8_E8M0", (16,), bytes(range(16)))},
     )
     pkg = tmp_path / "v.spk"
-    seal(
-        str(root),
-        str(pkg),
-        encrypt=False,
-        variants=["fp16"],
-        variants_only=True,
-        sign_keys=[load_signing_key(str(KEYS / "signing-ed25519.key"))],
-    )
+    _seal_variant(root, pkg, ["fp16"], variants_only=True)
     with _open(pkg) as p:
         adapter = next(c.name for c in p.components if c.name.startswith("adapter"))
         assert p.variants(adapter) == ["fp16"]
@@ -625,27 +631,10 @@ def test_variants_only_keeps_what_has_no_variant_and_offers_no_empty_exact(
         assert "my_lora/adapter_model.safetensors" not in paths
     # Without --variants-only, "exact" is offered first, as always.
     full = tmp_path / "full.spk"
-    seal(
-        str(root),
-        str(full),
-        encrypt=False,
-        variants=["fp16"],
-        sign_keys=[load_signing_key(str(KEYS / "signing-ed25519.key"))],
-    )
+    _seal_variant(root, full, ["fp16"])
     with _open(full) as p:
         assert p.variants(adapter) == ["exact", "fp16"]
         assert set(p.state_dict(adapter, prefer=["exact"])) == {"a"}
-
-
-def _seal_variant(root: Path, pkg: Path, variants: list[str]) -> list[str]:
-    report = seal(
-        str(root),
-        str(pkg),
-        encrypt=False,
-        variants=variants,
-        sign_keys=[load_signing_key(str(KEYS / "signing-ed25519.key"))],
-    )
-    return list(report.notes)
 
 
 def test_a_variant_that_changes_nothing_is_not_stored(tmp_path: Path) -> None:
