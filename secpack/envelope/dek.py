@@ -42,6 +42,7 @@ __all__ = [
     "open_segment_into",
     "seal_contents",
     "seal_segment",
+    "seal_segment_into",
     "segment_aad",
     "unwrap_dek",
     "wrap_dek",

@@ -128,3 +128,14 @@ def test_no_key_nonce_reuse_across_versions_sharing_a_dek(
             assert seen.setdefault(key, digest) == digest, "a key encrypted two different messages"
     # Stronger: no derived key is used twice at all, even for the same plaintext.
     assert len(seen) == total
+
+
+def test_seal_segment_into_writes_what_seal_segment_returns() -> None:
+    dek, salt = envelope.new_dek(), envelope.new_salt()
+    aad = b"aad"
+    out = bytearray(4 + 16)
+    envelope.seal_segment_into(dek, salt, aad, b"abcd", memoryview(out))
+    assert bytes(out) == envelope.seal_segment(dek, salt, aad, b"abcd")
+    assert envelope.open_segment(dek, salt, aad, bytes(out)) == b"abcd"
+    with pytest.raises(ValueError):
+        envelope.seal_segment_into(dek, salt, aad, b"abcd", memoryview(bytearray(19)))
