@@ -35,13 +35,14 @@ __all__ = [
     "signing_key",
 ]
 
-_DURATION = re.compile(r"(\d+)([smhdw])")
+# ASCII digits only: \d would also take other scripts' digits (U+FF11, a full-width 1).
+_DURATION = re.compile(r"([0-9]+)([smhdw])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 def parse_duration(text: str) -> int:
     """'90d', '12h', '30m', '2w', '45s' -> seconds."""
-    m = _DURATION.fullmatch(text.strip())
+    m = _DURATION.fullmatch(text)
     if not m or int(m.group(1)) == 0:
         raise ValueError(f"{text!r} is not a duration like 90d, 12h, 30m, 2w")
     return int(m.group(1)) * _UNIT_SECONDS[m.group(2)]

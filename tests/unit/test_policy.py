@@ -107,8 +107,9 @@ def test_empty_policy_is_misuse() -> None:
 @pytest.mark.parametrize(("text", "seconds"), [("90d", 7776000), ("12h", 43200), ("2w", 1209600)])
 def test_durations(text: str, seconds: int) -> None:
     assert parse_duration(text) == seconds
-    with pytest.raises(ValueError):
-        parse_duration("0d")
+    for bad in ("0d", " 1d", "1d ", "\uff11d", "1 d", "d", "1y"):
+        with pytest.raises(ValueError):
+            parse_duration(bad)
 
 
 def test_a_rollback_state_nested_past_the_parser_is_state_corrupt(tmp_path: Path) -> None:
