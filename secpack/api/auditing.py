@@ -1,7 +1,8 @@
 """Recording every verb in the audit log, whatever its outcome.
 
 A failure to write the audit log never hides the verb's own result: it is
-reported as a warning, unless ``SECPACK_AUDIT=required``, when it is an error.
+reported as a warning, unless ``SECPACK_AUDIT=required``, when it is an error,
+and a log that cannot take a record refuses the verb before it runs.
 ``SECPACK_AUDIT=off`` turns recording off. ``SECPACK_AUDIT_KEY`` (the CLI's
 ``--audit-key``) names a signing key that signs every record.
 """
@@ -61,10 +62,17 @@ def audited(action: str) -> Iterator[dict[str, Any]]:
     """Wrap one verb: the caller stores ``package_facts(...)`` under ``"package"``
     in the yielded dict as soon as it knows them."""
     facts: dict[str, Any] = {}
-    if os.environ.get("SECPACK_AUDIT", "on") != "off":
+    mode = os.environ.get("SECPACK_AUDIT", "on")
+    if mode != "off":
         # Loaded before the verb runs: an unusable key refuses the verb (nothing is
         # done, and no unsigned record goes into a log that is meant to be signed).
         facts["audit_key"] = _audit_key()
+    if mode == "required":
+        from secpack.audit.log import check_appendable
+
+        # A verb whose record cannot be written must not take effect: refused now,
+        # rather than found out once its output is in place.
+        check_appendable()
     try:
         yield facts
     except SecpackError as exc:

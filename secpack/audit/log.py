@@ -101,18 +101,10 @@ def _last_line(fd: int) -> bytes | None:
     return buf.rstrip(b"\n")
 
 
-def append(
-    action: str,
-    *,
-    outcome: str,
-    code: str | None = None,
-    package: dict[str, Any] | None = None,
-    path: str | None = None,
-    sign: Any = None,
-) -> dict[str, Any]:
-    """Append one record and return it. ``sign``, if given, is an Ed25519 or ECDSA
-    private key whose signature over the record is stored in it (``--audit-key``)."""
-    path = path or default_log_path()
+@contextlib.contextmanager
+def _locked_log(path: str) -> Iterator[tuple[int, int, str]]:
+    """The log open for appending and locked: (descriptor, next sequence number,
+    hash of the last line). ``audit.io`` / ``audit.corrupt`` when it cannot be."""
     directory = os.path.dirname(os.path.abspath(path))
     try:
         os.makedirs(directory, mode=0o700, exist_ok=True)
@@ -135,6 +127,39 @@ def append(
             except (ValueError, KeyError, TypeError, RecursionError):
                 raise SecpackError("audit.corrupt", f"{path}: last record is unreadable") from None
             prev = _line_hash(last)
+        yield fd, seq, prev
+    except OSError as exc:
+        raise SecpackError("audit.io", f"{path}: {exc.strerror}") from None
+    finally:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def check_appendable(path: str | None = None) -> None:
+    """Raise what ``append`` would (``audit.io``, ``audit.corrupt``) if the log
+    cannot take a record now: SECPACK_AUDIT=required checks this before a verb
+    runs, so that a verb whose record cannot be written does not take effect."""
+    path = path or default_log_path()
+    with _locked_log(path):
+        if not os.access(os.path.dirname(os.path.abspath(path)), os.W_OK):
+            # The head file is replaced next to the log.
+            raise SecpackError("audit.io", f"{path}: its directory is not writable")
+
+
+def append(
+    action: str,
+    *,
+    outcome: str,
+    code: str | None = None,
+    package: dict[str, Any] | None = None,
+    path: str | None = None,
+    sign: Any = None,
+) -> dict[str, Any]:
+    """Append one record and return it. ``sign``, if given, is an Ed25519 or ECDSA
+    private key whose signature over the record is stored in it (``--audit-key``)."""
+    path = path or default_log_path()
+    with _locked_log(path) as (fd, seq, prev):
         record: dict[str, Any] = {
             "v": FORMAT,
             "seq": seq,
@@ -163,12 +188,6 @@ def append(
         os.fsync(fd)
         _write_head(path, seq, _line_hash(line))
         return record
-    except OSError as exc:
-        raise SecpackError("audit.io", f"{path}: {exc.strerror}") from None
-    finally:
-        with contextlib.suppress(OSError):
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
 
 
 def _write_head(path: str, seq: int, digest: str) -> None:

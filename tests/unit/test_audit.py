@@ -289,3 +289,34 @@ def test_a_truncated_log_with_its_head_garbled_or_gone_is_caught(
         head_file.write_bytes(head)
     problem = verify_log(str(log))
     assert problem is not None and "head file" in problem.reason
+
+
+@pytest.mark.parametrize("log_kind", ["fifo", "directory", "unreadable-last-record"])
+def test_required_audit_refuses_a_verb_whose_record_cannot_be_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, log_kind: str
+) -> None:
+    """With SECPACK_AUDIT=required the log is checked before the verb runs: a seal
+    that could not be recorded leaves no package (it used to fail only after its
+    output was in place). In the default mode the same seal succeeds and warns."""
+    from secpack.api.seal import seal
+
+    log = tmp_path / "audit.jsonl"
+    if log_kind == "fifo":
+        os.mkfifo(log)
+    elif log_kind == "directory":
+        log.mkdir()
+    else:
+        log.write_bytes(b"[" * 100_000 + b"]" * 100_000 + b"\n")
+    monkeypatch.setenv("SECPACK_AUDIT_LOG", str(log))
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    keys = [load_signing_key(str(KEYS / "signing-ed25519.key"))]
+    monkeypatch.setenv("SECPACK_AUDIT", "required")
+    with pytest.raises(SecpackError) as err:
+        seal(str(model), str(tmp_path / "p.spk"), encrypt=False, sign_keys=keys)
+    assert err.value.code in ("audit.io", "audit.corrupt")
+    assert not (tmp_path / "p.spk").exists()
+    monkeypatch.setenv("SECPACK_AUDIT", "on")
+    seal(str(model), str(tmp_path / "p.spk"), encrypt=False, sign_keys=keys)
+    assert (tmp_path / "p.spk").exists()
