@@ -15,9 +15,8 @@ from secpack.api.auditing import audited, package_facts
 from secpack.api.common import NullProgress, Progress, parse_expires, source_date_epoch
 from secpack.api.variants import build_variants
 from secpack.codec.segment import LEVELS
-from secpack.errors import InputError, SchemaError
+from secpack.errors import InputError
 from secpack.format import cbor
-from secpack.format.contents import check_paths
 from secpack.format.limits import DEFAULT_LIMITS
 from secpack.format.manifest import PACKAGE_NAME_RE, Manifest
 from secpack.format.sections import SIG_TYPE_COSE_SIGN1, SignatureEntry
@@ -30,7 +29,13 @@ from secpack.sign.modelsig import COMPONENT as MODEL_SIGNING
 from secpack.sign.modelsig import SIGNATURE_NAME, sign_model, verify_model
 from secpack.tensors.variants import VARIANTS_ONLY
 from secpack.transport.atomic import AtomicFile
-from secpack.transport.inputs import InputDirectory, WithExtraFiles, file_digests, scan_input
+from secpack.transport.inputs import (
+    InputDirectory,
+    WithExtraFiles,
+    file_digests,
+    refuse_collisions,
+    scan_input,
+)
 
 __all__ = ["SealReport", "seal"]
 
@@ -181,10 +186,7 @@ def seal(
         if source_tree is not tree:
             # What seal adds (model.sig, variants/...) must not collide with the input
             # either: open writes it all into one tree (FORMAT.md §10).
-            try:
-                check_paths(f.path for f in source_tree.files)
-            except SchemaError as exc:
-                raise InputError("input.unsafe", f"{exc.detail} (with what seal adds)") from None
+            refuse_collisions(source_tree.files, " (with what seal adds)")
         plan = make_plan(source_tree, components, segment_size, DEFAULT_LIMITS)
         created = source_date_epoch()
         settings = SealSettings(

@@ -12,7 +12,7 @@ import contextlib
 import hashlib
 import os
 import stat
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from secpack.errors import InputError, SchemaError
@@ -22,7 +22,7 @@ from secpack.format.paths import path_problem
 from secpack.package.plan import InputFile, InputTree
 from secpack.workers import worker_threads
 
-__all__ = ["InputDirectory", "WithExtraFiles", "file_digests", "scan_input"]
+__all__ = ["InputDirectory", "WithExtraFiles", "file_digests", "refuse_collisions", "scan_input"]
 
 
 # What identifies one version of a file: a rewrite in place changes the size or
@@ -193,14 +193,21 @@ def scan_input(source: str, limits: Limits) -> InputDirectory:
     _walk(root, "", files, fingerprints, limits)
     # The rules readers apply to the contents (§10), over the whole tree: whatever
     # the components, they are opened into one directory.
+    refuse_collisions(files)
+    name = os.path.basename(root.rstrip("/")) or "model"
+    return InputDirectory(root, files, name, fingerprints)
+
+
+def refuse_collisions(files: Iterable[InputFile], context: str = "") -> None:
+    """``input.unsafe`` when the paths of ``files`` break the readers' collision rules
+    (docs/FORMAT.md §10); ``context`` says what else is in the tree."""
     try:
         check_paths(f.path for f in files)
     except SchemaError as exc:
         raise InputError(
-            "input.unsafe", f"{exc.detail} (on case-insensitive or normalising file systems)"
+            "input.unsafe",
+            f"{exc.detail}{context} (on case-insensitive or normalising file systems)",
         ) from None
-    name = os.path.basename(root.rstrip("/")) or "model"
-    return InputDirectory(root, files, name, fingerprints)
 
 
 def _stem(name: str) -> str:
