@@ -123,6 +123,7 @@ def seal(
     require_model_signing: ec.EllipticCurvePublicKey | None = None,
     variants: Sequence[str] = (),
     variants_only: bool = False,
+    follow_symlinks: bool = False,
     progress: Progress | None = None,
 ) -> SealReport:
     """Seal ``source`` (a model directory or one file) into the package ``output``.
@@ -145,7 +146,7 @@ def seal(
         if type(version) is not int or not 1 <= version < 2**63:
             raise InputError("input.invalid", "--version must be a positive integer")
         progress = progress or NullProgress()
-        tree = scan_input(source, DEFAULT_LIMITS)
+        tree = scan_input(source, DEFAULT_LIMITS, follow_symlinks)
         pkg_name = name if name is not None else tree.default_name
         if not PACKAGE_NAME_RE.fullmatch(pkg_name):
             raise InputError(

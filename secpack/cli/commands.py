@@ -110,6 +110,14 @@ def seal(
     variants_only: Annotated[
         bool, typer.Option("--variants-only", help="Leave the exact weights out.")
     ] = False,
+    follow_symlinks: Annotated[
+        bool,
+        typer.Option(
+            "--follow-symlinks",
+            help="Seal what links to files point to, under the links' names "
+            "(a Hugging Face cache snapshot). Links to directories stay refused.",
+        ),
+    ] = False,
     require_model_signing: Annotated[
         str | None,
         typer.Option(
@@ -145,7 +153,7 @@ def seal(
             from secpack.api.keyfiles import load_ec_public
 
             required = load_ec_public(require_model_signing)
-        size_hint = _tree_size(source)
+        size_hint = _tree_size(source, follow_symlinks)
         _tune_memory(size_hint)
         bar = progress_for(quiet, as_json, size_hint)
         try:
@@ -164,6 +172,7 @@ def seal(
                 require_model_signing=required,
                 variants=variant or (),
                 variants_only=variants_only,
+                follow_symlinks=follow_symlinks,
                 level=level,
                 threads=threads,
                 overwrite=force,
@@ -220,14 +229,17 @@ def _tune_memory(size: int) -> None:
         keep_freed_memory()
 
 
-def _tree_size(path: str) -> int:
+def _tree_size(path: str, follow: bool = False) -> int:
+    """The input's size, for the progress bar and the memory budget: a guess (the
+    seal's own scan is what counts), so unreadable entries are skipped."""
+    size = os.stat if follow else os.lstat
     if os.path.isfile(path):
         return os.path.getsize(path)
     total = 0
-    for root, _, files in os.walk(path):
+    for root, _, files in os.walk(path, followlinks=False):
         for f in files:
             with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(root, f)).st_size
+                total += size(os.path.join(root, f)).st_size
     return total
 
 

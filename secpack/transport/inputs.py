@@ -4,6 +4,13 @@ Symlinks, devices, FIFOs and sockets are refused, as is any name that breaks
 the package path rules: secpack never seals what it would refuse to open.
 Files are opened with O_NOFOLLOW and re-checked at every read, so a file
 swapped for a symlink or changed in size during the seal is caught.
+
+With ``follow_symlinks`` (a Hugging Face cache snapshot is a directory of links
+into ``../../blobs/``), a link to a regular file is sealed as that file under the
+link's own name. Its target is resolved once, at the scan, and every later read
+opens that resolved path (still with O_NOFOLLOW), so a link retargeted during
+the seal cannot change what is read. Links to directories stay refused: they
+can loop, and a tree reached through one could be sealed twice.
 """
 
 from __future__ import annotations
@@ -53,15 +60,19 @@ class InputDirectory:
     default_name: str
     # Each file as the scan saw it, for check_unchanged.
     fingerprints: Mapping[str, _Fingerprint] = field(default_factory=dict)
+    # Package path -> the absolute, resolved file a followed symlink pointed at.
+    targets: Mapping[str, str] = field(default_factory=dict)
+
+    def _full(self, path: str) -> str:
+        return self.targets.get(path) or os.path.join(self.root, *path.split("/"))
 
     def check_unchanged(self) -> None:
         """Refuse the input if any file changed since the scan. Seal reads a file
         more than once (segments, precision variants, model_signing digests), and
         all of it must come from one version of each file."""
         for f in self.files:
-            full = os.path.join(self.root, *f.path.split("/"))
             try:
-                now = _fingerprint(os.lstat(full))
+                now = _fingerprint(os.lstat(self._full(f.path)))
             except OSError:
                 now = None
             if now != self.fingerprints.get(f.path):
@@ -69,7 +80,7 @@ class InputDirectory:
 
     @contextlib.contextmanager
     def _open(self, path: str) -> Iterator[int]:
-        full = os.path.join(self.root, *path.split("/"))
+        full = self._full(path)
         try:
             # O_NONBLOCK: a file swapped for a FIFO after the scan must not hang the seal.
             fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -168,34 +179,61 @@ def _refuse(path: str, why: str) -> InputError:
     return InputError("input.unsafe", f"{path}: {why}")
 
 
-def scan_input(source: str, limits: Limits) -> InputDirectory:
-    """List the regular files under ``source`` (a directory or one file)."""
+def scan_input(source: str, limits: Limits, follow_symlinks: bool = False) -> InputDirectory:
+    """List the regular files under ``source`` (a directory or one file). With
+    ``follow_symlinks``, links to regular files are sealed as those files, and
+    ``source`` itself may be a link (see the module's docstring)."""
     try:
         st = os.lstat(source)
     except FileNotFoundError:
         raise InputError("input.missing", f"{source} does not exist") from None
+    except OSError as exc:
+        raise InputError("input.unsafe", f"{source}: cannot read ({exc.strerror})") from None
+    given = os.path.abspath(source)
+    targets: dict[str, str] = {}
     if stat.S_ISLNK(st.st_mode):
-        raise _refuse(source, "is a symlink")
+        if not follow_symlinks:
+            raise _refuse(source, "is a symlink (--follow-symlinks seals what it points to)")
+        target, st = _follow(given, source)
+        if stat.S_ISREG(st.st_mode):
+            targets[os.path.basename(given)] = target
+        else:
+            given = target  # a directory: walked as if it had been named
     if stat.S_ISREG(st.st_mode):
-        root, base = os.path.split(os.path.abspath(source))
+        root, base = os.path.split(given)
         _check_name(base, limits)
         return InputDirectory(
             root,
             [InputFile(base, st.st_size, st.st_mode & MODE_MASK)],
             _stem(base),
             {base: _fingerprint(st)},
+            targets,
         )
     if not stat.S_ISDIR(st.st_mode):
         raise _refuse(source, "is not a regular file or directory")
-    root = os.path.abspath(source)
+    root = given
     files: list[InputFile] = []
     fingerprints: dict[str, _Fingerprint] = {}
-    _walk(root, "", files, fingerprints, limits)
+    _walk(root, "", files, fingerprints, limits, targets if follow_symlinks else None)
     # The rules readers apply to the contents (§10), over the whole tree: whatever
     # the components, they are opened into one directory.
     refuse_collisions(files)
-    name = os.path.basename(root.rstrip("/")) or "model"
-    return InputDirectory(root, files, name, fingerprints)
+    name = os.path.basename(os.path.abspath(source).rstrip("/")) or "model"
+    return InputDirectory(root, files, name, fingerprints, targets)
+
+
+def _follow(full: str, shown: str) -> tuple[str, os.stat_result]:
+    """The resolved target of the link ``full`` and its lstat: a regular file or,
+    for the input itself, a directory. ``input.unsafe`` for a dangling link, a
+    loop, or anything else."""
+    target = os.path.realpath(full)
+    try:
+        st = os.lstat(target)
+    except OSError as exc:
+        raise _refuse(shown, f"is a symlink whose target cannot be read ({exc.strerror})") from None
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+        raise _refuse(shown, "is a symlink to something other than a regular file")
+    return target, st
 
 
 def refuse_collisions(files: Iterable[InputFile], context: str = "") -> None:
@@ -226,7 +264,10 @@ def _walk(
     out: list[InputFile],
     fingerprints: dict[str, _Fingerprint],
     limits: Limits,
+    targets: dict[str, str] | None,
 ) -> None:
+    """Walk ``root``/``rel``; ``targets`` is None unless symlinks are followed, and
+    then collects the followed ones."""
     here = os.path.join(root, rel) if rel else root
     try:
         entries = sorted(os.scandir(here), key=lambda e: e.name)
@@ -238,13 +279,18 @@ def _walk(
         _check_name(child, limits)
         st = entry.stat(follow_symlinks=False)
         if stat.S_ISLNK(st.st_mode):
-            raise _refuse(
-                child,
-                "is a symlink; secpack seals regular files only (a Hugging Face cache "
-                "snapshot links into blobs/: copy it first, e.g. `cp -rL SNAPSHOT DIR`)",
-            )
+            if targets is None:
+                raise _refuse(
+                    child,
+                    "is a symlink; secpack seals regular files only (a Hugging Face cache "
+                    "snapshot links into blobs/: pass --follow-symlinks)",
+                )
+            target, st = _follow(entry.path, child)
+            if not stat.S_ISREG(st.st_mode):
+                raise _refuse(child, "is a symlink to a directory (only file links are followed)")
+            targets[child] = target
         if stat.S_ISDIR(st.st_mode):
-            _walk(root, child, out, fingerprints, limits)
+            _walk(root, child, out, fingerprints, limits, targets)
         elif stat.S_ISREG(st.st_mode):
             out.append(InputFile(child, st.st_size, st.st_mode & MODE_MASK))
             fingerprints[child] = _fingerprint(st)
