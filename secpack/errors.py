@@ -148,6 +148,7 @@ CODES: dict[str, str] = {
     "tensor.invalid": "tensor table breaks the dtype, shape or layout rules",
     # sealing input
     "input.missing": "input path does not exist",
+    "input.io": "an input path exists but cannot be read",
     "input.unsafe": "input contains a symlink, device, or a path that escapes the directory",
     "input.safetensors": "a safetensors input file is malformed",
     "input.invalid": "input or seal options are not usable",

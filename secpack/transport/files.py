@@ -17,10 +17,10 @@ def read_small(path: str, what: str) -> bytes:
     try:
         # O_NONBLOCK: a FIFO or device named by mistake is refused, not waited on.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         raise InputError("input.missing", f"{what} {path} does not exist") from None
-    except OSError as exc:
-        raise InputError("input.missing", f"{what} {path}: {exc.strerror}") from None
+    except OSError as exc:  # permission denied, an I/O error, a name too long
+        raise InputError("input.io", f"{what} {path}: {exc.strerror}") from None
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise InputError("input.invalid", f"{what} {path} is not a regular file")
@@ -28,7 +28,7 @@ def read_small(path: str, what: str) -> bytes:
             fd = -1
             data = fh.read(MAX_SMALL_FILE + 1)
     except OSError as exc:
-        raise InputError("input.missing", f"{what} {path}: {exc.strerror}") from None
+        raise InputError("input.io", f"{what} {path}: {exc.strerror}") from None
     finally:
         if fd >= 0:
             os.close(fd)

@@ -16,6 +16,7 @@ can loop, and a tree reached through one could be sealed twice.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import stat
@@ -85,7 +86,9 @@ class InputDirectory:
             # O_NONBLOCK: a file swapped for a FIFO after the scan must not hang the seal.
             fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as exc:
-            raise InputError("input.unsafe", f"{path}: cannot open ({exc.strerror})") from None
+            # ELOOP: the file became a symlink since the scan (O_NOFOLLOW).
+            code = "input.unsafe" if exc.errno == errno.ELOOP else "input.io"
+            raise InputError(code, f"{path}: cannot open ({exc.strerror})") from None
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
@@ -185,10 +188,10 @@ def scan_input(source: str, limits: Limits, follow_symlinks: bool = False) -> In
     ``source`` itself may be a link (see the module's docstring)."""
     try:
         st = os.lstat(source)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         raise InputError("input.missing", f"{source} does not exist") from None
     except OSError as exc:
-        raise InputError("input.unsafe", f"{source}: cannot read ({exc.strerror})") from None
+        raise InputError("input.io", f"{source}: cannot read ({exc.strerror})") from None
     given = os.path.abspath(source)
     targets: dict[str, str] = {}
     if stat.S_ISLNK(st.st_mode):
@@ -272,7 +275,7 @@ def _walk(
     try:
         entries = sorted(os.scandir(here), key=lambda e: e.name)
     except OSError as exc:
-        raise InputError("input.unsafe", f"{rel or '.'}: cannot list ({exc.strerror})") from None
+        raise InputError("input.io", f"{rel or '.'}: cannot list ({exc.strerror})") from None
     for entry in entries:
         name = entry.name
         child = f"{rel}/{name}" if rel else name

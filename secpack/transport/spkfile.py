@@ -20,10 +20,10 @@ class FileSource:
         try:
             # O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused below.
             self.fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             raise InputError("input.missing", f"{path} does not exist") from None
-        except OSError as exc:
-            raise InputError("input.missing", f"{path}: {exc.strerror}") from None
+        except OSError as exc:  # permission denied, an I/O error, a name too long
+            raise InputError("input.io", f"{path}: {exc.strerror}") from None
         st = os.fstat(self.fd)
         if not stat.S_ISREG(st.st_mode):
             os.close(self.fd)

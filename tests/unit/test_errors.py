@@ -1,0 +1,96 @@
+"""The error codes: one table in the code, the same table in the spec, and input
+paths that exist but cannot be read told apart from paths that do not exist."""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from secpack.errors import CODES, SecpackError
+from secpack.format.limits import DEFAULT_LIMITS
+from secpack.transport.files import read_small
+from secpack.transport.inputs import scan_input
+from secpack.transport.spkfile import FileSource
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_spec_lists_exactly_the_codes_the_code_raises() -> None:
+    spec = (ROOT / "docs" / "FORMAT.md").read_text(encoding="utf-8")
+    section = spec.split("\n## 12. Error codes\n", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `([a-z0-9.-]+)` \| ([^|]+) \|$", section, flags=re.MULTILINE)
+    assert len(rows) == len(dict(rows))  # no code listed twice
+    assert dict(rows) == CODES
+
+
+def _denied(monkeypatch: pytest.MonkeyPatch, victim: str, err: int = errno.EACCES) -> None:
+    """Make opening (and listing) ``victim`` fail with ``err``, as for a user
+    without the permission (the tests may run as root, who is never refused)."""
+    real_open, real_scandir = os.open, os.scandir
+
+    def fake_open(path: str, *args: object, **kwargs: object) -> int:
+        if os.fspath(path) == victim:
+            raise OSError(err, os.strerror(err), path)
+        return real_open(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    def fake_scandir(path: str = ".") -> object:
+        if os.fspath(path) == victim:
+            raise OSError(err, os.strerror(err), path)
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "open", fake_open)
+    monkeypatch.setattr(os, "scandir", fake_scandir)
+
+
+@pytest.mark.parametrize("err", [errno.EACCES, errno.EIO])
+def test_an_unreadable_key_or_package_is_input_io(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, err: int
+) -> None:
+    key = tmp_path / "k.pem"
+    key.write_text("x")
+    _denied(monkeypatch, str(key), err)
+    attempts = (lambda: read_small(str(key), "key"), lambda: FileSource(str(key)))
+    for attempt in attempts:
+        with pytest.raises(SecpackError) as caught:
+            attempt()
+        assert caught.value.code == "input.io"
+        assert os.strerror(err) in caught.value.detail
+
+
+def test_a_missing_path_stays_input_missing(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    for path in (str(tmp_path / "absent"), str(tmp_path / "file" / "below-a-file")):
+        for attempt in (
+            lambda p=path: read_small(p, "key"),
+            lambda p=path: FileSource(p),
+            lambda p=path: scan_input(p, DEFAULT_LIMITS),
+        ):
+            with pytest.raises(SecpackError) as caught:
+                attempt()
+            assert caught.value.code == "input.missing"
+
+
+def test_an_unreadable_model_directory_or_file_is_input_io(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from secpack.api.keyfiles import load_signing_key
+    from secpack.api.seal import seal
+
+    root = tmp_path / "m"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "a.txt").write_text("a")
+    (root / "config.json").write_text("{}")
+    key = load_signing_key(str(ROOT / "keys-example" / "signing-ed25519.key"))
+    for victim in (root / "sub", root / "config.json"):
+        with monkeypatch.context() as m:
+            _denied(m, str(victim))
+            out = tmp_path / "p.spk"
+            with pytest.raises(SecpackError) as caught:
+                seal(str(root), str(out), encrypt=False, sign_keys=[key])
+            assert caught.value.code == "input.io"
+            assert "Permission denied" in caught.value.detail
+            assert not out.exists()
