@@ -351,6 +351,26 @@ def test_ci_sign_prints_one_line(mock: Path, keyless_package: Path, tmp_path: Pa
     )
 
 
+def test_ci_sign_json_and_a_missing_package_before_any_token(
+    mock: Path, keyless_package: Path, tmp_path: Path
+) -> None:
+    from helpers import run_cli
+
+    pkg = tmp_path / "ci.spk"
+    shutil.copyfile(keyless_package, pkg)
+    env = {"SIGSTORE_ID_TOKEN": _token(), "GITHUB_RUN_ID": "77"}
+    res = run_cli("ci", "sign", pkg, "--trust-config", mock, "--json", env=env)
+    assert res.returncode == 0, str(res)
+    report = json.loads(res.stdout)
+    assert report["ok"] is True and IDENTITY in report["signer"] and report["run"] == "77"
+    assert report["added"] is True and report["bundle"] == f"{pkg}.sigstore.json"
+    # No package: that is the error, not the missing identity token.
+    no_token = {"SIGSTORE_ID_TOKEN": "", "GITHUB_ACTIONS": ""}
+    for args in (("--json",), ()):
+        res = run_cli("ci", "sign", tmp_path / "absent.spk", *args, env=no_token)
+        assert res.returncode != 0 and res.error_code == "input.missing", str(res)
+
+
 def test_no_token_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from secpack.sign.keyless import identity_token
 

@@ -185,6 +185,10 @@ def add_keyless_signature(
     for where the identity token comes from."""
     from secpack.sign.keyless import identity_token, sign_keyless
 
+    # The package is read first: a missing or malformed one is reported as such,
+    # before an identity token is asked for (interactively, a browser sign-in).
+    with FileSource(package) as src:
+        read_header(src, DEFAULT_LIMITS)
     identity = identity_token(token, interactive)
 
     def make(header: Header) -> tuple[SignatureEntry, bytes]:

@@ -249,24 +249,38 @@ def ci_sign(
     trust_config: TrustConfigOpt = None,
     identity_token: TokenOpt = None,
     export_bundle: ExportOpt = True,
+    as_json: JsonOpt = False,
 ) -> None:
     """Sign keyless with the CI job's identity and print one line for the job log."""
 
     def action() -> None:
-        import sys
-
         from secpack.api.signing import add_keyless_signature
+        from secpack.cli.render import out
 
         report = add_keyless_signature(
             package, token=identity_token, trust_config=trust_config, interactive=False
         )
         exported = _export(report.path, report.bundle, export_bundle)
-        run = os.environ.get("GITHUB_RUN_ID") or os.environ.get("CI_PIPELINE_ID") or "-"
-        sys.stdout.write(
+        run = os.environ.get("GITHUB_RUN_ID") or os.environ.get("CI_PIPELINE_ID")
+        line = (
             f"secpack: signed {report.path} keyless as {report.identity} "
-            f"(run {run}, {report.signatures} signature(s)"
+            f"(run {run or '-'}, {report.signatures} signature(s)"
             + (f", bundle {exported}" if exported else "")
-            + ")\n"
+            + ")"
+        )
+        out(
+            {
+                "package": report.path,
+                "signer": report.identity,
+                "key_id": "sha256:" + report.key_id.hex(),
+                "added": report.added,
+                "signatures": report.signatures,
+                "bundle": exported,
+                "run": run,
+            },
+            as_json,
+            [line],
+            False,
         )
 
-    _run(False, action)
+    _run(as_json, action)
