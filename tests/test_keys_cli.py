@@ -110,7 +110,7 @@ def test_wrong_key_kinds(
         release_key.public,
     )
     assert_no_output(pkg)
-    fails("policy.invalid", "verify", sealed, "--trust", server_key.public)
+    fails("key.invalid", "verify", sealed, "--trust", server_key.public)
     out = tmp_path / "out"
     fails(
         "key.invalid",

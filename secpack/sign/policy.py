@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from secpack.errors import IntegrityError, PolicyError, SignatureError
+from secpack.errors import IntegrityError, KeyUseError, PolicyError, SignatureError
 from secpack.format.limits import DEFAULT_LIMITS, Limits
 from secpack.format.sections import SIG_TYPE_COSE_SIGN1, SignatureEntry
 from secpack.recipes import signing
@@ -92,9 +92,13 @@ class Policy:
 
 
 def signing_key(pem: bytes, what: str) -> SigningPublicKey:
+    """The signing key in ``pem``. ``key.invalid`` otherwise, as for any key file
+    that cannot serve (an X25519 recipient key named as a trust anchor)."""
     key = load_public_pem(pem, what)
     if not isinstance(key, SigningPublicKey):
-        raise PolicyError("policy.invalid", f"{what}: not a signing public key")
+        raise KeyUseError(
+            "key.invalid", f"{what}: not a signing public key (an X25519 key only encrypts)"
+        )
     return key
 
 

@@ -93,10 +93,17 @@ def test_trust_and_policy_together_is_refused() -> None:
         )
 
 
-def test_a_recipient_key_cannot_be_trusted_for_signing() -> None:
-    with pytest.raises(SecpackError) as err:
-        resolve_policy([str(ROOT / "keys-example" / "recipient-x25519.key.pub")], None)
-    assert err.value.code == "policy.invalid"
+def test_a_recipient_key_cannot_be_trusted_for_signing(tmp_path: Path) -> None:
+    # key.invalid, as for any other key file that cannot serve as a trust anchor.
+    garbage = tmp_path / "garbage.pub"
+    garbage.write_text("not a key")
+    for key, why in (
+        (ROOT / "keys-example" / "recipient-x25519.key.pub", "X25519"),
+        (garbage, "PEM"),
+    ):
+        with pytest.raises(SecpackError) as err:
+            resolve_policy([str(key)], None)
+        assert err.value.code == "key.invalid" and why in err.value.detail
 
 
 def test_empty_policy_is_misuse() -> None:
