@@ -42,10 +42,15 @@ class VersionState:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[dict[str, dict[str, int]]]:
-        os.makedirs(self.directory, mode=0o700, exist_ok=True)
-        lock_fd = os.open(
-            os.path.join(self.directory, _LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
-        )
+        try:
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)
+            lock_fd = os.open(
+                os.path.join(self.directory, _LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
+            )
+        except OSError as exc:  # the state directory is a file, read-only, or full
+            raise SecpackError(
+                "state.io", f"rollback state {self.directory}: {exc.strerror}"
+            ) from None
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX)
             data = self._read()

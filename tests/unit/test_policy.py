@@ -129,6 +129,21 @@ def test_a_rollback_state_nested_past_the_parser_is_state_corrupt(tmp_path: Path
     assert err.value.code == "state.corrupt"
 
 
+def test_a_rollback_state_that_cannot_be_stored_is_state_io(tmp_path: Path) -> None:
+    from secpack.transport.state import VersionState
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    for directory in (blocker, blocker / "state"):
+        state = VersionState(str(directory))
+        # A check that records nothing reads only: an unusable directory holds no state.
+        assert state.check("m", [b"k"], 2, record=False, allow_downgrade=False) is None
+        with pytest.raises(SecpackError) as err:
+            state.check("m", [b"k"], 2, record=True, allow_downgrade=False)
+        assert err.value.code == "state.io"
+    assert blocker.read_text() == ""
+
+
 def test_a_key_file_holds_one_key(tmp_path: Path) -> None:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
