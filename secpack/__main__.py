@@ -1,5 +1,5 @@
 """``python -m secpack``: the same command line as the ``secpack`` script."""
 
-from secpack.cli import main
+from secpack.entry import main
 
 main()

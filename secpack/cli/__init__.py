@@ -80,8 +80,9 @@ def _run(as_json: bool, action: Callable[[], None]) -> None:
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         from secpack.cli.render import fail
+        from secpack.entry import INTERRUPTED
 
-        fail(SecpackError("interrupted", "stopped; nothing was left half-written"), as_json)
+        fail(SecpackError("interrupted", INTERRUPTED), as_json)
         raise typer.Exit(130) from None
     except (ValueError, TypeError) as exc:
         from secpack.cli.render import fail
@@ -145,6 +146,10 @@ def main() -> NoReturn:
     try:
         app()
         code = 0
+    except KeyboardInterrupt:  # outside a verb: while parsing or printing
+        from secpack.entry import interrupted
+
+        interrupted("--json" in sys.argv[1:])
     except SystemExit as done:
         if done.code is None or isinstance(done.code, int):
             code = done.code or 0

@@ -4,6 +4,7 @@ paths that exist but cannot be read told apart from paths that do not exist."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 from pathlib import Path
@@ -94,3 +95,39 @@ def test_an_unreadable_model_directory_or_file_is_input_io(
             assert caught.value.code == "input.io"
             assert "Permission denied" in caught.value.detail
             assert not out.exists()
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+@pytest.mark.parametrize("where", ["importing", "parsing"])
+def test_an_interrupt_outside_a_verb_is_interrupted_not_a_traceback(
+    tmp_path: Path, as_json: bool, where: str
+) -> None:
+    """Ctrl-C while the command line is still being imported (typer is imported
+    first), or outside the verb itself, reports ``interrupted`` with exit 130."""
+    import subprocess
+    import sys
+
+    argv = ["secpack", "verify", "x.spk", *(["--json"] if as_json else [])]
+    if where == "importing":
+        # A module named typer first on the path: its import is where the interrupt lands.
+        (tmp_path / "typer.py").write_text("raise KeyboardInterrupt\n")
+        code = f"import sys; sys.argv = {argv!r}; from secpack.entry import main; main()"
+        env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
+    else:
+        code = (
+            f"import sys; sys.argv = {argv!r}; import secpack.cli as cli\n"
+            "def stop():\n    raise KeyboardInterrupt\n"
+            "cli.app = stop; cli.main()"
+        )
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False
+    )
+    assert done.returncode == 130, done
+    assert "Traceback" not in done.stderr
+    assert done.stderr.startswith("error[interrupted]: ")
+    if as_json:
+        doc = json.loads(done.stdout)
+        assert doc["ok"] is False and doc["error"]["code"] == "interrupted"
+    else:
+        assert done.stdout == ""
