@@ -188,7 +188,7 @@ def seal(
             # What seal adds (model.sig, variants/...) must not collide with the input
             # either: open writes it all into one tree (FORMAT.md §10).
             refuse_collisions(source_tree.files, " (with what seal adds)")
-        plan = make_plan(source_tree, components, segment_size, DEFAULT_LIMITS)
+        plan = make_plan(source_tree, components, segment_size, DEFAULT_LIMITS, tree.default_name)
         created = source_date_epoch()
         settings = SealSettings(
             name=pkg_name,

@@ -83,7 +83,7 @@ def build_variants(
         raise InputError(
             "input.invalid", f"--variant {unknown[0]!r}: expected {', '.join(VARIANTS)}"
         )
-    groups = assign_components(tree.files, overrides)
+    groups = assign_components(tree.files, overrides, tree.default_name)
     component_of = {f.path: name for name, files in groups.items() for f in files}
     sources = [f for f in tree.files if f.path.endswith(".safetensors")]
     if not sources:

@@ -68,9 +68,13 @@ TOKENIZER_NAMES = frozenset(
         "sentencepiece.bpe.model",
         "chat_template.jinja",
         "chat_template.json",
+        # CTranslate2 conversions (faster-whisper and others) keep the vocabulary here.
+        "vocabulary.txt",
+        "vocabulary.json",
     }
 )
 ADAPTER_MARKER = "adapter_config.json"
+ADAPTER_PREFIX = "adapter_"  # PEFT's file names: adapter_config.json, adapter_model.*
 _ORDER = {"config": 0, "tokenizer": 1, "weights": 2, "adapter": 3}
 
 
@@ -131,11 +135,16 @@ def kind_of(name: str, has_tensors: bool) -> str:
     return "weights" if has_tensors else "files"
 
 
-def _default_component(path: str, adapter_dirs: Sequence[str]) -> str:
+def _default_component(path: str, adapter_dirs: Sequence[str], root_adapter: str | None) -> str:
     for d in adapter_dirs:
         if path.startswith(d + "/"):
             return "adapter:" + _sanitize(posixpath.basename(d))
     base = posixpath.basename(path)
+    # The input is itself an adapter (PEFT saves adapter_config.json beside
+    # adapter_model.safetensors): its adapter_* files are the adapter; a config,
+    # tokenizer or other file beside them keeps its usual component.
+    if root_adapter is not None and path == base and base.startswith(ADAPTER_PREFIX):
+        return root_adapter
     # Shards and their index (model.safetensors.index.json) travel together.
     if base.endswith((".safetensors", ".safetensors.index.json")):
         return "weights"
@@ -152,9 +161,11 @@ def _sanitize(text: str) -> str:
 
 
 def assign_components(
-    files: Sequence[InputFile], overrides: Sequence[tuple[str, str]]
+    files: Sequence[InputFile], overrides: Sequence[tuple[str, str]], root_name: str = ""
 ) -> dict[str, list[InputFile]]:
-    """Group files into components: ``--component NAME=GLOB`` rules first, then defaults."""
+    """Group files into components: ``--component NAME=GLOB`` rules first, then
+    defaults. ``root_name`` (the input directory's name) names the adapter when the
+    input is itself one: ``adapter:<root_name>``, like an adapter's subdirectory."""
     for name, _ in overrides:
         if not COMPONENT_NAME_RE.fullmatch(name):
             raise InputError("input.invalid", f"component name {name!r} is not allowed")
@@ -164,6 +175,9 @@ def assign_components(
         key=len,
         reverse=True,
     )
+    root_adapter = None
+    if any(f.path == ADAPTER_MARKER for f in files):
+        root_adapter = "adapter:" + _sanitize(root_name)
     used = [False] * len(overrides)
     groups: dict[str, list[InputFile]] = {}
     for f in files:
@@ -173,7 +187,7 @@ def assign_components(
                 target, used[i] = name, True
                 break
         if target is None:
-            target = _default_component(f.path, adapter_dirs)
+            target = _default_component(f.path, adapter_dirs, root_adapter)
         groups.setdefault(target, []).append(f)
     for i, (name, pattern) in enumerate(overrides):
         if not used[i]:
@@ -239,15 +253,17 @@ def make_plan(
     overrides: Sequence[tuple[str, str]] = (),
     segment_size: int = DEFAULT_SEGMENT,
     limits: Limits | None = None,
+    root_name: str = "",
 ) -> Plan:
-    """Plan the components, units, segments and blobs for sealing ``tree``."""
+    """Plan the components, units, segments and blobs for sealing ``tree``
+    (``root_name``: see assign_components)."""
     limits = limits or Limits()
     # Multiples of 64 keep every segment boundary on an element boundary for all dtypes.
     if not MIN_SEGMENT <= segment_size <= MAX_SEGMENT or segment_size % 64:
         raise ValueError(f"segment size must be a multiple of 64 in [{MIN_SEGMENT}, {MAX_SEGMENT}]")
     if not tree.files:
         raise InputError("input.invalid", "nothing to seal: the input holds no files")
-    groups = assign_components(tree.files, overrides)
+    groups = assign_components(tree.files, overrides, root_name)
     components = []
     next_blob = 0
     notes: list[str] = []

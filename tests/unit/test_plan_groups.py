@@ -1,0 +1,133 @@
+"""Which component each file of a model directory lands in by default, for the
+layouts real models ship in."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from secpack.errors import SecpackError
+from secpack.package.plan import InputFile, assign_components
+
+ROOT = Path(__file__).resolve().parents[2]
+KEYS = ROOT / "keys-example"
+
+
+def _groups(paths: list[str], root: str = "model", **kw: object) -> dict[str, list[str]]:
+    files = [InputFile(p, 1, 0o644) for p in paths]
+    got = assign_components(files, kw.get("overrides", ()), root)  # type: ignore[arg-type]
+    return {name: sorted(f.path for f in fs) for name, fs in got.items()}
+
+
+def test_a_sharded_transformers_model() -> None:
+    assert _groups(
+        [
+            "config.json",
+            "generation_config.json",
+            "model-00001-of-00002.safetensors",
+            "model-00002-of-00002.safetensors",
+            "model.safetensors.index.json",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "special_tokens_map.json",
+            "README.md",
+        ]
+    ) == {
+        "config": ["config.json", "generation_config.json"],
+        "weights": [
+            "model-00001-of-00002.safetensors",
+            "model-00002-of-00002.safetensors",
+            "model.safetensors.index.json",
+        ],
+        "tokenizer": ["special_tokens_map.json", "tokenizer.json", "tokenizer_config.json"],
+        "files": ["README.md"],
+    }
+
+
+def test_a_ctranslate2_conversion_keeps_its_vocabulary_with_the_tokenizer() -> None:
+    groups = _groups(["config.json", "model.bin", "tokenizer.json", "vocabulary.txt"])
+    assert groups["tokenizer"] == ["tokenizer.json", "vocabulary.txt"]
+    assert groups["files"] == ["model.bin"]  # not safetensors: sealed as an opaque file
+
+
+def test_an_adapter_in_a_subdirectory_and_an_input_that_is_an_adapter() -> None:
+    base = _groups(
+        [
+            "config.json",
+            "model.safetensors",
+            "lora-a/adapter_config.json",
+            "lora-a/adapter_model.safetensors",
+        ]
+    )
+    assert base["adapter:lora-a"] == [
+        "lora-a/adapter_config.json",
+        "lora-a/adapter_model.safetensors",
+    ]
+    assert base["weights"] == ["model.safetensors"]
+
+    alone = _groups(
+        [
+            "adapter_config.json",
+            "adapter_model.safetensors",
+            "tokenizer.json",
+            "README.md",
+        ],
+        root="my lora",
+    )
+    assert alone == {
+        "adapter:my-lora": ["adapter_config.json", "adapter_model.safetensors"],
+        "tokenizer": ["tokenizer.json"],
+        "files": ["README.md"],
+    }
+    # Without the marker, adapter_* names are nothing special.
+    assert _groups(["adapter_model.safetensors"]) == {"weights": ["adapter_model.safetensors"]}
+
+
+def test_overrides_come_first_and_must_match() -> None:
+    groups = _groups(
+        ["adapter_config.json", "adapter_model.safetensors"],
+        overrides=[("weights", "adapter_model.*")],
+    )
+    assert groups == {
+        "adapter:model": ["adapter_config.json"],
+        "weights": ["adapter_model.safetensors"],
+    }
+    with pytest.raises(SecpackError) as err:
+        _groups(["config.json"], overrides=[("extra", "*.bin")])
+    assert err.value.code == "input.invalid"
+
+
+def test_a_sealed_adapter_directory_loads_as_its_adapter_component(tmp_path: Path) -> None:
+    import secpack
+    from secpack.api.keyfiles import load_signing_key
+    from secpack.api.seal import seal
+
+    root = tmp_path / "my-lora"
+    root.mkdir()
+    rng = np.random.default_rng(5)
+    weights = {
+        "base_model.model.q_proj.lora_A.weight": rng.standard_normal((8, 64)).astype(np.float32),
+        "base_model.model.q_proj.lora_B.weight": rng.standard_normal((64, 8)).astype(np.float32),
+    }
+    save_file(weights, str(root / "adapter_model.safetensors"))
+    (root / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 8}')
+    out = tmp_path / "lora.spk"
+    seal(
+        str(root),
+        str(out),
+        encrypt=False,
+        sign_keys=[load_signing_key(str(KEYS / "signing-ed25519.key"))],
+    )
+    package = secpack.open_package(out, trust=[KEYS / "signing-ed25519.key.pub"])
+    try:
+        kinds = {c.name: c.kind for c in package.components}
+        assert kinds == {"adapter:my-lora": "adapter"}
+        loaded = package.state_dict("adapter:my-lora")
+        assert sorted(loaded) == sorted(weights)
+        for name, array in weights.items():
+            assert np.array_equal(loaded[name], array)
+    finally:
+        package.close()
