@@ -80,6 +80,10 @@ def run_child(argv: Sequence[str], cwd: Path | None = None) -> Child:
     env = dict(os.environ)
     env.pop("SECPACK_POLICY", None)
     env["NO_COLOR"] = "1"
+    # Every tool alike: none of them uses BLAS, and OpenBLAS's idle threads spin for
+    # a while after numpy's import, which on 2 CPUs took 100-200 ms of CPU from the
+    # work that followed (the secpack CLI sets the same for itself).
+    env["OPENBLAS_NUM_THREADS"] = "1"
     with (
         tempfile.TemporaryFile() as out,
         tempfile.TemporaryFile() as err,

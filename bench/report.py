@@ -104,7 +104,10 @@ def render(
         "- The tools run one after another inside each round, so machine noise spreads over "
         "all of them. The input is read once before timing (warm page cache, as on a build "
         "machine that just wrote the model); `sync` runs before each command. secpack `seal` "
-        "and `open` fsync their output before the atomic rename; the shell anchors do not.",
+        "and `open` fsync their output before the atomic rename; the shell anchors do not. "
+        "Every child runs with `OPENBLAS_NUM_THREADS=1` (no tool here uses BLAS; OpenBLAS's "
+        "threads spin for a while after numpy's import and took CPU from the work that "
+        "followed; the secpack CLI sets the same for itself).",
         "- secpack runs with default settings: `seal DIR -o PKG --sign-key ed25519.key "
         "--recipient x25519.pub` (balanced level, 4 MiB segments, one thread per usable CPU), "
         "`verify PKG --trust ed25519.pub`, `open PKG -o NEW_DIR --identity x25519.key "

@@ -34,6 +34,13 @@ def interrupted(as_json: bool) -> NoReturn:
 
 
 def main() -> NoReturn:
+    # secpack makes no BLAS call worth a thread (numpy's dot of 1-D vectors, for
+    # variant errors, runs on one), but OpenBLAS starts one thread per CPU when
+    # numpy is imported, and they spin for a while before sleeping: on 2 CPUs
+    # that took 100-200 ms of CPU from every seal and open, right when the
+    # workers start (measured with `perf stat`). A value the user set is kept.
+    # Only the command line does this: a library must not change its host's BLAS.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     try:
         from secpack.cli import main as cli_main
     except KeyboardInterrupt:
