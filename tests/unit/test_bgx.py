@@ -597,3 +597,56 @@ def test_native_encoder_choices_refuse_bad_arguments() -> None:
         native.bgx_analyze(bytes(6), 0, 0)
     with pytest.raises(ValueError, match="length or period"):
         native.bgx_analyze(bytes(8), 0, -1)
+
+
+# --- H: when ans is kept without compressing the whole plane with zstd ------------
+
+
+def _h_planes() -> dict[str, bytes]:
+    """H-like planes of 600 k symbols (above the size that is sampled)."""
+    rng = np.random.default_rng(21)
+    n = 600_000
+    stationary = np.clip(rng.normal(120, 6, n), 0, 255).astype(np.uint8)
+    zeros_between = stationary.copy()
+    zeros_between[200_000:400_000] = 0  # a run between the slices, which zstd codes as repeats
+    drifting = stationary.copy()  # each 128 KiB block centred elsewhere: per-block tables pay
+    for k, start in enumerate(range(0, n, 128 << 10)):
+        drifting[start : start + (128 << 10)] = np.clip(
+            rng.normal(60 + 35 * k, 2, len(drifting[start : start + (128 << 10)])), 0, 255
+        )
+    return {
+        "stationary": stationary.tobytes(),
+        "zeros-between": zeros_between.tobytes(),
+        "drifting": drifting.tobytes(),
+    }
+
+
+@needs_native
+@pytest.mark.parametrize("name", ["stationary", "zeros-between", "drifting"])
+def test_h_keeps_the_smaller_of_ans_and_zstd_and_samples_only_where_safe(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from secpack.codec import ans, zstd
+
+    src = _h_planes()[name]
+    whole_zstd = len(zstd.compress_plane(src))
+    whole_ans = len(ans.code(src))
+    seen: list[int] = []
+    real = zstd.compress_plane
+
+    def counting(data: bytes | memoryview) -> bytes:
+        seen.append(len(data))
+        return real(data)
+
+    monkeypatch.setattr(bgx.zstd, "compress_plane", counting)
+    native = planes.native_module()
+    plane, stored = bgx._store(native, memoryview(src), False, False, exponents=True)
+    # The choice is the one compressing everything would have made.
+    assert (plane.id, plane.size) == min(
+        ("ans", whole_ans), ("zstd", whole_zstd), key=lambda c: c[1]
+    )
+    assert len(stored) == plane.size
+    if name == "stationary":  # only the slices went through zstd
+        assert whole_zstd > whole_ans and sum(seen) <= 2 * (128 << 10)
+    else:  # slices cannot vouch for these planes: zstd saw all of it
+        assert len(src) in seen
