@@ -88,9 +88,13 @@ _ENTROPY_SAMPLE = 1 << 16
 # table of its own; ans has one table per plane. When the sum of the blocks' own
 # order-0 entropies is within _LOCAL_GAIN of what ans will spend, per-block tables
 # cannot win. (2) zstd of _ZSTD_SLICES slices of _ZSTD_SLICE bytes (one block
-# each), scaled to the plane, is more than _ZSTD_MARGIN above ans's size: what
-# repeats zstd finds inside blocks is seen there. Other planes are compressed
-# whole and the smaller is kept, as before. On weight planes zstd comes out
+# each), scaled to the plane, is more than _ZSTD_MARGIN above ans's size. (3) The
+# plane holds no repeats that zstd could code as matches: the C helper's
+# ``repeats`` counts 8-byte words, anchored on a byte value about 1/64 of the
+# symbols hold, that occur twice; at most one in _REPEAT_RATIO bytes is allowed
+# (in weight planes equal words are chance; 100 equal rows of a 1024-column
+# matrix give about 1800). Other planes are compressed whole and the smaller is
+# kept, as before. On weight planes zstd comes out
 # 0.5-1 % larger, and compressing all of H only to drop it was a fifth of the
 # encoder's time. On the benchmark models' H planes: every plane that zstd coded
 # smaller had a local gain of 0.2 % or more, every other one under 0.08 %; the
@@ -102,6 +106,10 @@ _ZSTD_SLICES = 2
 _ZSTD_SLICE = _ZSTD_BLOCK
 _ZSTD_MARGIN = 0.003
 _ZSTD_MIN_FACTOR = 2  # sample at most half a plane, or compress it whole
+_REPEAT_RATIO = 1 << 16
+# The anchor value must be neither rare (too few anchors to see a repeat) nor
+# common (too many to store): between these shares of the plane.
+_ANCHOR_SHARE = (1 / 512, 1 / 16)
 
 
 def _store(
@@ -127,7 +135,7 @@ def _store(
     if exponents:
         blocks = _block_counts(native, src)
         prepared = ans.prepare(src, sum(blocks, np.zeros(256, dtype=np.uint64)))
-    if prepared is not None and _zstd_clearly_larger(src, prepared, blocks):
+    if prepared is not None and _zstd_clearly_larger(native, src, prepared, blocks):
         coded = ans.encode(src, len(src), prepared)
         if coded is not None:
             return Plane("ans", len(coded)), coded
@@ -160,7 +168,7 @@ def _order0_bits(counts: np.ndarray) -> float:
 
 
 def _zstd_clearly_larger(
-    src: memoryview | bytes, prepared: ans.Prepared, blocks: list[np.ndarray]
+    native: ModuleType, src: memoryview | bytes, prepared: ans.Prepared, blocks: list[np.ndarray]
 ) -> bool:
     """Whether zstd would store ``src`` in more than (1 + _ZSTD_MARGIN) x what ans
     will, judged without compressing all of it (see _LOCAL_GAIN). False where that
@@ -171,6 +179,13 @@ def _zstd_clearly_larger(
         return False
     spent = prepared.bits_per_symbol * n
     if sum(_order0_bits(c) for c in blocks) < spent * (1 - _LOCAL_GAIN):
+        return False
+    counts = prepared.counts.astype(np.float64)
+    anchor = int(np.argmin(np.where(counts > 0, np.abs(counts - n / 64), np.inf)))
+    low, high = _ANCHOR_SHARE
+    if not low * n <= counts[anchor] <= high * n:
+        return False
+    if native.repeats(src, anchor, int(prepared.counts[anchor])) > n // _REPEAT_RATIO:
         return False
     step = (n - _ZSTD_SLICE) // (_ZSTD_SLICES - 1)
     view = memoryview(src)

@@ -614,21 +614,28 @@ def _h_planes() -> dict[str, bytes]:
         drifting[start : start + (128 << 10)] = np.clip(
             rng.normal(60 + 35 * k, 2, len(drifting[start : start + (128 << 10)])), 0, 255
         )
+    # 100 equal rows of 1024 between the slices (new token embeddings all set to
+    # one vector): the blocks' statistics hardly change, but zstd codes matches.
+    rows_between = stationary.copy()
+    rows_between[300_000:402_400] = np.tile(stationary[:1024], 100)
     return {
         "stationary": stationary.tobytes(),
         "zeros-between": zeros_between.tobytes(),
         "drifting": drifting.tobytes(),
+        "rows-between": rows_between.tobytes(),
     }
 
 
 @needs_native
-@pytest.mark.parametrize("name", ["stationary", "zeros-between", "drifting"])
+@pytest.mark.parametrize("name", ["stationary", "zeros-between", "drifting", "rows-between"])
 def test_h_keeps_the_smaller_of_ans_and_zstd_and_samples_only_where_safe(
     name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from secpack.codec import ans, zstd
 
     src = _h_planes()[name]
+    if name == "rows-between":  # what the repeat guard is for
+        assert len(zstd.compress_plane(src)) < len(ans.code(src))
     whole_zstd = len(zstd.compress_plane(src))
     whole_ans = len(ans.code(src))
     seen: list[int] = []
@@ -650,3 +657,42 @@ def test_h_keeps_the_smaller_of_ans_and_zstd_and_samples_only_where_safe(
         assert whole_zstd > whole_ans and sum(seen) <= 2 * (128 << 10)
     else:  # slices cannot vouch for these planes: zstd saw all of it
         assert len(src) in seen
+
+
+@needs_native
+@pytest.mark.parametrize("copies", [0, 60, 100])
+def test_equal_rows_in_a_matrix_keep_the_size_of_compressing_h_whole(
+    copies: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows set to one vector (as new token embeddings often are) give zstd matches
+    that neither the blocks' statistics nor the slices show: the repeat count must."""
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((1024, 1024)) * 0.02).astype(np.float32)
+    w[300 : 300 + copies] = w[0]
+    data = w.tobytes()
+    sampled = segment.encode(data, 4, True, segment.LEVELS["balanced"], "F32", 1024)
+    monkeypatch.setattr(bgx, "_zstd_clearly_larger", lambda *args: False)
+    whole = segment.encode(data, 4, True, segment.LEVELS["balanced"], "F32", 1024)
+    assert sampled.codec == whole.codec and len(sampled.payload) == len(whole.payload)
+    out = bytearray(len(data))
+    segment.decode(sampled.codec, sampled.payload, memoryview(out), 1 << 24)
+    assert bytes(out) == data
+
+
+@needs_native
+def test_repeats_counts_anchored_words_seen_before() -> None:
+    native = planes.native_module()
+    assert native is not None
+    rng = np.random.default_rng(3)
+    plane = np.clip(rng.normal(120, 6, 1 << 20), 0, 255).astype(np.uint8)
+    anchor = 110
+    count = int((plane == anchor).sum())
+    assert native.repeats(plane.tobytes(), anchor, count) <= 2  # chance only
+    plane[500_000:600_000] = plane[:100_000]
+    seen = native.repeats(plane.tobytes(), anchor, int((plane == anchor).sum()))
+    assert seen > 1000  # about one anchored word in 64 bytes repeats
+    assert native.repeats(b"", 0, 0) == 0 and native.repeats(b"\x01" * 7, 1, 7) == 0
+    assert native.repeats(b"\x01" * 9, 1, 9) == 1  # two equal words, at offsets 0 and 1
+    for bad in ((256, 0), (-1, 0), (1, 10)):
+        with pytest.raises(ValueError):
+            native.repeats(b"\x01" * 9, *bad)
