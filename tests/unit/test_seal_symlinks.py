@@ -185,3 +185,19 @@ def test_a_linked_file_changed_during_the_seal_is_refused(tmp_path: Path) -> Non
         _seal(snap, out, follow_symlinks=True, progress=_Once(rewrite))
     assert err.value.code == "input.invalid"
     assert not out.exists()
+
+
+@pytest.mark.parametrize("target", ["/proc/version", "/proc/self/status"])
+def test_a_link_to_a_file_whose_size_is_not_its_length_is_refused(
+    tmp_path: Path, target: str
+) -> None:
+    # Regular files of size 0 whose reads return text.
+    root = tmp_path / "m"
+    root.mkdir()
+    (root / "config.json").write_text("{}")
+    (root / "extra").symlink_to(target)
+    out = tmp_path / "p.spk"
+    with pytest.raises(SecpackError) as err:
+        _seal(root, out, follow_symlinks=True)
+    assert err.value.code == "input.unsafe" and "size is not its length" in err.value.detail
+    assert not out.exists()
