@@ -69,6 +69,11 @@ ThreadsOpt = Annotated[
 ]
 
 
+# Set once a verb has reported its interrupt: click turns an interrupt outside the
+# verb (while it parses the command line) into exit 130 without a word.
+_reported: list[bool] = []
+
+
 def _run(as_json: bool, action: Callable[[], None]) -> None:
     """Run one verb; every failure becomes ``error[code]: message`` and a non-zero exit."""
     try:
@@ -83,6 +88,7 @@ def _run(as_json: bool, action: Callable[[], None]) -> None:
         from secpack.entry import INTERRUPTED
 
         fail(SecpackError("interrupted", INTERRUPTED), as_json)
+        _reported.append(True)
         raise typer.Exit(130) from None
     except (ValueError, TypeError) as exc:
         from secpack.cli.render import fail
@@ -151,6 +157,10 @@ def main() -> NoReturn:
 
         interrupted("--json" in sys.argv[1:])
     except SystemExit as done:
+        if done.code == 130 and not _reported:  # click's silent exit for an interrupt
+            from secpack.entry import interrupted
+
+            interrupted("--json" in sys.argv[1:])
         if done.code is None or isinstance(done.code, int):
             code = done.code or 0
         else:  # a message instead of a status, as sys.exit("...") gives

@@ -98,7 +98,7 @@ def test_an_unreadable_model_directory_or_file_is_input_io(
 
 
 @pytest.mark.parametrize("as_json", [False, True])
-@pytest.mark.parametrize("where", ["importing", "parsing"])
+@pytest.mark.parametrize("where", ["importing", "parsing", "click-parsing"])
 def test_an_interrupt_outside_a_verb_is_interrupted_not_a_traceback(
     tmp_path: Path, as_json: bool, where: str
 ) -> None:
@@ -113,11 +113,20 @@ def test_an_interrupt_outside_a_verb_is_interrupted_not_a_traceback(
         (tmp_path / "typer.py").write_text("raise KeyboardInterrupt\n")
         code = f"import sys; sys.argv = {argv!r}; from secpack.entry import main; main()"
         env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
-    else:
+    elif where == "parsing":
         code = (
             f"import sys; sys.argv = {argv!r}; import secpack.cli as cli\n"
             "def stop():\n    raise KeyboardInterrupt\n"
             "cli.app = stop; cli.main()"
+        )
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    else:  # inside click, which turns it into a silent exit 130
+        code = (
+            f"import sys; sys.argv = {argv!r}\n"
+            "import typer._click.core as core\n"
+            "def stop(self, ctx, args):\n    raise KeyboardInterrupt\n"
+            "core.Command.parse_args = stop\n"
+            "from secpack.entry import main; main()"
         )
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(
