@@ -85,6 +85,10 @@ class InputDirectory:
         try:
             # O_NONBLOCK: a file swapped for a FIFO after the scan must not hang the seal.
             fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
+            raise InputError(
+                "input.invalid", f"{path} was removed while it was being sealed"
+            ) from None
         except OSError as exc:
             # ELOOP: the file became a symlink since the scan (O_NOFOLLOW).
             code = "input.unsafe" if exc.errno == errno.ELOOP else "input.io"
@@ -94,6 +98,8 @@ class InputDirectory:
             if not stat.S_ISREG(st.st_mode):
                 raise InputError("input.unsafe", f"{path} is no longer a regular file")
             yield fd
+        except OSError as exc:  # a read failed: an I/O error of the disk
+            raise InputError("input.io", f"{path}: cannot read ({exc.strerror})") from None
         finally:
             os.close(fd)
 

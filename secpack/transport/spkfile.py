@@ -38,7 +38,7 @@ class FileSource:
         parts = []
         got = 0
         while got < length:
-            chunk = os.pread(self.fd, length - got, offset + got)
+            chunk = self._pread(length - got, offset + got)
             if not chunk:
                 raise ContainerError("container.framing", "package shrank while being read")
             parts.append(chunk)
@@ -47,6 +47,12 @@ class FileSource:
             self.bytes_read += got
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
+    def _pread(self, length: int, offset: int) -> bytes:
+        try:
+            return os.pread(self.fd, length, offset)
+        except OSError as exc:  # an I/O error of the disk
+            raise InputError("input.io", f"{self.path}: {exc.strerror}") from None
+
     def read_into(self, offset: int, out: memoryview) -> None:
         """``read_at`` into a caller's buffer: no allocation per read."""
         length = len(out)
@@ -54,7 +60,10 @@ class FileSource:
             raise ContainerError("container.framing", "read beyond the end of the package")
         got = 0
         while got < length:
-            n = os.preadv(self.fd, [out[got:]], offset + got)
+            try:
+                n = os.preadv(self.fd, [out[got:]], offset + got)
+            except OSError as exc:
+                raise InputError("input.io", f"{self.path}: {exc.strerror}") from None
             if n <= 0:
                 raise ContainerError("container.framing", "package shrank while being read")
             got += n

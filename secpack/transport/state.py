@@ -52,14 +52,22 @@ class VersionState:
                 "state.io", f"rollback state {self.directory}: {exc.strerror}"
             ) from None
         try:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            except OSError as exc:  # ENOLCK: a file system without locks
+                raise SecpackError(
+                    "state.io", f"rollback state {self.directory}: cannot lock ({exc.strerror})"
+                ) from None
             data = self._read()
             before = json.dumps(data, sort_keys=True)
             yield data
             if json.dumps(data, sort_keys=True) != before:
                 self._write(data)
         finally:
-            fcntl.flock(lock_fd, fcntl.LOCK_UN)
+            # Closing the descriptor releases the lock anyway; an unlock that fails
+            # (no lock was taken) must not hide the error being raised.
+            with contextlib.suppress(OSError):
+                fcntl.flock(lock_fd, fcntl.LOCK_UN)
             os.close(lock_fd)
 
     def _path(self) -> str:

@@ -140,3 +140,79 @@ def test_an_interrupt_outside_a_verb_is_interrupted_not_a_traceback(
         assert doc["ok"] is False and doc["error"]["code"] == "interrupted"
     else:
         assert done.stdout == ""
+
+
+def test_read_errors_and_removal_during_a_seal_have_their_own_codes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from secpack.api.keyfiles import load_signing_key
+    from secpack.api.seal import seal
+    from secpack.transport import inputs
+
+    root = tmp_path / "m"
+    root.mkdir()
+    (root / "config.json").write_text("{}")
+    (root / "notes.txt").write_text("n" * 100)
+    key = load_signing_key(str(ROOT / "keys-example" / "signing-ed25519.key"))
+    out = tmp_path / "p.spk"
+
+    def failing_preadv(fd: int, buffers: object, offset: int) -> int:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    with monkeypatch.context() as m:  # the disk fails under a file being sealed
+        m.setattr(inputs.os, "preadv", failing_preadv)
+        with pytest.raises(SecpackError) as caught:
+            seal(str(root), str(out), encrypt=False, sign_keys=[key])
+        assert caught.value.code == "input.io" and "Input/output error" in caught.value.detail
+    assert not out.exists()
+
+    real_scan = inputs.scan_input
+
+    def scan_then_remove(*args: object, **kwargs: object) -> object:
+        tree = real_scan(*args, **kwargs)  # type: ignore[arg-type]
+        (root / "notes.txt").unlink()
+        return tree
+
+    monkeypatch.setattr("secpack.api.seal.scan_input", scan_then_remove)
+    with pytest.raises(SecpackError) as caught:
+        seal(str(root), str(out), encrypt=False, sign_keys=[key])
+    assert caught.value.code == "input.invalid" and "removed" in caught.value.detail
+    assert not out.exists()
+
+
+def test_a_package_read_error_is_input_io(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from secpack.transport import spkfile
+
+    pkg = tmp_path / "p.spk"
+    pkg.write_bytes(b"x" * 4096)
+    src = FileSource(str(pkg))
+
+    def failing(*args: object) -> object:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(spkfile.os, "pread", failing)
+    monkeypatch.setattr(spkfile.os, "preadv", failing)
+    try:
+        for attempt in (
+            lambda: src.read_at(0, 10),
+            lambda: src.read_into(0, memoryview(bytearray(10))),
+        ):
+            with pytest.raises(SecpackError) as caught:
+                attempt()
+            assert caught.value.code == "input.io"
+    finally:
+        src.close()
+
+
+def test_a_state_directory_without_locks_is_state_io(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from secpack.transport import state
+
+    def no_locks(fd: int, op: int) -> None:
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(state.fcntl, "flock", no_locks)
+    with pytest.raises(SecpackError) as caught:
+        state.VersionState(str(tmp_path)).check("m", [b"k"], 1, record=True, allow_downgrade=False)
+    assert caught.value.code == "state.io"
