@@ -28,6 +28,7 @@ from secpack.sign import cose
 from secpack.sign.keyless import SIG_TYPE_SIGSTORE
 from secpack.sign.policy import Policy
 from secpack.transport.atomic import AtomicFile
+from secpack.transport.files import read_small
 from secpack.transport.spkfile import FileSource
 
 __all__ = [
@@ -189,6 +190,8 @@ def add_keyless_signature(
     # before an identity token is asked for (interactively, a browser sign-in).
     with FileSource(package) as src:
         read_header(src, DEFAULT_LIMITS)
+    if trust_config is not None:  # likewise a --trust-config that cannot be read
+        read_small(trust_config, "trust config")
     identity = identity_token(token, interactive)
 
     def make(header: Header) -> tuple[SignatureEntry, bytes]:

@@ -155,9 +155,14 @@ def _default_component(path: str, adapter_dirs: Sequence[str], root_adapter: str
     return "files"
 
 
+# An adapter's name keeps room for a variant's suffix (".int8") inside the 64
+# characters a component name may have after its "adapter:".
+_ADAPTER_NAME_MAX = 64 - len(".int8")
+
+
 def _sanitize(text: str) -> str:
     cleaned = "".join(c if c.isascii() and (c.isalnum() or c in "._-") else "-" for c in text)
-    return cleaned.strip("-._")[:64] or "adapter"
+    return cleaned.strip("-._")[:_ADAPTER_NAME_MAX].rstrip("-._") or "adapter"
 
 
 def assign_components(
@@ -178,6 +183,10 @@ def assign_components(
     root_adapter = None
     if any(f.path == ADAPTER_MARKER for f in files):
         root_adapter = "adapter:" + _sanitize(root_name)
+        if any("adapter:" + _sanitize(posixpath.basename(d)) == root_adapter for d in adapter_dirs):
+            # A subdirectory adapter already has that name: the root's files keep
+            # their usual components rather than merge two adapters into one.
+            root_adapter = None
     used = [False] * len(overrides)
     groups: dict[str, list[InputFile]] = {}
     for f in files:

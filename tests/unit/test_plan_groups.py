@@ -10,6 +10,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from secpack.errors import SecpackError
+from secpack.format.manifest import COMPONENT_NAME_RE
 from secpack.package.plan import InputFile, assign_components
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -84,6 +85,28 @@ def test_an_adapter_in_a_subdirectory_and_an_input_that_is_an_adapter() -> None:
     }
     # Without the marker, adapter_* names are nothing special.
     assert _groups(["adapter_model.safetensors"]) == {"weights": ["adapter_model.safetensors"]}
+
+
+def test_adapter_names_stay_unique_and_leave_room_for_a_variant() -> None:
+    # The root and a subdirectory would both be adapter:lora: the root's files keep
+    # their usual components.
+    clash = _groups(
+        [
+            "adapter_config.json",
+            "adapter_model.safetensors",
+            "lora/adapter_config.json",
+            "lora/adapter_model.safetensors",
+        ],
+        root="lora",
+    )
+    assert clash == {
+        "config": ["adapter_config.json"],
+        "weights": ["adapter_model.safetensors"],
+        "adapter:lora": ["lora/adapter_config.json", "lora/adapter_model.safetensors"],
+    }
+    long = _groups(["adapter_config.json", "adapter_model.safetensors"], root="x" * 80 + "-")
+    (name,) = long
+    assert COMPONENT_NAME_RE.fullmatch(name + ".int8"), name
 
 
 def test_overrides_come_first_and_must_match() -> None:
