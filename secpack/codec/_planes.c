@@ -1050,66 +1050,6 @@ done:
     return result;
 }
 
-/* repeats(buf, anchor, count) -> int: how many of buf's anchored 8-byte words were seen
- * before in buf. The anchors are the positions of byte value `anchor`, so they
- * depend on content, not on alignment: a repeated run of a few hundred bytes or
- * more, wherever it lies, repeats anchored words, while in high-entropy bytes two
- * equal 8-byte words are rare. The caller picks a value about 1/64 of the bytes
- * hold and says how many there are (`count`, which sizes the table); memchr
- * skips between them. The writer uses it to tell planes in which zstd could find
- * repeats (bgx.py, _zstd_clearly_larger). Should anchors fill half of the table
- * (a wrong count), the rest are counted as repeats. */
-static PyObject *repeats(PyObject *self, PyObject *args) {
-    Py_buffer buf;
-    int anchor;
-    Py_ssize_t count;
-    (void)self;
-    if (!PyArg_ParseTuple(args, "y*in", &buf, &anchor, &count)) return NULL;
-    if (anchor < 0 || anchor > 255 || count < 0 || count > buf.len) {
-        PyBuffer_Release(&buf);
-        PyErr_SetString(PyExc_ValueError, "anchor must be a byte value, count at most len(buf)");
-        return NULL;
-    }
-    const uint8_t *s = (const uint8_t *)buf.buf;
-    Py_ssize_t n = buf.len, found = 0;
-    int no_memory = 0;
-    Py_BEGIN_ALLOW_THREADS;
-    /* A table of at least twice as many slots as anchors. */
-    size_t cap = 64;
-    while (cap < 2 * (size_t)count + 2) cap <<= 1;
-    int bits = 0;
-    while (((size_t)1 << bits) < cap) bits++;
-    uint64_t *words = calloc(cap, sizeof *words);
-    uint8_t *used = calloc(cap, 1);
-    if (words == NULL || used == NULL) {
-        no_memory = 1;
-    } else if (n >= 8) {
-        size_t stored = 0;
-        const uint8_t *p = s, *last = s + n - 8;
-        while (p <= last && (p = memchr(p, anchor, (size_t)(last - p) + 1)) != NULL) {
-            uint64_t w = load64le(p);
-            size_t slot = (size_t)((w * 0x9E3779B97F4A7C15ull) >> (64 - bits));
-            while (used[slot] && words[slot] != w) slot = (slot + 1) & (cap - 1);
-            if (used[slot]) {
-                found++;
-            } else if (2 * ++stored > cap) { /* full: count the rest as repeats */
-                found += (last - p) / 64 + 1;
-                break;
-            } else {
-                used[slot] = 1;
-                words[slot] = w;
-            }
-            p++;
-        }
-    }
-    free(words);
-    free(used);
-    Py_END_ALLOW_THREADS;
-    PyBuffer_Release(&buf);
-    if (no_memory) return PyErr_NoMemory();
-    return PyLong_FromSsize_t(found);
-}
-
 /* ---- bgx encoder decisions: column offsets and the exponent window ---------
  * The encoder's choices for one segment, from samples of its exponents (see
  * bgx.py for what they are and why). They were numpy code; in C they need no
@@ -1438,7 +1378,6 @@ static PyMethodDef methods[] = {
     {"unpack5", unpack5, METH_VARARGS, "unpack5(src, dst): a p5 plane to bytes"},
     {"entropy", entropy, METH_VARARGS, "entropy(buf, step) -> order-0 entropy of every step-th byte, in bits"},
     {"histogram", histogram, METH_VARARGS, "histogram(buf, counts): byte counts, 256 uint64"},
-    {"repeats", repeats, METH_VARARGS, "repeats(buf, anchor, count) -> anchored 8-byte words seen before"},
     {"ans_encode", ans_encode, METH_VARARGS,
      "ans_encode(freqs, src, out) -> offset of the coded plane in out, or -1"},
     {"ans_decode", ans_decode, METH_VARARGS, "ans_decode(freqs, src, dst): an ans plane to bytes"},

@@ -22,8 +22,6 @@ spec cannot point to.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from secpack.buffers import scratch
@@ -32,13 +30,11 @@ from secpack.format.manifest import ANS_MIN_SIZE
 
 __all__ = [
     "BITS",
-    "Prepared",
     "code",
     "decode",
     "decode_python",
     "encode",
     "parse_table",
-    "prepare",
     "quantize",
     "quantize_python",
 ]
@@ -130,41 +126,17 @@ def _counts(plane: memoryview | bytes) -> np.ndarray:
     return counts
 
 
-@dataclass(frozen=True)
-class Prepared:
-    """A plane's table, chosen before coding: what ``encode`` needs, and the size
-    the coded plane will have, give or take the final states."""
-
-    counts: np.ndarray
-    q: np.ndarray
-    estimate: int  # bytes: the table and the stream, within 16 bytes
-    bits_per_symbol: float  # the stream's average cost per symbol under q
-
-
-def prepare(plane: memoryview | bytes, counts: np.ndarray | None = None) -> Prepared | None:
-    """The table for ``plane`` (whose byte ``counts`` the caller may already have),
-    or None where ans does not apply (no C helper, or fewer than _MIN_SYMBOLS
-    symbols)."""
+def encode(plane: memoryview | bytes, limit: int) -> bytes | None:
+    """The ans form of ``plane`` when it is shorter than ``limit`` bytes, else None."""
     if planes_mod.native_module() is None or len(plane) < _MIN_SYMBOLS:
         return None
-    if counts is None:
-        counts = _counts(plane)
+    counts = _counts(plane)
     q = quantize(counts)
-    bits = _bits(counts, q)
-    return Prepared(counts, q, len(_table_bytes(q)) + int(bits / 8), bits / len(plane))
-
-
-def encode(plane: memoryview | bytes, limit: int, prepared: Prepared | None = None) -> bytes | None:
-    """The ans form of ``plane`` when it is shorter than ``limit`` bytes, else None.
-    ``prepared``: ``prepare(plane)``, when the caller already has it."""
-    prepared = prepared or prepare(plane)
-    if prepared is None:
-        return None
     # Only a clear loser skips the real encoding: the states can hold up to 16 of
     # the estimated stream bytes, and the table is at least the bitmap.
-    if _BITMAP + int(_bits(prepared.counts, prepared.q) / 8) >= limit:
+    if _BITMAP + int(_bits(counts, q) / 8) >= limit:
         return None
-    return _code_into(prepared.q, plane, limit - 1)  # strictly shorter than limit
+    return _code_into(q, plane, limit - 1)  # strictly shorter than limit
 
 
 def code(plane: memoryview | bytes) -> bytes:

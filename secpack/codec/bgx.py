@@ -83,33 +83,6 @@ _NOISE_BITS = 7.99
 # the smaller kept.
 _P5_BITS = 4.99
 _ENTROPY_SAMPLE = 1 << 16
-# For H, ans is kept without compressing the whole plane with zstd when two
-# things say zstd would lose. (1) zstd codes each 128 KiB block with a Huffman
-# table of its own; ans has one table per plane. When the sum of the blocks' own
-# order-0 entropies is within _LOCAL_GAIN of what ans will spend, per-block tables
-# cannot win. (2) zstd of _ZSTD_SLICES slices of _ZSTD_SLICE bytes (one block
-# each), scaled to the plane, is more than _ZSTD_MARGIN above ans's size. (3) The
-# plane holds no repeats that zstd could code as matches: the C helper's
-# ``repeats`` counts 8-byte words, anchored on a byte value about 1/64 of the
-# symbols hold, that occur twice; at most one in _REPEAT_RATIO bytes is allowed
-# (in weight planes equal words are chance; 100 equal rows of a 1024-column
-# matrix give about 1800). Other planes are compressed whole and the smaller is
-# kept, as before. On weight planes zstd comes out
-# 0.5-1 % larger, and compressing all of H only to drop it was a fifth of the
-# encoder's time. On the benchmark models' H planes: every plane that zstd coded
-# smaller had a local gain of 0.2 % or more, every other one under 0.08 %; the
-# slices overestimated the whole plane's zstd size by at most 0.17 %, and
-# underestimates cost only time.
-_ZSTD_BLOCK = 128 << 10  # zstd's largest block
-_LOCAL_GAIN = 0.001
-_ZSTD_SLICES = 2
-_ZSTD_SLICE = _ZSTD_BLOCK
-_ZSTD_MARGIN = 0.003
-_ZSTD_MIN_FACTOR = 2  # sample at most half a plane, or compress it whole
-_REPEAT_RATIO = 1 << 16
-# The anchor value must be neither rare (too few anchors to see a repeat) nor
-# common (too many to store): between these shares of the plane.
-_ANCHOR_SHARE = (1 / 512, 1 / 16)
 
 
 def _store(
@@ -131,17 +104,9 @@ def _store(
             return Plane("p5", len(packed5)), packed5
     if noisy and bits >= _NOISE_BITS:
         return Plane("raw", len(src)), src
-    prepared = None
-    if exponents:
-        blocks = _block_counts(native, src)
-        prepared = ans.prepare(src, sum(blocks, np.zeros(256, dtype=np.uint64)))
-    if prepared is not None and _zstd_clearly_larger(native, src, prepared, blocks):
-        coded = ans.encode(src, len(src), prepared)
-        if coded is not None:
-            return Plane("ans", len(coded)), coded
     packed = zstd.compress_plane(src)
-    if prepared is not None:
-        coded = ans.encode(src, min(len(packed), len(src)), prepared)
+    if exponents:
+        coded = ans.encode(src, min(len(packed), len(src)))
         if coded is not None:
             return Plane("ans", len(coded)), coded
     if packed5 is not None and len(packed5) <= len(packed) and len(packed5) < len(src):
@@ -149,51 +114,6 @@ def _store(
     if len(packed) < len(src):
         return Plane("zstd", len(packed)), packed
     return Plane("raw", len(src)), src
-
-
-def _block_counts(native: ModuleType, src: memoryview | bytes) -> list[np.ndarray]:
-    """Byte counts of each _ZSTD_BLOCK of ``src``."""
-    view = memoryview(src)
-    out = []
-    for start in range(0, len(view), _ZSTD_BLOCK):
-        counts = np.zeros(256, dtype=np.uint64)
-        native.histogram(view[start : start + _ZSTD_BLOCK], counts)
-        out.append(counts)
-    return out
-
-
-def _order0_bits(counts: np.ndarray) -> float:
-    c = counts[counts > 0].astype(np.float64)
-    return float(-(c * np.log2(c / c.sum())).sum())
-
-
-def _zstd_clearly_larger(
-    native: ModuleType, src: memoryview | bytes, prepared: ans.Prepared, blocks: list[np.ndarray]
-) -> bool:
-    """Whether zstd would store ``src`` in more than (1 + _ZSTD_MARGIN) x what ans
-    will, judged without compressing all of it (see _LOCAL_GAIN). False where that
-    cannot be told: planes too short to sample, and planes whose blocks differ."""
-    n = len(src)
-    sampled = _ZSTD_SLICES * _ZSTD_SLICE
-    if n < _ZSTD_MIN_FACTOR * sampled:
-        return False
-    spent = prepared.bits_per_symbol * n
-    if sum(_order0_bits(c) for c in blocks) < spent * (1 - _LOCAL_GAIN):
-        return False
-    counts = prepared.counts.astype(np.float64)
-    anchor = int(np.argmin(np.where(counts > 0, np.abs(counts - n / 64), np.inf)))
-    low, high = _ANCHOR_SHARE
-    if not low * n <= counts[anchor] <= high * n:
-        return False
-    if native.repeats(src, anchor, int(prepared.counts[anchor])) > n // _REPEAT_RATIO:
-        return False
-    step = (n - _ZSTD_SLICE) // (_ZSTD_SLICES - 1)
-    view = memoryview(src)
-    size = sum(
-        len(zstd.compress_plane(view[k * step : k * step + _ZSTD_SLICE]))
-        for k in range(_ZSTD_SLICES)
-    )
-    return size * n > sampled * prepared.estimate * (1 + _ZSTD_MARGIN)
 
 
 def encode(view: memoryview, kind_name: str, period: int) -> tuple[Codec, bytes] | None:
