@@ -369,9 +369,12 @@ def test_ci_sign_json_and_a_missing_package_before_any_token(
     for args in (("--json",), ()):
         res = run_cli("ci", "sign", tmp_path / "absent.spk", *args, env=no_token)
         assert res.returncode != 0 and res.error_code == "input.missing", str(res)
-    # Nor is a --trust-config that does not exist.
+    # Nor is a --trust-config that does not exist, or that sigstore refuses.
     res = run_cli("ci", "sign", pkg, "--trust-config", tmp_path / "absent.json", env=no_token)
     assert res.returncode != 0 and res.error_code == "input.missing", str(res)
+    (tmp_path / "empty.json").write_text("{}")
+    res = run_cli("ci", "sign", pkg, "--trust-config", tmp_path / "empty.json", env=no_token)
+    assert res.returncode != 0 and res.error_code == "input.invalid", str(res)
 
 
 def test_no_token_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -28,7 +28,6 @@ from secpack.sign import cose
 from secpack.sign.keyless import SIG_TYPE_SIGSTORE
 from secpack.sign.policy import Policy
 from secpack.transport.atomic import AtomicFile
-from secpack.transport.files import read_small
 from secpack.transport.spkfile import FileSource
 
 __all__ = [
@@ -184,18 +183,18 @@ def add_keyless_signature(
     """Sign ``package`` keylessly through sigstore (Fulcio + Rekor of the public
     instance, or of ``trust_config``). See :func:`secpack.sign.keyless.identity_token`
     for where the identity token comes from."""
-    from secpack.sign.keyless import identity_token, sign_keyless
+    from secpack.sign.keyless import identity_token, load_trust_config, sign_keyless
 
     # The package is read first: a missing or malformed one is reported as such,
     # before an identity token is asked for (interactively, a browser sign-in).
     with FileSource(package) as src:
         read_header(src, DEFAULT_LIMITS)
-    if trust_config is not None:  # likewise a --trust-config that cannot be read
-        read_small(trust_config, "trust config")
+    # Likewise a --trust-config that cannot be read or that sigstore refuses.
+    config = load_trust_config(trust_config) if trust_config is not None else None
     identity = identity_token(token, interactive)
 
     def make(header: Header) -> tuple[SignatureEntry, bytes]:
-        data = sign_keyless(header.manifest_bytes, header.manifest, identity, trust_config)
+        data = sign_keyless(header.manifest_bytes, header.manifest, identity, config)
         return SignatureEntry(SIG_TYPE_SIGSTORE, data), _keyless_identity(data)[0]
 
     report, bundle = _append(package, output, make, lambda entry: False)

@@ -149,6 +149,7 @@ def main() -> NoReturn:
     without the interpreter's teardown of every module, which took 60-80 ms of a
     `secpack verify` here: more than the signature check. Standard streams are
     flushed first; nothing else of secpack's is left open by then."""
+    _reported.clear()
     try:
         app()
         code = 0

@@ -124,19 +124,34 @@ def identity_token(explicit: str | None, interactive: bool) -> Any:
     )
 
 
-def sign_keyless(
-    manifest_bytes: bytes, manifest: Manifest, token: Any, trust_config: str | None
-) -> bytes:
-    """Sign the manifest's statement through Fulcio and Rekor; return the bundle JSON."""
+def load_trust_config(path: str) -> Any:
+    """The sigstore client trust configuration in ``path`` (``--trust-config``):
+    ``input.missing`` / ``input.io`` when it cannot be read, ``input.invalid`` when
+    sigstore refuses it."""
+    from sigstore.models import ClientTrustConfig
+
+    from secpack.transport.files import read_small
+
+    data = read_small(path, "trust config")
+    try:
+        return ClientTrustConfig.from_json(data.decode("utf-8"))
+    except Exception as exc:  # bad UTF-8, bad JSON, or a configuration sigstore refuses
+        raise SecpackError(
+            "input.invalid",
+            f"trust config {path}: not a sigstore client trust configuration "
+            f"({type(exc).__name__})",
+        ) from None
+
+
+def sign_keyless(manifest_bytes: bytes, manifest: Manifest, token: Any, config: Any) -> bytes:
+    """Sign the manifest's statement through Fulcio and Rekor; return the bundle JSON.
+    ``config``: from ``load_trust_config``, or None for the public instance."""
     from sigstore.dsse import Statement
     from sigstore.models import ClientTrustConfig
     from sigstore.sign import SigningContext
 
     try:
-        if trust_config:
-            with open(trust_config, encoding="utf-8") as fh:
-                config = ClientTrustConfig.from_json(fh.read())
-        else:
+        if config is None:
             config = ClientTrustConfig.production()
         context = SigningContext.from_trust_config(config)
         digest = hashlib.sha256(manifest_bytes).digest()

@@ -244,21 +244,23 @@ def _follow(full: str, shown: str) -> tuple[str, os.stat_result]:
         raise _refuse(shown, "is a symlink to something other than a regular file")
     if stat.S_ISREG(st.st_mode) and not _length_is_size(target, st.st_size):
         # /proc and /sys files are "regular" with a size that is not their length
-        # (0, or 4096): sealed by their size they would be empty or cut short.
+        # (0, or 4096), or refuse reads at some offsets: sealed by their size they
+        # would be empty or cut short.
         raise _refuse(shown, "is a symlink to a file whose size is not its length (/proc, /sys?)")
     return target, st
 
 
 def _length_is_size(path: str, size: int) -> bool:
-    """Whether reading ``path`` ends exactly at ``size`` bytes."""
+    """Whether reading ``path`` ends exactly at ``size`` bytes (False when it cannot
+    be read there at all)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
-        return True  # left to the read, which reports it
+        return True  # left to the seal's own open, which reports why
     try:
         return os.pread(fd, 1, size) == b"" and (size == 0 or len(os.pread(fd, 1, size - 1)) == 1)
-    except OSError:
-        return True
+    except OSError:  # /proc/self/pagemap: EINVAL for a one-byte read
+        return False
     finally:
         os.close(fd)
 

@@ -187,7 +187,7 @@ def test_a_linked_file_changed_during_the_seal_is_refused(tmp_path: Path) -> Non
     assert not out.exists()
 
 
-@pytest.mark.parametrize("target", ["/proc/version", "/proc/self/status"])
+@pytest.mark.parametrize("target", ["/proc/version", "/proc/self/status", "/proc/self/pagemap"])
 def test_a_link_to_a_file_whose_size_is_not_its_length_is_refused(
     tmp_path: Path, target: str
 ) -> None:
