@@ -351,3 +351,20 @@ class KeyRing:
         PASSPHRASE, read from the environment variable PASSPHRASE_ENV."""
         env = {PASSPHRASE_ENV: PASSPHRASE}
         return self._make(name, kind, "--passphrase-env", PASSPHRASE_ENV, env=env)
+
+
+class Meddler:
+    """A seal progress sink that does ``act`` once, at the first segment written:
+    a way to change the input while the seal is reading it."""
+
+    def __init__(self, act: object) -> None:
+        self.act = act
+        self.done = False
+
+    def start(self, total: int, what: str) -> None:
+        pass
+
+    def advance(self, n: int) -> None:
+        if not self.done:
+            self.done = True
+            self.act()  # type: ignore[operator]

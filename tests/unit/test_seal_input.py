@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import Meddler
 from safetensors.numpy import save_file
 
 from secpack.api.keyfiles import load_signing_key
@@ -15,22 +16,6 @@ from secpack.errors import SecpackError
 
 ROOT = Path(__file__).resolve().parents[2]
 KEYS = ROOT / "keys-example"
-
-
-class _Meddler:
-    """A progress sink that does ``act`` once, at the first segment written."""
-
-    def __init__(self, act: object) -> None:
-        self.act = act
-        self.done = False
-
-    def start(self, total: int, what: str) -> None:
-        pass
-
-    def advance(self, n: int) -> None:
-        if not self.done:
-            self.done = True
-            self.act()  # type: ignore[operator]
 
 
 def _model(root: Path) -> Path:
@@ -99,7 +84,7 @@ def test_a_file_changed_during_the_seal_is_refused(
 
     out = tmp_path / "x.spk"
     with pytest.raises(SecpackError) as err:
-        _seal(root, out, _Meddler(act), variants=list(variants))
+        _seal(root, out, Meddler(act), variants=list(variants))
     assert err.value.code == "input.invalid"
     assert "changed while it was being sealed" in err.value.detail
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
@@ -108,7 +93,7 @@ def test_a_file_changed_during_the_seal_is_refused(
 def test_an_unchanged_input_seals(tmp_path: Path) -> None:
     """The twin of the cases above: reading the input changes nothing."""
     root = _model(tmp_path / "m")
-    meddler = _Meddler(lambda: (root / "config.json").read_bytes())
+    meddler = Meddler(lambda: (root / "config.json").read_bytes())
     _seal(root, tmp_path / "x.spk", meddler, variants=["int8"])
     assert meddler.done and (tmp_path / "x.spk").stat().st_size > 0
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import Meddler
 from safetensors.numpy import save_file
 
 from secpack.api.extract import extract
@@ -137,22 +138,6 @@ def test_links_that_are_not_to_a_regular_file_stay_refused(tmp_path: Path, kind:
     assert not out.exists()
 
 
-class _Once:
-    """A progress sink that runs ``act`` at the first segment written."""
-
-    def __init__(self, act: object) -> None:
-        self.act = act
-        self.done = False
-
-    def start(self, total: int, what: str) -> None:
-        pass
-
-    def advance(self, n: int) -> None:
-        if not self.done:
-            self.done = True
-            self.act()  # type: ignore[operator]
-
-
 def test_a_link_retargeted_during_the_seal_does_not_change_what_is_read(
     tmp_path: Path,
 ) -> None:
@@ -166,7 +151,7 @@ def test_a_link_retargeted_during_the_seal_does_not_change_what_is_read(
         link.unlink()
         link.symlink_to(other)
 
-    meddler = _Once(retarget)
+    meddler = Meddler(retarget)
     _seal(snap, tmp_path / "p.spk", follow_symlinks=True, progress=meddler)
     assert meddler.done
     _open(tmp_path / "p.spk", tmp_path / "opened")
@@ -182,7 +167,7 @@ def test_a_linked_file_changed_during_the_seal_is_refused(tmp_path: Path) -> Non
 
     out = tmp_path / "p.spk"
     with pytest.raises(SecpackError) as err:
-        _seal(snap, out, follow_symlinks=True, progress=_Once(rewrite))
+        _seal(snap, out, follow_symlinks=True, progress=Meddler(rewrite))
     assert err.value.code == "input.invalid"
     assert not out.exists()
 
