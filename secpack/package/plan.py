@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import posixpath
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -135,10 +135,31 @@ def kind_of(name: str, has_tensors: bool) -> str:
     return "weights" if has_tensors else "files"
 
 
-def _default_component(path: str, adapter_dirs: Sequence[str], root_adapter: str | None) -> str:
-    for d in adapter_dirs:
+def _adapter_names(dirs: Sequence[str]) -> dict[str, str]:
+    """Each adapter directory's component: ``adapter:<its name>``; where two share a
+    name (``a/lora``, ``b/lora``), ``adapter:<its path>`` (``a-lora``), numbered if
+    even that repeats. Two adapters never merge into one component."""
+    names = {d: "adapter:" + _sanitize(posixpath.basename(d)) for d in dirs}
+    shared = {n for n in names.values() if list(names.values()).count(n) > 1}
+    for d in sorted(dirs):
+        if names[d] in shared:
+            names[d] = "adapter:" + _sanitize(d.replace("/", "-"))
+    taken: set[str] = set()
+    for d in sorted(dirs):
+        name, k = names[d], 2
+        while names[d] in taken:
+            suffix = f"-{k}"
+            names[d] = name[: len("adapter:") + _ADAPTER_NAME_MAX - len(suffix)] + suffix
+            k += 1
+        taken.add(names[d])
+    return names
+
+
+def _default_component(path: str, adapters: Mapping[str, str], root_adapter: str | None) -> str:
+    # Deepest directory first: a file belongs to the innermost adapter around it.
+    for d in adapters:
         if path.startswith(d + "/"):
-            return "adapter:" + _sanitize(posixpath.basename(d))
+            return adapters[d]
     base = posixpath.basename(path)
     # The input is itself an adapter (PEFT saves adapter_config.json beside
     # adapter_model.safetensors): its adapter_* files are the adapter; a config,
@@ -180,10 +201,12 @@ def assign_components(
         key=len,
         reverse=True,
     )
+    adapters = _adapter_names(adapter_dirs)
+    adapters = {d: adapters[d] for d in adapter_dirs}  # deepest first, as sorted above
     root_adapter = None
     if any(f.path == ADAPTER_MARKER for f in files):
         root_adapter = "adapter:" + _sanitize(root_name)
-        if any("adapter:" + _sanitize(posixpath.basename(d)) == root_adapter for d in adapter_dirs):
+        if root_adapter in adapters.values():
             # A subdirectory adapter already has that name: the root's files keep
             # their usual components rather than merge two adapters into one.
             root_adapter = None
@@ -196,7 +219,7 @@ def assign_components(
                 target, used[i] = name, True
                 break
         if target is None:
-            target = _default_component(f.path, adapter_dirs, root_adapter)
+            target = _default_component(f.path, adapters, root_adapter)
         groups.setdefault(target, []).append(f)
     for i, (name, pattern) in enumerate(overrides):
         if not used[i]:

@@ -104,6 +104,21 @@ def test_adapter_names_stay_unique_and_leave_room_for_a_variant() -> None:
         "weights": ["adapter_model.safetensors"],
         "adapter:lora": ["lora/adapter_config.json", "lora/adapter_model.safetensors"],
     }
+    # Two adapter directories of one name: each its own component, named by its path.
+    twins = _groups(
+        [
+            "a/lora/adapter_config.json",
+            "a/lora/adapter_model.safetensors",
+            "b/lora/adapter_config.json",
+            "b/lora/adapter_model.safetensors",
+            "a-lora/adapter_config.json",  # what a/lora's path becomes
+        ]
+    )
+    assert sorted(twins) == ["adapter:a-lora", "adapter:a-lora-2", "adapter:b-lora"]
+    assert twins["adapter:b-lora"] == [
+        "b/lora/adapter_config.json",
+        "b/lora/adapter_model.safetensors",
+    ]
     long = _groups(["adapter_config.json", "adapter_model.safetensors"], root="x" * 80 + "-")
     (name,) = long
     assert COMPONENT_NAME_RE.fullmatch(name + ".int8"), name
