@@ -144,6 +144,28 @@ def test_a_rollback_state_that_cannot_be_stored_is_state_io(tmp_path: Path) -> N
     assert blocker.read_text() == ""
 
 
+# An Ed25519 key encrypted with the passphrase "right" (a test key, made for this
+# test). "wrong-197" decrypts it to a valid CBC padding by chance (about one wrong
+# passphrase in 256 does), and the garbage inside fails to parse instead.
+_LUCKY_PADDING = b"""-----BEGIN ENCRYPTED PRIVATE KEY-----
+MIGjMF8GCSqGSIb3DQEFDTBSMDEGCSqGSIb3DQEFDDAkBBDjQZ4fESHB4wbFKkZZ
+AUwiAgIIADAMBggqhkiG9w0CCQUAMB0GCWCGSAFlAwQBKgQQigpD3a5w9gKXj5rE
+O+t1EARAdSx+2Xq+ysewkG4mxgFusifxCZQioqTEM02h4BEZDAF0hTWXAvsTE8Pe
+wwHl0KWUIEFO25zuS2CkjAeWL84wuQ==
+-----END ENCRYPTED PRIVATE KEY-----
+"""
+
+
+def test_every_wrong_passphrase_is_key_passphrase() -> None:
+    from secpack.recipes.keys import load_private_pem
+
+    assert load_private_pem(_LUCKY_PADDING, b"right", "k") is not None
+    for wrong in (b"wrong-197", b"wrong-0", b"right!"):
+        with pytest.raises(SecpackError) as err:
+            load_private_pem(_LUCKY_PADDING, wrong, "k")
+        assert err.value.code == "key.passphrase", wrong
+
+
 def test_a_key_file_holds_one_key(tmp_path: Path) -> None:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
