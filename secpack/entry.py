@@ -21,7 +21,9 @@ INTERRUPTED = "stopped; nothing was left half-written"
 
 def interrupted(as_json: bool) -> NoReturn:
     """Report ``interrupted`` as every other error is reported, and exit 130 (the
-    shell's code for SIGINT) at once."""
+    shell's code for SIGINT) at once. It writes what secpack.cli.render's ``fail``
+    writes, by itself: importing that module imports typer, which is what may have
+    been interrupted."""
     if as_json:
         doc = {"ok": False, "error": {"code": "interrupted", "message": INTERRUPTED}}
         sys.stdout.write(json.dumps(doc) + "\n")

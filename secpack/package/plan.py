@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import posixpath
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -140,7 +141,8 @@ def _adapter_names(dirs: Sequence[str]) -> dict[str, str]:
     name (``a/lora``, ``b/lora``), ``adapter:<its path>`` (``a-lora``), numbered if
     even that repeats. Two adapters never merge into one component."""
     names = {d: "adapter:" + _sanitize(posixpath.basename(d)) for d in dirs}
-    shared = {n for n in names.values() if list(names.values()).count(n) > 1}
+    counts = Counter(names.values())
+    shared = {n for n, c in counts.items() if c > 1}
     for d in sorted(dirs):
         if names[d] in shared:
             names[d] = "adapter:" + _sanitize(d.replace("/", "-"))
@@ -201,8 +203,7 @@ def assign_components(
         key=len,
         reverse=True,
     )
-    adapters = _adapter_names(adapter_dirs)
-    adapters = {d: adapters[d] for d in adapter_dirs}  # deepest first, as sorted above
+    adapters = _adapter_names(adapter_dirs)  # keeps their order: deepest first
     root_adapter = None
     if any(f.path == ADAPTER_MARKER for f in files):
         root_adapter = "adapter:" + _sanitize(root_name)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import threading
+from collections.abc import Iterator
 from types import TracebackType
 
 from secpack.errors import ContainerError, InputError
@@ -38,7 +40,8 @@ class FileSource:
         parts = []
         got = 0
         while got < length:
-            chunk = self._pread(length - got, offset + got)
+            with self._read_errors():
+                chunk = os.pread(self.fd, length - got, offset + got)
             if not chunk:
                 raise ContainerError("container.framing", "package shrank while being read")
             parts.append(chunk)
@@ -47,9 +50,10 @@ class FileSource:
             self.bytes_read += got
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    def _pread(self, length: int, offset: int) -> bytes:
+    @contextlib.contextmanager
+    def _read_errors(self) -> Iterator[None]:
         try:
-            return os.pread(self.fd, length, offset)
+            yield
         except OSError as exc:  # an I/O error of the disk
             raise InputError("input.io", f"{self.path}: {exc.strerror}") from None
 
@@ -60,10 +64,8 @@ class FileSource:
             raise ContainerError("container.framing", "read beyond the end of the package")
         got = 0
         while got < length:
-            try:
+            with self._read_errors():
                 n = os.preadv(self.fd, [out[got:]], offset + got)
-            except OSError as exc:
-                raise InputError("input.io", f"{self.path}: {exc.strerror}") from None
             if n <= 0:
                 raise ContainerError("container.framing", "package shrank while being read")
             got += n
