@@ -170,7 +170,7 @@ def seal(
         metadata = {"generator": f"secpack {__version__}"}
         build = None
         if variants:
-            build = build_variants(tree, variants, components, output)
+            build = build_variants(tree, variants, components, output, threads)
             cleanup.callback(build.cleanup)
             # --variants-only leaves out the exact form of each file that has a
             # variant; a file without one (a dtype secpack does not model) stays.

@@ -17,6 +17,7 @@ import shutil
 import struct
 import tempfile
 from collections.abc import Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +28,7 @@ from secpack.package.plan import assign_components
 from secpack.tensors import safetensors
 from secpack.tensors.dtypes import DTYPE_SIZES
 from secpack.tensors.variants import (
+    INT8_TRIALS,
     VARIANTS,
     ElementReader,
     ErrorStats,
@@ -39,6 +41,7 @@ from secpack.tensors.variants import (
     wants_transform,
 )
 from secpack.transport.inputs import InputDirectory
+from secpack.workers import worker_threads
 
 __all__ = ["SCALE_SUFFIX", "VariantBuild", "build_variants"]
 
@@ -76,8 +79,10 @@ def build_variants(
     variants: Sequence[str],
     overrides: Sequence[tuple[str, str]],
     near: str,
+    threads: int = 0,
 ) -> VariantBuild:
-    """Write every variant file into a scratch directory next to ``near``."""
+    """Write every variant file into a scratch directory next to ``near``, with
+    ``threads`` workers (0: one per usable CPU) for int8's trials."""
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise InputError(
@@ -93,6 +98,11 @@ def build_variants(
         prefix=f".{os.path.basename(near)}.secpack-tmp-variants-", dir=parent
     )
     build = VariantBuild(workdir, {}, [], {}, {}, [])
+    # int8 tries each of a few column scalings on the whole tensor, and the trials
+    # are independent: one worker each, at most. A worker holds one block of rows
+    # and numpy's temporaries, about 80 MB.
+    workers = min(INT8_TRIALS, worker_threads(threads, 0))
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="secpack-variant")
     try:
         for variant in dict.fromkeys(variants):
             worst = 0.0
@@ -102,7 +112,7 @@ def build_variants(
                 rel = f"variants/{variant}/{f.path}"
                 target = os.path.join(workdir, *rel.split("/"))
                 os.makedirs(os.path.dirname(target), exist_ok=True)
-                written = _write_variant(tree, f.path, f.size, variant, target)
+                written = _write_variant(tree, f.path, f.size, variant, target, pool)
                 if written is None:
                     # Sealed as an opaque file (see make_plan's note): it has no
                     # tensor table in the exact weights either.
@@ -140,6 +150,8 @@ def build_variants(
     except BaseException:
         build.cleanup()
         raise
+    finally:
+        pool.shutdown(cancel_futures=True)
 
 
 def _drop_variant(build: VariantBuild, variant: str, comp: str, rels: list[str]) -> None:
@@ -176,7 +188,7 @@ def _read_exactly(tree: InputDirectory, path: str, offset: int, length: int) -> 
 
 
 def _write_variant(
-    tree: InputDirectory, path: str, size: int, variant: str, target: str
+    tree: InputDirectory, path: str, size: int, variant: str, target: str, pool: Executor
 ) -> tuple[dict[str, tuple[float, float]], dict[str, str]] | None:
     """Write one variant file; return the error of every transformed tensor, and
     the tensors kept exact because the variant cannot hold them (with why). None
@@ -270,9 +282,9 @@ def _write_variant(
             if scale is not None:
                 rows = t.shape[0]
                 cols = _count(t) // rows
-                col_scale = int8_column_scale(read, rows, cols)
+                col_scale, stats = int8_column_scale(read, rows, cols, pool)
                 row_scale = np.empty(rows, dtype=np.float32)
-                for values in int8_values(read, rows, cols, col_scale, stats, row_scale):
+                for values in int8_values(read, rows, cols, col_scale, None, row_scale):
                     out.write(values)
                 if col_scale is None:
                     col_scale = np.ones(cols, dtype=np.float32)

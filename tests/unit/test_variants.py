@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import struct
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -196,9 +197,16 @@ def quantize_int8(w: np.ndarray, stats: ErrorStats) -> tuple[bytes, np.ndarray, 
     def read(first: int, count: int) -> np.ndarray:
         return flat[first : first + count]
 
-    col = int8_column_scale(read, rows, cols)
+    col, trial = int8_column_scale(read, rows, cols)
     scales = np.empty(rows, dtype=np.float32)
     values = b"".join(int8_values(read, rows, cols, col, stats, scales))
+    # The seal records the trial's error without measuring again: it must be the
+    # error of the values written.
+    assert (trial.max_abs, trial.err_sq, trial.ref_sq) == (
+        stats.max_abs,
+        stats.err_sq,
+        stats.ref_sq,
+    )
     return values, scales, col
 
 
@@ -219,6 +227,53 @@ def test_quantize_int8_column_scaling_tames_outlier_columns() -> None:
     ):
         pass
     assert stats.rel_l2 < plain.rel_l2 and cols is not None
+
+
+def test_int8_trials_on_a_pool_choose_what_one_thread_does() -> None:
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((300, 64)).astype(np.float32)
+    w[:, 3] *= 25
+    flat = w.reshape(-1)
+
+    def read(first: int, count: int) -> np.ndarray:
+        return flat[first : first + count]
+
+    alone, alone_stats = int8_column_scale(read, 300, 64)
+    with ThreadPoolExecutor(3) as pool:
+        pooled, pooled_stats = int8_column_scale(read, 300, 64, pool)
+    assert alone is not None and pooled is not None
+    assert np.array_equal(alone, pooled)
+    assert (alone_stats.err_sq, alone_stats.ref_sq, alone_stats.max_abs) == (
+        pooled_stats.err_sq,
+        pooled_stats.ref_sq,
+        pooled_stats.max_abs,
+    )
+
+
+def _masked_stats(ref: np.ndarray, approx: np.ndarray) -> tuple[float, float, float]:
+    """(max abs, sum of squared errors, sum of squares) over the elements finite
+    in ``ref``, by masks: what ErrorStats.add's general path computes."""
+    r = ref.astype(np.float64).ravel()
+    a = approx.astype(np.float64).ravel()
+    finite = np.isfinite(r)
+    diff = r[finite] - a[finite]
+    return float(np.abs(diff).max()), float(np.dot(diff, diff)), float(np.dot(r[finite], r[finite]))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_error_stats_fast_path_equals_the_masked_sums(dtype: type) -> None:
+    rng = np.random.default_rng(3)
+    ref = (rng.standard_normal(5000) * 3).astype(dtype)
+    approx = (ref + rng.standard_normal(5000) * 1e-2).astype(np.float32)
+    stats = ErrorStats()
+    stats.add(ref, approx)
+    assert (stats.max_abs, stats.err_sq, stats.ref_sq) == _masked_stats(ref, approx)
+    # float64 values whose squares overflow are finite: they take the general
+    # path, which still counts them (as an unbounded sum, not as a lost value).
+    huge = np.array([1e200, -1e200, 1.0], np.float64)
+    big = ErrorStats()
+    big.add(huge, huge)
+    assert big.max_abs == 0.0 and big.err_sq == 0.0 and big.ref_sq == np.inf
 
 
 def test_error_stats_count_every_value_a_variant_loses() -> None:
