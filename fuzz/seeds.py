@@ -57,8 +57,8 @@ def _bgx_seeds() -> list[bytes]:
             raw = values.astype(dtype).tobytes()
             if kind == "bf16":
                 raw = (np.frombuffer(raw, "<u4") >> 16).astype("<u2").tobytes()
-            x = np.frombuffer(raw, dtype=f"<u{k.width}")
-            lo, span = bgx._window(((x >> k.mb) & ((1 << k.eb) - 1)).astype(np.int64), 1 << k.eb)
+            # Period 0: no column offsets, as the target's header has none.
+            lo, span, _ = native.bgx_analyze(raw, k.code, 0)
             h, low, side = bytearray(n), bytearray(n), bytearray(2 * n)
             b1, b0 = (bytearray(n), bytearray(n)) if k.width == 4 else (bytearray(), bytearray())
             escapes = native.bgx_split(raw, k.code, lo, span, b"", h, low, b1, b0, side)
