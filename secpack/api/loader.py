@@ -228,18 +228,62 @@ class Package:
                 self._components[index] = opened
             return opened
 
-    def _tensor_components(self) -> Iterable[OpenComponent]:
-        for comp in self.manifest.components:
-            if comp.kind in ("weights", "adapter"):
-                yield self._component(comp.name)
+    def _variant_base(self, component: str) -> str | None:
+        """The component whose precision variant ``component`` is, or None."""
+        base, dot, variant = component.rpartition(".")
+        if not dot or variant not in VARIANTS or variant not in self.variants(base):
+            return None
+        return base
 
     def _find(self, name: str, component: str | None) -> tuple[OpenComponent, TensorRecord]:
-        candidates = [self._component(component)] if component else self._tensor_components()
+        """The component and record of tensor ``name``. Without ``component``, only
+        exact weights are searched: a precision variant's tensors are its stored
+        form (int8 codes apart from their scales), which must be asked for by
+        naming its component, or through ``prefer``."""
+        if component is not None:
+            if self._variant_base(component) is None:
+                self._check_exact(component)
+            candidates: Iterable[OpenComponent] = [self._component(component)]
+        else:
+            candidates = (
+                self._component(c.name)
+                for c in self.manifest.components
+                if c.kind in ("weights", "adapter") and self._variant_base(c.name) is None
+            )
         for comp in candidates:
             for record in comp.contents.tensors:
                 if record.name == name:
                     return comp, record
+        if component is None:
+            base = self._base_of(name)
+            if base is not None:
+                # Only a variant has it (seal --variants-only): not the exact tensor.
+                self._check_exact(base)
         raise KeyError(name)
+
+    def _base_of(self, name: str) -> str | None:
+        """The component of tensor ``name`` for ``prefer``: the exact component that
+        holds it, or else the one whose variants hold it. Components this identity
+        cannot read are passed over: another form may be readable."""
+        found = None
+        for c in self.manifest.components:
+            if c.kind not in ("weights", "adapter"):
+                continue
+            base = self._variant_base(c.name)
+            try:
+                if name not in self._tensor_names(c.name):
+                    continue
+            except SecpackError as exc:
+                if exc.code != "key.no-recipient":
+                    raise
+                continue
+            if base is None:
+                return c.name
+            found = found or base
+        return found
+
+    def _tensor_names(self, component: str) -> set[str]:
+        return {t.name for t in self._component(component).contents.tensors}
 
     def tensor_names(self, component: str = "weights") -> list[str]:
         return [t.name for t in self._component(component).contents.tensors]
@@ -279,10 +323,55 @@ class Package:
             pos += size
         return work
 
-    def tensor(self, name: str, component: str | None = None) -> np.ndarray:
-        """Decode one tensor; reads only that tensor's segments. Raises ``KeyError``
-        when no readable component has it, :class:`SecpackError` on any check."""
-        comp, record = self._find(name, component)
+    def tensor(
+        self, name: str, component: str | None = None, prefer: Sequence[str] | None = None
+    ) -> np.ndarray:
+        """Decode one tensor; reads only that tensor's segments (and, for int8, its
+        scales). Raises ``KeyError`` when no readable component has it,
+        :class:`SecpackError` on any check.
+
+        Without ``prefer`` this is the exact tensor. A package sealed with
+        ``--variants-only`` has none: that is ``component.unknown``, as for
+        :meth:`state_dict`. With ``prefer`` (e.g. ``["int8", "exact"]``), the first
+        of those forms this identity can read, int8 dequantized to float32, as
+        :meth:`state_dict` serves them. Naming a variant's own component
+        (``"weights.int8"``) returns its stored form instead: int8 codes."""
+        if prefer is None:
+            comp, record = self._find(name, component)
+            return self._decode_tensor(comp, record)
+        base = component if component is not None else self._base_of(name)
+        if base is None:
+            raise KeyError(name)
+        available = self.variants(base)
+        for choice in prefer:
+            if choice not in (*VARIANTS, "exact"):
+                raise ValueError(f"unknown variant {choice!r}")
+            if choice not in available:
+                continue
+            held = base if choice == "exact" else f"{base}.{choice}"
+            try:
+                comp = self._component(held)
+            except SecpackError as exc:
+                if exc.code != "key.no-recipient":
+                    raise
+                continue  # this identity may read another variant
+            found = next((t for t in comp.contents.tensors if t.name == name), None)
+            if found is None:
+                continue  # e.g. a tensor of a file the variant does not cover
+            array = self._decode_tensor(comp, found)
+            pair = self._scales(held).get(name) if choice == "int8" else None
+            if pair is None:
+                return array
+            parts = {name: array}
+            for scale in pair:
+                parts[scale] = self._decode_tensor(*self._find(scale, held))
+            return _dequantize(parts, {name: pair})[name]
+        raise SecpackError(
+            "component.unknown",
+            f"none of {list(prefer)} holds {name!r} in {base!r} (have {available})",
+        )
+
+    def _decode_tensor(self, comp: OpenComponent, record: TensorRecord) -> np.ndarray:
         buffer = hostmem.host_buffer(record.length)
         self._decode_many(self._segments_into(comp, record.first, record.count, buffer))
         return make_array(buffer, record)

@@ -125,6 +125,18 @@ def test_all_variants_and_preference_order(small_model: Path, tmp_path: Path) ->
         assert q["empty"].shape == (0, 5)
         with pytest.raises(ValueError):
             p.state_dict("weights", prefer=["int4"])
+        # One tensor: exact unless asked otherwise, each form as state_dict serves it.
+        assert np.array_equal(p.tensor("w"), exact["w"])
+        assert np.array_equal(p.tensor("w", prefer=["int8", "exact"]), q["w"])
+        assert np.array_equal(p.tensor("w", "weights", prefer=["fp16"]), half["w"])
+        assert np.array_equal(p.tensor("bias", prefer=["int8"]), exact["bias"])
+        # Naming the variant's component gives its stored form: int8 codes.
+        assert p.tensor("w", "weights.int8").dtype == np.int8
+        # A variant's scales and codes are never served as exact tensors.
+        with pytest.raises(KeyError):
+            p.tensor("w@scale")
+        with pytest.raises(ValueError):
+            p.tensor("w", prefer=["int4"])
 
 
 def test_no_available_variant_is_a_clear_error(small_model: Path, tmp_path: Path) -> None:
@@ -164,8 +176,13 @@ def test_a_recipient_of_only_the_int8_variant_is_served_int8(
         recipients=[(c, server) for c in ("config", "weights")] + [("weights.int8", edge)],
     )
     with _open(pkg, identity=str(KEYS / "other-recipient-x25519.key")) as p:
-        p.state_dict("weights", prefer=["exact", "int8"])
+        served = p.state_dict("weights", prefer=["exact", "int8"])
         assert p.served() == "int8"
+        one = p.tensor("w", prefer=["exact", "int8"])
+        assert one.dtype == np.float32 and np.array_equal(one, served["w"])
+        with pytest.raises(SecpackError) as err:
+            p.tensor("w")  # the exact weights are not this identity's to read
+        assert err.value.code == "key.no-recipient"
     with _open(pkg, identity=str(KEYS / "recipient-x25519.key")) as p:
         p.state_dict("weights", prefer=["exact", "int8"])
         assert p.served() == "exact"
@@ -680,6 +697,14 @@ def test_variants_only_keeps_what_has_no_variant_and_offers_no_empty_exact(
             with pytest.raises(SecpackError) as err:
                 load()
             assert err.value.code == "component.unknown" and "prefer=" in err.value.detail
+        # One tensor: there is no exact one to give, and the stored fp16 codes are
+        # not served in its place.
+        for name, comp in (("w", None), ("w", "weights"), ("a", None), ("a", adapter)):
+            with pytest.raises(SecpackError) as err:
+                p.tensor(name, comp)
+            assert err.value.code == "component.unknown" and "prefer=" in err.value.detail
+        assert p.tensor("a", prefer=["exact", "fp16"]).dtype == np.float16
+        assert np.array_equal(p.tensor("a", prefer=["fp16"]), sd["a"])
         paths = {f.path for c in p.components for f in p.files(c.name)}
         assert "exotic.safetensors" in paths and "my_lora/adapter_config.json" in paths
         assert "model.safetensors" not in paths
