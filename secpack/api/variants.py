@@ -24,7 +24,7 @@ import numpy as np
 
 from secpack.errors import InputError
 from secpack.format.limits import DEFAULT_LIMITS
-from secpack.package.plan import assign_components
+from secpack.package.plan import assign_components, tensor_names_reader
 from secpack.tensors import safetensors
 from secpack.tensors.dtypes import DTYPE_SIZES
 from secpack.tensors.variants import (
@@ -88,7 +88,12 @@ def build_variants(
         raise InputError(
             "input.invalid", f"--variant {unknown[0]!r}: expected {', '.join(VARIANTS)}"
         )
-    groups = assign_components(tree.files, overrides, tree.default_name)
+    groups = assign_components(
+        tree.files,
+        overrides,
+        tree.default_name,
+        tensor_names_reader(tree, DEFAULT_LIMITS),
+    )
     component_of = {f.path: name for name, files in groups.items() for f in files}
     sources = [f for f in tree.files if f.path.endswith(".safetensors")]
     if not sources:

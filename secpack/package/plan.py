@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import fnmatch
 import posixpath
+import re
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -189,11 +190,16 @@ def _sanitize(text: str) -> str:
 
 
 def assign_components(
-    files: Sequence[InputFile], overrides: Sequence[tuple[str, str]], root_name: str = ""
+    files: Sequence[InputFile],
+    overrides: Sequence[tuple[str, str]],
+    root_name: str = "",
+    tensor_names: Callable[[InputFile], frozenset[str]] | None = None,
 ) -> dict[str, list[InputFile]]:
     """Group files into components: ``--component NAME=GLOB`` rules first, then
     defaults. ``root_name`` (the input directory's name) names the adapter when the
-    input is itself one: ``adapter:<root_name>``, like an adapter's subdirectory."""
+    input is itself one: ``adapter:<root_name>``, like an adapter's subdirectory.
+    With ``tensor_names`` (the tensor names of a safetensors file), weights that
+    would share a tensor name in ``weights`` are split (see _split_weights)."""
     for name, _ in overrides:
         if not COMPONENT_NAME_RE.fullmatch(name):
             raise InputError("input.invalid", f"component name {name!r} is not allowed")
@@ -213,6 +219,7 @@ def assign_components(
             root_adapter = None
     used = [False] * len(overrides)
     groups: dict[str, list[InputFile]] = {}
+    defaulted: list[InputFile] = []  # in "weights" by default, not by a rule
     for f in files:
         target = None
         for i, (name, pattern) in enumerate(overrides):
@@ -221,11 +228,95 @@ def assign_components(
                 break
         if target is None:
             target = _default_component(f.path, adapters, root_adapter)
+            if target == "weights":
+                defaulted.append(f)
         groups.setdefault(target, []).append(f)
     for i, (name, pattern) in enumerate(overrides):
         if not used[i]:
             raise InputError("input.invalid", f"--component {name}={pattern} matches no file")
+    if tensor_names is not None and defaulted:
+        _split_weights(groups, defaulted, tensor_names)
     return groups
+
+
+# The shard suffix of a sharded checkpoint's files (model-00001-of-00003).
+_SHARD_RE = re.compile(r"-\d+-of-\d+$")
+
+
+def _weight_set(path: str) -> tuple[str, str]:
+    """(directory, checkpoint) of a weights file: shards of one checkpoint, and
+    its index, share both (``model``); ``model.fp16.safetensors`` beside
+    ``model.safetensors`` is another checkpoint (``model.fp16``)."""
+    folder, base = posixpath.split(path)
+    stem = base.removesuffix(".index.json").removesuffix(".safetensors")
+    return folder, _SHARD_RE.sub("", stem)
+
+
+def _split_weights(
+    groups: dict[str, list[InputFile]],
+    defaulted: list[InputFile],
+    tensor_names: Callable[[InputFile], frozenset[str]],
+) -> None:
+    """Split the default ``weights`` component when two of its files share a
+    tensor name: the loader addresses tensors by name, so they cannot share a
+    component. That is a pipeline's parts in folders of their own (``unet/``,
+    ``vae/``), or two precisions of one model side by side
+    (``model.safetensors``, ``model.fp16.safetensors``).
+
+    Each checkpoint (a directory's file, or its shards with their index) then
+    gets a component of its own: the top directory's plainest checkpoint keeps
+    ``weights``, the others are named ``weights-<directory>-<checkpoint>`` (each
+    part only where it tells them apart). Nothing moves when no name is shared,
+    and files a ``--component`` rule placed are never moved."""
+    seen: dict[str, str] = {}
+    clash = False
+    for f in defaulted:
+        for name in tensor_names(f):
+            if seen.setdefault(name, f.path) != f.path:
+                clash = True
+    if not clash:
+        return
+    sets: dict[tuple[str, str], list[InputFile]] = {}
+    for f in defaulted:
+        sets.setdefault(_weight_set(f.path), []).append(f)
+    per_folder = Counter(folder for folder, _ in sets)
+    # The plainest checkpoint of the top directory: no dotted precision suffix,
+    # then the shortest name.
+    top = sorted((k for k in sets if k[0] == ""), key=lambda k: ("." in k[1], len(k[1]), k[1]))
+    keep = top[0] if top else None
+    moved = {f.path for f in defaulted}
+    groups["weights"] = [f for f in groups["weights"] if f.path not in moved]
+    taken = set(groups) - {"weights"}
+    for key in sorted(sets, key=lambda k: (k != keep, k)):
+        if key == keep:
+            name = "weights"
+        else:
+            folder, checkpoint = key
+            parts = [folder.replace("/", "-")] if folder else []
+            if per_folder[folder] > 1 or not folder:
+                parts.append(checkpoint)
+            name = _numbered("weights-" + _component_part("-".join(parts)), taken)
+        taken.add(name)
+        groups.setdefault(name, []).extend(sets[key])
+    if not groups["weights"]:
+        del groups["weights"]
+
+
+def _component_part(text: str) -> str:
+    """``text`` as the rest of a component name: lower case, and ``-`` for every
+    character a name cannot hold, dots included (a name ending in ``.int8`` would
+    read as a precision variant's)."""
+    cleaned = "".join(c if c.isascii() and (c.isalnum() or c == "-") else "-" for c in text.lower())
+    return cleaned.strip("-")[: _ADAPTER_NAME_MAX - len("weights-")].rstrip("-") or "part"
+
+
+def _numbered(name: str, taken: set[str]) -> str:
+    found, k = name, 2
+    while found in taken:
+        suffix = f"-{k}"
+        found = name[: _ADAPTER_NAME_MAX - len(suffix)] + suffix
+        k += 1
+    return found
 
 
 def _order_key(name: str) -> tuple[int, str]:
@@ -296,10 +387,11 @@ def make_plan(
         raise ValueError(f"segment size must be a multiple of 64 in [{MIN_SEGMENT}, {MAX_SEGMENT}]")
     if not tree.files:
         raise InputError("input.invalid", "nothing to seal: the input holds no files")
-    groups = assign_components(tree.files, overrides, root_name)
+    notes: list[str] = []
+    layouts = _Layouts(tree, limits, notes)
+    groups = assign_components(tree.files, overrides, root_name, layouts.tensor_names)
     components = []
     next_blob = 0
-    notes: list[str] = []
     for name in sorted(groups, key=_order_key):
         files = sorted(groups[name], key=lambda f: f.path.encode("utf-8"))
         builder = _Builder(next_blob, segment_size)
@@ -307,9 +399,7 @@ def make_plan(
         tensors: list[TensorRecord] = []
         for f in files:
             first = len(builder.segments)
-            layout = (
-                _read_layout(tree, f, limits, notes) if f.path.endswith(".safetensors") else None
-            )
+            layout = layouts.get(f)
             if layout is not None:
                 builder.add_unit(("header", f.path), f.path, 0, layout.header_len, 1, False)
                 for t in layout.tensors:
@@ -357,6 +447,31 @@ def make_plan(
         )
         next_blob = builder.next_blob
     return Plan(tuple(components), next_blob, tuple(notes))
+
+
+class _Layouts:
+    """The tensor layout of each ``.safetensors`` file, read once."""
+
+    def __init__(self, tree: InputTree, limits: Limits, notes: list[str]) -> None:
+        self._tree, self._limits, self._notes = tree, limits, notes
+        self._read: dict[str, safetensors.SafetensorsLayout | None] = {}
+
+    def get(self, f: InputFile) -> safetensors.SafetensorsLayout | None:
+        if not f.path.endswith(".safetensors"):
+            return None
+        if f.path not in self._read:
+            self._read[f.path] = _read_layout(self._tree, f, self._limits, self._notes)
+        return self._read[f.path]
+
+    def tensor_names(self, f: InputFile) -> frozenset[str]:
+        layout = self.get(f)
+        return frozenset(t.name for t in layout.tensors) if layout is not None else frozenset()
+
+
+def tensor_names_reader(tree: InputTree, limits: Limits) -> Callable[[InputFile], frozenset[str]]:
+    """``assign_components``'s ``tensor_names`` for ``tree`` (notes are dropped:
+    the seal's own plan makes them)."""
+    return _Layouts(tree, limits, []).tensor_names
 
 
 def _read_layout(

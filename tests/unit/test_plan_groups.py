@@ -169,3 +169,118 @@ def test_a_sealed_adapter_directory_loads_as_its_adapter_component(tmp_path: Pat
             assert np.array_equal(loaded[name], array)
     finally:
         package.close()
+
+
+def _named(paths: dict[str, set[str]], **kw: object) -> dict[str, list[str]]:
+    """_groups with each safetensors file's tensor names given."""
+    files = [InputFile(p, 1, 0o644) for p in paths]
+    got = assign_components(
+        files,
+        kw.get("overrides", ()),  # type: ignore[arg-type]
+        "model",
+        lambda f: frozenset(paths[f.path]),
+    )
+    return {name: sorted(f.path for f in fs) for name, fs in got.items()}
+
+
+def test_two_precisions_of_one_model_side_by_side_get_components_of_their_own() -> None:
+    names = {"encoder.w", "encoder.b"}
+    groups = _named(
+        {
+            "config.json": set(),
+            "model.safetensors": names,
+            "model.fp16.safetensors": names,
+            "model.int8.safetensors": names | {"encoder.w_scale"},
+        }
+    )
+    assert groups == {
+        "config": ["config.json"],
+        "weights": ["model.safetensors"],
+        "weights-model-fp16": ["model.fp16.safetensors"],
+        "weights-model-int8": ["model.int8.safetensors"],
+    }
+
+
+def test_a_pipelines_parts_get_components_named_after_their_folders() -> None:
+    unet = {"conv_in.weight", "conv_out.weight"}
+    groups = _named(
+        {
+            "model_index.json": set(),
+            "unet/config.json": set(),
+            "unet/diffusion_pytorch_model.safetensors": unet,
+            "unet/diffusion_pytorch_model.fp16.safetensors": unet,
+            "vae/diffusion_pytorch_model.safetensors": {"conv_in.weight", "decoder.w"},
+            "text_encoder/model-00001-of-00002.safetensors": {"embed", "conv_in.weight"},
+            "text_encoder/model-00002-of-00002.safetensors": {"layer.0"},
+            "text_encoder/model.safetensors.index.json": set(),
+        }
+    )
+    for name in groups:
+        assert COMPONENT_NAME_RE.fullmatch(name) and not name.endswith((".fp16", ".int8"))
+    assert {k: v for k, v in groups.items() if k.startswith("weights")} == {
+        "weights-text-encoder": [
+            "text_encoder/model-00001-of-00002.safetensors",
+            "text_encoder/model-00002-of-00002.safetensors",
+            "text_encoder/model.safetensors.index.json",
+        ],
+        "weights-unet-diffusion-pytorch-model": ["unet/diffusion_pytorch_model.safetensors"],
+        "weights-unet-diffusion-pytorch-model-fp16": [
+            "unet/diffusion_pytorch_model.fp16.safetensors"
+        ],
+        "weights-vae": ["vae/diffusion_pytorch_model.safetensors"],
+    }
+
+
+def test_weights_without_a_shared_name_stay_together_and_rules_are_kept() -> None:
+    files = {
+        "model-00001-of-00002.safetensors": {"a"},
+        "model-00002-of-00002.safetensors": {"b"},
+        "extra/head.safetensors": {"c"},
+    }
+    assert list(_named(files)) == ["weights"]
+    # Files a --component rule placed are not split: the seal then refuses them
+    # with advice (below), as it always did.
+    clash = {"model.safetensors": {"a"}, "model.fp16.safetensors": {"a"}}
+    assert _named(clash, overrides=[("weights", "*.safetensors")]) == {
+        "weights": ["model.fp16.safetensors", "model.safetensors"]
+    }
+
+
+def test_a_model_with_two_precisions_seals_and_loads_each(tmp_path: Path) -> None:
+    import secpack
+    from secpack.api.keyfiles import load_signing_key
+    from secpack.api.seal import seal
+
+    root = tmp_path / "m"
+    root.mkdir()
+    rng = np.random.default_rng(6)
+    full = {"w": rng.standard_normal((32, 16)).astype(np.float32)}
+    half = {"w": full["w"].astype(np.float16)}
+    save_file(full, str(root / "model.safetensors"))
+    save_file(half, str(root / "model.fp16.safetensors"))
+    key = load_signing_key(str(KEYS / "signing-ed25519.key"))
+    with pytest.raises(SecpackError) as err:
+        seal(
+            str(root),
+            str(tmp_path / "refused.spk"),
+            encrypt=False,
+            sign_keys=[key],
+            components=[("weights", "*.safetensors")],
+        )
+    assert err.value.code == "input.safetensors"
+    assert not (tmp_path / "refused.spk").exists()
+    out = tmp_path / "m.spk"
+    seal(str(root), str(out), encrypt=False, sign_keys=[key], variants=["int8"])
+    with secpack.open_package(out, trust=[KEYS / "signing-ed25519.key.pub"]) as package:
+        assert sorted(c.name for c in package.components) == [
+            "weights",
+            "weights-model-fp16",
+            "weights-model-fp16.int8",
+            "weights.int8",
+        ]
+        assert np.array_equal(package.state_dict("weights")["w"], full["w"])
+        assert np.array_equal(package.tensor("w"), full["w"])
+        assert np.array_equal(package.state_dict("weights-model-fp16")["w"], half["w"])
+        assert package.variants("weights-model-fp16") == ["exact", "int8"]
+        q = package.tensor("w", "weights-model-fp16", prefer=["int8"])
+        assert q.dtype == np.float32 and np.abs(q - full["w"]).max() < 0.05
