@@ -76,8 +76,10 @@ def encode(
     ``width`` is the element size (1 for opaque bytes); ``grouped`` asks for byte
     grouping, which is only worth trying for IEEE-style floats. ``dtype`` (the
     safetensors dtype) and ``period`` (the row length of a matrix) let fp32, bf16
-    and fp16 use bgx, except with the fast profile; the max profile also tries bg
-    and keeps the smaller.
+    and fp16 use bgx, except with the fast profile. The balanced profile also
+    codes the segment with plain zstd when bgx's H plane came out smaller with
+    zstd than with ans (the segment repeats itself); the max profile always
+    tries bg and plain zstd as well. The smallest is kept.
     """
     view = memoryview(data).cast("B")
     n = len(view)
@@ -94,15 +96,35 @@ def encode(
     kind = BGX_DTYPES.get(dtype) if level > LEVELS["fast"] else None
     if grouped and w > 1 and kind is not None and bgx.available():
         found = bgx.encode(view, kind, period)
-        if found is not None and level < LEVELS["max"]:
-            return Encoded(found[0], found[1])
-        other = _encode_grouped(view, w)
-        if found is not None and (other is None or len(found[1]) <= len(other.payload)):
-            return Encoded(found[0], found[1])
-        if other is not None:
-            return other
+        candidates = [] if found is None else [Encoded(found[0], found[1])]
+        if level >= LEVELS["max"] or found is None:
+            grouped_form = _encode_grouped(view, w)
+            if grouped_form is not None:
+                candidates.append(grouped_form)
+        if found is None or found[0].planes[0].id != "ans" or level >= LEVELS["max"]:
+            # zstd's matches beat the exponents' symbol statistics on H (or bgx
+            # did not shrink the segment at all): the segment may repeat itself,
+            # as tables do (sinusoidal position encodings, STFT bases: plain zstd
+            # is 27-45 % smaller there), and zstd of the whole segment can use
+            # that in the mantissas too. Most weight matrices code H better with
+            # ans and never pay for this trial; for the rest (some embedding
+            # tables) it runs at zstd's fastest level, and only a trial that wins
+            # is redone at the profile's level.
+            trial = zstd.compress(view, LEVELS["fast"])
+            best = min((len(c.payload) for c in candidates), default=n)
+            if len(trial) < best:
+                packed = zstd.compress(view, level) if level != LEVELS["fast"] else trial
+                if len(trial) < len(packed):
+                    packed = trial
+                candidates.append(Encoded(Codec("zstd", size=len(packed)), packed))
+        if candidates:
+            return min(candidates, key=lambda c: len(c.payload))
     elif grouped and w > 1:
         found_bg = _encode_grouped(view, w)
+        if level >= LEVELS["max"]:
+            packed = zstd.compress(view, level)
+            if len(packed) < n and (found_bg is None or len(packed) < len(found_bg.payload)):
+                return Encoded(Codec("zstd", size=len(packed)), packed)
         if found_bg is not None:
             return found_bg
     else:

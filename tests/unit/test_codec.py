@@ -129,3 +129,50 @@ def test_payload_length_must_match_codec() -> None:
             memoryview(out),
             WINDOW,
         )
+
+
+def _position_encodings(rows: int, dim: int) -> np.ndarray:
+    """The sinusoidal position table of a transformer (Whisper's encoder keeps
+    one as a tensor): a table that repeats itself, unlike trained weights."""
+    pos = np.arange(rows)[:, None]
+    rate = np.exp(-np.log(10000.0) * np.arange(0, dim, 2) / dim)
+    table = np.zeros((rows, dim))
+    table[:, 0::2] = np.sin(pos * rate)
+    table[:, 1::2] = np.cos(pos * rate)
+    return table
+
+
+def _coded(data: bytes, dtype: str, width: int, period: int, level: int) -> segment.Encoded:
+    enc = segment.encode(data, width, True, level, dtype, period)
+    out = bytearray(len(data))
+    segment.decode(enc.codec, enc.payload, memoryview(out), WINDOW)
+    assert bytes(out) == data
+    return enc
+
+
+@pytest.mark.parametrize(("dtype", "np_dtype"), [("F32", np.float32), ("F16", np.float16)])
+def test_a_table_that_repeats_itself_gets_the_smaller_of_bgx_and_plain_zstd(
+    dtype: str, np_dtype: type
+) -> None:
+    """A per-segment choice between grouped and plain storage, by measured size:
+    bgx cannot use repeats. In fp16 the table is a third smaller in plain zstd;
+    in fp32 its mantissas hold more than the repeats save, and bgx stays."""
+    data = _position_encodings(1500, 384).astype(np_dtype).tobytes()
+    width = np.dtype(np_dtype).itemsize
+    plain = len(zstandard.ZstdCompressor(level=3).compress(data))
+    for level in (segment.LEVELS["balanced"], segment.LEVELS["max"]):
+        enc = _coded(data, dtype, width, 384, level)
+        assert len(enc.payload) <= plain, level
+        assert enc.codec.id == ("zstd" if dtype == "F16" else "bgx"), level
+    if dtype == "F16":  # what bgx alone wrote, before plain zstd was also tried
+        bgx_alone = segment.bgx.encode(memoryview(data), "fp16", 384)
+        assert bgx_alone is not None and plain < 0.75 * len(bgx_alone[1])
+
+
+@pytest.mark.skipif(not segment.bgx.available(), reason="bgx needs the C helper")
+def test_trained_looking_weights_stay_in_bgx() -> None:
+    rng = np.random.default_rng(4)
+    data = (rng.standard_normal((1024, 384)) * 0.05).astype(np.float32).tobytes()
+    enc = _coded(data, "F32", 4, 384, segment.LEVELS["balanced"])
+    assert enc.codec.id == "bgx"
+    assert len(enc.payload) < len(zstandard.ZstdCompressor(level=3).compress(data))

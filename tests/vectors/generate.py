@@ -89,11 +89,18 @@ def _skewed_f8(count: int) -> bytes:
     return bytes(out)
 
 
+def _mix(i: int) -> int:
+    """A well-spread integer of ``i`` (Knuth's multiplicative hash, top bits)."""
+    return ((i * 2654435761) & 0xFFFFFFFF) >> 12
+
+
 def build_model(target: Path) -> None:
     """A small model with every feature the format must round-trip. Values come
     from integer arithmetic only, so the bytes are the same on every platform."""
     target.mkdir(parents=True, exist_ok=False)
-    weights = _f32([((i * 37) % 97 - 48) / 16.0 for i in range(64 * 16)])
+    # A multiplicative hash orders the values: a short period would repeat itself,
+    # and the writer would then rightly code plain zstd instead of bgx.
+    weights = _f32([(_mix(i) % 97 - 48) / 16.0 for i in range(64 * 16)])
     tensors = [
         ("embed.weight", "F32", [64, 16], weights),
         ("embed.bf16", "BF16", [64, 16], _bf16_from_f32(weights)),
@@ -114,7 +121,7 @@ def build_model(target: Path) -> None:
             "half.weight",
             "F16",
             [64, 16],
-            struct.pack("<1024e", *[((i * 29) % 61 - 30) / 64 for i in range(1024)]),
+            struct.pack("<1024e", *[(_mix(i) % 4001 - 2000) / 1024 for i in range(1024)]),
         ),
         # bf16 with near-random mantissas and signs: its L plane is stored "p5".
         # 4095 values: the p5 plane ends with 5 padding bits.
