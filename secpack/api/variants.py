@@ -49,10 +49,12 @@ __all__ = ["SCALE_SUFFIX", "VariantBuild", "build_variants"]
 # "<tensor>@colscale" (made unique if taken).
 SCALE_SUFFIX = "@scale"
 COLSCALE_SUFFIX = "@colscale"
-# Errors are written as fixed-width strings so that the header's size is known
-# before the tensors are transformed, and rewritten in place afterwards.
+# The header is written before the tensors are transformed, with room for every
+# error, and rewritten in place afterwards: each error is at most _ERR_WIDTH
+# characters ("1.234567e-05", "inf"; errors are never negative), and the
+# rewritten header is padded with spaces after its JSON, as safetensors allows.
 _ERR_FMT = "{:.6e}"
-_ERR_WIDTH = len(_ERR_FMT.format(-1.0))
+_ERR_WIDTH = len(_ERR_FMT.format(1e-100))
 # Tensors a variant leaves as they are are copied in pieces of this size.
 _COPY_BYTES = 8 << 20
 
@@ -70,8 +72,11 @@ class VariantBuild:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def _fixed(value: float) -> str:
-    return _ERR_FMT.format(value).rjust(_ERR_WIDTH)
+def _error_text(value: float) -> str:
+    text = _ERR_FMT.format(value)
+    if len(text) > _ERR_WIDTH:  # not a float64 error: always within the width
+        raise AssertionError(f"error {text} is wider than its room")
+    return text
 
 
 def build_variants(
@@ -254,7 +259,7 @@ def _write_variant(
                     "data_offsets": [offset, offset + 4 * length],
                 }
                 offset += 4 * length
-    placeholder = {t.name: [_fixed(0), _fixed(0)] for t, _, change, _ in plan if change}
+    placeholder = {t.name: ["0" * _ERR_WIDTH] * 2 for t, _, change, _ in plan if change}
     meta = {"secpack.variant": variant, "secpack.source": path}
     if kept:
         meta["secpack.kept"] = json.dumps(kept, sort_keys=True)
@@ -299,9 +304,9 @@ def _write_variant(
                 for values in transform_blocks(read, _count(t), variant, stats):
                     out.write(values)
             errors[t.name] = (stats.max_abs, stats.rel_l2)
-        final = encode({k: [_fixed(a), _fixed(r)] for k, (a, r) in errors.items()})
-        if len(final) != len(raw_header):
+        final = encode({k: [_error_text(a), _error_text(r)] for k, (a, r) in errors.items()})
+        if len(final) > len(raw_header):
             raise AssertionError("variant header changed size")
         out.seek(safetensors.PREFIX_LEN)
-        out.write(final)
+        out.write(final + b" " * (len(raw_header) - len(final)))
     return errors, kept

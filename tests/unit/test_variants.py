@@ -77,6 +77,8 @@ def test_int8_on_minilm_meets_size_and_error_targets(tmp_path: Path) -> None:
     errors = json.loads(meta["secpack.errors"])
     assert meta["secpack.variant"] == "int8" and meta["secpack.source"] == "model.safetensors"
     assert errors and all(float(rel) <= 0.01 for _, rel in errors.values())
+    # Plain numbers: no padding inside the strings (the header is padded after them).
+    assert all(v == v.strip() and float(v) >= 0 for pair in errors.values() for v in pair)
 
 
 @pytest.fixture(scope="module")
