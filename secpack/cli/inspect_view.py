@@ -28,11 +28,13 @@ def render_inspect(report: InspectReport, as_json: bool, quiet: bool) -> None:
         trust = {None: "", True: "  trusted", False: "  not trusted"}[s.trusted]
         lines.append(f"    {s.type} {s.alg or '?'} {_kid(s.key_id) or ''}{trust}")
     lines.append("  components:")
+    # Names are at most 64 + 1 + 64 characters: the column fits the longest here.
+    width = max([20, *(len(c.name) for c in m.components)])
     for c in m.components:
         enc = "encrypted" if c.encryption else "plain"
         recipients = len(c.encryption.recipients) if c.encryption else 0
         lines.append(
-            f"    {c.name:<20} {c.kind:<9} {human_size(c.size):>10}"
+            f"    {c.name:<{width}} {c.kind:<9} {human_size(c.size):>10}"
             f" -> {human_size(c.stored_size):>10}"
             f"  {human_ratio(c.stored_size, c.size):<18} {enc}"
             + (f", {recipients} recipient(s)" if recipients else "")

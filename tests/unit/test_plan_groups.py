@@ -284,3 +284,28 @@ def test_a_model_with_two_precisions_seals_and_loads_each(tmp_path: Path) -> Non
         assert package.variants("weights-model-fp16") == ["exact", "int8"]
         q = package.tensor("w", "weights-model-fp16", prefer=["int8"])
         assert q.dtype == np.float32 and np.abs(q - full["w"]).max() < 0.05
+
+
+def test_inspect_keeps_its_columns_for_long_component_names(tmp_path: Path) -> None:
+    from helpers import ok
+
+    from secpack.api.keyfiles import load_signing_key
+    from secpack.api.seal import seal
+
+    root = tmp_path / "m"
+    lora = root / "a-rather-long-adapter-directory-name-from-a-training-run"
+    lora.mkdir(parents=True)
+    w = np.ones((4, 4), np.float32)
+    save_file({"w": w}, str(root / "model.safetensors"))
+    save_file({"a": w}, str(lora / "adapter_model.safetensors"))
+    (lora / "adapter_config.json").write_text("{}")
+    out = tmp_path / "m.spk"
+    seal(
+        str(root),
+        str(out),
+        encrypt=False,
+        sign_keys=[load_signing_key(str(KEYS / "signing-ed25519.key"))],
+    )
+    text = ok("inspect", out).stdout
+    rows = text.split("  components:\n", 1)[1].splitlines()
+    assert len(rows) == 2 and len({row.index(" -> ") for row in rows}) == 1, text
