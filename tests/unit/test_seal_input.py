@@ -132,14 +132,18 @@ def test_tensor_names_shared_by_two_files_name_both_and_the_way_out(tmp_path: Pa
         save_file(
             {"conv_in.weight": np.ones((4, 4), np.float32)}, str(root / part / "m.safetensors")
         )
+    # By default each part gets a component of its own (test_plan_groups.py).
+    _seal(root, tmp_path / "p.spk", None)
+    # A rule that puts both in one component is refused, naming both files.
     with pytest.raises(SecpackError) as err:
-        _seal(root, tmp_path / "p.spk", None)
+        _seal(root, tmp_path / "q.spk", None, components=[("weights", "*/m.safetensors")])
     assert err.value.code == "input.safetensors"
     assert "unet/m.safetensors and vae/m.safetensors" in err.value.detail
     assert "--component" in err.value.detail
+    assert not (tmp_path / "q.spk").exists()
     _seal(
         root,
-        tmp_path / "q.spk",
+        tmp_path / "r.spk",
         None,
         components=[("weights-unet", "unet/*"), ("weights-vae", "vae/*")],
     )
