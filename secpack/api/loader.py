@@ -21,7 +21,7 @@ import os
 import struct
 import threading
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
@@ -237,50 +237,58 @@ class Package:
 
     def _find(self, name: str, component: str | None) -> tuple[OpenComponent, TensorRecord]:
         """The component and record of tensor ``name``. Without ``component``, only
-        exact weights are searched: a precision variant's tensors are its stored
+        exact weights are served: a precision variant's tensors are its stored
         form (int8 codes apart from their scales), which must be asked for by
         naming its component, or through ``prefer``."""
         if component is not None:
             if self._variant_base(component) is None:
                 self._check_exact(component)
-            candidates: Iterable[OpenComponent] = [self._component(component)]
-        else:
-            candidates = (
-                self._component(c.name)
-                for c in self.manifest.components
-                if c.kind in ("weights", "adapter") and self._variant_base(c.name) is None
-            )
-        for comp in candidates:
+            comp = self._component(component)
             for record in comp.contents.tensors:
                 if record.name == name:
                     return comp, record
-        if component is None:
-            base = self._base_of(name)
-            if base is not None:
-                # Only a variant has it (seal --variants-only): not the exact tensor.
-                self._check_exact(base)
+            raise KeyError(name)
+        base = self._base_of(name)
+        if any(c.name == base for c in self.manifest.components):
+            comp = self._component(base)
+            for record in comp.contents.tensors:
+                if record.name == name:
+                    return comp, record
+        # Only a variant has it (seal --variants-only): not the exact tensor.
+        self._check_exact(base)
         raise KeyError(name)
 
-    def _base_of(self, name: str) -> str | None:
-        """The component of tensor ``name`` for ``prefer``: the exact component that
-        holds it, or else the one whose variants hold it. Components this identity
-        cannot read are passed over: another form may be readable."""
-        found = None
+    def _base_of(self, name: str) -> str:
+        """The one component whose weights hold tensor ``name``, exact or in its
+        precision variants. Components this identity cannot read are passed over
+        (another form may be readable; if none is, that is the error). Two
+        components with a tensor of that name (a pipeline's parts, two
+        checkpoints) are ``component.unknown``: the caller must say which."""
+        bases: list[str] = []
+        unreadable: SecpackError | None = None
         for c in self.manifest.components:
             if c.kind not in ("weights", "adapter"):
                 continue
-            base = self._variant_base(c.name)
             try:
-                if name not in self._tensor_names(c.name):
-                    continue
+                held = name in self._tensor_names(c.name)
             except SecpackError as exc:
                 if exc.code != "key.no-recipient":
                     raise
+                unreadable = unreadable or exc
                 continue
-            if base is None:
-                return c.name
-            found = found or base
-        return found
+            base = self._variant_base(c.name) or c.name
+            if held and base not in bases:
+                bases.append(base)
+        if len(bases) > 1:
+            raise SecpackError(
+                "component.unknown",
+                f"tensor {name!r} is in components {bases}: pass component= to say which",
+            )
+        if bases:
+            return bases[0]
+        if unreadable is not None:
+            raise unreadable
+        raise KeyError(name)
 
     def _tensor_names(self, component: str) -> set[str]:
         return {t.name for t in self._component(component).contents.tensors}
@@ -340,8 +348,6 @@ class Package:
             comp, record = self._find(name, component)
             return self._decode_tensor(comp, record)
         base = component if component is not None else self._base_of(name)
-        if base is None:
-            raise KeyError(name)
         available = self.variants(base)
         for choice in prefer:
             if choice not in (*VARIANTS, "exact"):
@@ -355,11 +361,12 @@ class Package:
                 if exc.code != "key.no-recipient":
                     raise
                 continue  # this identity may read another variant
+            scales = self._scales(held) if choice == "int8" else {}
             found = next((t for t in comp.contents.tensors if t.name == name), None)
-            if found is None:
-                continue  # e.g. a tensor of a file the variant does not cover
+            if found is None or name in {s for pair in scales.values() for s in pair}:
+                continue  # a file the variant does not cover, or int8's own scales
             array = self._decode_tensor(comp, found)
-            pair = self._scales(held).get(name) if choice == "int8" else None
+            pair = scales.get(name)
             if pair is None:
                 return array
             parts = {name: array}

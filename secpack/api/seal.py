@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import time
 from collections.abc import Sequence
@@ -21,7 +22,7 @@ from secpack.format.limits import DEFAULT_LIMITS
 from secpack.format.manifest import PACKAGE_NAME_RE, Manifest
 from secpack.format.sections import SIG_TYPE_COSE_SIGN1, SignatureEntry
 from secpack.package import assemble
-from secpack.package.plan import DEFAULT_SEGMENT, InputTree, make_plan
+from secpack.package.plan import DEFAULT_SEGMENT, VARIANT_SUFFIXES, InputTree, make_plan
 from secpack.package.writer import SealSettings, placeholder_manifest, write_blobs
 from secpack.recipes.keys import SigningPrivateKey, key_id
 from secpack.sign.cose import sign_manifest
@@ -141,6 +142,19 @@ def seal(
             raise InputError("input.invalid", "no --recipient given (or use --no-encrypt)")
         if not encrypt and recipients:
             raise InputError("input.invalid", "--no-encrypt cannot be combined with --recipient")
+        for comp_name, pattern in components:
+            # A loader takes "<name>.int8" for the int8 variant of "<name>": such a
+            # rule may only gather variant files laid out as seal writes them.
+            variant = comp_name.rpartition(".")[2]
+            if comp_name.endswith(VARIANT_SUFFIXES) and not pattern.startswith(
+                f"variants/{variant}/"
+            ):
+                raise InputError(
+                    "input.invalid",
+                    f"component name {comp_name!r} ends as a precision variant's does; "
+                    f"such a component holds variants/{variant}/ files only "
+                    "(seal --variant makes them)",
+                )
         if level not in LEVELS:
             raise InputError("input.invalid", f"--level must be one of {', '.join(LEVELS)}")
         if type(version) is not int or not 1 <= version < 2**63:
@@ -180,7 +194,15 @@ def seal(
                 scratch=build.files,
                 drop=replaced.__contains__ if variants_only else None,
             )
-            components = [*build.overrides, *components]
+            # The exact files keep the components the variants were named after:
+            # without the files --variants-only leaves out, the grouping could
+            # otherwise come out differently (plan._split_weights).
+            kept = [
+                (c, glob.escape(p))
+                for c, p in build.split
+                if not variants_only or p not in replaced
+            ]
+            components = [*build.overrides, *components, *kept]
             metadata.update(build.summary)
             if variants_only:
                 metadata[VARIANTS_ONLY] = "true"

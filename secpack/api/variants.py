@@ -11,6 +11,7 @@ tensor's scale tensor.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import shutil
@@ -67,6 +68,10 @@ class VariantBuild:
     summary: dict[str, str]  # package metadata: worst error per variant
     errors: dict[str, dict[str, dict[str, tuple[float, float]]]]  # variant -> path -> tensor
     notes: list[str]  # tensors a variant keeps exact, and why
+    # (component, path) of each weights file the default grouping moved out of
+    # "weights" (plan._split_weights): the exact files keep these components even
+    # when --variants-only leaves out the files that made them clash.
+    split: list[tuple[str, str]]
 
     def cleanup(self) -> None:
         shutil.rmtree(self.workdir, ignore_errors=True)
@@ -100,6 +105,13 @@ def build_variants(
         tensor_names_reader(tree, DEFAULT_LIMITS),
     )
     component_of = {f.path: name for name, files in groups.items() for f in files}
+    split = [
+        (name, f.path)
+        for name, files in groups.items()
+        if name.startswith("weights-")
+        for f in files
+        if not any(fnmatch.fnmatchcase(f.path, pattern) for _, pattern in overrides)
+    ]
     sources = [f for f in tree.files if f.path.endswith(".safetensors")]
     if not sources:
         raise InputError("input.invalid", "--variant needs safetensors weights in the input")
@@ -107,7 +119,7 @@ def build_variants(
     workdir = tempfile.mkdtemp(
         prefix=f".{os.path.basename(near)}.secpack-tmp-variants-", dir=parent
     )
-    build = VariantBuild(workdir, {}, [], {}, {}, [])
+    build = VariantBuild(workdir, {}, [], {}, {}, [], split)
     # int8 tries each of a few column scalings on the whole tensor, and the trials
     # are independent: one worker each, at most. A worker holds one block of rows
     # and numpy's temporaries, about 80 MB.

@@ -184,9 +184,18 @@ def _default_component(path: str, adapters: Mapping[str, str], root_adapter: str
 _ADAPTER_NAME_MAX = 64 - len(".int8")
 
 
+# What a precision variant's component name ends in (secpack.tensors.variants.
+# VARIANTS, kept here so that planning does not import numpy): no other component
+# may end so, or a loader would take it for a variant of another.
+VARIANT_SUFFIXES = (".fp16", ".bf16", ".int8")
+
+
 def _sanitize(text: str) -> str:
     cleaned = "".join(c if c.isascii() and (c.isalnum() or c in "._-") else "-" for c in text)
-    return cleaned.strip("-._")[:_ADAPTER_NAME_MAX].rstrip("-._") or "adapter"
+    cleaned = cleaned.strip("-._")[:_ADAPTER_NAME_MAX].rstrip("-._") or "adapter"
+    if cleaned.endswith(VARIANT_SUFFIXES):  # an adapter folder named "lora.fp16"
+        cleaned = cleaned[:-5] + "-" + cleaned[-4:]
+    return cleaned
 
 
 def assign_components(

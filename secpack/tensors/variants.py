@@ -174,7 +174,10 @@ class ErrorStats:
         # general path below. The sums are the general path's, term for term: the
         # masks there would keep every element. The masks and copies were four
         # fifths of an int8 variant's time.
-        diff = r - a
+        # (An infinity in both is inf - inf here: NaN, which the check below
+        # sends to the general path, and no warning for it.)
+        with np.errstate(invalid="ignore", over="ignore"):
+            diff = r - a
         ref_sq = float(np.dot(r, r))
         err_sq = float(np.dot(diff, diff))
         if math.isfinite(ref_sq) and math.isfinite(err_sq):
@@ -183,6 +186,10 @@ class ErrorStats:
             self.err_sq += err_sq
             self.ref_sq += ref_sq
             return
+        self._add_masked(r, a)
+
+    def _add_masked(self, r: np.ndarray, a: np.ndarray) -> None:
+        """:meth:`add` for any block (float64, flat), by masks."""
         finite = np.isfinite(r)
         kept = np.where(np.isnan(r), np.isnan(a), r == a)
         if not np.all(finite | kept) or not np.isfinite(a[finite]).all():

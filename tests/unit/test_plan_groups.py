@@ -279,7 +279,13 @@ def test_a_model_with_two_precisions_seals_and_loads_each(tmp_path: Path) -> Non
             "weights.int8",
         ]
         assert np.array_equal(package.state_dict("weights")["w"], full["w"])
-        assert np.array_equal(package.tensor("w"), full["w"])
+        assert np.array_equal(package.tensor("w", "weights"), full["w"])
+        # Two checkpoints hold a "w": which one is the caller's to say.
+        for prefer in (None, ["int8", "exact"]):
+            with pytest.raises(SecpackError) as err:
+                package.tensor("w", prefer=prefer)
+            assert err.value.code == "component.unknown"
+            assert "'weights'" in err.value.detail and "'weights-model-fp16'" in err.value.detail
         assert np.array_equal(package.state_dict("weights-model-fp16")["w"], half["w"])
         assert package.variants("weights-model-fp16") == ["exact", "int8"]
         q = package.tensor("w", "weights-model-fp16", prefer=["int8"])

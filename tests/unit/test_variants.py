@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import struct
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -269,30 +270,39 @@ def test_int8_trials_on_a_pool_choose_what_one_thread_does() -> None:
     )
 
 
-def _masked_stats(ref: np.ndarray, approx: np.ndarray) -> tuple[float, float, float]:
-    """(max abs, sum of squared errors, sum of squares) over the elements finite
-    in ``ref``, by masks: what ErrorStats.add's general path computes."""
-    r = ref.astype(np.float64).ravel()
-    a = approx.astype(np.float64).ravel()
-    finite = np.isfinite(r)
-    diff = r[finite] - a[finite]
-    return float(np.abs(diff).max()), float(np.dot(diff, diff)), float(np.dot(r[finite], r[finite]))
-
-
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_error_stats_fast_path_equals_the_masked_sums(dtype: type) -> None:
     rng = np.random.default_rng(3)
     ref = (rng.standard_normal(5000) * 3).astype(dtype)
     approx = (ref + rng.standard_normal(5000) * 1e-2).astype(np.float32)
-    stats = ErrorStats()
-    stats.add(ref, approx)
-    assert (stats.max_abs, stats.err_sq, stats.ref_sq) == _masked_stats(ref, approx)
+    fast, masked = ErrorStats(), ErrorStats()
+    for lo in range(0, 5000, 1250):  # several blocks, as a tensor is added
+        fast.add(ref[lo : lo + 1250], approx[lo : lo + 1250])
+        r = ref[lo : lo + 1250].astype(np.float64)
+        masked._add_masked(r, approx[lo : lo + 1250].astype(np.float64))
+    assert (fast.max_abs, fast.err_sq, fast.ref_sq) == (
+        masked.max_abs,
+        masked.err_sq,
+        masked.ref_sq,
+    )
     # float64 values whose squares overflow are finite: they take the general
     # path, which still counts them (as an unbounded sum, not as a lost value).
     huge = np.array([1e200, -1e200, 1.0], np.float64)
     big = ErrorStats()
     big.add(huge, huge)
     assert big.max_abs == 0.0 and big.err_sq == 0.0 and big.ref_sq == np.inf
+
+
+def test_error_stats_of_non_finite_blocks_warn_of_nothing() -> None:
+    ref = np.array([np.inf, -np.inf, np.nan, 1.0], np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kept = ErrorStats()
+        kept.add(ref, ref.copy())
+        lost = ErrorStats()
+        lost.add(ref, np.array([np.inf, np.inf, 0.0, 1.0], np.float32))
+    assert (kept.max_abs, kept.rel_l2) == (0.0, 0.0)
+    assert lost.max_abs == lost.rel_l2 == np.inf
 
 
 def test_error_stats_count_every_value_a_variant_loses() -> None:
@@ -791,3 +801,54 @@ def test_a_tensor_below_the_variants_normal_range_stays_exact(
     with _open(tmp_path / "v.spk") as p:
         sd = p.state_dict("weights", prefer=[variant])
         assert np.array_equal(sd["tiny"], tiny)
+
+
+def test_variants_only_keeps_the_grouping_its_variants_were_named_after(
+    tmp_path: Path,
+) -> None:
+    """Two checkpoints share a tensor name, so they are split; --variants-only
+    then leaves one out, and the other must keep its own component rather than
+    slip into "weights", where tensor("w") would serve it for the one left out."""
+    root = tmp_path / "m"
+    w = np.arange(32, dtype=np.float32).reshape(8, 4)
+    _write_st(root / "model.safetensors", {"w": w}, {})
+    _write_st(root / "model.fp16.safetensors", {"w": (w + 100).astype(np.float16)}, {})
+    pkg = tmp_path / "v.spk"
+    _seal_variant(root, pkg, ["fp16"], variants_only=True)
+    with _open(pkg) as p:
+        names = sorted(c.name for c in p.components)
+        assert names == ["weights-model-fp16", "weights.fp16"]
+        assert np.array_equal(p.tensor("w", "weights-model-fp16"), w + 100)
+        assert np.array_equal(p.tensor("w", "weights", prefer=["fp16"]), w.astype(np.float16))
+        with pytest.raises(SecpackError) as err:
+            p.tensor("w")  # two checkpoints have a "w"
+        assert err.value.code == "component.unknown" and "component=" in err.value.detail
+
+
+def test_int8_scales_are_not_served_as_tensors(small_model: Path, tmp_path: Path) -> None:
+    pkg = tmp_path / "q.spk"
+    _seal_variant(small_model, pkg, ["int8"], variants_only=True)
+    with _open(pkg) as p:
+        assert p.tensor("w", prefer=["int8"]).dtype == np.float32
+        for scale in ("w@scale", "w@colscale"):
+            with pytest.raises(SecpackError) as err:
+                p.tensor(scale, prefer=["int8", "exact"])
+            assert err.value.code == "component.unknown"
+        # Named with its component, the stored form is there to read.
+        assert p.tensor("w@scale", "weights.int8").dtype == np.float32
+
+
+def test_names_that_read_as_a_variant_are_kept_for_variants(tmp_path: Path) -> None:
+    root = tmp_path / "m"
+    _write_st(root / "model.safetensors", {"w": np.ones((4, 4), np.float32)}, {})
+    _write_st(root / "lora.fp16" / "adapter_model.safetensors", {"a": np.ones(4, np.float32)}, {})
+    (root / "lora.fp16" / "adapter_config.json").write_text("{}")
+    with pytest.raises(SecpackError) as err:
+        _seal_variant(root, tmp_path / "x.spk", [], components=[("weights.fp16", "*.json")])
+    assert err.value.code == "input.invalid"
+    pkg = tmp_path / "v.spk"
+    _seal_variant(root, pkg, [])
+    with _open(pkg) as p:
+        assert sorted(c.name for c in p.components) == ["adapter:lora-fp16", "weights"]
+        assert p.variants("adapter:lora") == []
+        assert np.array_equal(p.tensor("a"), np.ones(4, np.float32))

@@ -101,9 +101,12 @@ def build_model(target: Path) -> None:
     # A multiplicative hash orders the values: a short period would repeat itself,
     # and the writer would then rightly code plain zstd instead of bgx.
     weights = _f32([(_mix(i) % 97 - 48) / 16.0 for i in range(64 * 16)])
+    # More distinct values for bf16, whose 7 mantissa bits would otherwise leave
+    # too few symbols for bgx to beat plain zstd (zeros among them: escapes).
+    spread = _f32([(_mix(i + 7) % 4001 - 2000) / 64.0 for i in range(64 * 16)])
     tensors = [
         ("embed.weight", "F32", [64, 16], weights),
-        ("embed.bf16", "BF16", [64, 16], _bf16_from_f32(weights)),
+        ("embed.bf16", "BF16", [64, 16], _bf16_from_f32(spread)),
         ("norm.f16", "F16", [8], struct.pack("<8e", *[i / 4 for i in range(8)])),
         ("pos.ids", "I64", [5], struct.pack("<5q", 0, 1, 2, -3, 2**40)),
         ("mask", "BOOL", [6], bytes([1, 0, 1, 1, 0, 0])),
