@@ -41,7 +41,7 @@ test: lint typecheck unit
 bench: setup
 	$(BIN)/python bench/run.py
 
-# Coverage-guided fuzzing of the reader: make fuzz TARGET=header|manifest|bgx|ans|open SECONDS=600
+# Coverage-guided fuzzing of the reader: make fuzz TARGET=header|manifest|cbor|bgx|ans|open SECONDS=600
 TARGET  ?= open
 SECONDS ?= 600
 fuzz: setup

@@ -92,6 +92,8 @@ def main() -> None:
         "header": packages,
         "open": packages,
         "manifest": [m for m in map(_manifest, packages) if m],
+        # The cbor target's first byte picks its limits: 0, the reader's own.
+        "cbor": [b"\x00" + m for m in map(_manifest, packages) if m],
         "bgx": _bgx_seeds(),
         "ans": _ans_seeds(),
     }

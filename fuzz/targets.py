@@ -4,6 +4,8 @@ anything else (or a hang, or runaway memory) is a finding.
 - ``header``: framing, bounded header, strict CBOR, schema and the blob index.
 - ``manifest``: strict CBOR and the manifest schema on raw bytes, plus the
   contents schema of every unencrypted component.
+- ``cbor``: the strict CBOR scan, differentially: the C scan and the Python one
+  must give the same verdict, code and message (one byte picks the limits).
 - ``bgx``: the bgx decoder on arbitrary planes and records (behind the schema's
   size rules), differentially: where the C helper decodes, the numpy decoder
   must give the same bytes, and where one refuses, so must the other.
@@ -100,6 +102,36 @@ def target_manifest(data: bytes) -> None:
                 parse_contents(contents, [s.plain for s in comp.segments], limits).units()
     except SecpackError:
         pass
+
+
+# (max_depth, max_items, text_keys, max_map_entries) for the cbor target: the
+# reader's own, and tight ones that put every limit within a fuzzer's reach.
+_CBOR_LIMITS = [
+    (
+        DEFAULT_LIMITS.max_cbor_depth,
+        DEFAULT_LIMITS.max_cbor_items,
+        True,
+        cbor.DEFAULT_MAX_MAP_ENTRIES,
+    ),
+    (3, 40, False, 4),
+    (1, 5, True, 1),
+    (0, 1, False, 0),
+]
+
+
+def target_cbor(data: bytes) -> None:
+    if not data or not cbor.NATIVE:
+        return
+    depth, items, text_keys, entries = _CBOR_LIMITS[data[0] % len(_CBOR_LIMITS)]
+    kw = {"max_depth": depth, "max_items": items, "text_keys": text_keys}
+    verdicts = []
+    for scan in (cbor._scan, cbor._scan_py):
+        try:
+            verdicts.append(("ok", str(scan(data[1:], **kw, max_map_entries=entries))))
+        except SecpackError as exc:
+            verdicts.append((exc.code, exc.detail))
+    if verdicts[0] != verdicts[1]:
+        raise AssertionError(f"the C and Python scans disagree: {verdicts}")
 
 
 _STATE = {"key": None, "identity": None, "policy": None, "tmp": None}
@@ -306,6 +338,7 @@ def target_ans(data: bytes) -> None:
 TARGETS = {
     "header": target_header,
     "manifest": target_manifest,
+    "cbor": target_cbor,
     "bgx": target_bgx,
     "ans": target_ans,
     "open": target_open,

@@ -14,15 +14,30 @@ knows every built-in tag. So decoding here is three steps:
    equal the input bytes: the shortest-float rule is the one thing the scan leaves
    to cbor2. Without floats the scan alone has proven deterministic encoding, and
    the (costly) re-encoding is skipped.
+
+The scan runs in C (secpack/format/_cbor.c) where that was built, and otherwise
+as :func:`_scan_py` here, which is the reference: both give the same verdict,
+code and message on every input (tests/unit/test_cbor.py compares them).
 """
 
 from __future__ import annotations
 
+from types import ModuleType
 from typing import Any
 
 from secpack.errors import CborError
 
-__all__ = ["decode", "encode"]
+__all__ = ["NATIVE", "decode", "encode"]
+
+_native: ModuleType | None
+try:
+    from secpack.format import _cbor as _native
+except ImportError:  # built without a C compiler: _scan_py below
+    _native = None
+
+NATIVE = _native is not None
+# The C scan takes its limits as uint64; anything else goes to the Python scan.
+_UINT64_MAX = (1 << 64) - 1
 
 _MAJOR_UINT, _MAJOR_NINT, _MAJOR_BSTR, _MAJOR_TSTR = 0, 1, 2, 3
 _MAJOR_ARRAY, _MAJOR_MAP, _MAJOR_TAG, _MAJOR_SIMPLE = 4, 5, 6, 7
@@ -95,6 +110,25 @@ def _scan(
     data: bytes, *, max_depth: int, max_items: int, text_keys: bool, max_map_entries: int
 ) -> bool:
     """Validate ``data`` structurally; return whether it holds any float."""
+    limits = (max_depth, max_items, max_map_entries)
+    if _native is None or not all(0 <= v <= _UINT64_MAX for v in limits):
+        return _scan_py(
+            data,
+            max_depth=max_depth,
+            max_items=max_items,
+            text_keys=text_keys,
+            max_map_entries=max_map_entries,
+        )
+    result = _native.scan(data, max_depth, max_items, text_keys, max_map_entries)
+    if isinstance(result, tuple):
+        raise CborError(*result)
+    return bool(result)
+
+
+def _scan_py(
+    data: bytes, *, max_depth: int, max_items: int, text_keys: bool, max_map_entries: int
+) -> bool:
+    """:func:`_scan` in Python: the reference the C scan must agree with."""
     end = len(data)
     pos = 0
     items = 0

@@ -29,8 +29,11 @@ class Limits:
     # Nesting in our schemas is at most 6 deep; 16 rejects stack-exhaustion games early.
     max_cbor_depth: int = 16
     # A segment record is ~40 CBOR items (a 4-plane fp32 codec record included), so
-    # 2 M items is ~50 k segments: 200 GiB at 4 MiB segments, 800 GiB at 16 MiB. The
-    # strict scan costs ~1 us per item, which bounds a hostile "items bomb" to ~2 s.
+    # 2 M items is ~50 k segments: 200 GiB at 4 MiB segments, 800 GiB at 16 MiB. All
+    # of a manifest is read before its signature can be checked: an unsigned one
+    # near this cap (150 000 raw segments, 1.65 M items, 11 MB) costs `secpack
+    # verify` about 2.3 s of CPU before it is refused, most of it cbor2's decoding and
+    # the schema check (the strict scan, in C, takes milliseconds of it).
     max_cbor_items: int = 2_000_000
     max_components: int = 1024
     max_recipients: int = 64

@@ -406,6 +406,10 @@ def _parse_recipient(obj: Any, where: str) -> Recipient:
     )
 
 
+# Codec records are frozen values: every raw segment can share one.
+_RAW = Codec("raw")
+
+
 def _parse_codec(obj: Any, where: str, plain: int, limits: Limits) -> Codec:
     if not isinstance(obj, dict) or "id" not in obj:
         raise fail(where, "expected a codec map with an id")
@@ -414,7 +418,7 @@ def _parse_codec(obj: Any, where: str, plain: int, limits: Limits) -> Codec:
         raise SchemaError("schema.unsupported", f"{where}: codec {cid!r}")
     if cid == "raw":
         as_map(obj, where, ("id",))
-        return Codec("raw")
+        return _RAW
     if cid == "zstd":
         z = as_map(obj, where, ("id", "size"))
         return Codec("zstd", size=as_uint(z["size"], f"{where}.size", 1, limits.max_segment_bytes))
@@ -523,9 +527,12 @@ def _parse_bgx(obj: Any, where: str, plain: int) -> Codec:
     )
 
 
+_SEGMENT_KEYS = ("blob", "stored", "plain", "codec", "digest")
+_SEGMENT_KEYS_SALTED = (*_SEGMENT_KEYS, "salt")
+
+
 def _parse_segment(obj: Any, where: str, encrypted: bool, limits: Limits) -> Segment:
-    keys = ("blob", "stored", "plain", "codec", "digest") + (("salt",) if encrypted else ())
-    s = as_map(obj, where, keys)
+    s = as_map(obj, where, _SEGMENT_KEYS_SALTED if encrypted else _SEGMENT_KEYS)
     plain = as_uint(s["plain"], f"{where}.plain", 1, limits.max_segment_bytes)
     codec = _parse_codec(s["codec"], f"{where}.codec", plain, limits)
     stored = as_uint(s["stored"], f"{where}.stored", 1, limits.max_segment_bytes + TAG_LEN)

@@ -30,6 +30,9 @@ def fail(where: str, why: str) -> SchemaError:
     return SchemaError("schema.invalid", f"{where}: {why}")
 
 
+_KEY_SETS: dict[tuple[str, ...], frozenset[str]] = {}
+
+
 def as_map(
     value: Any, where: str, required: tuple[str, ...], optional: tuple[str, ...] = ()
 ) -> Mapping[str, Any]:
@@ -37,8 +40,13 @@ def as_map(
     if not isinstance(value, dict):
         raise fail(where, "expected a map")
     # The common case, checked first: exactly the required keys. A manifest holds
-    # thousands of small maps, and this is most of its parse time saved.
-    if len(value) == len(required) and all(k in value for k in required):
+    # up to hundreds of thousands of small maps, all read before the signature
+    # check, so this is one set comparison in C (the key tuples are the schema's
+    # own constants, so the cache stays small).
+    wanted = _KEY_SETS.get(required)
+    if wanted is None:
+        wanted = _KEY_SETS[required] = frozenset(required)
+    if value.keys() == wanted:
         return value
     keys = set(value)
     missing = [k for k in required if k not in keys]

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import random
+from collections.abc import Iterator
+
 import cbor2
 import pytest
 from hypothesis import given
@@ -11,6 +15,18 @@ from secpack.errors import CborError
 from secpack.format import cbor
 
 LIMITS = {"max_bytes": 1 << 20, "max_depth": 8, "max_items": 10_000}
+
+_NATIVE = cbor._native
+
+
+@pytest.fixture(autouse=True, params=["c", "python"])
+def scanner(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Every test here runs with the C scan and with the Python one."""
+    if request.param == "python":
+        monkeypatch.setattr(cbor, "_native", None)
+    elif _NATIVE is None:
+        pytest.skip("the C scan was not built (test_the_c_scan_was_built requires it)")
+    yield request.param
 
 
 def _code(hexdata: str, **kw: object) -> str:
@@ -110,3 +126,119 @@ def test_whatever_parses_reencodes_identically(data: bytes) -> None:
     except CborError:
         return
     assert cbor.encode(value) == data
+
+
+@pytest.mark.skipif(
+    os.environ.get("SECPACK_REQUIRE_NATIVE") != "1",
+    reason="set SECPACK_REQUIRE_NATIVE=1 where the C helpers must have been built",
+)
+@pytest.mark.parametrize("scanner", ["python"], indirect=True)
+def test_the_c_scan_was_built() -> None:
+    assert cbor.NATIVE
+
+
+def _verdict(scan: object, data: bytes, kw: dict[str, object]) -> tuple[str, str]:
+    try:
+        floats = scan(data, **kw)  # type: ignore[operator]
+    except CborError as exc:
+        return exc.code, exc.detail
+    return "ok", str(floats)
+
+
+def _mutants(rng: random.Random) -> Iterator[bytes]:
+    """Canonical encodings of random values, then cut, extended, or with bytes
+    flipped, inserted, or dropped: inputs near the accepted ones, where the two
+    scans could most easily disagree."""
+    alphabet = ["", "a", "b", "ab", "\u00e9", "\U0001f600", "zz"]
+
+    def value(depth: int) -> object:
+        pick = rng.randrange(9 if depth < 4 else 6)
+        if pick == 0:
+            return rng.choice([0, 1, 23, 24, 255, 256, 65535, 65536, 2**32, 2**64 - 1])
+        if pick == 1:
+            return -rng.randrange(1, 2**40)
+        if pick == 2:
+            return rng.choice(alphabet)
+        if pick == 3:
+            return rng.randbytes(rng.randrange(0, 30))
+        if pick == 4:
+            return rng.choice([None, True, False, 1.5, 0.1, -2.0])
+        if pick == 5:
+            return rng.random() * 1e6
+        if pick == 6:
+            return [value(depth + 1) for _ in range(rng.randrange(0, 5))]
+        return {rng.choice(alphabet) + str(k): value(depth + 1) for k in range(rng.randrange(0, 5))}
+
+    for _ in range(3000):
+        data = bytearray(cbor.encode(value(0)))
+        for _ in range(rng.randrange(0, 4)):
+            op = rng.randrange(5)
+            at = rng.randrange(len(data) + 1)
+            if op == 0 and data:
+                data[min(at, len(data) - 1)] ^= 1 << rng.randrange(8)
+            elif op == 1:
+                data.insert(at, rng.randrange(256))
+            elif op == 2 and data:
+                del data[min(at, len(data) - 1)]
+            elif op == 3:
+                data = data[:at]
+            else:
+                data += rng.randbytes(rng.randrange(1, 4))
+        yield bytes(data)
+
+
+@pytest.mark.parametrize("scanner", ["c"], indirect=True)
+def test_the_c_and_python_scans_agree_on_every_input() -> None:
+    rng = random.Random(8949)
+    inputs = list(_mutants(rng)) + [rng.randbytes(rng.randrange(0, 40)) for _ in range(3000)]
+    settings = [
+        {"max_depth": 8, "max_items": 10_000, "text_keys": True, "max_map_entries": 4096},
+        {"max_depth": 2, "max_items": 7, "text_keys": False, "max_map_entries": 2},
+        {"max_depth": 0, "max_items": 1, "text_keys": True, "max_map_entries": 0},
+    ]
+    outcomes = set()
+    for data in inputs:
+        for kw in settings:
+            native = _verdict(cbor._scan, data, kw)
+            reference = _verdict(cbor._scan_py, data, kw)
+            assert native == reference, (data.hex(), kw)
+            outcomes.add(native[0])
+    # The inputs reach every verdict, so the agreement is not a vacuous one.
+    assert outcomes >= {
+        "ok",
+        "cbor.malformed",
+        "cbor.noncanonical",
+        "cbor.forbidden",
+        "cbor.limit",
+    }
+
+
+@pytest.mark.parametrize("scanner", ["c"], indirect=True)
+def test_the_c_and_python_scans_agree_on_utf8() -> None:
+    # Every string of one or two bytes, and the three- and four-byte forms around
+    # each boundary of RFC 3629 (overlong forms, surrogates, past U+10FFFF).
+    edges = [0x00, 0x7F, 0x80, 0x8F, 0x90, 0x9F, 0xA0, 0xBF, 0xC0, 0xFF]
+    strings = [bytes([a]) for a in range(256)]
+    strings += [bytes([a, b]) for a in range(256) for b in range(256)]
+    strings += [bytes([a, b, c]) for a in range(0xE0, 0xF0) for b in range(256) for c in edges]
+    strings += [
+        bytes([a, b, 0x80, d]) for a in range(0xF0, 0xF8) for b in range(256) for d in edges
+    ]
+    kw = {"max_depth": 1, "max_items": 1, "text_keys": True, "max_map_entries": 0}
+    valid = 0
+    for s in strings:
+        data = bytes([0x60 | len(s)]) + s
+        native = _verdict(cbor._scan, data, kw)
+        assert native == _verdict(cbor._scan_py, data, kw), s.hex()
+        valid += native[0] == "ok"
+    assert 0 < valid < len(strings)
+
+
+@pytest.mark.parametrize("scanner", ["c"], indirect=True)
+def test_the_scans_agree_on_a_manifest_sized_input() -> None:
+    """Deep enough into the input that every frame of the C scan's stack and
+    every sort check has run many times."""
+    items = [{"blob": 0, "digest": bytes(32), "plain": 1, "stored": 1} for _ in range(20_000)]
+    data = cbor.encode({"segments": items})
+    kw = {"max_depth": 8, "max_items": 200_000, "text_keys": True, "max_map_entries": 4096}
+    assert _verdict(cbor._scan, data, kw) == _verdict(cbor._scan_py, data, kw) == ("ok", "False")

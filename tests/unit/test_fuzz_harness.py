@@ -36,3 +36,15 @@ def test_codec_seeds_decode_through_their_targets() -> None:
     assert len(ans_seeds) == 5
     for data in ans_seeds:
         targets.target_ans(data)
+
+
+def test_the_cbor_target_runs_on_its_seeds() -> None:
+    targets = _load("targets")
+    vectors = sorted((ROOT / "tests" / "vectors").glob("*.spk"))
+    assert vectors
+    for vector in vectors:
+        data = vector.read_bytes()
+        manifest = data[32 : 32 + int.from_bytes(data[12:16], "big")]
+        for limits in range(4):  # the first byte picks the target's limits
+            targets.target_cbor(bytes([limits]) + manifest)
+            targets.target_cbor(bytes([limits]) + manifest[:-3])
