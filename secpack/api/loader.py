@@ -625,9 +625,12 @@ def _scale_table(header: bytes) -> dict[str, list[str]] | None:
     try:
         meta = json.loads(header)["__metadata__"]
         table = json.loads(meta["secpack.scales"])
+        changed = json.loads(meta["secpack.errors"])
     except (ValueError, KeyError, TypeError, RecursionError):
         return None
-    if not isinstance(table, dict):
+    # Every tensor the variant changed is int8 codes, which mean nothing without
+    # their scales: one missing would be served as raw codes.
+    if not isinstance(table, dict) or not isinstance(changed, dict) or changed.keys() - table:
         return None
     for pair in table.values():
         if not (

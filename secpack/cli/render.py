@@ -11,7 +11,8 @@ from secpack.errors import SecpackError
 __all__ = ["fail", "human_ratio", "human_size", "human_time", "out", "printable", "progress_for"]
 
 # Characters a terminal acts on rather than shows: C0 and C1 controls and DEL
-# (escape sequences, carriage returns, new lines that forge a line of output), and
+# (escape sequences, carriage returns, new lines that forge a line of output), the
+# line and paragraph separators (new lines to some terminals and log viewers), and
 # the bidirectional overrides that reorder what is shown. Names, paths and
 # signature types come from the package, so each is shown as an escape instead.
 _UNPRINTABLE = {
@@ -19,7 +20,7 @@ _UNPRINTABLE = {
     for c in [
         *range(0x20),
         *range(0x7F, 0xA0),
-        *(0x061C, 0x200E, 0x200F),
+        *(0x061C, 0x200E, 0x200F, 0x2028, 0x2029),
         *range(0x202A, 0x202F),
         *range(0x2066, 0x206A),
     ]

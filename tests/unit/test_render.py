@@ -18,6 +18,7 @@ from secpack.errors import SecpackError
         ("ok\r\n  1 cose-sign1 trusted", "ok\\x0d\\x0a  1 cose-sign1 trusted"),
         ("\x9b31m\x7f", "\\x9b31m\\x7f"),
         ("abc\u202edcba\u2066", "abc\\u202edcba\\u2066"),
+        ("one\u2028two\u2029", "one\\u2028two\\u2029"),
         ("naïve ünïcode 模型", "naïve ünïcode 模型"),
     ],
 )

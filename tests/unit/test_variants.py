@@ -442,14 +442,17 @@ def _write_st(path: Path, tensors: dict[str, np.ndarray], meta: dict[str, str]) 
     save_file(tensors, str(path), metadata=meta)
 
 
-def _hand_made_int8(tmp_path: Path, tensors: dict[str, np.ndarray], scales: str) -> Path:
-    """A package whose int8 variant file is written by hand, with this scale table."""
+def _hand_made_int8(
+    tmp_path: Path, tensors: dict[str, np.ndarray], scales: str, changed: str = '{"q": ["0", "0"]}'
+) -> Path:
+    """A package whose int8 variant file is written by hand, with this scale table
+    and this table of changed tensors (``secpack.errors``)."""
     root = tmp_path / "m"
     _write_st(root / "model.safetensors", {"q": np.zeros((3, 4), np.float32)}, {})
     _write_st(
         root / "variants" / "int8" / "model.safetensors",
         tensors,
-        {"secpack.variant": "int8", "secpack.scales": scales},
+        {"secpack.variant": "int8", "secpack.scales": scales, "secpack.errors": changed},
     )
     pkg = tmp_path / "v.spk"
     seal(
@@ -482,6 +485,7 @@ _COL = np.ones(4, np.float32)
         ('{"q": ["r", "c"]}', {"r": np.ones(3, np.int32)}),  # scales not float32
         ('{"q": ["r", "c"], "r": ["c", "q"]}', {}),  # a scale that is itself scaled
         ('{"q": ["r", "c"]}', {"q": np.ones((3, 4), np.float32)}),  # values not int8
+        ("{}", {}),  # q was changed (secpack.errors) yet has no scales: raw codes
     ],
 )
 def test_a_malformed_int8_scale_table_is_a_typed_error(
