@@ -348,19 +348,8 @@ class Package:
             comp, record = self._find(name, component)
             return self._decode_tensor(comp, record)
         base = component if component is not None else self._base_of(name)
-        available = self.variants(base)
-        for choice in prefer:
-            if choice not in (*VARIANTS, "exact"):
-                raise ValueError(f"unknown variant {choice!r}")
-            if choice not in available:
-                continue
-            held = base if choice == "exact" else f"{base}.{choice}"
-            try:
-                comp = self._component(held)
-            except SecpackError as exc:
-                if exc.code != "key.no-recipient":
-                    raise
-                continue  # this identity may read another variant
+        for choice, held in self._forms(base, prefer):
+            comp = self._component(held)
             scales = self._scales(held) if choice == "int8" else {}
             found = next((t for t in comp.contents.tensors if t.name == name), None)
             if found is None or name in {s for pair in scales.values() for s in pair}:
@@ -375,7 +364,7 @@ class Package:
             return _dequantize(parts, {name: pair})[name]
         raise SecpackError(
             "component.unknown",
-            f"none of {list(prefer)} holds {name!r} in {base!r} (have {available})",
+            f"none of {list(prefer)} holds {name!r} in {base!r} (have {self.variants(base)})",
         )
 
     def _decode_tensor(self, comp: OpenComponent, record: TensorRecord) -> np.ndarray:
@@ -475,27 +464,35 @@ class Package:
                 f"pass prefer=[{', '.join(repr(v) for v in others)}]",
             )
 
-    def _preferred(self, component: str, prefer: Sequence[str]) -> dict[str, Any]:
+    def _forms(self, component: str, prefer: Sequence[str]) -> Iterator[tuple[str, str]]:
+        """(form, the component that holds it) for each of ``prefer`` that the
+        package has and this identity can read, in that order."""
         available = self.variants(component)
         for choice in prefer:
             if choice not in (*VARIANTS, "exact"):
                 raise ValueError(f"unknown variant {choice!r}")
             if choice not in available:
                 continue
-            name = component if choice == "exact" else f"{component}.{choice}"
+            held = component if choice == "exact" else f"{component}.{choice}"
             try:
-                arrays = self._arrays(name)
+                self._component(held)
             except SecpackError as exc:
                 if exc.code != "key.no-recipient":
                     raise
                 continue  # this identity may read another variant
+            yield choice, held
+
+    def _preferred(self, component: str, prefer: Sequence[str]) -> dict[str, Any]:
+        for choice, name in self._forms(component, prefer):
+            arrays = self._arrays(name)
             if choice == "int8":
                 arrays = _dequantize(arrays, self._scales(name))
             self._served[component] = choice
             return arrays
         raise SecpackError(
             "component.unknown",
-            f"none of {list(prefer)} is available for {component!r} (have {available})",
+            f"none of {list(prefer)} is available for {component!r} "
+            f"(have {self.variants(component)})",
         )
 
     def _scales(self, component: str) -> dict[str, list[str]]:
