@@ -11,7 +11,6 @@ tensor's scale tensor.
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import os
 import shutil
@@ -98,20 +97,15 @@ def build_variants(
         raise InputError(
             "input.invalid", f"--variant {unknown[0]!r}: expected {', '.join(VARIANTS)}"
         )
+    split: list[tuple[str, str]] = []
     groups = assign_components(
         tree.files,
         overrides,
         tree.default_name,
         tensor_names_reader(tree, DEFAULT_LIMITS),
+        split,
     )
     component_of = {f.path: name for name, files in groups.items() for f in files}
-    split = [
-        (name, f.path)
-        for name, files in groups.items()
-        if name.startswith("weights-")
-        for f in files
-        if not any(fnmatch.fnmatchcase(f.path, pattern) for _, pattern in overrides)
-    ]
     sources = [f for f in tree.files if f.path.endswith(".safetensors")]
     if not sources:
         raise InputError("input.invalid", "--variant needs safetensors weights in the input")

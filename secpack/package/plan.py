@@ -203,12 +203,14 @@ def assign_components(
     overrides: Sequence[tuple[str, str]],
     root_name: str = "",
     tensor_names: Callable[[InputFile], frozenset[str]] | None = None,
+    split: list[tuple[str, str]] | None = None,
 ) -> dict[str, list[InputFile]]:
     """Group files into components: ``--component NAME=GLOB`` rules first, then
     defaults. ``root_name`` (the input directory's name) names the adapter when the
     input is itself one: ``adapter:<root_name>``, like an adapter's subdirectory.
     With ``tensor_names`` (the tensor names of a safetensors file), weights that
-    would share a tensor name in ``weights`` are split (see _split_weights)."""
+    would share a tensor name in ``weights`` are split (see _split_weights), and
+    ``split``, when given, receives (component, path) of every file moved."""
     for name, _ in overrides:
         if not COMPONENT_NAME_RE.fullmatch(name):
             raise InputError("input.invalid", f"component name {name!r} is not allowed")
@@ -244,7 +246,9 @@ def assign_components(
         if not used[i]:
             raise InputError("input.invalid", f"--component {name}={pattern} matches no file")
     if tensor_names is not None and defaulted:
-        _split_weights(groups, defaulted, tensor_names)
+        moved = _split_weights(groups, defaulted, tensor_names)
+        if split is not None:
+            split.extend(moved)
     return groups
 
 
@@ -265,7 +269,7 @@ def _split_weights(
     groups: dict[str, list[InputFile]],
     defaulted: list[InputFile],
     tensor_names: Callable[[InputFile], frozenset[str]],
-) -> None:
+) -> list[tuple[str, str]]:
     """Split the default ``weights`` component when two of its files share a
     tensor name: the loader addresses tensors by name, so they cannot share a
     component. That is a pipeline's parts in folders of their own (``unet/``,
@@ -276,7 +280,8 @@ def _split_weights(
     gets a component of its own: the top directory's plainest checkpoint keeps
     ``weights``, the others are named ``weights-<directory>-<checkpoint>`` (each
     part only where it tells them apart). Nothing moves when no name is shared,
-    and files a ``--component`` rule placed are never moved."""
+    and files a ``--component`` rule placed are never moved. Returns
+    (component, path) of each file that left ``weights``."""
     seen: dict[str, str] = {}
     clash = False
     for f in defaulted:
@@ -284,7 +289,7 @@ def _split_weights(
             if seen.setdefault(name, f.path) != f.path:
                 clash = True
     if not clash:
-        return
+        return []
     sets: dict[tuple[str, str], list[InputFile]] = {}
     for f in defaulted:
         sets.setdefault(_weight_set(f.path), []).append(f)
@@ -296,6 +301,7 @@ def _split_weights(
     moved = {f.path for f in defaulted}
     groups["weights"] = [f for f in groups["weights"] if f.path not in moved]
     taken = set(groups) - {"weights"}
+    moved_out: list[tuple[str, str]] = []
     for key in sorted(sets, key=lambda k: (k != keep, k)):
         if key == keep:
             name = "weights"
@@ -307,8 +313,11 @@ def _split_weights(
             name = _numbered("weights-" + _component_part("-".join(parts)), taken)
         taken.add(name)
         groups.setdefault(name, []).extend(sets[key])
+        if name != "weights":
+            moved_out += [(name, f.path) for f in sets[key]]
     if not groups["weights"]:
         del groups["weights"]
+    return moved_out
 
 
 def _component_part(text: str) -> str:
