@@ -27,6 +27,7 @@ from helpers import (
     file_sizes,
     model_tensors,
     ok,
+    tree_entries,
 )
 
 ALL_COMPONENTS = ["config", "tokenizer", "weights", "files"]
@@ -147,6 +148,29 @@ def test_open_only_some_components(
     open_to(sealed, out, *args, "--identity", server_key.private, "--trust", release_key.public)
     wanted = set().union(*(COMPONENT_FILES[n] for n in names))
     assert_same_tree(model_dir, out, only=wanted)
+
+
+def test_open_a_precision_variant_in_place(
+    tmp_path: Path, model_dir: Path, release_key: KeyPair, server_key: KeyPair
+) -> None:
+    """`open --variant bf16` writes the bf16 weights where the exact ones were, and
+    every other file as it was."""
+    pkg = tmp_path / "v.spk"
+    ok(
+        "seal", model_dir, "-o", pkg, "--sign-key", release_key.private,
+        "--recipient", server_key.public, "--variant", "bf16", "--quiet",
+    )  # fmt: skip
+    keys = ("--identity", server_key.private, "--trust", release_key.public)
+    out = tmp_path / "out"
+    open_to(pkg, out, "--variant", "bf16", *keys)
+    weights = COMPONENT_FILES["weights"]
+    files, _ = tree_entries(model_dir)
+    assert tree_entries(out) == tree_entries(model_dir)
+    for path in files:
+        same = (out / path).read_bytes() == (model_dir / path).read_bytes()
+        assert same == (path not in weights), path
+    fails("component.unknown", "open", pkg, "-o", tmp_path / "o2", "--variant", "int8", *keys)
+    assert not (tmp_path / "o2").exists()
 
 
 def test_no_encrypt_round_trip(tmp_path: Path, model_dir: Path, release_key: KeyPair) -> None:

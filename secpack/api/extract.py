@@ -14,13 +14,14 @@ from cryptography.hazmat.primitives.asymmetric import x25519
 from secpack.api.common import NullProgress, Progress
 from secpack.api.trust import remember_version, trusted_package
 from secpack.errors import SecpackError
-from secpack.format.contents import check_paths
+from secpack.format.contents import FileEntry, check_paths
 from secpack.format.manifest import Manifest
 from secpack.package.decode import OpenComponent
 from secpack.package.parallel import ordered
 from secpack.package.reader import largest_segment, select_components
 from secpack.sign.modelsig import COMPONENT as MODEL_SIGNING
 from secpack.sign.policy import Policy, Signer
+from secpack.tensors.variants import VARIANTS
 from secpack.transport.atomic import AtomicDirectory
 from secpack.transport.outdir import OutputTree
 from secpack.workers import worker_threads
@@ -70,6 +71,59 @@ def _selection(manifest: Manifest, names: Sequence[str] | None, emit: bool) -> l
     return [i for i in every if manifest.components[i].name != MODEL_SIGNING]
 
 
+def _variant_of(name: str) -> str | None:
+    """The precision variant a component holds ("fp16" for "weights.fp16"), or None."""
+    base, dot, variant = name.rpartition(".")
+    return variant if dot and base and variant in VARIANTS else None
+
+
+def _variant_selection(manifest: Manifest, variant: str) -> list[int]:
+    """Every component but the model_signing signature and the other precision
+    variants. ``input.invalid`` for an unknown variant, ``component.unknown`` when
+    the package holds none of that variant."""
+    if variant not in VARIANTS:
+        raise SecpackError(
+            "input.invalid", f"unknown variant {variant!r} (one of {', '.join(VARIANTS)})"
+        )
+    held = sorted({v for c in manifest.components if (v := _variant_of(c.name))})
+    if variant not in held:
+        also = f"it holds: {', '.join(held)}" if held else "seal --variant makes one"
+        raise SecpackError("component.unknown", f"the package holds no {variant} variant ({also})")
+    return [
+        i
+        for i, c in enumerate(manifest.components)
+        if c.name != MODEL_SIGNING and _variant_of(c.name) in (None, variant)
+    ]
+
+
+def _variant_layout(
+    opened: Sequence[OpenComponent], variant: str
+) -> list[list[tuple[FileEntry, str]]]:
+    """The files to write from each component, with their output paths: a variant's
+    ``variants/<variant>/<path>`` goes to ``<path>``, in place of the exact file it
+    replaces; an exact file without a variant (a config, a dtype with none) stays."""
+    prefix = f"variants/{variant}/"
+    replaced: dict[str, set[str]] = {}
+    for comp in opened:
+        if _variant_of(comp.component.name) == variant:
+            base = comp.component.name.rpartition(".")[0]
+            paths = replaced.setdefault(base, set())
+            paths.update(
+                f.path[len(prefix) :] for f in comp.contents.files if f.path.startswith(prefix)
+            )
+    layout = []
+    for comp in opened:
+        name = comp.component.name
+        if _variant_of(name) == variant:
+            # A file outside the variant folder (no writer puts one there) keeps its
+            # path; check_paths refuses it if it collides.
+            layout.append([(f, f.path.removeprefix(prefix)) for f in comp.contents.files])
+        else:
+            gone = replaced.get(name, set())
+            layout.append([(f, f.path) for f in comp.contents.files if f.path not in gone])
+    return layout
+
+
 def _decode_job(tree: OutputTree, job: _Job) -> _Job:
     out = job.comp.decode(job.seg)
     tree.pwrite(job.fd, job.offset, out, job.path)
@@ -88,9 +142,16 @@ def extract(
     expected_name: str | None = None,
     allow_downgrade: bool = False,
     emit_model_signing: bool = False,
+    variant: str | None = None,
 ) -> ExtractReport:
     """Verify ``package`` against ``policy``, then decrypt the selected components
     (all by default) with ``identities`` and write their files under ``output``.
+
+    With ``variant`` ("fp16", "bf16" or "int8"), that precision variant's files are
+    written where the exact files they replace would go, and the exact ones are
+    left out: the output is the model in that precision (int8 files hold codes and
+    ``@scale`` tensors, for secpack's loader). It cannot be combined with
+    ``components`` or ``emit_model_signing``.
 
     ``output`` must not exist (or be an empty directory). It appears only once every
     file has been decoded and checked; on any error nothing is left behind.
@@ -101,30 +162,41 @@ def extract(
         "open", package, policy, expected_name=expected_name, allow_downgrade=allow_downgrade
     ) as (src, header, signers):
         threads = worker_threads(threads, largest_segment(header.manifest))
-        indices = _selection(header.manifest, components, emit_model_signing)
+        if variant is not None and (components or emit_model_signing):
+            # model.sig covers the exact files, and a subset would mix two layouts.
+            what = "--component" if components else "--emit-model-signing"
+            raise SecpackError("input.invalid", f"--variant cannot be combined with {what}")
+        if variant is None:
+            indices = _selection(header.manifest, components, emit_model_signing)
+        else:
+            indices = _variant_selection(header.manifest, variant)
         # Unwrap every key and validate every contents table before writing a byte.
         opened = [OpenComponent(src, header, i, identities, policy.limits) for i in indices]
+        if variant is None:
+            layout = [[(f, f.path) for f in c.contents.files] for c in opened]
+        else:
+            layout = _variant_layout(opened, variant)
         # Every component goes into one tree: their paths must not collide either.
-        check_paths(f.path for c in opened for f in c.contents.files)
-        total = sum(c.component.size for c in opened)
-        files = sum(len(c.contents.files) for c in opened)
+        check_paths(path for chosen in layout for _, path in chosen)
+        total = sum(f.size for chosen in layout for f, _ in chosen)
+        files = sum(len(chosen) for chosen in layout)
         progress.start(total, "opening")
         with AtomicDirectory(output) as target:
             with OutputTree(target.tmp) as tree:
 
                 def jobs() -> Iterator[functools.partial[_Job]]:
-                    for comp in opened:
+                    for comp, chosen in zip(opened, layout, strict=True):
                         plains = [s.plain for s in comp.component.segments]
-                        for f in comp.contents.files:
-                            fd = tree.create(f.path, f.size, f.mode)
+                        for f, path in chosen:
+                            fd = tree.create(path, f.size, f.mode)
                             if f.count == 0:
-                                tree.finish(fd, f.path)
+                                tree.finish(fd, path)
                                 continue
                             offset = 0
                             for seg in range(f.first, f.first + f.count):
                                 last = seg == f.first + f.count - 1
                                 yield functools.partial(
-                                    _decode_job, tree, _Job(comp, seg, fd, offset, f.path, last)
+                                    _decode_job, tree, _Job(comp, seg, fd, offset, path, last)
                                 )
                                 offset += plains[seg]
 
@@ -143,7 +215,13 @@ def extract(
         output=output,
         manifest=header.manifest,
         manifest_digest=header.digest,
-        components=tuple(c.component.name for c in opened),
+        # Components whose files were written: with a variant, an exact component
+        # it replaces entirely is opened (its file list is inside) but adds nothing.
+        components=tuple(
+            c.component.name
+            for c, chosen in zip(opened, layout, strict=True)
+            if chosen or variant is None
+        ),
         files=files,
         bytes_written=total,
         signers=tuple(signers),

@@ -336,6 +336,15 @@ def open_(
             help="Also write the seal-time model.sig (model_signing verify key).",
         ),
     ] = False,
+    variant: Annotated[
+        str | None,
+        typer.Option(
+            "--variant",
+            metavar="fp16|bf16|int8",
+            help="Write this precision variant's files in place of the exact ones they"
+            " replace (variants/V/PATH to PATH).",
+        ),
+    ] = None,
     threads: ThreadsOpt = 0,
     passphrase_env: PassEnvOpt = None,
     as_json: JsonOpt = False,
@@ -366,6 +375,7 @@ def open_(
                 expected_name=name,
                 allow_downgrade=allow_downgrade,
                 emit_model_signing=emit_model_signing,
+                variant=variant,
             )
         finally:
             bar.stop()

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import secpack
-from secpack.api.keyfiles import load_recipient, load_signing_key
+from secpack.api.keyfiles import load_recipient, load_signing_key, resolve_policy
 from secpack.api.seal import seal
 from secpack.errors import SecpackError
 from secpack.tensors.variants import (
@@ -856,3 +856,93 @@ def test_names_that_read_as_a_variant_are_kept_for_variants(tmp_path: Path) -> N
         assert sorted(c.name for c in p.components) == ["adapter:lora-fp16", "weights"]
         assert p.variants("adapter:lora") == []
         assert np.array_equal(p.tensor("a"), np.ones(4, np.float32))
+
+
+def _sharded_model(root: Path) -> dict[str, np.ndarray]:
+    """A two-shard checkpoint with its index, a config, and an adapter folder."""
+    rng = np.random.default_rng(5)
+    first = {"l0.w": rng.standard_normal((32, 24)).astype(np.float32)}
+    second = {
+        "l1.w": rng.standard_normal((24, 16)).astype(np.float32),
+        "ids": np.arange(6, dtype=np.int64),
+    }
+    _write_st(root / "model-00001-of-00002.safetensors", first, {})
+    _write_st(root / "model-00002-of-00002.safetensors", second, {})
+    weight_map = {k: "model-00001-of-00002.safetensors" for k in first}
+    weight_map.update({k: "model-00002-of-00002.safetensors" for k in second})
+    index = {"metadata": {"total_size": 1}, "weight_map": weight_map}
+    (root / "model.safetensors.index.json").write_text(json.dumps(index))
+    (root / "config.json").write_text('{"model_type": "tiny"}')
+    lora = rng.standard_normal((4, 24)).astype(np.float32)
+    _write_st(root / "lora" / "adapter_model.safetensors", {"a": lora}, {})
+    (root / "lora" / "adapter_config.json").write_text('{"r": 4}')
+    return {**first, **second, "a": lora}
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("variants_only", [False, True])
+def test_open_with_a_variant_writes_it_where_the_exact_files_were(
+    tmp_path: Path, variants_only: bool
+) -> None:
+    """`open --variant fp16` gives the model in fp16: every variant file at the path of
+    the exact file it replaces (shards, adapter), everything without a variant as it
+    was (config, shard index), no exact copy and no other variant beside it."""
+    from safetensors.numpy import load_file
+
+    root = tmp_path / "m"
+    source = _sharded_model(root)
+    pkg = tmp_path / "v.spk"
+    _seal_variant(root, pkg, ["fp16", "int8"], variants_only=variants_only)
+    policy = resolve_policy([str(KEYS / "signing-ed25519.key.pub")], None)
+    out = tmp_path / "fp16"
+    report = secpack.extract(str(pkg), str(out), identities=[], policy=policy, variant="fp16")
+    got = _files(out)
+    original = _files(root)
+    assert sorted(got) == sorted(original)
+    for path in ("config.json", "model.safetensors.index.json", "lora/adapter_config.json"):
+        assert got[path] == original[path]
+    assert report.files == len(original) and report.bytes_written == sum(map(len, got.values()))
+    assert "weights.int8" not in report.components and "weights.fp16" in report.components
+    for path in got:
+        if path.endswith(".safetensors"):
+            for name, value in load_file(str(out / path)).items():
+                ref = source[name]
+                if ref.dtype == np.float32:
+                    assert value.dtype == np.float16, name
+                    assert np.array_equal(value, ref.astype(np.float16)), name
+                else:
+                    assert np.array_equal(value, ref), name
+    # int8: codes and scales, the layout secpack's loader dequantizes.
+    out8 = tmp_path / "int8"
+    secpack.extract(str(pkg), str(out8), identities=[], policy=policy, variant="int8")
+    shard = load_file(str(out8 / "model-00001-of-00002.safetensors"))
+    assert shard["l0.w"].dtype == np.int8 and "l0.w@scale" in shard
+    assert sorted(_files(out8)) == sorted(original)
+
+
+def test_open_with_a_variant_refuses_what_it_cannot_do(small_model: Path, tmp_path: Path) -> None:
+    pkg = tmp_path / "v.spk"
+    _seal_variant(small_model, pkg, ["int8"])
+    policy = resolve_policy([str(KEYS / "signing-ed25519.key.pub")], None)
+    cases = [
+        ({"variant": "fp8"}, "input.invalid"),
+        ({"variant": "fp16"}, "component.unknown"),
+        ({"variant": "int8", "components": ["weights"]}, "input.invalid"),
+        ({"variant": "int8", "emit_model_signing": True}, "input.invalid"),
+    ]
+    for options, code in cases:
+        out = tmp_path / "out"
+        with pytest.raises(SecpackError) as err:
+            secpack.extract(str(pkg), str(out), identities=[], policy=policy, **options)
+        assert err.value.code == code, options
+        assert not out.exists()
+    plain = tmp_path / "plain.spk"
+    _seal_variant(small_model, plain, [])
+    with pytest.raises(SecpackError) as err:
+        secpack.extract(
+            str(plain), str(tmp_path / "o"), identities=[], policy=policy, variant="int8"
+        )
+    assert err.value.code == "component.unknown" and "seal --variant" in err.value.detail
