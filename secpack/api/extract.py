@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import x25519
 
 from secpack.api.common import NullProgress, Progress
 from secpack.api.trust import remember_version, trusted_package
-from secpack.errors import SecpackError
+from secpack.errors import SchemaError, SecpackError
 from secpack.format.contents import FileEntry, check_paths
 from secpack.format.manifest import Manifest
 from secpack.package.decode import OpenComponent
@@ -180,6 +180,12 @@ def extract(
         check_paths(path for chosen in layout for _, path in chosen)
         total = sum(f.size for chosen in layout for f, _ in chosen)
         files = sum(len(chosen) for chosen in layout)
+        if files > policy.limits.max_files:
+            # The limit holds per component when a contents table is read; seal
+            # writes no more than this in all, and open writes no more either.
+            raise SchemaError(
+                "schema.invalid", f"{files} files in all, more than {policy.limits.max_files}"
+            )
         progress.start(total, "opening")
         with AtomicDirectory(output) as target:
             with OutputTree(target.tmp) as tree:

@@ -676,8 +676,12 @@ def _dequantize(
 def _to_torch(array: np.ndarray, dtype: str) -> Any:
     try:
         import torch
-    except ImportError:
+    except ModuleNotFoundError as exc:
+        if exc.name != "torch":  # torch is there, but something it needs is not
+            raise ValueError(f"framework='torch': importing torch failed: {exc}") from exc
         raise ValueError("framework='torch' needs torch to be installed") from None
+    except ImportError as exc:  # a broken install (a missing shared library, say)
+        raise ValueError(f"framework='torch': importing torch failed: {exc}") from exc
     special = {
         "BF16": torch.bfloat16,
         "F8_E4M3": getattr(torch, "float8_e4m3fn", None),

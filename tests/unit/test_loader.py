@@ -8,6 +8,7 @@ import json
 import logging
 import multiprocessing
 import struct
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +160,30 @@ def test_torch_framework(package: Path) -> None:
         sd = pkg.state_dict("weights", framework="torch")
         assert sd["small.bf16"].dtype == torch.bfloat16
         assert torch.equal(sd["ids"], torch.arange(-50, 50, dtype=torch.int64))
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (None, "needs torch to be installed"),
+        ("import secpack_test_missing_dependency\n", "importing torch failed"),
+        ("raise ImportError('libtorch_cpu.so: cannot open shared object file')\n", "libtorch_cpu"),
+    ],
+)
+def test_torch_that_cannot_be_imported_is_told_apart(
+    package: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, body: str | None, message: str
+) -> None:
+    """Torch that is not installed, and torch that is but fails to import (a missing
+    dependency or shared library), are different problems: each says which."""
+    if body is None:
+        monkeypatch.setitem(sys.modules, "torch", None)  # import torch: not found
+    else:
+        (tmp_path / "torch").mkdir()
+        (tmp_path / "torch" / "__init__.py").write_text(body)
+        monkeypatch.delitem(sys.modules, "torch", raising=False)
+        monkeypatch.syspath_prepend(str(tmp_path))
+    with _open(package) as pkg, pytest.raises(ValueError, match=message):
+        pkg.state_dict("weights", framework="torch")
 
 
 def test_one_tensor_reads_only_header_signatures_and_its_segments(package: Path) -> None:

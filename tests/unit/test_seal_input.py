@@ -185,3 +185,32 @@ def test_what_seal_adds_must_not_collide_with_the_input(
         )
     assert err.value.code == "input.unsafe"
     assert not (tmp_path / "p.spk").exists()
+
+
+def test_open_caps_the_files_of_all_components_together(tmp_path: Path) -> None:
+    """max_files bounds each contents table as it is read, and what open writes in
+    all: two components of two files each are refused under a cap of three, with
+    nothing written, while the loader still reads each component."""
+    import dataclasses
+
+    import secpack
+    from secpack.api.extract import extract
+    from secpack.format.limits import Limits
+    from secpack.sign.policy import policy_from_keys
+
+    root = _model(tmp_path / "m")
+    (root / "tokenizer.json").write_text("{}")
+    (root / "vocab.txt").write_text("a\nb\n")
+    (root / "generation_config.json").write_text("{}")
+    out = tmp_path / "p.spk"
+    _seal(root, out, None)
+    policy = policy_from_keys([("k", (KEYS / "signing-ed25519.key.pub").read_bytes())])
+    tight = dataclasses.replace(policy, limits=Limits(max_files=3))
+    with pytest.raises(SecpackError) as err:
+        extract(str(out), str(tmp_path / "out"), identities=[], policy=tight)
+    assert err.value.code == "schema.invalid" and "5 files in all" in err.value.detail
+    assert not (tmp_path / "out").exists()
+    with secpack.open_package(str(out), policy=tight) as pkg:
+        assert sorted(f.path for f in pkg.files("tokenizer")) == ["tokenizer.json", "vocab.txt"]
+    report = extract(str(out), str(tmp_path / "all"), identities=[], policy=policy)
+    assert report.files == 5
