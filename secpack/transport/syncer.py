@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import os
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 
 from secpack.errors import OutputError
 
@@ -20,6 +21,11 @@ __all__ = ["Syncer"]
 
 # Large enough that the sync calls are few, small enough that the tail is short.
 SYNC_EVERY = 64 << 20
+# Files whose fsync and close may wait in the queue at once, each holding its
+# descriptor: when decoding outruns the disk, the caller waits instead, so that
+# thousands of finished files never run the process out of descriptors (the
+# usual soft limit is 1024).
+MAX_CLOSING = 64
 
 
 class Syncer:
@@ -29,6 +35,7 @@ class Syncer:
         self._lock = threading.Lock()
         self._unsynced: dict[int, int] = {}
         self._futures: list[Future[None]] = []
+        self._closing: deque[Future[None]] = deque()
 
     def wrote(self, fd: int, n: int) -> None:
         with self._lock:
@@ -38,6 +45,11 @@ class Syncer:
                 return
             self._unsynced[fd] = 0
             self._futures.append(self._pool.submit(os.fdatasync, fd))
+
+    def forget(self, fd: int) -> None:
+        """Drop ``fd``'s count of unsynced bytes: its owner syncs it another way."""
+        with self._lock:
+            self._unsynced.pop(fd, None)
 
     def finish(self, fd: int, close: bool) -> None:
         """Queue the file's final fsync (and close, which then belongs to the syncer)."""
@@ -51,7 +63,12 @@ class Syncer:
 
         with self._lock:
             self._unsynced.pop(fd, None)
-            self._futures.append(self._pool.submit(job))
+            future = self._pool.submit(job)
+            self._futures.append(future)
+        self._closing.append(future)
+        while len(self._closing) > MAX_CLOSING:
+            # Its error, if any, is raised by wait(), which sees every future.
+            wait([self._closing.popleft()])
 
     def wait(self) -> None:
         """Wait for every queued sync; raise ``output.io`` if any failed."""

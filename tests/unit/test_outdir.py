@@ -131,3 +131,105 @@ def test_a_failed_fsync_of_the_root_is_a_typed_error_and_closes_it_once(
     assert err.value.code == "output.io"
     with pytest.raises(OSError):
         os.fstat(root)  # closed, and only once: no other descriptor was hit
+
+
+def _open_files(under: Path) -> int:
+    """Regular-file descriptors this process holds below ``under``."""
+    count = 0
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            continue
+        if target.startswith(str(under)) and os.path.isfile(target):
+            count += 1
+    return count
+
+
+def test_small_files_close_at_once_and_one_syncfs_makes_them_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if outdir._syncfs() is None:
+        pytest.skip("no syncfs(2) here")
+    synced: list[int] = []
+    fsynced: list[int] = []
+    real_syncfs, real_fsync = outdir._syncfs(), os.fsync
+    assert real_syncfs is not None
+    monkeypatch.setattr(outdir, "_syncfs", lambda: lambda fd: (synced.append(fd), real_syncfs(fd)))
+    monkeypatch.setattr(os, "fsync", lambda fd: (fsynced.append(fd), real_fsync(fd))[-1])
+    monkeypatch.setattr(outdir, "SMALL_FILE", 100)
+    with OutputTree(str(tmp_path)) as tree:
+        root = tree.root_fd
+        for i in range(50):
+            _write(tree, f"d/small{i}", b"x" * 99)
+            assert _open_files(tmp_path) == 0  # closed by finish itself
+        _write(tree, "big", b"y" * 100)
+        tree.close()
+    assert synced == [root]
+    # The large file had its own fsync; the small ones none (the directories do).
+    assert len(fsynced) == 1 + 2  # big, then d/ and the root
+    assert (tmp_path / "d" / "small7").read_bytes() == b"x" * 99
+
+
+def test_without_syncfs_every_file_is_fsynced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fsynced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(outdir, "_syncfs", lambda: None)
+    monkeypatch.setattr(os, "fsync", lambda fd: (fsynced.append(fd), real_fsync(fd))[-1])
+    with OutputTree(str(tmp_path)) as tree:
+        for i in range(5):
+            _write(tree, f"f{i}", b"x")
+        tree.close()
+    assert len(fsynced) == 5 + 1
+
+
+def test_a_failed_syncfs_is_a_typed_error_and_leaves_no_descriptor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def failing(fd: int) -> None:
+        raise OSError(errno.EIO, "I/O error")
+
+    if outdir._syncfs() is None:
+        pytest.skip("no syncfs(2) here")
+    monkeypatch.setattr(outdir, "_syncfs", lambda: failing)
+    with pytest.raises(OutputError) as err, OutputTree(str(tmp_path)) as tree:
+        _write(tree, "a/f", b"x")
+        tree.close()
+    assert err.value.code == "output.io" and "flushing output" in err.value.detail
+    assert _open_dirs(tmp_path) == 0 and _open_files(tmp_path) == 0
+
+
+def test_files_waiting_for_fsync_hold_a_bounded_number_of_descriptors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk slower than decoding must not let finished files pile up open: the
+    writer waits once MAX_CLOSING of them are queued."""
+    import threading
+
+    from secpack.transport import syncer
+
+    gate = threading.Event()
+    real_fsync = os.fsync
+
+    def slow(fd: int) -> None:
+        gate.wait(10)  # the disk stalls for a while
+        real_fsync(fd)
+
+    monkeypatch.setattr(outdir, "SMALL_FILE", 0)  # every file takes the syncer's way
+    monkeypatch.setattr(os, "fsync", slow)
+    count = 3 * syncer.MAX_CLOSING
+    peak = 0
+    with OutputTree(str(tmp_path)) as tree:
+        # Without the bound, every file would be finished (and held open) long
+        # before the stall ends.
+        threading.Timer(0.5, gate.set).start()
+        for i in range(count):
+            fd = tree.create(f"f{i}", 1, 0o644)
+            tree.pwrite(fd, 0, b"z", f"f{i}")
+            tree.finish(fd, f"f{i}")
+            peak = max(peak, _open_files(tmp_path))
+        tree.close()
+    assert syncer.MAX_CLOSING <= peak <= syncer.MAX_CLOSING + 1
+    assert len(list(tmp_path.iterdir())) == count
