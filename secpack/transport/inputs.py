@@ -97,6 +97,12 @@ class InputDirectory:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise InputError("input.unsafe", f"{path} is no longer a regular file")
+            # O_NOFOLLOW guards the last element only: a directory on the way renamed
+            # away and back (or a parent link flipped) between the scan and this
+            # open would hand over another file under this name. Every read goes
+            # through this descriptor, so checking what it is covers all of them.
+            if _fingerprint(st) != self.fingerprints.get(path):
+                raise InputError("input.invalid", f"{path} changed while it was being sealed")
             yield fd
         except OSError as exc:  # a read failed: an I/O error of the disk
             raise InputError("input.io", f"{path}: cannot read ({exc.strerror})") from None

@@ -214,3 +214,36 @@ def test_open_caps_the_files_of_all_components_together(tmp_path: Path) -> None:
         assert sorted(f.path for f in pkg.files("tokenizer")) == ["tokenizer.json", "vocab.txt"]
     report = extract(str(out), str(tmp_path / "all"), identities=[], policy=policy)
     assert report.files == 5
+
+
+@pytest.mark.parametrize("how", ["rename", "symlink"])
+def test_a_directory_swapped_away_and_back_cannot_lend_another_file(
+    tmp_path: Path, how: str
+) -> None:
+    """O_NOFOLLOW guards a path's last element only. A directory on the way renamed
+    away and back (or a parent link flipped and flipped back) between the scan and
+    a read must not hand over another file: the read itself is refused, since the
+    check at the end would see the original again."""
+    from secpack.format.limits import DEFAULT_LIMITS
+    from secpack.transport.inputs import scan_input
+
+    model = tmp_path / "m"
+    (model / "sub").mkdir(parents=True)
+    (model / "sub" / "big.bin").write_bytes(b"A" * 4096)
+    other = tmp_path / "other"
+    (other / "sub").mkdir(parents=True)
+    (other / "sub" / "big.bin").write_bytes(b"B" * 4096)
+    if how == "symlink":
+        # The input is named through a link (with a trailing slash), which is flipped.
+        link = tmp_path / "link"
+        link.symlink_to(model)
+        tree = scan_input(f"{link}/", DEFAULT_LIMITS)
+        link.unlink()
+        link.symlink_to(other)
+    else:
+        tree = scan_input(str(model), DEFAULT_LIMITS)
+        (model / "sub").rename(tmp_path / "away")
+        (other / "sub").rename(model / "sub")
+    with pytest.raises(SecpackError) as err:
+        tree.read_at("sub/big.bin", 0, 16)
+    assert err.value.code == "input.invalid" and "changed while" in err.value.detail
