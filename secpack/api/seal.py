@@ -160,7 +160,7 @@ def seal(
         if type(version) is not int or not 1 <= version < 2**63:
             raise InputError("input.invalid", "--version must be a positive integer")
         progress = progress or NullProgress()
-        tree = scan_input(source, DEFAULT_LIMITS, follow_symlinks)
+        tree = scan_input(source, DEFAULT_LIMITS, follow_symlinks, output)
         pkg_name = name if name is not None else tree.default_name
         if not PACKAGE_NAME_RE.fullmatch(pkg_name):
             raise InputError(

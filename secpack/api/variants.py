@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import struct
-import tempfile
 from collections.abc import Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from secpack.tensors.variants import (
     variant_dtype,
     wants_transform,
 )
+from secpack.transport.atomic import temp_name
 from secpack.transport.inputs import InputDirectory
 from secpack.workers import worker_threads
 
@@ -109,10 +109,10 @@ def build_variants(
     sources = [f for f in tree.files if f.path.endswith(".safetensors")]
     if not sources:
         raise InputError("input.invalid", "--variant needs safetensors weights in the input")
-    parent = os.path.dirname(os.path.abspath(near))
-    workdir = tempfile.mkdtemp(
-        prefix=f".{os.path.basename(near)}.secpack-tmp-variants-", dir=parent
-    )
+    # Named like the package's own temporaries, so that a seal killed while it
+    # built variants leaves nothing the next seal to that output does not remove.
+    workdir = temp_name(near)
+    os.mkdir(workdir, 0o700)
     build = VariantBuild(workdir, {}, [], {}, {}, [], split)
     # int8 tries each of a few column scalings on the whole tensor, and the trials
     # are independent: one worker each, at most. A worker holds one block of rows

@@ -29,6 +29,7 @@ __all__ = [
     "AtomicFile",
     "fsync_dir",
     "remove_stale",
+    "temp_base",
     "temp_name",
 ]
 
@@ -68,9 +69,28 @@ def _umask() -> int:
     return 0o022
 
 
+# A file name's longest, in bytes, on Linux file systems (NAME_MAX).
+_NAME_MAX = 255
+# What a temporary adds to its destination's name: ".", the marker, the origin,
+# "-", a pid of up to 7 digits (pid_max is at most 2^22), "-" and 8 hex digits.
+_TEMP_EXTRA = 1 + len(TMP_MARKER) + 8 + 1 + 7 + 1 + 8
+
+
+def temp_base(base: str) -> str:
+    """``base`` as it appears in its temporaries' names: itself, or where that would
+    make them too long for the file system, a prefix and a hash of it (the same
+    every time, so that remove_stale finds them)."""
+    if len(base.encode()) + _TEMP_EXTRA <= _NAME_MAX:
+        return base
+    tag = "~" + hashlib.sha256(base.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    room = _NAME_MAX - _TEMP_EXTRA - len(tag)
+    short = base.encode("utf-8", "surrogateescape")[:room].decode("utf-8", "ignore")
+    return short + tag
+
+
 def temp_name(dest: str) -> str:
     parent, base = os.path.split(os.path.abspath(dest))
-    name = f".{base}{TMP_MARKER}{origin()}-{os.getpid()}-{secrets.token_hex(4)}"
+    name = f".{temp_base(base)}{TMP_MARKER}{origin()}-{os.getpid()}-{secrets.token_hex(4)}"
     return os.path.join(parent, name)
 
 
@@ -90,7 +110,9 @@ def remove_stale(dest: str) -> list[str]:
     including other writers of the same destination, are left alone."""
     parent, base = os.path.split(os.path.abspath(dest))
     # Only temporaries from this boot and PID namespace: elsewhere the pid means nothing.
-    pattern = re.compile(re.escape(f".{base}{TMP_MARKER}{origin()}-") + r"(\d+)-[0-9a-f]{8}")
+    pattern = re.compile(
+        re.escape(f".{temp_base(base)}{TMP_MARKER}{origin()}-") + r"(\d+)-[0-9a-f]{8}"
+    )
     removed: list[str] = []
     try:
         names = os.listdir(parent)

@@ -24,10 +24,12 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from secpack.errors import InputError, SchemaError
+from secpack.format.container import MAGIC
 from secpack.format.contents import MODE_MASK, check_paths
 from secpack.format.limits import Limits
 from secpack.format.paths import path_problem
 from secpack.package.plan import InputFile, InputTree
+from secpack.transport.atomic import TMP_MARKER, temp_base
 from secpack.workers import worker_threads
 
 __all__ = ["InputDirectory", "WithExtraFiles", "file_digests", "refuse_collisions", "scan_input"]
@@ -194,10 +196,52 @@ def _refuse(path: str, why: str) -> InputError:
     return InputError("input.unsafe", f"{path}: {why}")
 
 
-def scan_input(source: str, limits: Limits, follow_symlinks: bool = False) -> InputDirectory:
+class _Output:
+    """The package being written, when it may lie inside the input: the package a
+    previous seal left there and the temporaries of this one (or of a killed one)
+    are not input. Any other file at that path is, and is refused rather than
+    replaced."""
+
+    def __init__(self, output: str) -> None:
+        # Resolved, as each input directory is when compared: the same folder may
+        # be named through a link.
+        parent, base = os.path.split(os.path.abspath(output))
+        self.parent = os.path.realpath(parent)
+        self.path = os.path.join(self.parent, base)
+        self.temp_prefix = f".{temp_base(base)}{TMP_MARKER}"
+
+    def skips(self, directory: str, name: str) -> bool:
+        if directory != self.parent:
+            return False
+        if name.startswith(self.temp_prefix):
+            return True
+        if name != os.path.basename(self.path):
+            return False
+        if _is_package(self.path):
+            return True
+        raise InputError(
+            "input.invalid",
+            f"the output {self.path} is one of the input files; write the package elsewhere",
+        )
+
+
+def _is_package(path: str) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(len(MAGIC)) == MAGIC
+    except OSError:
+        return False
+
+
+def scan_input(
+    source: str, limits: Limits, follow_symlinks: bool = False, output: str | None = None
+) -> InputDirectory:
     """List the regular files under ``source`` (a directory or one file). With
     ``follow_symlinks``, links to regular files are sealed as those files, and
-    ``source`` itself may be a link (see the module's docstring)."""
+    ``source`` itself may be a link (see the module's docstring). ``output``, the
+    package to write, is left out of the input where it lies inside it (one that is
+    not a package is refused, not replaced)."""
+    skip = _Output(output) if output is not None else None
     try:
         st = os.lstat(source)
     except (FileNotFoundError, NotADirectoryError):
@@ -216,6 +260,8 @@ def scan_input(source: str, limits: Limits, follow_symlinks: bool = False) -> In
             given = target  # a directory: walked as if it had been named
     if stat.S_ISREG(st.st_mode):
         root, base = os.path.split(given)
+        if skip is not None and os.path.join(os.path.realpath(root), base) == skip.path:
+            raise InputError("input.invalid", "the output would replace the input file")
         _check_name(base, limits)
         return InputDirectory(
             root,
@@ -229,7 +275,7 @@ def scan_input(source: str, limits: Limits, follow_symlinks: bool = False) -> In
     root = given
     files: list[InputFile] = []
     fingerprints: dict[str, _Fingerprint] = {}
-    _walk(root, "", files, fingerprints, limits, targets if follow_symlinks else None)
+    _walk(root, "", files, fingerprints, limits, targets if follow_symlinks else None, skip)
     # The rules readers apply to the contents (§10), over the whole tree: whatever
     # the components, they are opened into one directory.
     refuse_collisions(files)
@@ -300,6 +346,7 @@ def _walk(
     fingerprints: dict[str, _Fingerprint],
     limits: Limits,
     targets: dict[str, str] | None,
+    skip: _Output | None,
 ) -> None:
     """Walk ``root``/``rel``; ``targets`` is None unless symlinks are followed, and
     then collects the followed ones."""
@@ -308,8 +355,11 @@ def _walk(
         entries = sorted(os.scandir(here), key=lambda e: e.name)
     except OSError as exc:
         raise InputError("input.io", f"{rel or '.'}: cannot list ({exc.strerror})") from None
+    here_real = os.path.realpath(here) if skip is not None else here
     for entry in entries:
         name = entry.name
+        if skip is not None and skip.skips(here_real, name):
+            continue
         child = f"{rel}/{name}" if rel else name
         _check_name(child, limits)
         st = entry.stat(follow_symlinks=False)
@@ -325,7 +375,7 @@ def _walk(
                 raise _refuse(child, "is a symlink to a directory (only file links are followed)")
             targets[child] = target
         if stat.S_ISDIR(st.st_mode):
-            _walk(root, child, out, fingerprints, limits, targets)
+            _walk(root, child, out, fingerprints, limits, targets, skip)
         elif stat.S_ISREG(st.st_mode):
             out.append(InputFile(child, st.st_size, st.st_mode & MODE_MASK))
             fingerprints[child] = _fingerprint(st)

@@ -247,3 +247,78 @@ def test_a_directory_swapped_away_and_back_cannot_lend_another_file(
     with pytest.raises(SecpackError) as err:
         tree.read_at("sub/big.bin", 0, 16)
     assert err.value.code == "input.invalid" and "changed while" in err.value.detail
+
+
+def test_a_variant_build_is_named_as_a_temporary_of_its_output(tmp_path: Path) -> None:
+    """What a killed seal leaves must be something the next seal removes: the
+    precision variants' scratch directory is named like the package's own
+    temporaries, and cleaned by the same rule."""
+    from crash_helpers import temp_pattern
+
+    root = _model(tmp_path / "m")
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    seen: list[str] = []
+    _seal(
+        root, outdir / "p.spk", Meddler(lambda: seen.extend(os.listdir(outdir))), variants=["fp16"]
+    )
+    assert len(seen) >= 2  # the package being written and the variants beside it
+    assert all(temp_pattern("p.spk").fullmatch(name) for name in seen), seen
+    assert os.listdir(outdir) == ["p.spk"]
+
+
+def test_the_output_inside_the_input_is_not_sealed_into_itself(tmp_path: Path) -> None:
+    """Sealing a folder into a package inside it: the package a previous seal left
+    there and temporaries of a killed seal are not input; a file of the input that
+    is not a package is refused rather than replaced."""
+    import subprocess
+
+    import secpack
+    from secpack.sign.policy import policy_from_keys
+    from secpack.transport.atomic import origin
+
+    root = _model(tmp_path / "m")
+    pkg = root / "m.spk"
+    _seal(root, pkg, None)
+    first = pkg.stat().st_size
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = root / f".m.spk.secpack-tmp-{origin()}-{dead.pid}-0123abcd"
+    stale.write_bytes(b"left by a killed seal")
+    _seal(root, pkg, None, overwrite=True)
+    assert abs(pkg.stat().st_size - first) < 64 and not stale.exists()
+    policy = policy_from_keys([("k", (KEYS / "signing-ed25519.key.pub").read_bytes())])
+    with secpack.open_package(str(pkg), policy=policy) as p:
+        paths = {f.path for c in p.components for f in p.files(c.name)}
+    assert paths == {"config.json", "model.safetensors"}
+    config = root / "config.json"
+    before = config.read_bytes()
+    for target, source in ((config, root), (config, config)):
+        with pytest.raises(SecpackError) as err:
+            _seal(source, target, None, overwrite=True)
+        assert err.value.code == "input.invalid"
+        assert config.read_bytes() == before
+
+
+def test_an_output_name_near_the_longest_a_file_system_takes_seals(tmp_path: Path) -> None:
+    """Temporaries add about 40 bytes to the output's name: for a name near the
+    255-byte limit they carry a shortened form of it, the same each time, so that
+    a killed seal's temporaries are still found and removed."""
+    import subprocess
+
+    from secpack.transport.atomic import origin, remove_stale, temp_name
+
+    root = _model(tmp_path / "m")
+    name = "é" * 100 + "x" * 46 + ".spk"  # 250 bytes
+    assert len(name.encode()) == 250
+    out = tmp_path / name
+    _seal(root, out, None)
+    assert out.stat().st_size > 0
+    tmp = os.path.basename(temp_name(str(out)))
+    assert len(tmp.encode()) <= 255
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = tmp_path / tmp.replace(f"-{os.getpid()}-", f"-{dead.pid}-")
+    assert origin() in stale.name
+    stale.write_bytes(b"x")
+    assert remove_stale(str(out)) == [str(stale)]
