@@ -502,3 +502,30 @@ def test_open_out_of_inodes_is_an_io_error(
     assert "No space left on device" in res.stderr, str(res)
     assert os.listdir(disk) == []  # nothing left behind
     assert res.error_code == "output.io", str(res)  # today: output.unsafe
+
+
+def test_open_into_an_empty_mount_point_is_refused_before_writing(
+    tmpfs: Callable[..., Path],
+    big_package: Path,
+    release_key: KeyPair,
+    server_key: KeyPair,
+    tmp_path: Path,
+) -> None:
+    """An empty tmpfs mounted to keep plaintext off the disk cannot be replaced by a
+    rename: open refuses it at once, instead of decrypting everything next to it on
+    the parent's file system and failing at the end."""
+    from secpack.api.extract import extract
+    from secpack.api.keyfiles import load_identity
+    from secpack.errors import SecpackError
+
+    point = tmpfs("8m")
+    before = sorted(os.listdir(point.parent))
+    with pytest.raises(SecpackError) as err:
+        extract(
+            str(big_package),
+            str(point),
+            identities=[load_identity(str(server_key.private))],
+            policy=policy(release_key),
+        )
+    assert err.value.code == "output.exists" and "mount point" in err.value.detail
+    assert sorted(os.listdir(point.parent)) == before and os.listdir(point) == []

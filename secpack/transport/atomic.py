@@ -311,6 +311,19 @@ class AtomicDirectory:
         remove_stale(self.dest)
         if os.path.islink(self.dest) or (os.path.lexists(self.dest) and not self._empty_dir()):
             raise OutputError("output.exists", f"{dest} exists and is not an empty directory")
+        # An empty directory the user made keeps its mode and owner: one made 0700
+        # to keep the plaintext private must not come back 0755.
+        self._keep: os.stat_result | None = None
+        if os.path.lexists(self.dest):
+            if os.path.ismount(self.dest):
+                # rename(2) cannot replace a mount point (EBUSY), and the files would
+                # first be written next to it, on the parent's file system: on a
+                # disk, when the mount was a tmpfs meant to keep them off one.
+                raise OutputError(
+                    "output.exists",
+                    f"{dest} is a mount point; open into a new directory inside it",
+                )
+            self._keep = os.stat(self.dest)
         self.tmp = temp_name(self.dest)
         try:
             os.mkdir(self.tmp, 0o700)
@@ -327,7 +340,13 @@ class AtomicDirectory:
                 raise OutputError("output.exists", f"{self.dest} appeared while writing")
             # Readable by others only once complete: during the write (and after a
             # kill) the decrypted files sit in a directory only the owner can enter.
-            os.chmod(self.tmp, 0o755 & ~_umask())
+            if self._keep is None:
+                os.chmod(self.tmp, 0o755 & ~_umask())
+            else:
+                if (self._keep.st_uid, self._keep.st_gid) != (os.geteuid(), os.getegid()):
+                    with contextlib.suppress(PermissionError):  # as far as we may
+                        os.chown(self.tmp, self._keep.st_uid, self._keep.st_gid)
+                os.chmod(self.tmp, stat.S_IMODE(self._keep.st_mode))
             os.rename(self.tmp, self.dest)
             fsync_dir(os.path.dirname(self.dest))
         except OSError as exc:

@@ -233,3 +233,31 @@ def test_files_waiting_for_fsync_hold_a_bounded_number_of_descriptors(
         tree.close()
     assert syncer.MAX_CLOSING <= peak <= syncer.MAX_CLOSING + 1
     assert len(list(tmp_path.iterdir())) == count
+
+
+@pytest.mark.parametrize("mode", [0o700, 0o750, 0o2770])
+def test_an_existing_empty_directory_keeps_its_mode(tmp_path: Path, mode: int) -> None:
+    """Opening into an empty directory the user made private keeps it private: the
+    complete tree takes the directory's mode, not 0755."""
+    import stat
+
+    from secpack.transport.atomic import AtomicDirectory
+
+    dest = tmp_path / "private"
+    dest.mkdir()
+    os.chmod(dest, mode)
+    with AtomicDirectory(str(dest)) as target:
+        (Path(target.tmp) / "weights.bin").write_bytes(b"secret")
+        target.commit()
+    assert stat.S_IMODE(dest.stat().st_mode) == mode
+    assert (dest / "weights.bin").read_bytes() == b"secret"
+    fresh = tmp_path / "fresh"
+    with AtomicDirectory(str(fresh)) as target:
+        target.commit()
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o755 & ~outdir_umask()
+
+
+def outdir_umask() -> int:
+    from secpack.transport.atomic import _umask
+
+    return _umask()
