@@ -4,6 +4,7 @@ without touching the signed bytes."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -360,6 +361,25 @@ def test_sign_to_copy_leaves_original(tmp_path: Path, sealed: Path, keys: KeyRin
     assert copy.read_bytes()[:cut] == original[:cut]
     ok("verify", copy, "--trust", qa.public, "-q")
     fails("output.exists", "sign", sealed, "--key", qa.private, "-o", copy)
+
+
+def test_sign_and_unsign_in_place_go_through_a_symlink(
+    tmp_path: Path, sealed: Path, keys: KeyRing
+) -> None:
+    """`sign current.spk`, a link to a release: the release is signed and the link
+    still points at it (not replaced by a signed copy beside an unsigned target)."""
+    qa = keys.signing("qa-link")
+    release = tmp_path / "releases" / "v7.spk"
+    release.parent.mkdir()
+    release.write_bytes(sealed.read_bytes())
+    link = tmp_path / "current.spk"
+    link.symlink_to(Path("releases") / "v7.spk")
+    assert ok("sign", link, "--key", qa.private, "--json").json()["signatures"] == 2
+    assert link.is_symlink() and os.readlink(link) == os.path.join("releases", "v7.spk")
+    ok("verify", release, "--trust", qa.public, "-q")
+    kid = ok("signatures", release, "--json").json()["signatures"][1]["key_id"]
+    ok("unsign", link, "--key-id", kid.removeprefix("sha256:")[:16])
+    assert link.is_symlink() and release.read_bytes() == sealed.read_bytes()
 
 
 def test_sign_refuses_tampered_package(tmp_path: Path, sealed: Path, keys: KeyRing) -> None:

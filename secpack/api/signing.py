@@ -61,6 +61,14 @@ class SignatureListing:
     trusted: bool | None  # against the given policy; None without one
 
 
+def _in_place_path(package: str, output: str | None) -> str:
+    """Where an in-place rewrite goes: through any symlinks to the file itself. A
+    link (``current.spk`` to ``releases/v7.spk``) must lead to the signed package
+    afterwards; replacing the link by a copy would leave its target unsigned, and
+    the lock would be on one file while the other is replaced."""
+    return os.path.realpath(package) if output is None else package
+
+
 @contextlib.contextmanager
 def _source(package: str, in_place: bool) -> Iterator[FileSource]:
     """The package to rewrite. In place, it is locked (flock) until the new file has
@@ -135,6 +143,7 @@ def _append(
     make: Callable[[Header], tuple[SignatureEntry, bytes]],
     same_signer: Callable[[SignatureEntry], bool],
 ) -> tuple[SignReport, bytes | None]:
+    package = _in_place_path(package, output)
     with audited("sign") as audit:
         audit["package"] = {"path": package}
         with _source(package, in_place=output is None) as src:
@@ -252,6 +261,7 @@ def _matches(listing: SignatureListing, key_id_text: str) -> bool:
 def remove_signature(package: str, key_id_text: str, output: str | None = None) -> int:
     """Remove the signatures whose key id (or keyless certificate fingerprint) starts
     with ``key_id_text`` (at least 8 hex digits); return how many were removed."""
+    package = _in_place_path(package, output)
     with audited("unsign") as audit:
         audit["package"] = {"path": package}
         with _source(package, in_place=output is None) as src:
