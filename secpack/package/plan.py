@@ -402,7 +402,10 @@ def make_plan(
     limits = limits or Limits()
     # Multiples of 64 keep every segment boundary on an element boundary for all dtypes.
     if not MIN_SEGMENT <= segment_size <= MAX_SEGMENT or segment_size % 64:
-        raise ValueError(f"segment size must be a multiple of 64 in [{MIN_SEGMENT}, {MAX_SEGMENT}]")
+        raise InputError(
+            "input.invalid",
+            f"segment size must be a multiple of 64 in [{MIN_SEGMENT}, {MAX_SEGMENT}]",
+        )
     if not tree.files:
         raise InputError("input.invalid", "nothing to seal: the input holds no files")
     notes: list[str] = []

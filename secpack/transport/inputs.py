@@ -362,7 +362,10 @@ def _walk(
             continue
         child = f"{rel}/{name}" if rel else name
         _check_name(child, limits)
-        st = entry.stat(follow_symlinks=False)
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError as exc:  # a directory that can be listed but not searched
+            raise InputError("input.io", f"{child}: cannot read ({exc.strerror})") from None
         if stat.S_ISLNK(st.st_mode):
             if targets is None:
                 raise _refuse(

@@ -322,3 +322,38 @@ def test_an_output_name_near_the_longest_a_file_system_takes_seals(tmp_path: Pat
     assert origin() in stale.name
     stale.write_bytes(b"x")
     assert remove_stale(str(out)) == [str(stale)]
+
+
+def test_an_input_that_cannot_be_read_is_an_input_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A directory that can be listed but not searched (mode r--): its entries' stat
+    fails. That is the input's problem (input.io), not the output's, and the
+    library raises it typed. So is a segment size out of range."""
+    import errno
+
+    from secpack.transport import inputs
+
+    root = _model(tmp_path / "m")
+    real_scandir = os.scandir
+
+    class Unsearchable:
+        def __init__(self, entry: os.DirEntry[str]) -> None:
+            self.name, self.path, self._entry = entry.name, entry.path, entry
+
+        def stat(self, follow_symlinks: bool = True) -> os.stat_result:
+            if self.name == "config.json":
+                raise PermissionError(errno.EACCES, "Permission denied")
+            return self._entry.stat(follow_symlinks=follow_symlinks)
+
+    monkeypatch.setattr(
+        inputs.os, "scandir", lambda path: [Unsearchable(e) for e in real_scandir(path)]
+    )
+    with pytest.raises(SecpackError) as err:
+        _seal(root, tmp_path / "a.spk", None)
+    assert err.value.code == "input.io" and "config.json" in err.value.detail
+    monkeypatch.undo()
+    with pytest.raises(SecpackError) as err:
+        _seal(root, tmp_path / "b.spk", None, segment_size=100)
+    assert err.value.code == "input.invalid"
+    assert not (tmp_path / "a.spk").exists() and not (tmp_path / "b.spk").exists()
