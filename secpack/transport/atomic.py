@@ -31,6 +31,7 @@ __all__ = [
     "remove_stale",
     "temp_base",
     "temp_name",
+    "umask",
 ]
 
 TMP_MARKER = ".secpack-tmp-"
@@ -57,7 +58,7 @@ def origin() -> str:
     return _origin()
 
 
-def _umask() -> int:
+def umask() -> int:
     """The process umask, read without changing it (os.umask() would, racing threads)."""
     with (
         contextlib.suppress(OSError, ValueError),
@@ -341,7 +342,7 @@ class AtomicDirectory:
             # Readable by others only once complete: during the write (and after a
             # kill) the decrypted files sit in a directory only the owner can enter.
             if self._keep is None:
-                os.chmod(self.tmp, 0o755 & ~_umask())
+                os.chmod(self.tmp, 0o755 & ~umask())
             else:
                 if (self._keep.st_uid, self._keep.st_gid) != (os.geteuid(), os.getegid()):
                     with contextlib.suppress(PermissionError):  # as far as we may

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from types import TracebackType
 
 from secpack.errors import OutputError
+from secpack.transport.atomic import umask
 from secpack.transport.syncer import Syncer
 
 # Errors that mean "something is in the way" (a planted symlink, an existing file or
@@ -90,6 +91,7 @@ class OutputTree:
         self._lock = threading.Lock()
         self._syncer = Syncer()
         self._batched = False  # small files were closed unsynced: syncfs before close
+        self._umask = umask()
 
     def _dir(self, rel: str) -> int:
         """The descriptor of directory ``rel``, made if needed (the caller holds the
@@ -136,7 +138,10 @@ class OutputTree:
         parent, _, name = path.rpartition("/")
         # Owner read/write always; group and others keep at most read and execute, so a
         # private (0600) file stays private and nothing becomes group- or world-writable.
-        perm = (mode & 0o755) | 0o600
+        # The umask narrows it further, as it does for the directories (mkdir) and
+        # for what tar or cp would write: under umask 077 nothing is left readable
+        # by others.
+        perm = (mode & 0o755 & ~self._umask) | 0o600
         with self._lock:
             # Under the lock: another thread may let the directory's descriptor go.
             dir_fd = self._dir(parent)

@@ -11,6 +11,7 @@ import pytest
 
 from secpack.errors import OutputError
 from secpack.transport import outdir
+from secpack.transport.atomic import umask
 from secpack.transport.outdir import OutputTree
 
 
@@ -254,10 +255,26 @@ def test_an_existing_empty_directory_keeps_its_mode(tmp_path: Path, mode: int) -
     fresh = tmp_path / "fresh"
     with AtomicDirectory(str(fresh)) as target:
         target.commit()
-    assert stat.S_IMODE(fresh.stat().st_mode) == 0o755 & ~outdir_umask()
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o755 & ~umask()
 
 
-def outdir_umask() -> int:
-    from secpack.transport.atomic import _umask
+@pytest.mark.parametrize(
+    ("mask", "stored", "written"),
+    [(0o077, 0o755, 0o700), (0o022, 0o644, 0o644), (0o027, 0o600, 0o600), (0o002, 0o775, 0o755)],
+)
+def test_files_honour_the_umask(tmp_path: Path, mask: int, stored: int, written: int) -> None:
+    """A file's stored mode, narrowed by the umask as any new file is; the owner can
+    always read and write, and nothing is ever group- or world-writable."""
+    import stat
 
-    return _umask()
+    old = os.umask(mask)
+    try:
+        with OutputTree(str(tmp_path)) as tree:
+            fd = tree.create("d/f", 1, stored)
+            tree.pwrite(fd, 0, b"x", "d/f")
+            tree.finish(fd, "d/f")
+            tree.close()
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "d" / "f").stat().st_mode) == written
+    assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o755 & ~mask
