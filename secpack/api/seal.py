@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import hashlib
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -80,6 +81,24 @@ def _model_signing(
             "have secpack sign the plaintext",
         )
     return WithExtraFiles(tree, {SIGNATURE_NAME: sign_model(key, name, digests)})
+
+
+# Followed links named one by one in seal's note, at most (the rest are counted).
+_LINKS_SHOWN = 5
+
+
+def _outside_links(tree: InputDirectory) -> tuple[str, ...]:
+    """A note naming the followed links whose targets lie outside the input: with
+    --follow-symlinks a link can reach any file the user can read (a cache snapshot
+    links into ../../blobs, a hostile clone to ~/.ssh), and what was sealed should
+    be visible."""
+    inside = os.path.realpath(tree.root) + os.sep
+    outside = sorted((p, t) for p, t in tree.targets.items() if not t.startswith(inside))
+    if not outside:
+        return ()
+    shown = ", ".join(f"{p} -> {t}" for p, t in outside[:_LINKS_SHOWN])
+    more = f" (and {len(outside) - _LINKS_SHOWN} more)" if len(outside) > _LINKS_SHOWN else ""
+    return (f"{len(outside)} followed link(s) lead outside the input: {shown}{more}",)
 
 
 def _recipient_map(
@@ -264,5 +283,5 @@ def seal(
             package_size=package_size,
             signers=tuple(key_id(k.public_key()) for k in sign_keys),
             seconds=time.perf_counter() - started,
-            notes=plan.notes + tuple(build.notes if build else ()),
+            notes=plan.notes + tuple(build.notes if build else ()) + _outside_links(tree),
         )

@@ -186,3 +186,29 @@ def test_a_link_to_a_file_whose_size_is_not_its_length_is_refused(
         _seal(root, out, follow_symlinks=True)
     assert err.value.code == "input.unsafe" and "size is not its length" in err.value.detail
     assert not out.exists()
+
+
+def test_links_followed_outside_the_input_are_named_in_a_note(tmp_path: Path) -> None:
+    """With --follow-symlinks a link can reach any file the user can read: seal says
+    which links led outside the input (the first few by name, then a count), and
+    says nothing of links that stay inside it."""
+    snap, want = _snapshot(tmp_path / "cache")
+    (snap / "inner.json").symlink_to("config.json")  # a link to a link inside
+    (snap / "own.txt").write_text("a plain file")
+    (snap / "same.txt").symlink_to("own.txt")
+    for i in range(4):
+        (snap / f"extra{i}.bin").symlink_to(
+            os.path.relpath(tmp_path / "cache" / "blobs" / "blob0", snap)
+        )
+    report = seal(
+        str(snap),
+        str(tmp_path / "p.spk"),
+        encrypt=False,
+        sign_keys=[load_signing_key(str(KEYS / "signing-ed25519.key"))],
+        follow_symlinks=True,
+    )
+    (note,) = [n for n in report.notes if "outside the input" in n]
+    outside = len(want) + 4 + 1  # inner.json resolves through config.json to a blob
+    assert note.startswith(f"{outside} followed link(s) lead outside the input: ")
+    assert "1_Pooling/config.json -> " + str(tmp_path / "cache" / "blobs") in note
+    assert note.endswith(f"(and {outside - 5} more)") and "same.txt" not in note
