@@ -24,12 +24,14 @@ def interrupted(as_json: bool) -> NoReturn:
     shell's code for SIGINT) at once. It writes what secpack.cli.render's ``fail``
     writes, by itself: importing that module imports typer, which is what may have
     been interrupted."""
-    if as_json:
-        doc = {"ok": False, "error": {"code": "interrupted", "message": INTERRUPTED}}
-        sys.stdout.write(json.dumps(doc) + "\n")
-    sys.stderr.write(f"error[interrupted]: {INTERRUPTED}\n")
-    for stream in (sys.stdout, sys.stderr):
-        # A closed pipe: the exit status still says it.
+    doc = {"ok": False, "error": {"code": "interrupted", "message": INTERRUPTED}}
+    writes = [(sys.stdout, json.dumps(doc) + "\n")] if as_json else []
+    writes.append((sys.stderr, f"error[interrupted]: {INTERRUPTED}\n"))
+    for stream, text in writes:
+        # A closed stream (None), a full disk or a closed pipe: the exit status
+        # still says it.
+        with contextlib.suppress(Exception):
+            stream.write(text)
         with contextlib.suppress(Exception):
             stream.flush()
     os._exit(130)

@@ -32,6 +32,7 @@ __all__ = [
     "SchemaError",
     "SecpackError",
     "SignatureError",
+    "StdoutError",
     "TensorError",
 ]
 
@@ -105,6 +106,22 @@ class LimitError(SecpackError):
     """A configured resource limit would be exceeded."""
 
 
+class StdoutError(SecpackError):
+    """The command line's stdout would not take the report of a verb that had
+    already done its work. Only the CLI raises it.
+
+    It is not ``output.io``: the package or directory was written, and a retry
+    would find it there. ``broken_pipe`` is a reader that stopped reading, which
+    ends the command quietly, as it ends any Unix tool."""
+
+    def __init__(self, reason: str, broken_pipe: bool = False) -> None:
+        super().__init__(
+            "stdout.io",
+            f"the operation succeeded, but its report could not be written to stdout: {reason}",
+        )
+        self.broken_pipe = broken_pipe
+
+
 # code -> one-line meaning. The order and wording here are mirrored in docs/FORMAT.md.
 CODES: dict[str, str] = {
     # framing
@@ -157,6 +174,8 @@ CODES: dict[str, str] = {
     "output.exists": "output path already exists",
     "output.unsafe": "a path inside the package is unsafe to write",
     "output.io": "the output could not be written",
+    # the CLI's report (not the package or directory it wrote)
+    "stdout.io": "the report could not be written to stdout; the operation itself succeeded",
     # resources
     "limit.exceeded": "a resource limit would be exceeded",
     # audit log

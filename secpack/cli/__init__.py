@@ -14,7 +14,7 @@ from typing import Annotated, NoReturn
 
 import typer
 
-from secpack.errors import SecpackError
+from secpack.errors import SecpackError, StdoutError
 
 __all__ = ["app", "main"]
 
@@ -73,11 +73,33 @@ ThreadsOpt = Annotated[
 # verb (while it parses the command line) into exit 130 without a word.
 _reported: list[bool] = []
 
+# The work was done but its report could not be written (stdout.io): EX_IOERR of
+# sysexits.h, as `internal` is EX_SOFTWARE (70); apart from 1, so that a script can
+# tell a lost report from a refused operation, and need not redo the work.
+EXIT_STDOUT = 74
+# A reader closed stdout's pipe (`secpack ... | head -c0`): 128 + SIGPIPE, the
+# status a shell shows for any Unix tool that the signal ended.
+EXIT_BROKEN_PIPE = 141
+
+
+def _stdout_failed(err: StdoutError) -> int:
+    """Report a verb whose report stdout would not take (after its work succeeded),
+    and return the exit status: a broken pipe ends quietly, as it ends `cat`."""
+    from secpack.cli.render import write_err
+
+    if err.broken_pipe:
+        return EXIT_BROKEN_PIPE
+    # stderr only: the JSON object of --json has nowhere to go.
+    write_err(f"error[{err.code}]: {err.detail}\n")
+    return EXIT_STDOUT
+
 
 def _run(as_json: bool, action: Callable[[], None]) -> None:
     """Run one verb; every failure becomes ``error[code]: message`` and a non-zero exit."""
     try:
         action()
+    except StdoutError as err:
+        raise typer.Exit(_stdout_failed(err)) from None
     except SecpackError as err:
         from secpack.cli.render import fail
 
@@ -116,8 +138,9 @@ def _run(as_json: bool, action: Callable[[], None]) -> None:
 def _version(value: bool) -> None:
     if value:
         from secpack import __version__
+        from secpack.cli.render import write_out
 
-        sys.stdout.write(f"secpack {__version__}\n")
+        write_out(f"secpack {__version__}\n")  # a StdoutError ends in main()
         raise typer.Exit(0)
 
 
@@ -153,6 +176,11 @@ def main() -> NoReturn:
     try:
         app()
         code = 0
+    except StdoutError as err:  # --version's line that stdout did not take
+        code = _stdout_failed(err)
+    except OSError as exc:  # help text that stdout did not take (click lets it out)
+        # click ends a broken pipe itself (exit 1); what escapes is any other failure.
+        code = _stdout_failed(StdoutError(exc.strerror or str(exc)))
     except KeyboardInterrupt:  # outside a verb: while parsing or printing
         from secpack.entry import interrupted
 

@@ -1,7 +1,6 @@
 """``secpack audit show|verify|export``."""
 
 import json
-import sys
 from typing import Annotated, Any
 
 import typer
@@ -112,11 +111,12 @@ def export(log: LogOpt = None, as_json: JsonOpt = True) -> None:
     """Write the records as one JSON document (or JSON Lines without --json)."""
 
     def action() -> None:
+        from secpack.cli.render import write_out
+
         records = _records(log)
         if as_json:
-            sys.stdout.write(json.dumps({"ok": True, "records": records}) + "\n")
+            write_out(json.dumps({"ok": True, "records": records}) + "\n")
         else:
-            for r in records:
-                sys.stdout.write(json.dumps(r, sort_keys=True) + "\n")
+            write_out("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
 
     _run(as_json, action)

@@ -2,7 +2,6 @@
 
 import contextlib
 import os
-import sys
 from typing import Annotated, Any
 
 import typer
@@ -134,7 +133,14 @@ def seal(
     def action() -> None:
         from secpack.api.keyfiles import load_recipient, load_signing_key, passphrase_from_env
         from secpack.api.seal import seal as do_seal
-        from secpack.cli.render import human_ratio, human_size, out, printable, progress_for
+        from secpack.cli.render import (
+            human_ratio,
+            human_size,
+            out,
+            printable,
+            progress_for,
+            write_err,
+        )
 
         passphrase = passphrase_from_env(passphrase_env)
         keys = [load_signing_key(p, passphrase) for p in sign_key or []]
@@ -184,7 +190,7 @@ def seal(
         plain = m.plain_size
         if not quiet and not as_json:
             for note in report.notes:
-                sys.stderr.write(f"note: {printable(note)}\n")
+                write_err(f"note: {printable(note)}\n")
         lines = [
             f"sealed {m.name} v{m.version} -> {report.path}",
             f"  components: {', '.join(c.name for c in m.components)}",

@@ -1,14 +1,25 @@
 """Turning reports into what people read (and into JSON). Only the CLI prints."""
 
+import contextlib
 import datetime as dt
 import json
 import os
 import sys
 from typing import Any
 
-from secpack.errors import SecpackError
+from secpack.errors import SecpackError, StdoutError
 
-__all__ = ["fail", "human_ratio", "human_size", "human_time", "out", "printable", "progress_for"]
+__all__ = [
+    "fail",
+    "human_ratio",
+    "human_size",
+    "human_time",
+    "out",
+    "printable",
+    "progress_for",
+    "write_err",
+    "write_out",
+]
 
 # Characters a terminal acts on rather than shows: C0 and C1 controls and DEL
 # (escape sequences, carriage returns, new lines that forge a line of output), the
@@ -58,23 +69,54 @@ def human_time(ts: int | None) -> str:
         return f"{ts} (seconds since 1970, beyond year 9999)"
 
 
+def write_out(text: str) -> None:
+    """Write ``text`` to stdout and flush it, so that a full disk, a closed pipe or
+    a closed stdout shows here, as a :class:`StdoutError`, and not later in an
+    exit handler or as the failure of the work that came before."""
+    stream = sys.stdout
+    try:
+        if stream is None:  # started with stdout closed (`>&-`)
+            raise StdoutError("stdout is closed")
+        stream.write(text)
+        stream.flush()
+    except BrokenPipeError:
+        raise StdoutError("the reader closed the pipe", broken_pipe=True) from None
+    except (OSError, ValueError) as exc:  # ValueError: a stream closed in this process
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise StdoutError(reason) from None
+
+
+def write_err(text: str) -> None:
+    """Write ``text`` to stderr if it can be written. stderr is where failures are
+    reported: when it is gone too, the exit status is all that is left, and a
+    failure to write there must not replace what is being reported."""
+    stream = sys.stderr
+    if stream is None:
+        return
+    with contextlib.suppress(OSError, ValueError):
+        stream.write(text)
+        stream.flush()
+
+
 def out(obj: dict[str, Any], as_json: bool, lines: list[str], quiet: bool) -> None:
     """Print a success: JSON on stdout, or human lines unless quiet."""
     if as_json:
-        sys.stdout.write(json.dumps({"ok": True, **obj}, sort_keys=True) + "\n")
+        write_out(json.dumps({"ok": True, **obj}, sort_keys=True) + "\n")
     elif not quiet:
-        for line in lines:
-            sys.stdout.write(printable(line) + "\n")
+        write_out("".join(printable(line) + "\n" for line in lines))
 
 
 def fail(err: SecpackError, as_json: bool) -> None:
-    """Report an error: ``error[<code>]: <message>`` on stderr, or JSON on stdout."""
+    """Report an error: ``error[<code>]: <message>`` on stderr, or JSON on stdout.
+
+    Never raises: the exit status reports the error whether or not stdout and
+    stderr can still be written."""
     message = err.detail
     if as_json:
-        sys.stdout.write(
-            json.dumps({"ok": False, "error": {"code": err.code, "message": message}}) + "\n"
-        )
-    sys.stderr.write(f"error[{err.code}]: {printable(message)}\n")
+        doc = {"ok": False, "error": {"code": err.code, "message": message}}
+        with contextlib.suppress(StdoutError):
+            write_out(json.dumps(doc) + "\n")
+    write_err(f"error[{err.code}]: {printable(message)}\n")
 
 
 class _RichProgress:
@@ -130,7 +172,7 @@ _BAR_THRESHOLD = 256 << 20
 
 def progress_for(quiet: bool, as_json: bool, size_hint: int) -> _RichProgress | _Quiet:
     """A progress bar on a terminal for work worth watching; silence otherwise."""
-    if quiet or as_json or not sys.stderr.isatty() or os.environ.get("CI"):
+    if quiet or as_json or sys.stderr is None or not sys.stderr.isatty() or os.environ.get("CI"):
         return _Quiet()
     if size_hint < _BAR_THRESHOLD:
         return _Quiet()

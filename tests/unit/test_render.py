@@ -64,3 +64,44 @@ def test_an_interrupt_is_a_typed_error_in_json_too(capsys: pytest.CaptureFixture
     captured = capsys.readouterr()
     assert json.loads(captured.out)["error"]["code"] == "interrupted"
     assert captured.err.startswith("error[interrupted]: ")
+
+
+def test_a_report_stdout_does_not_take_is_stdout_io(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A closed or failing stdout is a StdoutError (stdout.io), not an OSError that
+    would read as the failure of the package output (output.io)."""
+    import io
+
+    from secpack.errors import StdoutError
+
+    monkeypatch.setattr("sys.stdout", None)
+    with pytest.raises(StdoutError) as closed:
+        out({}, True, [], False)
+    assert closed.value.code == "stdout.io" and not closed.value.broken_pipe
+
+    class Pipe(io.StringIO):
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr("sys.stdout", Pipe())
+    with pytest.raises(StdoutError) as broken:
+        out({}, False, ["x"], False)
+    assert broken.value.code == "stdout.io" and broken.value.broken_pipe
+    out({}, False, ["x"], True)  # quiet: nothing to write, nothing to fail
+
+
+@pytest.mark.parametrize("stdout", ["closed", "failing"])
+def test_reporting_an_error_never_raises(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], stdout: str
+) -> None:
+    import io
+
+    class Full(io.StringIO):
+        def write(self, text: str) -> int:
+            raise OSError(28, "No space left on device")
+
+    capsys.readouterr()
+    monkeypatch.setattr("sys.stdout", None if stdout == "closed" else Full())
+    fail(SecpackError("input.missing", "x.spk does not exist"), True)
+    assert capsys.readouterr().err == "error[input.missing]: x.spk does not exist\n"
+    monkeypatch.setattr("sys.stderr", None)
+    fail(SecpackError("input.missing", "x.spk does not exist"), True)

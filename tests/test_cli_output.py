@@ -1,0 +1,164 @@
+"""What the command line reports when stdout cannot take its report: a full disk,
+a reader that closed the pipe, a stdout closed at start. The operation's own
+outcome stays what the exit status and the error code say, and nothing ends in
+a traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+import pytest
+from helpers import KeyPair, assert_same_tree, clean_env, ok
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# The exit statuses the README documents for a report that stdout did not take.
+STDOUT_IO = 74
+BROKEN_PIPE = 141
+
+needs_dev_full = pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full")
+
+
+def _secpack(
+    *args: str | os.PathLike[str], stdout: int | IO[bytes], close_stdout: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """Run ``secpack ARGS`` in a process of its own, stdout as given, stderr captured.
+    It runs this tree's code (``python -m secpack`` on PYTHONPATH): the installed
+    console script may belong to another checkout."""
+    cmd = [sys.executable, "-m", "secpack", *(os.fspath(a) for a in args)]
+    if close_stdout:
+        cmd = ["sh", "-c", 'exec "$@" >&-', "sh", *cmd]
+    return subprocess.run(
+        cmd,
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env({"PYTHONPATH": str(ROOT)}),
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.fixture
+def full() -> Iterator[IO[bytes]]:
+    """A stdout on which every write fails with ENOSPC."""
+    with open("/dev/full", "wb") as fh:
+        yield fh
+
+
+@pytest.fixture
+def no_reader() -> Iterator[int]:
+    """A pipe's write end whose read end is already closed: every write is EPIPE,
+    whenever it comes (no race with a reader that closes it later)."""
+    r, w = os.pipe()
+    os.close(r)
+    yield w
+    os.close(w)
+
+
+def _stdout_io(done: subprocess.CompletedProcess[str]) -> None:
+    assert done.returncode == STDOUT_IO, done
+    assert done.stderr.startswith("error[stdout.io]: "), done
+    assert "succeeded" in done.stderr, done
+    assert "Traceback" not in done.stderr, done
+
+
+@needs_dev_full
+@pytest.mark.parametrize("as_json", [False, True])
+def test_a_seal_whose_report_stdout_cannot_take_is_stdout_io_not_output_io(
+    tmp_path: Path,
+    model_dir: Path,
+    release_key: KeyPair,
+    server_key: KeyPair,
+    full: IO[bytes],
+    as_json: bool,
+) -> None:
+    pkg = tmp_path / "m.spk"
+    keys = ("--sign-key", release_key.private, "--recipient", server_key.public)
+    done = _secpack("seal", model_dir, "-o", pkg, *keys, *(["--json"] * as_json), stdout=full)
+    _stdout_io(done)
+    # The package was written whole: it verifies.
+    ok("verify", pkg, "--trust", release_key.public)
+
+
+@needs_dev_full
+@pytest.mark.parametrize("as_json", [False, True])
+def test_verify_with_a_full_stdout_is_stdout_io_without_a_traceback(
+    sealed: Path, release_key: KeyPair, full: IO[bytes], as_json: bool
+) -> None:
+    args = ("verify", sealed, "--trust", release_key.public, *(["--json"] * as_json))
+    _stdout_io(_secpack(*args, stdout=full))
+
+
+def test_a_reader_that_closed_the_pipe_ends_an_open_quietly(
+    tmp_path: Path,
+    model_dir: Path,
+    sealed: Path,
+    release_key: KeyPair,
+    server_key: KeyPair,
+    no_reader: int,
+) -> None:
+    out = tmp_path / "out"
+    args = ("--identity", server_key.private, "--trust", release_key.public)
+    done = _secpack("open", sealed, "-o", out, *args, stdout=no_reader)
+    assert done.returncode == BROKEN_PIPE, done
+    assert done.stderr == "", done
+    assert_same_tree(model_dir, out)
+
+
+def test_verify_json_into_a_closed_pipe_ends_quietly(
+    sealed: Path, release_key: KeyPair, no_reader: int
+) -> None:
+    done = _secpack("verify", sealed, "--trust", release_key.public, "--json", stdout=no_reader)
+    assert done.returncode == BROKEN_PIPE, done
+    assert done.stderr == "", done
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_a_closed_stdout_is_stdout_io_not_internal(
+    sealed: Path, release_key: KeyPair, as_json: bool
+) -> None:
+    args = ("verify", sealed, "--trust", release_key.public, *(["--json"] * as_json))
+    done = _secpack(*args, stdout=subprocess.DEVNULL, close_stdout=True)
+    _stdout_io(done)
+    assert "stdout is closed" in done.stderr, done
+
+
+def test_quiet_needs_no_stdout(sealed: Path, release_key: KeyPair) -> None:
+    args = ("verify", sealed, "--trust", release_key.public, "--quiet")
+    done = _secpack(*args, stdout=subprocess.DEVNULL, close_stdout=True)
+    assert done.returncode == 0 and done.stderr == "", done
+
+
+@needs_dev_full
+@pytest.mark.parametrize("how", ["full", "closed", "no reader"])
+def test_a_failure_stays_that_failure_whatever_stdout_is(
+    tmp_path: Path, release_key: KeyPair, how: str, no_reader: int
+) -> None:
+    """With --json the error's object goes to stdout too; when stdout cannot take
+    it, the error line on stderr and the exit status still report the failure."""
+    args = ("verify", tmp_path / "missing.spk", "--trust", release_key.public, "--json")
+    if how == "full":
+        with open("/dev/full", "wb") as fh:
+            done = _secpack(*args, stdout=fh)
+    elif how == "closed":
+        done = _secpack(*args, stdout=subprocess.DEVNULL, close_stdout=True)
+    else:
+        done = _secpack(*args, stdout=no_reader)
+    assert done.returncode == 1, done
+    assert done.stderr.startswith("error[input.missing]: "), done
+    assert "Traceback" not in done.stderr, done
+
+
+@needs_dev_full
+@pytest.mark.parametrize("flag", ["--version", "--help"])
+def test_version_and_help_into_a_full_stdout(flag: str, full: IO[bytes]) -> None:
+    done = _secpack(flag, stdout=full)
+    assert done.returncode == STDOUT_IO, done
+    assert done.stderr.startswith("error[stdout.io]: "), done
+    assert "Traceback" not in done.stderr, done
