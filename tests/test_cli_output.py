@@ -1,7 +1,10 @@
-"""What the command line reports when stdout cannot take its report: a full disk,
-a reader that closed the pipe, a stdout closed at start. The operation's own
-outcome stays what the exit status and the error code say, and nothing ends in
-a traceback."""
+"""What the command line reports, and with which exit status.
+
+When stdout cannot take its report (a full disk, a reader that closed the pipe,
+a stdout closed at start), the operation's own outcome stays what the exit
+status and the error code say, and nothing ends in a traceback. Usage errors
+are reported as every other error, under --json too, and equivalent errors exit
+with the same status."""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from pathlib import Path
 from typing import IO
 
 import pytest
-from helpers import KeyPair, assert_same_tree, clean_env, ok
+from helpers import KeyPair, assert_same_tree, clean_env, fails, ok, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -162,3 +165,67 @@ def test_version_and_help_into_a_full_stdout(flag: str, full: IO[bytes]) -> None
     assert done.returncode == STDOUT_IO, done
     assert done.stderr.startswith("error[stdout.io]: "), done
     assert "Traceback" not in done.stderr, done
+
+
+# --- usage errors and exit statuses ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (("verify", "x.spk", "--bogus"), "No such option: --bogus"),
+        (("unsign", "x.spk"), "Missing option '--key-id'"),
+        (("seal", "m"), "Missing option '--output'"),
+        (("verify",), "Missing argument"),
+        (("keygen", "signing"), "Missing option '--output'"),
+        (("bogus",), "No such command 'bogus'"),
+        (("verify", "x.spk", "--threads", "abc"), "'abc' is not a valid int"),
+    ],
+)
+@pytest.mark.parametrize("as_json", [False, True])
+def test_usage_errors_are_input_invalid_with_their_json_object(
+    args: tuple[str, ...], said: str, as_json: bool
+) -> None:
+    res = fails("input.invalid", *args, *(["--json"] * as_json))
+    assert res.returncode == 2, str(res)
+    assert said in res.stderr, str(res)
+    # For people: click's usage line and where to find help, after the error line.
+    assert "Usage: " in res.stderr and " -h' for help." in res.stderr, str(res)
+    if as_json:
+        assert said in res.json()["error"]["message"], str(res)
+    else:
+        assert res.stdout == "", str(res)
+
+
+def test_no_arguments_still_shows_the_help() -> None:
+    res = run_cli()
+    assert res.returncode == 2 and "Commands:" in res.stdout + res.stderr, str(res)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ("--segment-size", "0"),
+        ("--level", "foo"),
+        ("--threads", "-1"),
+        ("--threads", "abc"),
+        ("--version", "0"),
+        ("--recipient", "config="),
+        ("--component", "weights"),
+    ],
+)
+def test_bad_option_values_all_exit_2(
+    tmp_path: Path, model_dir: Path, release_key: KeyPair, server_key: KeyPair, bad: tuple[str, str]
+) -> None:
+    """One code, one exit status: a value that click refuses and one that secpack
+    refuses, before or deep inside the seal, are the same kind of error."""
+    recipient = () if bad[0] == "--recipient" else ("--recipient", server_key.public)
+    args = ("seal", model_dir, "-o", tmp_path / "m.spk", "--sign-key", release_key.private)
+    res = fails("input.invalid", *args, *recipient, *bad, "--json")
+    assert res.returncode == 2, str(res)
+    assert not (tmp_path / "m.spk").exists()
+
+
+def test_a_refusal_of_the_operation_still_exits_1(tmp_path: Path, release_key: KeyPair) -> None:
+    res = fails("input.missing", "verify", tmp_path / "missing.spk", "--trust", release_key.public)
+    assert res.returncode == 1, str(res)

@@ -10,16 +10,97 @@ import contextlib
 import os
 import sys
 from collections.abc import Callable
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
+from typer._click.core import Context
+from typer._click.exceptions import NoArgsIsHelpError, UsageError
+from typer.core import TyperGroup
 
 from secpack.errors import SecpackError, StdoutError
 
 __all__ = ["app", "main"]
 
+# The exit status of each code that does not exit 1 (README, docs/FORMAT.md §12).
+# input.invalid is a command that cannot be carried out as given, whether click
+# finds it (a missing or unknown option, `--threads abc`) or secpack does
+# (`--threads -1`, `--level foo`): the same code, so the same status. internal is
+# EX_SOFTWARE of sysexits.h, and stdout.io (the work was done but its report was
+# lost) EX_IOERR: apart from 1, so that a script can tell a lost report from a
+# refused operation, and need not redo the work.
+EXIT_STATUS = {"input.invalid": 2, "internal": 70, "stdout.io": 74, "interrupted": 130}
+
+
+def exit_status(code: str) -> int:
+    return EXIT_STATUS.get(code, 1)
+
+
+# Whether the command line asks for --json, in Context.meta (shared by the
+# contexts of the verb and of the groups above it).
+_AS_JSON = "secpack.json"
+
+
+class _UsageFailure(UsageError):
+    """A usage error reported as every other error: ``error[input.invalid]`` on
+    stderr and, with --json, the error object on stdout; then click's usage line
+    and hint, for people."""
+
+    exit_code = EXIT_STATUS["input.invalid"]
+
+    def __init__(self, cause: UsageError, as_json: bool) -> None:
+        super().__init__(cause.format_message(), cause.ctx)
+        self.as_json = as_json
+
+    def show(self, file: object = None) -> None:
+        from secpack.cli.render import fail, write_err
+
+        fail(SecpackError("input.invalid", self.message), self.as_json)
+        ctx = self.ctx
+        if ctx is not None:
+            hint = ""
+            if ctx.command.get_help_option(ctx) is not None:
+                hint = f"Try '{ctx.command_path} {ctx.help_option_names[0]}' for help.\n"
+            write_err(f"{ctx.get_usage()}\n{hint}")
+
+
+def _usage_failure(exc: UsageError, as_json: bool) -> UsageError:
+    # No arguments at all asks for the help text (exit 2), as click shows it.
+    if isinstance(exc, NoArgsIsHelpError | _UsageFailure):
+        return exc
+    return _UsageFailure(exc, as_json)
+
+
+class _Group(TyperGroup):
+    """The root command: its parsing and its verbs' parsing (a missing or unknown
+    option or argument, a value of the wrong type) fail through _UsageFailure."""
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: Context | None = None,
+        **extra: Any,
+    ) -> Context:
+        # Before parsing, which may fail: a flag that the parse never reaches still
+        # asks for JSON (the same test as secpack.entry's for an interrupt).
+        as_json = "--json" in args
+        try:
+            ctx = super().make_context(info_name, args, parent, **extra)
+        except UsageError as exc:
+            raise _usage_failure(exc, as_json) from None
+        ctx.meta[_AS_JSON] = as_json
+        return ctx
+
+    def invoke(self, ctx: Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UsageError as exc:
+            raise _usage_failure(exc, bool(ctx.meta.get(_AS_JSON))) from None
+
+
 app = typer.Typer(
     name="secpack",
+    cls=_Group,
     help="Seal ML models into signed, encrypted, compressed packages, and open them safely.",
     no_args_is_help=True,
     add_completion=False,
@@ -73,10 +154,6 @@ ThreadsOpt = Annotated[
 # verb (while it parses the command line) into exit 130 without a word.
 _reported: list[bool] = []
 
-# The work was done but its report could not be written (stdout.io): EX_IOERR of
-# sysexits.h, as `internal` is EX_SOFTWARE (70); apart from 1, so that a script can
-# tell a lost report from a refused operation, and need not redo the work.
-EXIT_STDOUT = 74
 # A reader closed stdout's pipe (`secpack ... | head -c0`): 128 + SIGPIPE, the
 # status a shell shows for any Unix tool that the signal ended.
 EXIT_BROKEN_PIPE = 141
@@ -91,7 +168,7 @@ def _stdout_failed(err: StdoutError) -> int:
         return EXIT_BROKEN_PIPE
     # stderr only: the JSON object of --json has nowhere to go.
     write_err(f"error[{err.code}]: {err.detail}\n")
-    return EXIT_STDOUT
+    return exit_status(err.code)
 
 
 def _run(as_json: bool, action: Callable[[], None]) -> None:
@@ -104,21 +181,21 @@ def _run(as_json: bool, action: Callable[[], None]) -> None:
         from secpack.cli.render import fail
 
         fail(err, as_json)
-        raise typer.Exit(1) from None
+        raise typer.Exit(exit_status(err.code)) from None
     except KeyboardInterrupt:
         from secpack.cli.render import fail
         from secpack.entry import INTERRUPTED
 
         fail(SecpackError("interrupted", INTERRUPTED), as_json)
         _reported.append(True)
-        raise typer.Exit(130) from None
+        raise typer.Exit(exit_status("interrupted")) from None
     except (ValueError, TypeError) as exc:
         from secpack.cli.render import fail
 
         if os.environ.get("SECPACK_DEBUG"):
             raise
         fail(SecpackError("input.invalid", str(exc)), as_json)
-        raise typer.Exit(2) from None
+        raise typer.Exit(exit_status("input.invalid")) from None
     except OSError as exc:
         from secpack.cli.render import fail
 
@@ -132,7 +209,7 @@ def _run(as_json: bool, action: Callable[[], None]) -> None:
         if os.environ.get("SECPACK_DEBUG"):
             raise
         fail(SecpackError("internal", f"{type(exc).__name__}: {exc}"), as_json)
-        raise typer.Exit(70) from None
+        raise typer.Exit(exit_status("internal")) from None
 
 
 def _version(value: bool) -> None:
