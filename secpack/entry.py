@@ -1,6 +1,7 @@
 """The console script's first frame: it imports the command line (typer, then the
 verb's modules), so that an interrupt during those imports, before any verb has
-begun, ends as ``error[interrupted]`` with exit 130 and not as a traceback.
+begun, ends as ``error[interrupted]`` with exit 130 and not as a traceback
+(SIGTERM takes the same way out, with exit 143).
 
 It imports nothing but the standard library before the command line."""
 
@@ -9,19 +10,38 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import sys
 from typing import NoReturn
 
-__all__ = ["interrupted", "main"]
+__all__ = ["interrupt_status", "interrupted", "main"]
 
 # What an interrupt reports, before or after a verb began: nothing is ever left
 # half-written (outputs are built under temporary names and renamed whole).
 INTERRUPTED = "stopped; nothing was left half-written"
 
 
+# The signal that ended the run, once one has (SIGTERM); none for Ctrl-C.
+_signalled: list[int] = []
+
+
+def interrupt_status() -> int:
+    """128 + the signal, as a shell reports a process a signal ended: 130 for
+    Ctrl-C (SIGINT), 143 for SIGTERM."""
+    return 128 + (_signalled[-1] if _signalled else signal.SIGINT)
+
+
+def _terminate(signum: int, frame: object) -> None:
+    # SIGTERM (timeout(1), docker stop, a cancelled CI job) takes Ctrl-C's way out,
+    # through every cleanup on the way: without this the process died at once and
+    # left a temporary of decrypted files behind.
+    _signalled.append(signum)
+    raise KeyboardInterrupt
+
+
 def interrupted(as_json: bool) -> NoReturn:
-    """Report ``interrupted`` as every other error is reported, and exit 130 (the
-    shell's code for SIGINT) at once. It writes what secpack.cli.render's ``fail``
+    """Report ``interrupted`` as every other error is reported, and exit at once
+    with ``interrupt_status()``. It writes what secpack.cli.render's ``fail``
     writes, by itself: importing that module imports typer, which is what may have
     been interrupted."""
     doc = {"ok": False, "error": {"code": "interrupted", "message": INTERRUPTED}}
@@ -34,7 +54,7 @@ def interrupted(as_json: bool) -> NoReturn:
             stream.write(text)
         with contextlib.suppress(Exception):
             stream.flush()
-    os._exit(130)
+    os._exit(interrupt_status())
 
 
 def main() -> NoReturn:
@@ -45,6 +65,8 @@ def main() -> NoReturn:
     # workers start (measured with `perf stat`). A value the user set is kept.
     # Only the command line does this: a library must not change its host's BLAS.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    # Only the command line: a library must not take over its host's signals.
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         from secpack.cli import main as cli_main
     except KeyboardInterrupt:

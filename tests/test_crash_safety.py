@@ -529,3 +529,39 @@ def test_open_into_an_empty_mount_point_is_refused_before_writing(
         )
     assert err.value.code == "output.exists" and "mount point" in err.value.detail
     assert sorted(os.listdir(point.parent)) == before and os.listdir(point) == []
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_open_stopped_by_a_signal_leaves_no_plaintext(
+    work: Path, big_package: Path, release_key: KeyPair, server_key: KeyPair, sig: str
+) -> None:
+    """SIGTERM (timeout(1), docker stop, a cancelled CI job) takes the same way out
+    as Ctrl-C: the temporary of decrypted files is removed, the output never
+    appears, and the status is 128 + the signal."""
+    import signal
+
+    from helpers import SECPACK, clean_env
+
+    parent = work / f"stop-{sig}"
+    parent.mkdir()
+    out = parent / "model"
+    proc = subprocess.Popen(
+        [SECPACK, "open", str(big_package), "-o", str(out), "--threads", "1",
+         "--identity", str(server_key.private), "--trust", str(release_key.public)],
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    # Wait until decrypted files are being written into the temporary.
+    while time.monotonic() < deadline and proc.poll() is None:
+        if any(p.is_file() for p in parent.rglob("*") if p.parent != parent):
+            break
+        time.sleep(0.005)
+    assert proc.poll() is None, "open finished before it could be stopped"
+    proc.send_signal(getattr(signal, sig))
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + getattr(signal, sig), err
+    assert err.startswith("error[interrupted]: ") and "Traceback" not in err
+    assert os.listdir(parent) == []

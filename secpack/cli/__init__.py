@@ -184,11 +184,11 @@ def _run(as_json: bool, action: Callable[[], None]) -> None:
         raise typer.Exit(exit_status(err.code)) from None
     except KeyboardInterrupt:
         from secpack.cli.render import fail
-        from secpack.entry import INTERRUPTED
+        from secpack.entry import INTERRUPTED, interrupt_status
 
         fail(SecpackError("interrupted", INTERRUPTED), as_json)
         _reported.append(True)
-        raise typer.Exit(exit_status("interrupted")) from None
+        raise typer.Exit(interrupt_status()) from None
     except (ValueError, TypeError) as exc:
         from secpack.cli.render import fail
 
