@@ -50,7 +50,7 @@ from secpack.package.decode import OpenComponent
 from secpack.package.parallel import ordered
 from secpack.package.reader import largest_segment
 from secpack.sign.policy import Policy, Signer
-from secpack.tensors.variants import VARIANTS, VARIANTS_ONLY
+from secpack.tensors.variants import EXACT_SERVES, VARIANTS, VARIANTS_ONLY
 from secpack.transport.spkfile import FileSource
 from secpack.workers import worker_threads
 
@@ -173,6 +173,7 @@ class Package:
         self._components: dict[int, OpenComponent] = {}
         self._pool: ThreadPoolExecutor | None = None
         self._served: dict[str, str] = {}
+        self._served_tensors: dict[str, str] = {}
         self._header, signers = establish_trust(
             src, policy, expected_name=expected_name, allow_downgrade=allow_downgrade
         )
@@ -356,12 +357,14 @@ class Package:
                 continue  # a file the variant does not cover, or int8's own scales
             array = self._decode_tensor(comp, found)
             pair = scales.get(name)
-            if pair is None:
-                return array
-            parts = {name: array}
-            for scale in pair:
-                parts[scale] = self._decode_tensor(*self._find(scale, held))
-            return _dequantize(parts, {name: pair})[name]
+            if pair is not None:
+                parts = {name: array}
+                for scale in pair:
+                    parts[scale] = self._decode_tensor(*self._find(scale, held))
+                array = _dequantize(parts, {name: pair})[name]
+            with self._lock:
+                self._served_tensors[name] = choice
+            return array
         raise SecpackError(
             "component.unknown",
             f"none of {list(prefer)} holds {name!r} in {base!r} (have {self.variants(base)})",
@@ -440,18 +443,36 @@ class Package:
 
     def served(self, component: str = "weights") -> str | None:
         """Which variant (``"exact"``, ``"int8"``, ...) the last state_dict of
-        ``component`` returned, or None before any."""
+        ``component`` returned, or None before any (``served_tensor`` is the same
+        for ``tensor(name, prefer=...)``)."""
         return self._served.get(component)
 
+    def served_tensor(self, name: str) -> str | None:
+        """Which variant the last ``tensor(name, prefer=...)`` returned, or None
+        before any: int8 dequantized to float32 looks like exact weights."""
+        return self._served_tensors.get(name)
+
     def variants(self, component: str = "weights") -> list[str]:
-        """The precision variants of ``component`` in this package, "exact" included."""
+        """The precision variants of ``component`` in this package, "exact" included.
+        A variant seal was asked for and did not store, because it would have
+        changed no tensor (fp16 of fp16 weights), is listed too: the exact weights
+        serve it."""
         names = {c.name for c in self.manifest.components}
-        others = [v for v in VARIANTS if f"{component}.{v}" in names]
+        served = self._exact_serves(component) if component in names else []
+        others = [v for v in VARIANTS if f"{component}.{v}" in names or v in served]
         # With --variants-only the exact component keeps only what has no variant
-        # (an adapter's config, say): its tensors are in the variants alone.
-        exact_left_out = bool(others) and self.manifest.metadata.get(VARIANTS_ONLY) == "true"
+        # (an adapter's config, say): its tensors are in the variants alone. Unless
+        # it serves a variant itself: then seal kept all of it.
+        exact_left_out = (
+            bool(others) and not served and self.manifest.metadata.get(VARIANTS_ONLY) == "true"
+        )
         found = ["exact"] if component in names and not exact_left_out else []
         return found + others
+
+    def _exact_serves(self, component: str) -> list[str]:
+        """The variants of ``component`` its exact weights serve (seal's record)."""
+        value = self.manifest.metadata.get(f"{EXACT_SERVES}{component}", "")
+        return [v for v in value.split(",") if v in VARIANTS]
 
     def _check_exact(self, component: str) -> None:
         """Refuse to serve as exact weights a component whose tensors are only in its
@@ -467,20 +488,25 @@ class Package:
     def _forms(self, component: str, prefer: Sequence[str]) -> Iterator[tuple[str, str]]:
         """(form, the component that holds it) for each of ``prefer`` that the
         package has and this identity can read, in that order."""
+        if isinstance(prefer, str):  # "int8" would iterate as "i", "n", ...
+            raise ValueError(f"prefer must be a list of forms, e.g. [{prefer!r}]")
         available = self.variants(component)
         for choice in prefer:
             if choice not in (*VARIANTS, "exact"):
                 raise ValueError(f"unknown variant {choice!r}")
             if choice not in available:
                 continue
-            held = component if choice == "exact" else f"{component}.{choice}"
+            # A variant not stored because it would change nothing: the exact
+            # weights are that variant, and are served (and reported) as exact.
+            form = "exact" if choice in self._exact_serves(component) else choice
+            held = component if form == "exact" else f"{component}.{form}"
             try:
                 self._component(held)
             except SecpackError as exc:
                 if exc.code != "key.no-recipient":
                     raise
                 continue  # this identity may read another variant
-            yield choice, held
+            yield form, held
 
     def _preferred(self, component: str, prefer: Sequence[str]) -> dict[str, Any]:
         for choice, name in self._forms(component, prefer):

@@ -206,8 +206,14 @@ def seal(
             build = build_variants(tree, variants, components, output, threads)
             cleanup.callback(build.cleanup)
             # --variants-only leaves out the exact form of each file that has a
-            # variant; a file without one (a dtype secpack does not model) stays.
-            replaced = {rel.split("/", 2)[2] for rel in build.files}
+            # variant; a file without one (a dtype secpack does not model) stays,
+            # and so does every file of a component whose exact weights serve a
+            # variant asked for (fp16 of fp16 weights: not stored, nothing lost).
+            replaced = {
+                rel.split("/", 2)[2]
+                for comp, rel in build.overrides
+                if comp.rpartition(".")[0] not in build.exact_serves
+            }
             source_tree = WithExtraFiles(
                 source_tree,
                 scratch=build.files,

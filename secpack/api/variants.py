@@ -17,7 +17,7 @@ import shutil
 import struct
 from collections.abc import Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -27,6 +27,7 @@ from secpack.package.plan import assign_components, tensor_names_reader
 from secpack.tensors import safetensors
 from secpack.tensors.dtypes import DTYPE_SIZES
 from secpack.tensors.variants import (
+    EXACT_SERVES,
     INT8_TRIALS,
     VARIANTS,
     ElementReader,
@@ -71,6 +72,10 @@ class VariantBuild:
     # "weights" (plan._split_weights): the exact files keep these components even
     # when --variants-only leaves out the files that made them clash.
     split: list[tuple[str, str]]
+    # component -> the variants its exact weights serve: asked for, and not stored
+    # because they would change nothing (fp16 of fp16 weights). --variants-only
+    # keeps such a component's exact files, and the loader serves them for it.
+    exact_serves: dict[str, list[str]] = field(default_factory=dict)
 
     def cleanup(self) -> None:
         shutil.rmtree(self.workdir, ignore_errors=True)
@@ -154,6 +159,7 @@ def build_variants(
                 # exact weights. (Within a component the variant must hold every
                 # file's tensors, so a partly converted one keeps all its copies.)
                 _drop_variant(build, variant, comp, written_for[comp])
+                build.exact_serves.setdefault(comp, []).append(variant)
             if not any(rel.startswith(f"variants/{variant}/") for rel in build.files):
                 if unchanged:
                     continue
@@ -162,6 +168,8 @@ def build_variants(
                     f"--variant {variant}: no safetensors file holds only dtypes secpack models",
                 )
             build.summary[f"variant.{variant}.max_rel_l2"] = f"{worst:.6g}"
+        for comp, served in build.exact_serves.items():
+            build.summary[f"{EXACT_SERVES}{comp}"] = ",".join(served)
         return build
     except BaseException:
         build.cleanup()

@@ -19,6 +19,7 @@ import numpy as np
 from secpack.tensors.dtypes import DTYPE_SIZES, FLOAT_DTYPES
 
 __all__ = [
+    "EXACT_SERVES",
     "INT8_TRIALS",
     "VARIANTS",
     "VARIANTS_ONLY",
@@ -37,6 +38,10 @@ VARIANTS = ("fp16", "bf16", "int8")
 # Package metadata key (value "true") that ``seal --variants-only`` sets: the exact
 # components hold no tensors, so a loader must not offer "exact" beside a variant.
 VARIANTS_ONLY = "variants-only"
+# Manifest metadata key prefix: "variant.exact-serves.<component>" = the variants
+# (comma-separated) that seal was asked for and did not store for that component,
+# because they would have changed no tensor: its exact weights serve them.
+EXACT_SERVES = "variant.exact-serves."
 # Elements per block when transforming a large tensor: 8 MiB of float32, so that
 # the few temporaries numpy makes per block stay at tens of MiB.
 _BLOCK_ELEMS = (8 << 20) // 4

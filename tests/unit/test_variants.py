@@ -748,10 +748,62 @@ def test_a_variant_that_changes_nothing_is_not_stored(tmp_path: Path) -> None:
     notes = _seal_variant(root, tmp_path / "v.spk", ["bf16"])
     assert any("bf16 variant of 'weights' not made" in n for n in notes)
     with _open(tmp_path / "v.spk") as p:
-        assert p.variants("weights") == ["exact"]
+        # Asked for and served: by the exact weights, which are that variant.
+        assert p.variants("weights") == ["exact", "bf16"]
         assert [c.name for c in p.components if c.name.startswith("weights")] == ["weights"]
-        sd = p.state_dict("weights", prefer=["bf16", "exact"])
-        assert p.served() == "exact" and np.array_equal(sd["w"], bf16)
+        for prefer in (["bf16", "exact"], ["bf16"]):
+            sd = p.state_dict("weights", prefer=prefer)
+            assert p.served() == "exact" and np.array_equal(sd["w"], bf16)
+            assert np.array_equal(p.tensor("w", prefer=prefer), bf16)
+            assert p.served_tensor("w") == "exact"
+        with pytest.raises(SecpackError) as err:
+            p.state_dict("weights", prefer=["fp16"])
+        assert err.value.code == "component.unknown"
+
+
+def test_variants_only_keeps_the_exact_weights_that_serve_a_variant(tmp_path: Path) -> None:
+    """--variants-only --variant bf16 --variant int8 on bf16 weights: bf16 is not
+    stored (it would change nothing), so the exact weights are what serves it and
+    must stay; int8 is stored beside them. Nothing asked for is lost."""
+    from helpers import Tensor, write_safetensors
+    from safetensors.numpy import load_file
+
+    rng = np.random.default_rng(9)
+    bf16 = (rng.standard_normal((64, 32)).astype(np.float32).view(np.uint32) >> 16).astype(
+        np.uint16
+    )
+    root = tmp_path / "m"
+    root.mkdir()
+    write_safetensors(root / "model.safetensors", {"w": Tensor("BF16", (64, 32), bf16.tobytes())})
+    (root / "config.json").write_text("{}")
+    pkg = tmp_path / "v.spk"
+    _seal_variant(root, pkg, ["bf16", "int8"], variants_only=True)
+    with _open(pkg) as p:
+        names = sorted(c.name for c in p.components)
+        assert names == ["config", "weights", "weights.int8"]
+        assert p.variants("weights") == ["exact", "bf16", "int8"]
+        assert np.array_equal(p.state_dict("weights", prefer=["bf16"])["w"], bf16)
+        assert p.served() == "exact"
+        assert p.state_dict("weights", prefer=["int8"])["w"].dtype == np.float32
+        assert p.served() == "int8"
+        p.tensor("w", prefer=["int8", "bf16"])
+        assert p.served_tensor("w") == "int8"
+        assert np.array_equal(p.tensor("w"), bf16)
+    policy = resolve_policy([str(KEYS / "signing-ed25519.key.pub")], None)
+    out = tmp_path / "bf16"
+    secpack.extract(str(pkg), str(out), identities=[], policy=policy, variant="bf16")
+    assert (out / "model.safetensors").read_bytes() == (root / "model.safetensors").read_bytes()
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    out8 = tmp_path / "int8"
+    secpack.extract(str(pkg), str(out8), identities=[], policy=policy, variant="int8")
+    assert load_file(str(out8 / "model.safetensors"))["w"].dtype == np.int8
+
+
+def test_prefer_must_be_a_list(small_model: Path, tmp_path: Path) -> None:
+    pkg = tmp_path / "v.spk"
+    _seal_variant(small_model, pkg, ["int8"])
+    with _open(pkg) as p, pytest.raises(ValueError, match="list of forms"):
+        p.state_dict("weights", prefer="int8")  # type: ignore[arg-type]
 
 
 def test_a_partly_converted_component_keeps_every_file_in_its_variant(tmp_path: Path) -> None:
