@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import tracemalloc
+from collections.abc import Callable
 
 import pytest
 
 from secpack.errors import SchemaError
-from secpack.format.contents import check_paths
+from secpack.format.contents import check_paths, parse_contents
+from secpack.format.limits import DEFAULT_LIMITS
 from secpack.format.paths import collision_key, path_problem
 
 
@@ -20,6 +22,22 @@ from secpack.format.paths import collision_key, path_problem
         "1_Pooling/config.json",
         "模型/权重.bin",
         "a/" * 63 + "x",  # 64 elements
+        # Names that merely contain a Windows device name are files there.
+        "CONFIG.json",
+        "console.txt",
+        "nul_count.bin",
+        "com10.txt",
+        "lpt0",
+        "COM0.bin",
+        "auxiliary/aux_loss.bin",
+        "sub/CON_/x",
+        "xNUL.txt",
+        " CON",  # Windows drops trailing spaces only
+        "com\u2074",  # superscript four: not a port digit
+        # Beside C1, Latin-1 is ordinary text.
+        "no\u00a0break.txt",
+        "caf\u00e9.json",
+        "\u00ff.bin",
     ],
 )
 def test_accepted(path: str) -> None:
@@ -53,6 +71,75 @@ def test_accepted(path: str) -> None:
 )
 def test_refused(path: str) -> None:
     assert path_problem(path, 4096) is not None
+
+
+_DEVICES = ["CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"] + [
+    f"{port}{digit}" for port in ("COM", "LPT") for digit in "123456789\u00b9\u00b2\u00b3"
+]
+
+
+def _mixed(name: str) -> str:
+    return "".join(c.lower() if i % 2 else c for i, c in enumerate(name))
+
+
+# (path, the element refused), {} standing for the device name.
+_SPELLINGS = [
+    ("{}", "{}"),
+    ("{}.txt", "{}.txt"),
+    ("{}.tar.gz", "{}.tar.gz"),
+    ("{} .json", "{} .json"),  # Windows drops the spaces before the dot
+    ("sub/{}", "{}"),
+    ("{}/config.json", "{}"),  # as a directory element
+    ("a/{}.bin/b", "{}.bin"),
+]
+
+
+@pytest.mark.parametrize("device", _DEVICES)
+@pytest.mark.parametrize("case", [str.upper, str.lower, str.title, _mixed])
+@pytest.mark.parametrize(("path", "element"), _SPELLINGS)
+def test_windows_device_names_are_refused(
+    device: str, case: Callable[[str], str], path: str, element: str
+) -> None:
+    name = case(device)
+    assert path_problem(path.format(name), 4096) == (
+        f"path element {element.format(name)!r} is a reserved device name on Windows"
+    )
+
+
+@pytest.mark.parametrize("path", ["CON ", "nul.", "sub/aux  /x"])
+def test_device_names_with_a_trailing_space_or_dot_are_refused_too(path: str) -> None:
+    assert path_problem(path, 4096) == "path element ends with a space or a dot"
+
+
+@pytest.mark.parametrize("ch", ["\x00", "\x1b", "\x7f", "\x80", "\x85", "\x9b", "\x9f"])
+def test_control_characters_are_refused_c0_and_c1_alike(ch: str) -> None:
+    assert path_problem(f"sub/a{ch}b.txt", 4096) == f"control character U+{ord(ch):04X} in path"
+
+
+def _contents(path: str) -> dict[str, object]:
+    file = {"path": path, "size": 1, "mode": 0o644, "format": "raw", "segments": [0, 1]}
+    return {"files": [file], "tensors": []}
+
+
+@pytest.mark.parametrize(
+    ("path", "why"),
+    [
+        ("NUL.txt", "path element 'NUL.txt' is a reserved device name on Windows"),
+        ("sub/com1/x.json", "path element 'com1' is a reserved device name on Windows"),
+        ("a\x85b", "control character U+0085 in path"),
+        ("\x9b31mred", "control character U+009B in path"),
+    ],
+)
+def test_readers_refuse_such_contents(path: str, why: str) -> None:
+    with pytest.raises(SchemaError) as err:
+        parse_contents(_contents(path), [1], DEFAULT_LIMITS)
+    assert err.value.code == "schema.invalid"
+    assert err.value.detail == f"contents.files[0].path {path!r}: {why}"
+
+
+def test_readers_accept_names_that_merely_contain_a_device_name() -> None:
+    for path in ("CONFIG.json", "console.txt", "nul_count.bin", "com10.txt", "lpt0"):
+        assert parse_contents(_contents(path), [1], DEFAULT_LIMITS).files[0].path == path
 
 
 def test_collisions() -> None:

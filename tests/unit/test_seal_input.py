@@ -187,6 +187,42 @@ def test_what_seal_adds_must_not_collide_with_the_input(
     assert not (tmp_path / "p.spk").exists()
 
 
+@pytest.mark.parametrize(
+    ("name", "detail"),
+    [
+        ("CON", "CON: path element 'CON' is a reserved device name on Windows"),
+        ("nul.txt", "nul.txt: path element 'nul.txt' is a reserved device name on Windows"),
+        # The directory is refused as the scan reaches it, before what it holds.
+        ("Com1/weights.bin", "Com1: path element 'Com1' is a reserved device name on Windows"),
+        (
+            "lpt\u00b2.bin",
+            "lpt\u00b2.bin: path element 'lpt\u00b2.bin' is a reserved device name on Windows",
+        ),
+        ("a\u0085b", "a\u0085b: control character U+0085 in path"),
+        ("\u009b31mred", "\u009b31mred: control character U+009B in path"),
+    ],
+)
+def test_names_unsafe_on_some_platform_are_refused(tmp_path: Path, name: str, detail: str) -> None:
+    """A package seal would refuse to open elsewhere is never written: Windows
+    cannot create a device name as a file, and C1 controls drive terminals."""
+    root = _model(tmp_path / "m")
+    (root / name).parent.mkdir(parents=True, exist_ok=True)
+    (root / name).write_text("x")
+    with pytest.raises(SecpackError) as err:
+        _seal(root, tmp_path / "p.spk", None)
+    assert err.value.code == "input.unsafe"
+    assert err.value.detail == detail
+    assert not (tmp_path / "p.spk").exists()
+
+
+def test_names_that_merely_contain_a_device_name_seal(tmp_path: Path) -> None:
+    root = _model(tmp_path / "m")
+    for name in ("CONFIG.yaml", "console.txt", "nul_count.bin", "com10.txt", "lpt0", "caf\u00e9"):
+        (root / name).write_text("x")
+    _seal(root, tmp_path / "p.spk", None)
+    assert (tmp_path / "p.spk").exists()
+
+
 def test_open_caps_the_files_of_all_components_together(tmp_path: Path) -> None:
     """max_files bounds each contents table as it is read, and what open writes in
     all: two components of two files each are refused under a cap of three, with
