@@ -363,3 +363,32 @@ def test_the_ans_codec_record_is_bounded_by_its_plaintext() -> None:
         with pytest.raises(SchemaError) as err:
             _parse_codec(record, "c", plain, Limits())
         assert err.value.code == "schema.invalid"
+
+
+def test_max_skips_zstds_slowest_level_where_ans_beats_its_fastest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """--level max on one-byte weights: zstd's slowest level runs only where zstd's
+    fastest beats ans (the bytes repeat), and then wins; on int8 codes that do not
+    repeat, ans is kept without it."""
+    levels: list[int] = []
+    real = zstd.compress
+
+    def spy(data: bytes | memoryview, level: int) -> bytes:
+        levels.append(level)
+        return real(data, level)
+
+    monkeypatch.setattr(zstd, "compress", spy)
+    rng = np.random.default_rng(4)
+    codes = np.clip(np.round(rng.standard_normal(1 << 18) * 30), -127, 127).astype(np.int8)
+    top = segment.LEVELS["max"]
+    enc = segment.encode(memoryview(codes.tobytes()), 1, False, top, "I8")
+    assert enc.codec.id == "ans" and top not in levels
+    balanced = segment.encode(
+        memoryview(codes.tobytes()), 1, False, segment.LEVELS["balanced"], "I8"
+    )
+    assert enc.payload == balanced.payload
+    levels.clear()
+    tiled = np.tile(codes[:4096], 64)
+    enc = segment.encode(memoryview(tiled.tobytes()), 1, False, top, "I8")
+    assert enc.codec.id == "zstd" and top in levels
