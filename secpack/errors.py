@@ -185,7 +185,7 @@ CODES: dict[str, str] = {
     # component selection
     "component.unknown": "no such component in the package",
     # the user stopped the verb (SIGINT); the CLI exits 130
-    "interrupted": "stopped by an interrupt (Ctrl-C); nothing was left half-written",
+    "interrupted": "stopped by an interrupt (Ctrl-C) or SIGTERM; nothing was left half-written",
     # a bug in secpack itself; the CLI reports it without a traceback
     "internal": "internal error (set SECPACK_DEBUG=1 for a traceback)",
 }

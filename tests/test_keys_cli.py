@@ -68,7 +68,7 @@ def test_keygen_writes_both_halves_or_neither(tmp_path: Path) -> None:
     Path(f"{key}.pub").mkdir()
     fails("output.unsafe", "keygen", "signing", "-o", key, "--force")
     assert key.read_bytes() == old
-    long = tmp_path / ("n" * 220)  # its temporary names pass NAME_MAX
+    long = tmp_path / ("n" * 252)  # the private half fits NAME_MAX, "<name>.pub" does not
     fails("output.io", "keygen", "signing", "-o", long)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.key.pub", "k.key", "k.key.pub"]
 

@@ -81,12 +81,12 @@ def temp_base(base: str) -> str:
     """``base`` as it appears in its temporaries' names: itself, or where that would
     make them too long for the file system, a prefix and a hash of it (the same
     every time, so that remove_stale finds them)."""
-    if len(base.encode()) + _TEMP_EXTRA <= _NAME_MAX:
+    raw = os.fsencode(base)  # a name need not be UTF-8: its bytes, as the OS has them
+    if len(raw) + _TEMP_EXTRA <= _NAME_MAX:
         return base
-    tag = "~" + hashlib.sha256(base.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    tag = "~" + hashlib.sha256(raw).hexdigest()[:8]
     room = _NAME_MAX - _TEMP_EXTRA - len(tag)
-    short = base.encode("utf-8", "surrogateescape")[:room].decode("utf-8", "ignore")
-    return short + tag
+    return os.fsdecode(raw[:room]) + tag
 
 
 def temp_name(dest: str) -> str:

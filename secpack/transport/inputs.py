@@ -19,6 +19,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import re
 import stat
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -208,12 +209,16 @@ class _Output:
         parent, base = os.path.split(os.path.abspath(output))
         self.parent = os.path.realpath(parent)
         self.path = os.path.join(self.parent, base)
-        self.temp_prefix = f".{temp_base(base)}{TMP_MARKER}"
+        # Exactly the names temp_name gives (any origin, pid and tag), so that no
+        # file of the input that merely starts the same way is left out.
+        self.temp = re.compile(
+            re.escape(f".{temp_base(base)}{TMP_MARKER}") + r"[0-9a-f]{8}-\d+-[0-9a-f]{8}"
+        )
 
     def skips(self, directory: str, name: str) -> bool:
         if directory != self.parent:
             return False
-        if name.startswith(self.temp_prefix):
+        if self.temp.fullmatch(name):
             return True
         if name != os.path.basename(self.path):
             return False
@@ -226,11 +231,19 @@ class _Output:
 
 
 def _is_package(path: str) -> bool:
+    """Whether ``path`` is a regular file that starts as a package does. Opened
+    without following a link or waiting on a FIFO: anything else is not one (and
+    the scan refuses it as it would anywhere)."""
     try:
-        with open(path, "rb") as fh:
-            return fh.read(len(MAGIC)) == MAGIC
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return False
+    try:
+        return stat.S_ISREG(os.fstat(fd).st_mode) and os.pread(fd, len(MAGIC), 0) == MAGIC
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def scan_input(

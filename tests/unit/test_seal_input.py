@@ -393,3 +393,32 @@ def test_an_input_that_cannot_be_read_is_an_input_error(
         _seal(root, tmp_path / "b.spk", None, segment_size=100)
     assert err.value.code == "input.invalid"
     assert not (tmp_path / "a.spk").exists() and not (tmp_path / "b.spk").exists()
+
+
+def test_names_near_the_outputs_temporaries_and_a_fifo_at_the_output_are_not_skipped(
+    tmp_path: Path,
+) -> None:
+    """Only the output's real temporaries are left out of the input: a file whose
+    name merely starts like one is sealed. A FIFO at the output's path is refused at
+    once (never opened to wait on), and an output name that is not UTF-8 works."""
+    import secpack
+    from secpack.sign.policy import policy_from_keys
+
+    root = _model(tmp_path / "m")
+    (root / ".m.spk.secpack-tmp-README").write_text("mine")
+    (root / ".m.spk.secpack-tmp-data").mkdir()
+    (root / ".m.spk.secpack-tmp-data" / "x.bin").write_bytes(b"x")
+    _seal(root, root / "m.spk", None)
+    policy = policy_from_keys([("k", (KEYS / "signing-ed25519.key.pub").read_bytes())])
+    with secpack.open_package(str(root / "m.spk"), policy=policy) as p:
+        paths = {f.path for c in p.components for f in p.files(c.name)}
+    assert ".m.spk.secpack-tmp-README" in paths and ".m.spk.secpack-tmp-data/x.bin" in paths
+    fifo = root / "f.spk"
+    os.mkfifo(fifo)
+    with pytest.raises(SecpackError) as err:
+        _seal(root, fifo, None, overwrite=True)
+    assert err.value.code == "input.invalid"
+    odd = tmp_path / os.fsdecode(b"pkg\xff.spk")
+    fifo.unlink()
+    _seal(root, odd, None)
+    assert odd.stat().st_size > 0
