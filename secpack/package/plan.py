@@ -408,6 +408,13 @@ def make_plan(
         )
     if not tree.files:
         raise InputError("input.invalid", "nothing to seal: the input holds no files")
+    if len(tree.files) > limits.max_files:
+        # The input scan counts the input; what seal adds (variant files, model.sig)
+        # counts too: open refuses a package of more files than this in all.
+        raise InputError(
+            "input.invalid",
+            f"{len(tree.files)} files with what seal adds, more than {limits.max_files}",
+        )
     notes: list[str] = []
     layouts = _Layouts(tree, limits, notes)
     groups = assign_components(tree.files, overrides, root_name, layouts.tensor_names)

@@ -422,3 +422,22 @@ def test_names_near_the_outputs_temporaries_and_a_fifo_at_the_output_are_not_ski
     fifo.unlink()
     _seal(root, odd, None)
     assert odd.stat().st_size > 0
+
+
+def test_the_plan_counts_what_seal_adds_against_max_files(tmp_path: Path) -> None:
+    """The scan caps the input's files; the plan caps them again with what seal adds
+    (variant files, model.sig), so that no package holds more than open accepts."""
+    from secpack.format.limits import DEFAULT_LIMITS, Limits
+    from secpack.package.plan import DEFAULT_SEGMENT, make_plan
+    from secpack.transport.inputs import WithExtraFiles, scan_input
+
+    root = tmp_path / "m"
+    root.mkdir()
+    for name in ("a.txt", "b.txt"):
+        (root / name).write_text(name)
+    tree = scan_input(str(root), DEFAULT_LIMITS)
+    assert len(make_plan(tree, [], DEFAULT_SEGMENT, Limits(max_files=2)).components) == 1
+    more = WithExtraFiles(tree, extra={"model.sig": b"{}"})
+    with pytest.raises(SecpackError) as err:
+        make_plan(more, [], DEFAULT_SEGMENT, Limits(max_files=2))
+    assert err.value.code == "input.invalid" and "3 files" in err.value.detail
