@@ -21,7 +21,7 @@ from secpack.package.parallel import ordered
 from secpack.package.reader import largest_segment, select_components
 from secpack.sign.modelsig import COMPONENT as MODEL_SIGNING
 from secpack.sign.policy import Policy, Signer
-from secpack.tensors.variants import EXACT_SERVES, VARIANTS
+from secpack.tensors.variants import VARIANTS, VARIANTS_ASKED
 from secpack.transport.atomic import AtomicDirectory
 from secpack.transport.outdir import OutputTree
 from secpack.workers import worker_threads
@@ -86,11 +86,9 @@ def _variant_selection(manifest: Manifest, variant: str) -> list[int]:
             "input.invalid", f"unknown variant {variant!r} (one of {', '.join(VARIANTS)})"
         )
     offered = {v for c in manifest.components if (v := _variant_of(c.name))}
-    # A variant seal did not store, since it would have changed nothing: the exact
-    # files are that variant, and are written as they are.
-    for key, value in manifest.metadata.items():
-        if key.startswith(EXACT_SERVES):
-            offered.update(v for v in value.split(",") if v in VARIANTS)
+    # A variant seal was asked for and did not store, since it would have changed
+    # nothing: the exact files are that variant, and are written as they are.
+    offered.update(v for v in manifest.metadata.get(VARIANTS_ASKED, "").split(",") if v in VARIANTS)
     held = sorted(offered)
     if variant not in held:
         also = f"it holds: {', '.join(held)}" if held else "seal --variant makes one"

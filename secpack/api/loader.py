@@ -50,7 +50,7 @@ from secpack.package.decode import OpenComponent
 from secpack.package.parallel import ordered
 from secpack.package.reader import largest_segment
 from secpack.sign.policy import Policy, Signer
-from secpack.tensors.variants import EXACT_SERVES, VARIANTS, VARIANTS_ONLY
+from secpack.tensors.variants import VARIANTS, VARIANTS_ASKED, VARIANTS_ONLY
 from secpack.transport.spkfile import FileSource
 from secpack.workers import worker_threads
 
@@ -458,7 +458,7 @@ class Package:
         changed no tensor (fp16 of fp16 weights), is listed too: the exact weights
         serve it."""
         names = {c.name for c in self.manifest.components}
-        served = self._exact_serves(component) if component in names else []
+        served = self._exact_serves(component)
         others = [v for v in VARIANTS if f"{component}.{v}" in names or v in served]
         # With --variants-only the exact component keeps only what has no variant
         # (an adapter's config, say): its tensors are in the variants alone. Unless
@@ -470,9 +470,14 @@ class Package:
         return found + others
 
     def _exact_serves(self, component: str) -> list[str]:
-        """The variants of ``component`` its exact weights serve (seal's record)."""
-        value = self.manifest.metadata.get(f"{EXACT_SERVES}{component}", "")
-        return [v for v in value.split(",") if v in VARIANTS]
+        """The variants of ``component`` its exact weights serve: asked for at seal
+        time, and not stored for it because they would have changed no tensor."""
+        comp = next((c for c in self.manifest.components if c.name == component), None)
+        if comp is None or comp.kind not in ("weights", "adapter"):
+            return []
+        names = {c.name for c in self.manifest.components}
+        asked = self.manifest.metadata.get(VARIANTS_ASKED, "").split(",")
+        return [v for v in VARIANTS if v in asked and f"{component}.{v}" not in names]
 
     def _check_exact(self, component: str) -> None:
         """Refuse to serve as exact weights a component whose tensors are only in its

@@ -27,9 +27,9 @@ from secpack.package.plan import assign_components, tensor_names_reader
 from secpack.tensors import safetensors
 from secpack.tensors.dtypes import DTYPE_SIZES
 from secpack.tensors.variants import (
-    EXACT_SERVES,
     INT8_TRIALS,
     VARIANTS,
+    VARIANTS_ASKED,
     ElementReader,
     ErrorStats,
     int8_column_scale,
@@ -168,8 +168,7 @@ def build_variants(
                     f"--variant {variant}: no safetensors file holds only dtypes secpack models",
                 )
             build.summary[f"variant.{variant}.max_rel_l2"] = f"{worst:.6g}"
-        for comp, served in build.exact_serves.items():
-            build.summary[f"{EXACT_SERVES}{comp}"] = ",".join(served)
+        build.summary[VARIANTS_ASKED] = ",".join(dict.fromkeys(variants))
         return build
     except BaseException:
         build.cleanup()

@@ -19,9 +19,9 @@ import numpy as np
 from secpack.tensors.dtypes import DTYPE_SIZES, FLOAT_DTYPES
 
 __all__ = [
-    "EXACT_SERVES",
     "INT8_TRIALS",
     "VARIANTS",
+    "VARIANTS_ASKED",
     "VARIANTS_ONLY",
     "ElementReader",
     "ErrorStats",
@@ -38,10 +38,11 @@ VARIANTS = ("fp16", "bf16", "int8")
 # Package metadata key (value "true") that ``seal --variants-only`` sets: the exact
 # components hold no tensors, so a loader must not offer "exact" beside a variant.
 VARIANTS_ONLY = "variants-only"
-# Manifest metadata key prefix: "variant.exact-serves.<component>" = the variants
-# (comma-separated) that seal was asked for and did not store for that component,
-# because they would have changed no tensor: its exact weights serve them.
-EXACT_SERVES = "variant.exact-serves."
+# Manifest metadata key: the variants seal was asked for, comma-separated. A
+# weights or adapter component without a stored one of them is served by its exact
+# weights: seal stores no variant that would change no tensor (fp16 of fp16). One
+# key, of at most a few bytes, whatever the number of components.
+VARIANTS_ASKED = "variants"
 # Elements per block when transforming a large tensor: 8 MiB of float32, so that
 # the few temporaries numpy makes per block stay at tens of MiB.
 _BLOCK_ELEMS = (8 << 20) // 4

@@ -998,3 +998,32 @@ def test_open_with_a_variant_refuses_what_it_cannot_do(small_model: Path, tmp_pa
             str(plain), str(tmp_path / "o"), identities=[], policy=policy, variant="int8"
         )
     assert err.value.code == "component.unknown" and "seal --variant" in err.value.detail
+
+
+def test_exact_served_variants_cost_one_metadata_key_whatever_the_components(
+    tmp_path: Path,
+) -> None:
+    """Many fp16 adapters with long names, sealed with --variant fp16: no variant is
+    stored, and the package still verifies (the reader allows 256 metadata keys of
+    128 bytes); each adapter's exact weights serve fp16."""
+    from secpack.api.verify import verify
+
+    root = tmp_path / "m"
+    rng = np.random.default_rng(2)
+    names = [f"{'x' * 50}{i:03d}" for i in range(300)]
+    for name in names:
+        _write_st(
+            root / name / "adapter_model.safetensors",
+            {"a": rng.standard_normal((4, 4)).astype(np.float16)},
+            {},
+        )
+        (root / name / "adapter_config.json").write_text("{}")
+    pkg = tmp_path / "v.spk"
+    _seal_variant(root, pkg, ["fp16"])
+    policy = resolve_policy([str(KEYS / "signing-ed25519.key.pub")], None)
+    report = verify(str(pkg), policy)
+    assert report.manifest.metadata["variants"] == "fp16"
+    with _open(pkg) as p:
+        adapter = next(c.name for c in p.components if c.name.endswith("299"))
+        assert p.variants(adapter) == ["exact", "fp16"]
+        assert p.state_dict(adapter, prefer=["fp16"])["a"].dtype == np.float16
