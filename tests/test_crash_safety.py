@@ -565,3 +565,36 @@ def test_open_stopped_by_a_signal_leaves_no_plaintext(
     assert proc.returncode == 128 + getattr(signal, sig), err
     assert err.startswith("error[interrupted]: ") and "Traceback" not in err
     assert os.listdir(parent) == []
+
+
+def test_open_into_a_bind_mount_is_refused_before_writing(
+    big_package: Path, release_key: KeyPair, server_key: KeyPair, tmp_path: Path
+) -> None:
+    """A bind mount of a directory of the same file system is a mount point too
+    (rename cannot replace it), though its device number does not say so."""
+    from secpack.api.extract import extract
+    from secpack.api.keyfiles import load_identity
+    from secpack.errors import SecpackError
+
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("a bind mount needs root and mount(8)")
+    source, point = tmp_path / "source", tmp_path / "point"
+    source.mkdir()
+    point.mkdir()
+    res = subprocess.run(
+        ["mount", "--bind", str(source), str(point)], capture_output=True, check=False
+    )
+    if res.returncode != 0:
+        pytest.skip(f"cannot bind-mount here: {res.stderr.decode().strip()}")
+    try:
+        with pytest.raises(SecpackError) as err:
+            extract(
+                str(big_package),
+                str(point),
+                identities=[load_identity(str(server_key.private))],
+                policy=policy(release_key),
+            )
+        assert err.value.code == "output.exists" and "mount point" in err.value.detail
+        assert sorted(os.listdir(tmp_path)) == ["point", "source"]
+    finally:
+        subprocess.run(["umount", str(point)], capture_output=True, check=False)

@@ -297,6 +297,45 @@ class AtomicFile:
             self.abort()
 
 
+# The POSIX ACLs Linux keeps as extended attributes: who may enter a directory
+# (access) and what new files in it inherit (default).
+_ACL_XATTRS = ("system.posix_acl_access", "system.posix_acl_default")
+
+
+def _copy_access_acl(src: str, dst: str) -> None:
+    """Give ``dst`` the ACLs of ``src``, where it has any and the file system keeps
+    them (chmod alone would turn an ACL's mask into plain group bits)."""
+    for name in _ACL_XATTRS:
+        try:
+            value = os.getxattr(src, name, follow_symlinks=False)
+        except OSError:  # none, or no ACLs on this file system
+            continue
+        os.setxattr(dst, name, value, follow_symlinks=False)
+
+
+def _is_mount_point(path: str) -> bool:
+    """Whether ``path`` is where something is mounted: a file system (ismount) or a
+    bind mount of a directory of the same one, which only the mount table shows."""
+    if os.path.ismount(path):
+        return True
+    real = os.path.realpath(path)
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as fh:
+            for line in fh:
+                fields = line.split(" ")
+                # Field 5 is the mount point, with space, tab, newline and backslash
+                # written as octal escapes.
+                if len(fields) > 4 and _unescape_mount(fields[4]) == real:
+                    return True
+    except OSError:  # no /proc: ismount's answer is what there is
+        pass
+    return False
+
+
+def _unescape_mount(field: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
 class AtomicDirectory:
     """A directory that appears at ``dest`` only when :meth:`commit` succeeds.
 
@@ -312,11 +351,13 @@ class AtomicDirectory:
         remove_stale(self.dest)
         if os.path.islink(self.dest) or (os.path.lexists(self.dest) and not self._empty_dir()):
             raise OutputError("output.exists", f"{dest} exists and is not an empty directory")
-        # An empty directory the user made keeps its mode and owner: one made 0700
-        # to keep the plaintext private must not come back 0755.
+        # An empty directory the user made keeps its mode (and access ACL): one made
+        # 0700 to keep the plaintext private must not come back 0755. Only the
+        # user's own, and never group- or world-writable: someone else's empty
+        # directory (0777 in a shared place) must not lend its mode to the files.
         self._keep: os.stat_result | None = None
         if os.path.lexists(self.dest):
-            if os.path.ismount(self.dest):
+            if _is_mount_point(self.dest):
                 # rename(2) cannot replace a mount point (EBUSY), and the files would
                 # first be written next to it, on the parent's file system: on a
                 # disk, when the mount was a tmpfs meant to keep them off one.
@@ -324,7 +365,9 @@ class AtomicDirectory:
                     "output.exists",
                     f"{dest} is a mount point; open into a new directory inside it",
                 )
-            self._keep = os.stat(self.dest)
+            st = os.stat(self.dest)
+            if st.st_uid == os.geteuid():
+                self._keep = st
         self.tmp = temp_name(self.dest)
         try:
             os.mkdir(self.tmp, 0o700)
@@ -344,10 +387,11 @@ class AtomicDirectory:
             if self._keep is None:
                 os.chmod(self.tmp, 0o755 & ~umask())
             else:
-                if (self._keep.st_uid, self._keep.st_gid) != (os.geteuid(), os.getegid()):
-                    with contextlib.suppress(PermissionError):  # as far as we may
-                        os.chown(self.tmp, self._keep.st_uid, self._keep.st_gid)
-                os.chmod(self.tmp, stat.S_IMODE(self._keep.st_mode))
+                if self._keep.st_gid != os.getegid():
+                    with contextlib.suppress(PermissionError):  # its group, where we may
+                        os.chown(self.tmp, -1, self._keep.st_gid)
+                os.chmod(self.tmp, stat.S_IMODE(self._keep.st_mode) & ~0o022)
+                _copy_access_acl(self.dest, self.tmp)
             os.rename(self.tmp, self.dest)
             fsync_dir(os.path.dirname(self.dest))
         except OSError as exc:

@@ -236,10 +236,13 @@ def test_files_waiting_for_fsync_hold_a_bounded_number_of_descriptors(
     assert len(list(tmp_path.iterdir())) == count
 
 
-@pytest.mark.parametrize("mode", [0o700, 0o750, 0o2770])
-def test_an_existing_empty_directory_keeps_its_mode(tmp_path: Path, mode: int) -> None:
+@pytest.mark.parametrize(
+    ("mode", "kept"), [(0o700, 0o700), (0o750, 0o750), (0o2770, 0o2750), (0o777, 0o755)]
+)
+def test_an_existing_empty_directory_keeps_its_mode(tmp_path: Path, mode: int, kept: int) -> None:
     """Opening into an empty directory the user made private keeps it private: the
-    complete tree takes the directory's mode, not 0755."""
+    complete tree takes the directory's mode, not 0755, but never group- or
+    world-writable."""
     import stat
 
     from secpack.transport.atomic import AtomicDirectory
@@ -250,7 +253,7 @@ def test_an_existing_empty_directory_keeps_its_mode(tmp_path: Path, mode: int) -
     with AtomicDirectory(str(dest)) as target:
         (Path(target.tmp) / "weights.bin").write_bytes(b"secret")
         target.commit()
-    assert stat.S_IMODE(dest.stat().st_mode) == mode
+    assert stat.S_IMODE(dest.stat().st_mode) == kept
     assert (dest / "weights.bin").read_bytes() == b"secret"
     fresh = tmp_path / "fresh"
     with AtomicDirectory(str(fresh)) as target:
@@ -278,3 +281,23 @@ def test_files_honour_the_umask(tmp_path: Path, mask: int, stored: int, written:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "d" / "f").stat().st_mode) == written
     assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o755 & ~mask
+
+
+def test_someone_elses_empty_directory_lends_no_mode(tmp_path: Path) -> None:
+    """An empty 0777 directory another user made in a shared place: the output gets
+    the mode a new directory would, not theirs."""
+    import stat
+
+    from secpack.transport.atomic import AtomicDirectory
+
+    if os.geteuid() != 0:
+        pytest.skip("making a directory of another user's needs root")
+    dest = tmp_path / "shared"
+    dest.mkdir()
+    os.chmod(dest, 0o777)
+    os.chown(dest, 1234, 1234)
+    with AtomicDirectory(str(dest)) as target:
+        (Path(target.tmp) / "weights.bin").write_bytes(b"secret")
+        target.commit()
+    st = dest.stat()
+    assert st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) == 0o755 & ~umask()
