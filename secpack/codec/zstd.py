@@ -54,6 +54,28 @@ def _plane_cctx() -> zstandard.ZstdCompressor:
     return ctx
 
 
+def _trial_cctx() -> zstandard.ZstdCompressor:
+    ctx: zstandard.ZstdCompressor | None = _local.__dict__.get("trial")
+    if ctx is None:
+        # Whether a segment's bytes repeat anywhere in it: level 1 finds matches
+        # only within its small window and hash table; long-distance matching
+        # over a 16 MiB window (the largest segment) finds a block that recurs a
+        # megabyte later, at about the same speed.
+        params = zstandard.ZstdCompressionParameters.from_level(
+            1, window_log=24, enable_ldm=1, write_content_size=1, write_checksum=0
+        )
+        ctx = zstandard.ZstdCompressor(compression_params=params)
+        _local.__dict__["trial"] = ctx
+    return ctx
+
+
+def trial_size(data: bytes | memoryview) -> int:
+    """Bytes zstd's fastest level with long-distance matching takes for ``data``: a
+    cheap sign of whether slower levels could beat an entropy coder on it. The
+    frame is only measured, never stored (its window may pass the readers' cap)."""
+    return len(_trial_cctx().compress(data))
+
+
 def compress_plane(data: bytes | memoryview) -> bytes:
     """Compress one byte plane of grouped float elements (see codec.segment)."""
     return _plane_cctx().compress(data)

@@ -388,7 +388,11 @@ def test_max_skips_zstds_slowest_level_where_ans_beats_its_fastest(
         memoryview(codes.tobytes()), 1, False, segment.LEVELS["balanced"], "I8"
     )
     assert enc.payload == balanced.payload
-    levels.clear()
-    tiled = np.tile(codes[:4096], 64)
-    enc = segment.encode(memoryview(tiled.tobytes()), 1, False, top, "I8")
-    assert enc.codec.id == "zstd" and top in levels
+    # Repeats near and far (a block that recurs a megabyte later, past the window
+    # of zstd's fastest level): the slowest level runs, finds them and wins.
+    block = np.clip(np.round(rng.standard_normal(1 << 20) * 12), -127, 127).astype(np.int8)
+    for tiled in (np.tile(codes[:4096], 64), np.tile(block, 4)):
+        levels.clear()
+        enc = segment.encode(memoryview(tiled.tobytes()), 1, False, top, "I8")
+        assert enc.codec.id == "zstd" and top in levels
+        assert len(enc.payload) < len(tiled) // 3
