@@ -12,6 +12,7 @@ import contextlib
 import errno
 import functools
 import os
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -66,6 +67,44 @@ def _syncfs() -> Callable[[int], None] | None:
     return syncfs
 
 
+# File systems whose syncfs(2) reports a failed writeback of file data, on the
+# kernels that report it at all (5.8 and later). Elsewhere (overlayfs, as in a
+# container's writable layer, FUSE, NFS) an error can be lost between the layers
+# and syncfs return success: every file then gets its own fsync.
+_SYNCFS_REPORTS = frozenset({"ext4", "xfs", "btrfs", "f2fs", "tmpfs"})
+_SYNCFS_KERNEL = (5, 8)
+
+
+def _fs_type(fd: int) -> str | None:
+    """The type of the file system holding ``fd``, from the mount table (matched by
+    device number), or None when that cannot be told."""
+    dev = os.fstat(fd).st_dev
+    wanted = f"{os.major(dev)}:{os.minor(dev)}"
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                fields = line.split()
+                # ID, parent, major:minor, root, mount point, options..., "-", type
+                if len(fields) > 3 and fields[2] == wanted and "-" in fields[6:]:
+                    return fields[fields.index("-", 6) + 1]
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _kernel_at_least(version: tuple[int, int]) -> bool:
+    found = re.match(r"(\d+)\.(\d+)", os.uname().release)
+    return found is not None and (int(found[1]), int(found[2])) >= version
+
+
+def _batch_sync(fd: int) -> Callable[[int], None] | None:
+    """syncfs for the file system holding ``fd`` where it reports data errors."""
+    call = _syncfs()
+    if call is None or not _kernel_at_least(_SYNCFS_KERNEL):
+        return None
+    return call if _fs_type(fd) in _SYNCFS_REPORTS else None
+
+
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -91,6 +130,7 @@ class OutputTree:
         self._lock = threading.Lock()
         self._syncer = Syncer()
         self._batched = False  # small files were closed unsynced: syncfs before close
+        self._syncfs = _batch_sync(self.root_fd)
         self._umask = umask()
 
     def _dir(self, rel: str) -> int:
@@ -176,7 +216,7 @@ class OutputTree:
         for a small file, the close happens now and one syncfs covers it later."""
         with self._lock:
             size = self._files.pop(fd)
-            small = size < SMALL_FILE and _syncfs() is not None
+            small = size < SMALL_FILE and self._syncfs is not None
             if small:
                 self._batched = True
         if not small:
@@ -192,10 +232,9 @@ class OutputTree:
     def close(self) -> None:
         """Wait until every file is on disk, then sync and close the directories."""
         self._syncer.close()
-        syncfs = _syncfs()
-        if self._batched and syncfs is not None:
+        if self._batched and self._syncfs is not None:
             try:
-                syncfs(self.root_fd)
+                self._syncfs(self.root_fd)
             except OSError as exc:
                 raise OutputError("output.io", f"flushing output to disk: {exc.strerror}") from None
         while self._open:

@@ -157,6 +157,7 @@ def test_small_files_close_at_once_and_one_syncfs_makes_them_durable(
     real_syncfs, real_fsync = outdir._syncfs(), os.fsync
     assert real_syncfs is not None
     monkeypatch.setattr(outdir, "_syncfs", lambda: lambda fd: (synced.append(fd), real_syncfs(fd)))
+    monkeypatch.setattr(outdir, "_fs_type", lambda fd: "ext4")  # wherever the test runs
     monkeypatch.setattr(os, "fsync", lambda fd: (fsynced.append(fd), real_fsync(fd))[-1])
     monkeypatch.setattr(outdir, "SMALL_FILE", 100)
     with OutputTree(str(tmp_path)) as tree:
@@ -172,12 +173,22 @@ def test_small_files_close_at_once_and_one_syncfs_makes_them_durable(
     assert (tmp_path / "d" / "small7").read_bytes() == b"x" * 99
 
 
-def test_without_syncfs_every_file_is_fsynced(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("why", ["no syncfs", "overlay", "old kernel", "unknown"])
+def test_without_a_syncfs_that_reports_errors_every_file_is_fsynced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, why: str
 ) -> None:
+    """syncfs is trusted only where it reports a failed writeback: not on overlayfs
+    (a container's writable layer), on a file system it cannot tell, or on kernels
+    before 5.8. There each small file gets its own fsync, as large ones do."""
     fsynced: list[int] = []
     real_fsync = os.fsync
-    monkeypatch.setattr(outdir, "_syncfs", lambda: None)
+    if why == "no syncfs":
+        monkeypatch.setattr(outdir, "_syncfs", lambda: None)
+    elif why == "old kernel":
+        monkeypatch.setattr(outdir, "_fs_type", lambda fd: "ext4")
+        monkeypatch.setattr(os, "uname", lambda: os.uname_result(("Linux", "h", "5.4.0-1", "", "")))
+    else:
+        monkeypatch.setattr(outdir, "_fs_type", lambda fd: "overlay" if why == "overlay" else None)
     monkeypatch.setattr(os, "fsync", lambda fd: (fsynced.append(fd), real_fsync(fd))[-1])
     with OutputTree(str(tmp_path)) as tree:
         for i in range(5):
@@ -195,6 +206,7 @@ def test_a_failed_syncfs_is_a_typed_error_and_leaves_no_descriptor(
     if outdir._syncfs() is None:
         pytest.skip("no syncfs(2) here")
     monkeypatch.setattr(outdir, "_syncfs", lambda: failing)
+    monkeypatch.setattr(outdir, "_fs_type", lambda fd: "ext4")
     with pytest.raises(OutputError) as err, OutputTree(str(tmp_path)) as tree:
         _write(tree, "a/f", b"x")
         tree.close()
