@@ -111,6 +111,16 @@ def build_variants(
         split,
     )
     component_of = {f.path: name for name, files in groups.items() for f in files}
+    for variant in variants:
+        held = next((f.path for f in tree.files if f.path.startswith(f"variants/{variant}/")), None)
+        if held is not None:
+            # An opened package that had this variant: seal would write it again,
+            # over the same paths.
+            raise InputError(
+                "input.invalid",
+                f"the input already holds the {variant} variant ({held}; an opened "
+                f"package?): seal it without --variant {variant}, or remove variants/{variant}/",
+            )
     sources = [f for f in tree.files if f.path.endswith(".safetensors")]
     if not sources:
         raise InputError("input.invalid", "--variant needs safetensors weights in the input")

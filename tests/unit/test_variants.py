@@ -1027,3 +1027,21 @@ def test_exact_served_variants_cost_one_metadata_key_whatever_the_components(
         adapter = next(c.name for c in p.components if c.name.endswith("299"))
         assert p.variants(adapter) == ["exact", "fp16"]
         assert p.state_dict(adapter, prefer=["fp16"])["a"].dtype == np.float16
+
+
+def test_an_input_that_already_holds_the_variant_is_refused_plainly(
+    small_model: Path, tmp_path: Path
+) -> None:
+    """An opened package keeps its variants under variants/<v>/: sealing that folder
+    again with the same --variant says so, instead of a collision of a path with
+    itself."""
+    pkg = tmp_path / "v.spk"
+    _seal_variant(small_model, pkg, ["int8"])
+    policy = resolve_policy([str(KEYS / "signing-ed25519.key.pub")], None)
+    opened = tmp_path / "opened"
+    secpack.extract(str(pkg), str(opened), identities=[], policy=policy)
+    with pytest.raises(SecpackError) as err:
+        _seal_variant(opened, tmp_path / "again.spk", ["int8"])
+    assert err.value.code == "input.invalid" and "already holds the int8 variant" in err.value.detail
+    assert not (tmp_path / "again.spk").exists()
+    _seal_variant(opened, tmp_path / "fp16.spk", ["fp16"])
