@@ -1042,6 +1042,8 @@ def test_an_input_that_already_holds_the_variant_is_refused_plainly(
     secpack.extract(str(pkg), str(opened), identities=[], policy=policy)
     with pytest.raises(SecpackError) as err:
         _seal_variant(opened, tmp_path / "again.spk", ["int8"])
-    assert err.value.code == "input.invalid" and "already holds the int8 variant" in err.value.detail
+    assert (
+        err.value.code == "input.invalid" and "already holds the int8 variant" in err.value.detail
+    )
     assert not (tmp_path / "again.spk").exists()
     _seal_variant(opened, tmp_path / "fp16.spk", ["fp16"])
