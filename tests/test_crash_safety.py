@@ -514,21 +514,27 @@ def test_open_into_an_empty_mount_point_is_refused_before_writing(
     """An empty tmpfs mounted to keep plaintext off the disk cannot be replaced by a
     rename: open refuses it at once, instead of decrypting everything next to it on
     the parent's file system and failing at the end."""
+    point = tmpfs("8m")
+    before = sorted(os.listdir(point.parent))
+    _refused_as_mount_point(big_package, point, release_key, server_key)
+    assert sorted(os.listdir(point.parent)) == before and os.listdir(point) == []
+
+
+def _refused_as_mount_point(
+    package: Path, point: Path, release_key: KeyPair, server_key: KeyPair
+) -> None:
     from secpack.api.extract import extract
     from secpack.api.keyfiles import load_identity
     from secpack.errors import SecpackError
 
-    point = tmpfs("8m")
-    before = sorted(os.listdir(point.parent))
     with pytest.raises(SecpackError) as err:
         extract(
-            str(big_package),
+            str(package),
             str(point),
             identities=[load_identity(str(server_key.private))],
             policy=policy(release_key),
         )
     assert err.value.code == "output.exists" and "mount point" in err.value.detail
-    assert sorted(os.listdir(point.parent)) == before and os.listdir(point) == []
 
 
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
@@ -572,10 +578,6 @@ def test_open_into_a_bind_mount_is_refused_before_writing(
 ) -> None:
     """A bind mount of a directory of the same file system is a mount point too
     (rename cannot replace it), though its device number does not say so."""
-    from secpack.api.extract import extract
-    from secpack.api.keyfiles import load_identity
-    from secpack.errors import SecpackError
-
     if os.geteuid() != 0 or shutil.which("mount") is None:
         pytest.skip("a bind mount needs root and mount(8)")
     source, point = tmp_path / "source", tmp_path / "point"
@@ -587,14 +589,7 @@ def test_open_into_a_bind_mount_is_refused_before_writing(
     if res.returncode != 0:
         pytest.skip(f"cannot bind-mount here: {res.stderr.decode().strip()}")
     try:
-        with pytest.raises(SecpackError) as err:
-            extract(
-                str(big_package),
-                str(point),
-                identities=[load_identity(str(server_key.private))],
-                policy=policy(release_key),
-            )
-        assert err.value.code == "output.exists" and "mount point" in err.value.detail
+        _refused_as_mount_point(big_package, point, release_key, server_key)
         assert sorted(os.listdir(tmp_path)) == ["point", "source"]
     finally:
         subprocess.run(["umount", str(point)], capture_output=True, check=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,17 +22,26 @@ def _write(tree: OutputTree, path: str, data: bytes) -> None:
     tree.finish(fd, path)
 
 
-def _open_dirs(under: Path) -> int:
-    """Directory descriptors this process holds below ``under`` (the root included)."""
+def _open_descriptors(under: Path, kind: Callable[[str], bool]) -> int:
+    """Descriptors this process holds below ``under`` (the root included) whose
+    target passes ``kind`` (os.path.isdir, os.path.isfile)."""
     count = 0
     for name in os.listdir("/proc/self/fd"):
         try:
             target = os.readlink(f"/proc/self/fd/{name}")
         except OSError:
             continue
-        if target.startswith(str(under)) and os.path.isdir(target):
+        if target.startswith(str(under)) and kind(target):
             count += 1
     return count
+
+
+def _open_dirs(under: Path) -> int:
+    return _open_descriptors(under, os.path.isdir)
+
+
+def _open_files(under: Path) -> int:
+    return _open_descriptors(under, os.path.isfile)
 
 
 def _flatten_away(root: Path, name: str) -> None:
@@ -132,19 +142,6 @@ def test_a_failed_fsync_of_the_root_is_a_typed_error_and_closes_it_once(
     assert err.value.code == "output.io"
     with pytest.raises(OSError):
         os.fstat(root)  # closed, and only once: no other descriptor was hit
-
-
-def _open_files(under: Path) -> int:
-    """Regular-file descriptors this process holds below ``under``."""
-    count = 0
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{name}")
-        except OSError:
-            continue
-        if target.startswith(str(under)) and os.path.isfile(target):
-            count += 1
-    return count
 
 
 def test_small_files_close_at_once_and_one_syncfs_makes_them_durable(

@@ -733,18 +733,24 @@ def test_variants_only_keeps_what_has_no_variant_and_offers_no_empty_exact(
         assert set(p.state_dict(adapter, prefer=["exact"])) == {"a"}
 
 
-def test_a_variant_that_changes_nothing_is_not_stored(tmp_path: Path) -> None:
-    """A bf16 variant of bf16 weights would duplicate them: it is not made, seal
-    says so, and the loader serves the exact weights for it."""
-    rng = np.random.default_rng(8)
+def _bf16_model(root: Path, seed: int) -> np.ndarray:
+    """``root``/model.safetensors with one BF16 tensor "w"; returns its bit patterns."""
+    from helpers import Tensor, write_safetensors
+
+    rng = np.random.default_rng(seed)
     bf16 = (rng.standard_normal((64, 32)).astype(np.float32).view(np.uint32) >> 16).astype(
         np.uint16
     )
-    root = tmp_path / "m"
-    from helpers import Tensor, write_safetensors
-
     root.mkdir()
     write_safetensors(root / "model.safetensors", {"w": Tensor("BF16", (64, 32), bf16.tobytes())})
+    return bf16
+
+
+def test_a_variant_that_changes_nothing_is_not_stored(tmp_path: Path) -> None:
+    """A bf16 variant of bf16 weights would duplicate them: it is not made, seal
+    says so, and the loader serves the exact weights for it."""
+    root = tmp_path / "m"
+    bf16 = _bf16_model(root, seed=8)
     notes = _seal_variant(root, tmp_path / "v.spk", ["bf16"])
     assert any("bf16 variant of 'weights' not made" in n for n in notes)
     with _open(tmp_path / "v.spk") as p:
@@ -765,16 +771,10 @@ def test_variants_only_keeps_the_exact_weights_that_serve_a_variant(tmp_path: Pa
     """--variants-only --variant bf16 --variant int8 on bf16 weights: bf16 is not
     stored (it would change nothing), so the exact weights are what serves it and
     must stay; int8 is stored beside them. Nothing asked for is lost."""
-    from helpers import Tensor, write_safetensors
     from safetensors.numpy import load_file
 
-    rng = np.random.default_rng(9)
-    bf16 = (rng.standard_normal((64, 32)).astype(np.float32).view(np.uint32) >> 16).astype(
-        np.uint16
-    )
     root = tmp_path / "m"
-    root.mkdir()
-    write_safetensors(root / "model.safetensors", {"w": Tensor("BF16", (64, 32), bf16.tobytes())})
+    bf16 = _bf16_model(root, seed=9)
     (root / "config.json").write_text("{}")
     pkg = tmp_path / "v.spk"
     _seal_variant(root, pkg, ["bf16", "int8"], variants_only=True)
