@@ -23,7 +23,7 @@ import numpy as np
 
 from secpack.errors import InputError
 from secpack.format.limits import DEFAULT_LIMITS
-from secpack.package.plan import assign_components, tensor_names_reader
+from secpack.package.plan import assign_components, tensor_names_reader, variant_reader
 from secpack.tensors import safetensors
 from secpack.tensors.dtypes import DTYPE_SIZES
 from secpack.tensors.variants import (
@@ -103,12 +103,14 @@ def build_variants(
             "input.invalid", f"--variant {unknown[0]!r}: expected {', '.join(VARIANTS)}"
         )
     split: list[tuple[str, str]] = []
+    variant_of = variant_reader(tree, DEFAULT_LIMITS)
     groups = assign_components(
         tree.files,
         overrides,
         tree.default_name,
         tensor_names_reader(tree, DEFAULT_LIMITS),
         split,
+        variant_of,
     )
     component_of = {f.path: name for name, files in groups.items() for f in files}
     for variant in variants:
@@ -121,7 +123,9 @@ def build_variants(
                 f"the input already holds the {variant} variant ({held}; an opened "
                 f"package?): seal it without --variant {variant}, or remove variants/{variant}/",
             )
-    sources = [f for f in tree.files if f.path.endswith(".safetensors")]
+    # An opened package's variant files are variants already, not weights to make
+    # another from.
+    sources = [f for f in tree.files if f.path.endswith(".safetensors") and variant_of(f) is None]
     if not sources:
         raise InputError("input.invalid", "--variant needs safetensors weights in the input")
     # Named like the package's own temporaries, so that a seal killed while it

@@ -188,6 +188,7 @@ _ADAPTER_NAME_MAX = 64 - len(".int8")
 # VARIANTS, kept here so that planning does not import numpy): no other component
 # may end so, or a loader would take it for a variant of another.
 VARIANT_SUFFIXES = (".fp16", ".bf16", ".int8")
+_VARIANT_NAMES = tuple(v.lstrip(".") for v in VARIANT_SUFFIXES)
 
 
 def _sanitize(text: str) -> str:
@@ -204,6 +205,7 @@ def assign_components(
     root_name: str = "",
     tensor_names: Callable[[InputFile], frozenset[str]] | None = None,
     split: list[tuple[str, str]] | None = None,
+    variant_of: Callable[[InputFile], tuple[str, str] | None] | None = None,
 ) -> dict[str, list[InputFile]]:
     """Group files into components: ``--component NAME=GLOB`` rules first, then
     defaults. ``root_name`` (the input directory's name) names the adapter when the
@@ -231,12 +233,20 @@ def assign_components(
     used = [False] * len(overrides)
     groups: dict[str, list[InputFile]] = {}
     defaulted: list[InputFile] = []  # in "weights" by default, not by a rule
+    # (file, variant, the path of the file it is a variant of): an opened package's
+    # variants/<v>/ files, which go back to the variant component they came from.
+    variant_files: list[tuple[InputFile, str, str]] = []
     for f in files:
         target = None
         for i, (name, pattern) in enumerate(overrides):
             if fnmatch.fnmatchcase(f.path, pattern):
                 target, used[i] = name, True
                 break
+        if target is None and variant_of is not None:
+            found = variant_of(f)
+            if found is not None:
+                variant_files.append((f, *found))
+                continue
         if target is None:
             target = _default_component(f.path, adapters, root_adapter)
             if target == "weights":
@@ -249,6 +259,13 @@ def assign_components(
         moved = _split_weights(groups, defaulted, tensor_names)
         if split is not None:
             split.extend(moved)
+    if variant_files:
+        # The component of the exact file, where it is in the input too (after
+        # any split); else where it would go (sealed --variants-only).
+        where = {g.path: name for name, members in groups.items() for g in members}
+        for f, variant, source in variant_files:
+            base = where.get(source) or _default_component(source, adapters, root_adapter)
+            groups.setdefault(f"{base}.{variant}", []).append(f)
     return groups
 
 
@@ -417,7 +434,9 @@ def make_plan(
         )
     notes: list[str] = []
     layouts = _Layouts(tree, limits, notes)
-    groups = assign_components(tree.files, overrides, root_name, layouts.tensor_names)
+    groups = assign_components(
+        tree.files, overrides, root_name, layouts.tensor_names, variant_of=layouts.variant_of
+    )
     components = []
     next_blob = 0
     for name in sorted(groups, key=_order_key):
@@ -494,6 +513,27 @@ class _Layouts:
     def tensor_names(self, f: InputFile) -> frozenset[str]:
         layout = self.get(f)
         return frozenset(t.name for t in layout.tensors) if layout is not None else frozenset()
+
+    def variant_of(self, f: InputFile) -> tuple[str, str] | None:
+        """(variant, source path) of a precision-variant file as seal writes them
+        (``variants/<v>/<source>``, its metadata naming both), or None."""
+        folder, variant, source = [*f.path.split("/", 2), "", ""][:3]
+        if folder != "variants" or variant not in _VARIANT_NAMES or not source:
+            return None
+        layout = self.get(f)
+        if layout is None:
+            return None
+        meta = layout.metadata
+        if meta.get("secpack.variant") != variant or meta.get("secpack.source") != source:
+            return None
+        return variant, source
+
+
+def variant_reader(
+    tree: InputTree, limits: Limits
+) -> Callable[[InputFile], tuple[str, str] | None]:
+    """``assign_components``'s ``variant_of`` for ``tree``."""
+    return _Layouts(tree, limits, []).variant_of
 
 
 def tensor_names_reader(tree: InputTree, limits: Limits) -> Callable[[InputFile], frozenset[str]]:

@@ -1047,3 +1047,45 @@ def test_an_input_that_already_holds_the_variant_is_refused_plainly(
     )
     assert not (tmp_path / "again.spk").exists()
     _seal_variant(opened, tmp_path / "fp16.spk", ["fp16"])
+
+
+def test_an_opened_package_seals_again_with_its_variants_as_variants(
+    small_model: Path, tmp_path: Path
+) -> None:
+    """`open` writes variants/<v>/ files; sealing that folder again puts them back
+    in their variant components (the loader dequantizes int8 again, and never
+    serves its codes as exact), while a file there that is not a secpack variant
+    stays an ordinary file."""
+    pkg = tmp_path / "v.spk"
+    _seal_variant(small_model, pkg, ["int8"])
+    policy = resolve_policy([str(KEYS / "signing-ed25519.key.pub")], None)
+    opened = tmp_path / "opened"
+    secpack.extract(str(pkg), str(opened), identities=[], policy=policy)
+    _write_st(opened / "variants" / "int8" / "notes.safetensors", {"x": np.ones(3, np.float32)}, {})
+    again = tmp_path / "again.spk"
+    _seal_variant(opened, again, ["fp16"])
+    source = _tensors_any(small_model / "model.safetensors")
+    with _open(pkg) as first, _open(again) as p:
+        names = sorted(c.name for c in p.components)
+        assert "weights.int8" in names and "weights.fp16" in names
+        assert p.variants("weights") == ["exact", "fp16", "int8"]
+        assert {f.path for f in p.files("weights.int8")} == {"variants/int8/model.safetensors"}
+        assert all(
+            np.array_equal(a, b)
+            for a, b in zip(
+                p.state_dict("weights", prefer=["int8"]).values(),
+                first.state_dict("weights", prefer=["int8"]).values(),
+                strict=True,
+            )
+        )
+        assert np.array_equal(p.tensor("w"), source["w"])
+        # The file that only lies there is ordinary weights, with a variant of its
+        # own; the int8 variant got none (it is a variant already).
+        assert {f.path for f in p.files("weights")} == {
+            "model.safetensors",
+            "variants/int8/notes.safetensors",
+        }
+        assert {f.path for f in p.files("weights.fp16")} == {
+            "variants/fp16/model.safetensors",
+            "variants/fp16/variants/int8/notes.safetensors",
+        }
