@@ -23,7 +23,13 @@ from secpack.format.limits import DEFAULT_LIMITS
 from secpack.format.manifest import PACKAGE_NAME_RE, Manifest
 from secpack.format.sections import SIG_TYPE_COSE_SIGN1, SignatureEntry
 from secpack.package import assemble
-from secpack.package.plan import DEFAULT_SEGMENT, VARIANT_SUFFIXES, InputTree, make_plan
+from secpack.package.plan import (
+    DEFAULT_SEGMENT,
+    VARIANT_SUFFIXES,
+    InputTree,
+    make_plan,
+    variant_reader,
+)
 from secpack.package.writer import SealSettings, placeholder_manifest, write_blobs
 from secpack.recipes.keys import SigningPrivateKey, key_id
 from secpack.sign.cose import sign_manifest
@@ -81,6 +87,18 @@ def _model_signing(
             "have secpack sign the plaintext",
         )
     return WithExtraFiles(tree, {SIGNATURE_NAME: sign_model(key, name, digests)})
+
+
+def _was_variants_only(tree: InputDirectory) -> bool:
+    """Whether the input is an opened ``--variants-only`` package: it holds variant
+    files (which go back to their variant components) and none of the exact files
+    they were made from. The package made from it is marked the same way, so that
+    an exact component that kept only an adapter's config is not offered as its
+    weights."""
+    variant_of = variant_reader(tree, DEFAULT_LIMITS)
+    paths = {f.path for f in tree.files}
+    sources = [found[1] for f in tree.files if (found := variant_of(f)) is not None]
+    return bool(sources) and not any(source in paths for source in sources)
 
 
 # Followed links named one by one in seal's note, at most (the rest are counted).
@@ -201,6 +219,8 @@ def seal(
             if model_signing:
                 components = [(MODEL_SIGNING, SIGNATURE_NAME), *components]
         metadata = {"generator": f"secpack {__version__}"}
+        if _was_variants_only(tree):
+            metadata[VARIANTS_ONLY] = "true"
         build = None
         if variants:
             build = build_variants(tree, variants, components, output, threads)

@@ -1089,3 +1089,39 @@ def test_an_opened_package_seals_again_with_its_variants_as_variants(
             "variants/fp16/model.safetensors",
             "variants/fp16/variants/int8/notes.safetensors",
         }
+
+
+def test_an_opened_variants_only_package_seals_again_as_variants_only(tmp_path: Path) -> None:
+    """Opened, a --variants-only package holds variant files and none of the exact
+    ones they came from; sealed again it is marked variants-only too, so that an
+    adapter's exact component (its config alone) is still not served as weights."""
+    root = tmp_path / "m"
+    rng = np.random.default_rng(3)
+    weights = rng.standard_normal((32, 16)).astype(np.float32)
+    _write_st(root / "model.safetensors", {"w": weights}, {})
+    _write_st(root / "my_lora" / "adapter_model.safetensors", {"a": weights[:8]}, {})
+    (root / "my_lora" / "adapter_config.json").write_text('{"r": 8}')
+    pkg = tmp_path / "v.spk"
+    _seal_variant(root, pkg, ["fp16"], variants_only=True)
+    policy = resolve_policy([str(KEYS / "signing-ed25519.key.pub")], None)
+    opened = tmp_path / "opened"
+    secpack.extract(str(pkg), str(opened), identities=[], policy=policy)
+    again = tmp_path / "again.spk"
+    _seal_variant(opened, again, [])
+    for path in (pkg, again):
+        with _open(path) as p:
+            assert p.manifest.metadata.get("variants-only") == "true"
+            adapter = next(c.name for c in p.components if c.name.startswith("adapter"))
+            assert p.variants(adapter) == ["fp16"] and p.variants("weights") == ["fp16"]
+            with pytest.raises(SecpackError) as err:
+                p.state_dict(adapter)
+            assert err.value.code == "component.unknown"
+            assert p.state_dict(adapter, prefer=["fp16"])["a"].dtype == np.float16
+    # Beside its exact files (sealed without --variants-only), it is not.
+    full = tmp_path / "full.spk"
+    _seal_variant(root, full, ["fp16"])
+    secpack.extract(str(full), str(tmp_path / "opened-full"), identities=[], policy=policy)
+    _seal_variant(tmp_path / "opened-full", tmp_path / "full-again.spk", [])
+    with _open(tmp_path / "full-again.spk") as p:
+        assert "variants-only" not in p.manifest.metadata
+        assert p.variants("weights") == ["exact", "fp16"]
