@@ -255,7 +255,15 @@ def seal(
             # What seal adds (model.sig, variants/...) must not collide with the input
             # either: open writes it all into one tree (FORMAT.md §10).
             refuse_collisions(source_tree.files, " (with what seal adds)")
-        plan = make_plan(source_tree, components, segment_size, DEFAULT_LIMITS, tree.default_name)
+        plan = make_plan(
+            source_tree,
+            components,
+            segment_size,
+            DEFAULT_LIMITS,
+            tree.default_name,
+            # The fast profile codes no float layout (bgx), so it has nothing to probe for.
+            probe_floats=LEVELS[level] > LEVELS["fast"],
+        )
         created = source_date_epoch()
         settings = SealSettings(
             name=pkg_name,

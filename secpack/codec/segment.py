@@ -70,13 +70,17 @@ def encode(
     level: int,
     dtype: str = "",
     period: int = 0,
+    *,
+    guessed: bool = False,
 ) -> Encoded:
     """Pick and apply the smallest codec for one segment's plaintext.
 
     ``width`` is the element size (1 for opaque bytes); ``grouped`` asks for byte
     grouping, which is only worth trying for IEEE-style floats. ``dtype`` (the
     safetensors dtype) and ``period`` (the row length of a matrix) let fp32, bf16
-    and fp16 use bgx, except with the fast profile. The balanced profile also
+    and fp16 use bgx, except with the fast profile. ``guessed`` says that the
+    dtype is codec.probe's guess for a file of unknown format, whose segments may
+    hold anything: plain zstd is then always tried as well. The balanced profile also
     codes the segment with plain zstd when bgx's H plane came out smaller with
     zstd than with ans (the segment repeats itself); the max profile always
     tries bg and plain zstd as well. The smallest is kept.
@@ -101,7 +105,7 @@ def encode(
             grouped_form = _encode_grouped(view, w)
             if grouped_form is not None:
                 candidates.append(grouped_form)
-        if found is None or found[0].planes[0].id != "ans" or level >= LEVELS["max"]:
+        if found is None or found[0].planes[0].id != "ans" or level >= LEVELS["max"] or guessed:
             # zstd's matches beat the exponents' symbol statistics on H (or bgx
             # did not shrink the segment at all): the segment may repeat itself,
             # as tables do (sinusoidal position encodings, STFT bases: plain zstd
@@ -110,7 +114,11 @@ def encode(
             # ans and never pay for this trial; for the rest (some embedding
             # tables) it runs at zstd's fastest level, and only a trial that wins
             # is redone at the profile's level.
-            trial = zstd.compress(view, LEVELS["fast"])
+            # A guessed layout is compared with the profile's own zstd level: the
+            # probe's samples said the file holds floats, not that every segment
+            # does, and a float layout a little smaller than zstd's fastest level
+            # can still be larger than the level the file would otherwise get.
+            trial = zstd.compress(view, level if guessed else LEVELS["fast"])
             best = min((len(c.payload) for c in candidates), default=n)
             if len(trial) < best:
                 packed = zstd.compress(view, level) if level != LEVELS["fast"] else trial

@@ -1,7 +1,7 @@
 """Planning a seal: which file goes to which component, how each file is cut
 into units (a safetensors header, one tensor, a whole plain file) and segments,
-and which segments share a blob. Pure except for the header reads it asks of
-the input tree.
+and which segments share a blob. Pure except for the reads it asks of the input
+tree: safetensors headers, and the samples of codec.probe.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from secpack.codec import probe
 from secpack.errors import InputError
 from secpack.format.contents import (
     FORMAT_RAW,
@@ -107,6 +108,9 @@ class PlannedSegment:
     blob: int
     dtype: str = ""  # safetensors dtype of a tensor segment ("" otherwise)
     period: int = 0  # the tensor's row length (last dimension) when it has rows
+    # The dtype is codec.probe's guess for a file secpack cannot parse, not a
+    # declared tensor dtype: the writer also tries plain zstd on every segment.
+    guessed: bool = False
 
 
 @dataclass(frozen=True)
@@ -379,28 +383,51 @@ class _Builder:
         grouped: bool,
         dtype: str = "",
         period: int = 0,
+        lead: int = 0,
+        guessed: bool = False,
     ) -> tuple[int, int]:
+        """Cut a unit into segments. ``lead`` > 0 puts its first ``lead`` bytes in a
+        segment of their own, so that the segments after it start on the element
+        boundaries of ``width``; bytes past the last whole element get one too.
+        Those two are coded as opaque bytes. (A tensor has neither.)"""
         first = len(self.segments)
         if length == 0:
             return first, 0
         if self.blob_fill >= BLOB_TARGET:
             self.blob += 1
             self.blob_fill = 0
-        count = -(-length // self.segment_size)
-        for part in range(count):
-            start = part * self.segment_size
-            size = min(self.segment_size, length - start)
+        lead = min(lead, length)
+        end = length - (length - lead) % width
+        cuts = [(0, lead)] if lead else []
+        cuts += [
+            (start, min(self.segment_size, end - start))
+            for start in range(lead, end, self.segment_size)
+        ]
+        whole = len(cuts)
+        if end < length:
+            cuts.append((end, length - end))
+        for part, (start, size) in enumerate(cuts):
             if self.blob_fill and self.blob_fill + size > BLOB_MAX:
                 self.blob += 1
                 self.blob_fill = 0
-            unit = Unit(label, part, part == count - 1)
+            unit = Unit(label, part, part == len(cuts) - 1)
+            elements = not (lead and part == 0) and part < whole
             self.segments.append(
                 PlannedSegment(
-                    path, offset + start, size, width, grouped, unit, self.blob, dtype, period
+                    path,
+                    offset + start,
+                    size,
+                    width if elements else 1,
+                    grouped and elements,
+                    unit,
+                    self.blob,
+                    dtype if elements else "",
+                    period,
+                    guessed and elements,
                 )
             )
             self.blob_fill += size
-        return first, count
+        return first, len(cuts)
 
     @property
     def next_blob(self) -> int:
@@ -413,9 +440,12 @@ def make_plan(
     segment_size: int = DEFAULT_SEGMENT,
     limits: Limits | None = None,
     root_name: str = "",
+    probe_floats: bool = False,
 ) -> Plan:
     """Plan the components, units, segments and blobs for sealing ``tree``
-    (``root_name``: see assign_components)."""
+    (``root_name``: see assign_components). ``probe_floats`` samples each file that
+    is not safetensors for float arrays (codec.probe), and cuts and marks the
+    segments of those where a float layout pays."""
     limits = limits or Limits()
     # Multiples of 64 keep every segment boundary on an element boundary for all dtypes.
     if not MIN_SEGMENT <= segment_size <= MAX_SEGMENT or segment_size % 64:
@@ -476,7 +506,22 @@ def make_plan(
                     )
                 fmt, header = FORMAT_SAFETENSORS, layout.header_len
             else:
-                builder.add_unit(("file", f.path), f.path, 0, f.size, 1, False)
+                guess = _probe(tree, f) if probe_floats else None
+                if guess is None:
+                    builder.add_unit(("file", f.path), f.path, 0, f.size, 1, False)
+                else:
+                    dtype, phase = guess
+                    builder.add_unit(
+                        ("file", f.path),
+                        f.path,
+                        0,
+                        f.size,
+                        DTYPE_SIZES[dtype],
+                        True,
+                        dtype,
+                        lead=phase,
+                        guessed=True,
+                    )
                 fmt, header = FORMAT_RAW, 0
             entries.append(
                 FileEntry(f.path, f.size, f.mode, fmt, first, len(builder.segments) - first, header)
@@ -494,6 +539,16 @@ def make_plan(
         )
         next_blob = builder.next_blob
     return Plan(tuple(components), next_blob, tuple(notes))
+
+
+def _probe(tree: InputTree, f: InputFile) -> tuple[str, int] | None:
+    """codec.probe's float layout for file ``f``, from samples of it."""
+    if f.size < probe.MIN_FILE:
+        return None
+    samples = [tree.read_at(f.path, at, probe.CHUNK) for at in probe.sample_offsets(f.size)]
+    if any(len(s) != probe.CHUNK for s in samples):
+        raise InputError("input.invalid", f"{f.path} changed while it was being sealed")
+    return probe.float_layout(samples)
 
 
 class _Layouts:

@@ -106,7 +106,9 @@ def _seal_one(
     plain = scratch("writer.plain", seg.length, pool.size)
     if tree.read_into(seg.path, seg.offset, plain) != seg.length:
         raise InputError("input.invalid", f"{seg.path} changed while it was being sealed")
-    enc = codec.encode(plain, seg.width, seg.grouped, level, seg.dtype, seg.period)
+    enc = codec.encode(
+        plain, seg.width, seg.grouped, level, seg.dtype, seg.period, guessed=seg.guessed
+    )
     if dek is None:
         stored: bytes | memoryview = enc.payload
         salt, buf = None, None

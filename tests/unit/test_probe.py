@@ -1,0 +1,196 @@
+"""Float arrays inside files secpack does not parse (codec.probe): the probe finds
+their layout and byte phase, the planner cuts the file at that phase, the writer
+keeps plain zstd wherever it is smaller, and the file comes back byte for byte."""
+
+from __future__ import annotations
+
+import collections
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import secpack
+from secpack.api.keyfiles import load_signing_key
+from secpack.api.seal import seal
+from secpack.codec import probe, zstd
+from secpack.codec import segment as codec
+from secpack.errors import InputError
+from secpack.format.limits import Limits
+from secpack.package.plan import InputFile, make_plan
+from secpack.package.reader import read_header
+from secpack.sign.policy import Policy, policy_from_keys
+from secpack.transport.spkfile import FileSource
+
+KEYS = Path(__file__).resolve().parents[2] / "keys-example"
+
+pytestmark = pytest.mark.skipif(not codec.bgx.available(), reason="needs the C helper")
+
+
+def _weights(dtype: str, count: int, seed: int = 0) -> bytes:
+    """Weight-like floats: normal, with per-row scales, as trained layers have."""
+    rng = np.random.default_rng(seed)
+    x = (
+        rng.normal(0.0, 1.0, count)
+        * np.repeat(rng.uniform(0.01, 0.2, count // 256 + 1), 256)[:count]
+    )
+    x32 = x.astype(np.float32)
+    if dtype == "F32":
+        return x32.tobytes()
+    if dtype == "F16":
+        return x32.astype(np.float16).tobytes()
+    return (x32.view(np.uint32) >> 16).astype(np.uint16).tobytes()  # BF16
+
+
+def _container(dtype: str, phase: int, count: int = 400_000) -> bytes:
+    """An opaque file: a header of ``phase`` bytes past a multiple of 8, the array,
+    and a trailer (as a zip member, a protobuf field or an .npy array sits)."""
+    rng = np.random.default_rng(1)
+    header = b"HDR\x00" * 16 + rng.integers(0, 256, phase, dtype=np.uint8).tobytes()
+    return header + _weights(dtype, count) + b"END-OF-FILE" * 3
+
+
+def _samples(data: bytes) -> list[bytes]:
+    return [data[at : at + probe.CHUNK] for at in probe.sample_offsets(len(data))]
+
+
+@pytest.mark.parametrize(
+    ("dtype", "phase"),
+    [("F32", p) for p in range(4)]
+    + [("BF16", p) for p in range(2)]
+    + [("F16", p) for p in range(2)],
+)
+def test_the_probe_finds_the_layout_and_the_phase(dtype: str, phase: int) -> None:
+    data = _container(dtype, phase)
+    assert probe.float_layout(_samples(data)) == (dtype, phase)
+
+
+def test_no_layout_for_data_that_is_not_floats() -> None:
+    rng = np.random.default_rng(2)
+    noise = rng.integers(0, 256, 1 << 20, dtype=np.uint8).tobytes()  # compressed data
+    text = b"".join(b'{"token_%d": %d},\n' % (i, i * 7) for i in range(60_000))
+    for data in (noise, text):
+        assert probe.float_layout(_samples(data)) is None
+    assert probe.float_layout([]) is None
+
+
+@pytest.mark.parametrize("size", [probe.MIN_FILE, probe.MIN_FILE + 13, 5 << 20, 3 << 30])
+def test_samples_are_bounded_aligned_and_inside_the_file(size: int) -> None:
+    offsets = probe.sample_offsets(size)
+    assert 2 <= len(offsets) <= probe.MAX_CHUNKS
+    assert offsets == sorted(set(offsets))
+    assert all(at % 8 == 0 and at >= 0 and at + probe.CHUNK <= size for at in offsets)
+    assert offsets[0] == 0 and offsets[-1] + probe.CHUNK > size - 8
+
+
+class _Tree:
+    def __init__(self, files: dict[str, bytes]) -> None:
+        self.data = files
+        self.files = [InputFile(p, len(d), 0o644) for p, d in files.items()]
+        self.reads: list[tuple[str, int, int]] = []
+
+    def read_at(self, path: str, offset: int, length: int) -> bytes:
+        self.reads.append((path, offset, length))
+        return self.data[path][offset : offset + length]
+
+    def read_into(self, path: str, offset: int, buf: memoryview) -> int:
+        chunk = self.data[path][offset : offset + len(buf)]
+        buf[: len(chunk)] = chunk
+        return len(chunk)
+
+
+def test_the_plan_cuts_a_probed_file_at_its_phase() -> None:
+    data = _container("F32", 3, 1_500_000)
+    tree = _Tree({"model.onnx": data, "notes.txt": b"plain text\n" * 40_000})
+    plan = make_plan(tree, segment_size=1 << 20, probe_floats=True)
+    segs = [s for c in plan.components for s in c.segments if s.path == "model.onnx"]
+    lead_len = 64 + 3  # the header of _container: 64 bytes, then the phase
+    assert lead_len % 4 == 3
+    assert (segs[0].offset, segs[0].length, segs[0].width, segs[0].dtype) == (0, 3, 1, "")
+    assert not segs[0].grouped and not segs[0].guessed
+    for s in segs[1:-1]:
+        assert (s.width, s.dtype, s.grouped, s.guessed) == (4, "F32", True, True)
+        assert (s.offset - 3) % 4 == 0 and s.length % 4 == 0
+    # The bytes past the last whole element: a segment of their own, opaque.
+    tail = (len(data) - 3) % 4
+    assert tail and (segs[-1].length, segs[-1].width, segs[-1].guessed) == (tail, 1, False)
+    assert [s.unit.part for s in segs] == list(range(len(segs)))
+    assert [s.unit.last for s in segs] == [False] * (len(segs) - 1) + [True]
+    # The segments tile the file exactly.
+    assert sum(s.length for s in segs) == len(data)
+    assert all(a.offset + a.length == b.offset for a, b in itertools.pairwise(segs))
+    text = [s for c in plan.components for s in c.segments if s.path == "notes.txt"]
+    assert all(s.width == 1 and not s.guessed for s in text)
+    # Only samples were read: at most 8 of 64 KiB per file.
+    assert all(length == probe.CHUNK for _, _, length in tree.reads)
+    assert collections.Counter(p for p, _, _ in tree.reads)["model.onnx"] <= probe.MAX_CHUNKS
+
+    unprobed = make_plan(_Tree({"model.onnx": data}), segment_size=1 << 20)
+    assert all(s.width == 1 and not s.guessed for s in unprobed.components[0].segments)
+
+
+def test_a_file_that_shrinks_before_its_samples_are_read_is_refused() -> None:
+    data = _container("F32", 0)
+    tree = _Tree({"model.bin": data})
+    tree.files = [InputFile("model.bin", len(data) + (1 << 20), 0o644)]  # as scanned
+    with pytest.raises(InputError) as err:
+        make_plan(tree, probe_floats=True)
+    assert err.value.code == "input.invalid"
+
+
+def test_a_guessed_segment_keeps_zstd_where_zstd_is_smaller() -> None:
+    # A float table repeated (position encodings): zstd's matches win over any
+    # float layout. A guessed dtype must not make the segment larger.
+    table = _weights("F32", 16_384, seed=3)
+    data = table * 16
+    got = codec.encode(data, 4, True, codec.LEVELS["balanced"], "F32", guessed=True)
+    assert got.codec.id == "zstd"
+    assert len(got.payload) <= len(zstd.compress(data, codec.LEVELS["balanced"]))
+    # Where the floats do not repeat, the float layout is kept.
+    fresh = _weights("F32", 1 << 18, seed=4)
+    got = codec.encode(fresh, 4, True, codec.LEVELS["balanced"], "F32", guessed=True)
+    assert got.codec.id == "bgx"
+    assert len(got.payload) < 0.95 * len(zstd.compress(fresh, codec.LEVELS["balanced"]))
+
+
+def _codecs(pkg: Path) -> dict[str, int]:
+    header = read_header(FileSource(str(pkg)), Limits())
+    seen: collections.Counter[str] = collections.Counter()
+    for comp in header.manifest.components:
+        for s in comp.segments:
+            seen[s.codec.id + (f"/{s.codec.float}" if s.codec.id == "bgx" else "")] += s.plain
+    return dict(seen)
+
+
+@pytest.mark.parametrize(("dtype", "phase"), [("F32", 2), ("F16", 1), ("BF16", 0)])
+def test_seal_codes_floats_in_an_opaque_file_and_open_gives_it_back(
+    tmp_path: Path, dtype: str, phase: int
+) -> None:
+    model = tmp_path / "m"
+    model.mkdir()
+    blob = _container(dtype, phase, 1_200_000)
+    (model / "pytorch_model.bin").write_bytes(blob)
+    (model / "config.json").write_text('{"model_type": "test"}')
+    key = load_signing_key(str(KEYS / "signing-ed25519.key"))
+    sizes = {}
+    for level in ("fast", "balanced"):
+        pkg = tmp_path / f"{level}.spk"
+        seal(str(model), str(pkg), encrypt=False, sign_keys=[key], level=level)
+        sizes[level] = pkg.stat().st_size
+        with secpack.open_package(pkg, trust=[str(KEYS / "signing-ed25519.key.pub")]) as p:
+            assert p.read_file("files", "pytorch_model.bin") == blob
+        out = tmp_path / f"out-{level}"
+        secpack.extract(str(pkg), str(out), identities=[], policy=_policy())
+        assert (out / "pytorch_model.bin").read_bytes() == blob
+    kind = {"F32": "fp32", "F16": "fp16", "BF16": "bf16"}[dtype]
+    balanced = _codecs(tmp_path / "balanced.spk")
+    assert balanced.get(f"bgx/{kind}", 0) > 0.9 * len(blob)
+    assert not any(k.startswith("bgx") for k in _codecs(tmp_path / "fast.spk"))
+    # Smaller than zstd of the file at the balanced level, by the float coding's margin.
+    assert sizes["balanced"] < 0.95 * len(zstd.compress(blob, codec.LEVELS["balanced"]))
+
+
+def _policy() -> Policy:
+    keys = policy_from_keys([("k", (KEYS / "signing-ed25519.key.pub").read_bytes())]).keys
+    return Policy(keys=keys, rollback=False)
