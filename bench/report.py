@@ -68,6 +68,9 @@ def render(
         ".venv/bin/python bench/big.py",
         "# package size of MiniLM cast to fp8 and int8, written to docs/BENCHMARKS-onebyte.md:",
         ".venv/bin/python bench/onebyte.py",
+        "# package size of real models whose weights are not safetensors (.pth, .onnx,",
+        "# .tflite, dlib .dat) against zstd and ZipNN, written to docs/BENCHMARKS-opaque.md:",
+        ".venv/bin/python bench/opaque.py",
         "# where the time of a load and a seal goes, by py-spy, written to docs/PROFILE.md",
         "# (.venv/bin/pip install py-spy; it attaches to a child, so it needs ptrace):",
         ".venv/bin/python bench/profile.py bench/out/data/minilm-fp32 --out docs/PROFILE.md",
@@ -76,7 +79,8 @@ def render(
         "```",
         "",
         "Peak memory on a 4 GiB model: [BENCHMARKS-large.md](BENCHMARKS-large.md). "
-        "Profiles of load and seal: [PROFILE.md](PROFILE.md).",
+        "Profiles of load and seal: [PROFILE.md](PROFILE.md). Weights in files "
+        "secpack does not parse: [BENCHMARKS-opaque.md](BENCHMARKS-opaque.md).",
         "",
         f"These figures: `{cmd.strip()}`, {now}, {args.runs} run(s) per figure, "
         f"{elapsed / 60:.1f} min in all.",

@@ -154,6 +154,25 @@ def test_a_guessed_segment_keeps_zstd_where_zstd_is_smaller() -> None:
     assert len(got.payload) < 0.95 * len(zstd.compress(fresh, codec.LEVELS["balanced"]))
 
 
+def test_a_guessed_segment_is_never_larger_than_any_of_its_candidates() -> None:
+    rng = np.random.default_rng(5)
+    fresh = _weights("F32", 1 << 18, seed=6)
+    table = _weights("F32", 8192, seed=7)
+    # Rows repeated with their last bytes changed: zstd's matches break every few
+    # bytes, while each byte plane on its own still repeats.
+    rows = np.frombuffer(table * 32, dtype="<u4").copy()
+    rows ^= rng.integers(0, 4, rows.size, dtype=np.uint32)
+    level = codec.LEVELS["balanced"]
+    for data in (fresh, table * 32, rows.tobytes()):
+        got = codec.encode(data, 4, True, level, "F32", guessed=True)
+        found = codec.bgx.encode(memoryview(data), "fp32", 0)
+        grouped = codec._encode_grouped(memoryview(data), 4)
+        sizes = [len(zstd.compress(data, level)), len(data)]
+        sizes += [len(found[1])] if found is not None else []
+        sizes += [len(grouped.payload)] if grouped is not None else []
+        assert len(got.payload) <= min(sizes)
+
+
 def _codecs(pkg: Path) -> dict[str, int]:
     header = read_header(FileSource(str(pkg)), Limits())
     seen: collections.Counter[str] = collections.Counter()
