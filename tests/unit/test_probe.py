@@ -140,12 +140,14 @@ def test_a_file_that_shrinks_before_its_samples_are_read_is_refused() -> None:
 
 
 def test_a_guessed_segment_keeps_zstd_where_zstd_is_smaller() -> None:
-    # A float table repeated (position encodings): zstd's matches win over any
-    # float layout. A guessed dtype must not make the segment larger.
+    # A float table repeated (position encodings): matches win over the float
+    # layout (zstd of the whole segment, or of each byte plane). A guessed dtype
+    # must not make the segment larger.
     table = _weights("F32", 16_384, seed=3)
     data = table * 16
     got = codec.encode(data, 4, True, codec.LEVELS["balanced"], "F32", guessed=True)
-    assert got.codec.id == "zstd"
+    assert got.codec.id in ("zstd", "bg")
+    assert len(got.payload) < 0.2 * len(data)
     assert len(got.payload) <= len(zstd.compress(data, codec.LEVELS["balanced"]))
     # Where the floats do not repeat, the float layout is kept.
     fresh = _weights("F32", 1 << 18, seed=4)
