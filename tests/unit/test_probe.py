@@ -173,6 +173,10 @@ def test_a_guessed_segment_is_never_larger_than_any_of_its_candidates() -> None:
         sizes += [len(found[1])] if found is not None else []
         sizes += [len(grouped.payload)] if grouped is not None else []
         assert len(got.payload) <= min(sizes)
+    # The max profile always holds a guessed segment to zstd -19 of it.
+    top = codec.LEVELS["max"]
+    got = codec.encode(rows.tobytes(), 4, True, top, "F32", guessed=True)
+    assert len(got.payload) <= len(zstd.compress(rows.tobytes(), top))
 
 
 def _codecs(pkg: Path) -> dict[str, int]:
