@@ -18,6 +18,11 @@ repository. For each model directory:
   answering None: what every earlier version did with such files). Each seal is
   opened again and compared with the input byte for byte.
 
+MiniLM's weights (from `make bench`) saved by ``torch.save`` as a
+``pytorch_model.bin`` in fp32, bf16 and fp16 are measured the same way: the
+format of most older Hugging Face checkpoints, and the same tensors as the
+safetensors data sets of docs/BENCHMARKS.md.
+
 Sizes are the package (or the compressed files) over the original bytes. Seal
 seconds are medians of three, on one process, with the page cache warm.
 """
@@ -66,6 +71,14 @@ MODELS = [
 ]
 
 
+# MiniLM's safetensors weights saved by torch.save, as pytorch_model.bin files:
+# (name, "", [torch dtype], what). Made from the data `make bench` fetches.
+TORCH_SAVED = [
+    (f"minilm-pytorch-bin-{short}", "", [dtype], f"pytorch_model.bin, {short}")
+    for short, dtype in (("fp32", "float32"), ("bf16", "bfloat16"), ("fp16", "float16"))
+]
+
+
 def _fetch(name: str, spec: str, members: list[str]) -> Path:
     """The model's directory under OUT, fetched and unpacked once."""
     target = OUT / name
@@ -98,6 +111,30 @@ def _fetch(name: str, spec: str, members: list[str]) -> Path:
                     assert src is not None
                     (target / Path(ti.name).name).write_bytes(src.read())
     return target
+
+
+def _torch_saved(name: str, dtype: str) -> Path | None:
+    """MiniLM's weights (bench/out/data/minilm-fp32, fetched by `make bench`) saved
+    by torch.save as a pytorch_model.bin in ``dtype``: the zip-of-storages format
+    of most older Hugging Face checkpoints. None, with a message, without torch
+    or the data."""
+    target = OUT / name / "pytorch_model.bin"
+    if target.exists():
+        return target.parent
+    source = REPO / "bench" / "out" / "data" / "minilm-fp32" / "model.safetensors"
+    try:
+        import torch
+        from safetensors.torch import load_file
+    except ImportError:
+        print(f"[{name}] skipped: needs torch (installed with ZipNN)", flush=True)
+        return None
+    if not source.exists():
+        print(f"[{name}] skipped: run `make bench` first to fetch MiniLM", flush=True)
+        return None
+    tensors = load_file(str(source))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.to(getattr(torch, dtype)) for k, v in tensors.items()}, str(target))
+    return target.parent
 
 
 def _files(root: Path) -> list[Path]:
@@ -196,11 +233,14 @@ def main() -> int:
     args = ap.parse_args()
     rows = []
     started = time.time()
-    for name, spec, members, what in MODELS:
+    for name, spec, members, what in MODELS + TORCH_SAVED:
         if args.only and name != args.only:
             continue
-        print(f"[{name}] fetching {spec}", flush=True)
-        source = _fetch(name, spec, members)
+        print(f"[{name}] {'fetching ' + spec if spec else 'saving with torch'}", flush=True)
+        found = _fetch(name, spec, members) if spec else _torch_saved(name, members[0])
+        if found is None:
+            continue
+        source = found
         files = _files(source)
         original = sum(p.stat().st_size for p in files)
         print(f"[{name}] {len(files)} files, {original / 1e6:.1f} MB: zstd, ZipNN", flush=True)
