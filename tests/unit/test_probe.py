@@ -179,6 +179,27 @@ def test_a_guessed_segment_is_never_larger_than_any_of_its_candidates() -> None:
     assert len(got.payload) <= len(zstd.compress(rows.tobytes(), top))
 
 
+def test_bg_at_zstd_level_3_is_tried_only_where_an_eighth_says_it_pays() -> None:
+    level = codec.LEVELS["balanced"]
+    fresh = memoryview(_weights("F32", 1 << 18, seed=8))
+    found = codec.bgx.encode(fresh, "fp32", 0)
+    assert found is not None
+    assert not codec._planes_repeat(fresh, 4, found)  # weights: bgx is far ahead
+    # Rows of a 256 KiB table repeated with their low byte changed: whole-element
+    # matches break, and bgx's planes do not look that far back, but zstd at
+    # level 3 on each byte plane above the lowest finds every repeat.
+    rng = np.random.default_rng(9)
+    rows = np.frombuffer(_weights("F32", 65536, seed=10) * 16, dtype="<u4").copy()
+    rows ^= rng.integers(0, 256, rows.size, dtype=np.uint32)
+    data = memoryview(rows.tobytes())
+    found = codec.bgx.encode(data, "fp32", 0)
+    assert found is not None
+    assert codec._planes_repeat(data, 4, found)
+    got = codec.encode(data, 4, True, level, "F32", guessed=True)
+    assert got.codec.id == "bg"
+    assert len(got.payload) < 0.7 * len(found[1])
+
+
 def _codecs(pkg: Path) -> dict[str, int]:
     header = read_header(FileSource(str(pkg)), Limits())
     seen: collections.Counter[str] = collections.Counter()
