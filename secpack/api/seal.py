@@ -17,10 +17,10 @@ from secpack.api.auditing import audited, package_facts
 from secpack.api.common import NullProgress, Progress, parse_expires, source_date_epoch
 from secpack.api.variants import build_variants
 from secpack.codec.segment import LEVELS
-from secpack.errors import InputError
+from secpack.errors import InputError, SecpackError
 from secpack.format import cbor
 from secpack.format.limits import DEFAULT_LIMITS
-from secpack.format.manifest import PACKAGE_NAME_RE, Manifest
+from secpack.format.manifest import PACKAGE_NAME_RE, Manifest, parse_manifest
 from secpack.format.sections import SIG_TYPE_COSE_SIGN1, SignatureEntry
 from secpack.package import assemble
 from secpack.package.plan import (
@@ -291,6 +291,7 @@ def seal(
             # Every read of the input is done: all of it must be of one version.
             tree.check_unchanged()
             manifest_bytes = cbor.encode(manifest.to_cbor())
+            _check_readable(manifest_bytes)
             audit["package"].update(
                 package_facts(
                     manifest.name, manifest.version, hashlib.sha256(manifest_bytes).digest()
@@ -319,3 +320,26 @@ def seal(
             seconds=time.perf_counter() - started,
             notes=plan.notes + tuple(build.notes if build else ()) + _outside_links(tree),
         )
+
+
+def _check_readable(manifest_bytes: bytes) -> None:
+    """Refuse to commit a package whose manifest a reader with the default limits
+    would refuse (docs/FORMAT.md §11): better an error now, with nothing written,
+    than a package no one can open. The input's file count is checked up front;
+    what else can reach a limit (the CBOR items of tens of thousands of
+    segments, say) is only known once every segment is coded."""
+    limits = DEFAULT_LIMITS
+    try:
+        obj = cbor.decode(
+            manifest_bytes,
+            max_bytes=limits.max_manifest_bytes,
+            max_depth=limits.max_cbor_depth,
+            max_items=limits.max_cbor_items,
+        )
+        parse_manifest(obj, limits)
+    except SecpackError as exc:
+        raise InputError(
+            "input.invalid",
+            f"the package would break a reader's default limits ({exc}): "
+            "seal fewer files, or larger segments (--segment-size)",
+        ) from None

@@ -42,6 +42,9 @@ BLOB_TARGET = 16 * MiB
 # so that transfers can be parallel and resumable.
 BLOB_MAX = 64 * MiB
 
+# At most this many files are probed for float arrays (codec.probe), the largest.
+MAX_PROBED = 4096
+
 CONFIG_NAMES = frozenset(
     {
         "config.json",
@@ -464,6 +467,15 @@ def make_plan(
         )
     notes: list[str] = []
     layouts = _Layouts(tree, limits, notes)
+    probed: frozenset[str] = frozenset()
+    if probe_floats:
+        # The largest MAX_PROBED files that are not safetensors: a probed file's
+        # segments carry float codec records (about 50 more CBOR items each), and
+        # the bound keeps them far below the readers' item limit (§11) even for
+        # inputs of tens of thousands of such files.
+        eligible = [f for f in tree.files if f.size >= probe.MIN_FILE and layouts.get(f) is None]
+        eligible.sort(key=lambda f: (-f.size, f.path))
+        probed = frozenset(f.path for f in eligible[:MAX_PROBED])
     groups = assign_components(
         tree.files, overrides, root_name, layouts.tensor_names, variant_of=layouts.variant_of
     )
@@ -506,7 +518,7 @@ def make_plan(
                     )
                 fmt, header = FORMAT_SAFETENSORS, layout.header_len
             else:
-                guess = _probe(tree, f) if probe_floats else None
+                guess = _probe(tree, f) if f.path in probed else None
                 if guess is None:
                     builder.add_unit(("file", f.path), f.path, 0, f.size, 1, False)
                 else:

@@ -228,7 +228,10 @@ def _largest_codec(s: PlannedSegment) -> Codec:
     """A codec record at least as long, once encoded, as any the writer may choose
     for segment ``s``: every count and size at its largest."""
     if not (s.grouped and s.width > 1):
-        return Codec("zstd", size=s.length)
+        # A segment of a few bytes (a probed file's lead or tail) may be coded
+        # const, whose record is longer than zstd's with a one-byte size.
+        plain = Codec("zstd", size=s.length)
+        return max(plain, Codec("const", width=8), key=lambda c: len(cbor.encode(c.to_cbor())))
     n = s.length // s.width
     bg = Codec("bg", width=s.width, rot=1, planes=(Plane("zstd", n),) * s.width)
     kind = codec.BGX_DTYPES.get(s.dtype)

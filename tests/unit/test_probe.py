@@ -17,7 +17,10 @@ from secpack.api.seal import seal
 from secpack.codec import probe, zstd
 from secpack.codec import segment as codec
 from secpack.errors import InputError
+from secpack.format import cbor
 from secpack.format.limits import Limits
+from secpack.package import plan as plan_mod
+from secpack.package import writer
 from secpack.package.plan import InputFile, make_plan
 from secpack.package.reader import read_header
 from secpack.sign.policy import Policy, policy_from_keys
@@ -128,6 +131,52 @@ def test_the_plan_cuts_a_probed_file_at_its_phase() -> None:
 
     unprobed = make_plan(_Tree({"model.onnx": data}), segment_size=1 << 20)
     assert all(s.width == 1 and not s.guessed for s in unprobed.components[0].segments)
+
+
+def test_only_the_largest_files_are_probed(monkeypatch: pytest.MonkeyPatch) -> None:
+    big, small = _container("F32", 0, 500_000), _container("F32", 0, 200_000)
+    tree = _Tree({"a.bin": small, "b.bin": big})
+    monkeypatch.setattr(plan_mod, "MAX_PROBED", 1)
+    plan = make_plan(tree, probe_floats=True)
+    guessed = {s.path for c in plan.components for s in c.segments if s.guessed}
+    assert guessed == {"b.bin"}
+    assert {p for p, _, _ in tree.reads} == {"b.bin"}
+
+
+def test_lead_and_tail_segments_fit_the_header_room() -> None:
+    # A lead or tail of a few equal bytes is coded const: its placeholder record
+    # must be at least as long.
+    data = b"\x00\x00\x00" + _weights("F32", 300_000) + b"\x07\x07"
+    plan = make_plan(_Tree({"m.bin": data}), probe_floats=True)
+    segs = plan.components[0].segments
+    assert (segs[0].length, segs[-1].length) == (3, 2)
+    for s in (segs[0], segs[-1]):
+        room = len(cbor.encode(writer._largest_codec(s).to_cbor()))
+        used = codec.encode(data[s.offset : s.offset + s.length], 1, False, 3).codec
+        assert used.id == "const"
+        assert len(cbor.encode(used.to_cbor())) <= room
+
+
+def test_seal_refuses_a_package_the_default_reader_would_refuse(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dataclasses
+
+    from secpack.api import seal as seal_mod
+
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "model.bin").write_bytes(_container("F32", 1, 600_000))
+    small = dataclasses.replace(seal_mod.DEFAULT_LIMITS, max_cbor_items=60)
+    monkeypatch.setattr(seal_mod, "DEFAULT_LIMITS", small)
+    out = tmp_path / "out"
+    out.mkdir()
+    key = load_signing_key(str(KEYS / "signing-ed25519.key"))
+    with pytest.raises(InputError) as err:
+        seal(str(model), str(out / "m.spk"), encrypt=False, sign_keys=[key])
+    assert err.value.code == "input.invalid"
+    assert "default limits" in str(err.value)
+    assert list(out.iterdir()) == []  # nothing committed, no temporary left
 
 
 def test_a_file_that_shrinks_before_its_samples_are_read_is_refused() -> None:
