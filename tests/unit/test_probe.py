@@ -17,10 +17,8 @@ from secpack.api.seal import seal
 from secpack.codec import probe, zstd
 from secpack.codec import segment as codec
 from secpack.errors import InputError
-from secpack.format import cbor
 from secpack.format.limits import Limits
 from secpack.package import plan as plan_mod
-from secpack.package import writer
 from secpack.package.plan import InputFile, make_plan
 from secpack.package.reader import read_header
 from secpack.sign.policy import Policy, policy_from_keys
@@ -141,20 +139,6 @@ def test_only_the_largest_files_are_probed(monkeypatch: pytest.MonkeyPatch) -> N
     guessed = {s.path for c in plan.components for s in c.segments if s.guessed}
     assert guessed == {"b.bin"}
     assert {p for p, _, _ in tree.reads} == {"b.bin"}
-
-
-def test_lead_and_tail_segments_fit_the_header_room() -> None:
-    # A lead or tail of a few equal bytes is coded const: its placeholder record
-    # must be at least as long.
-    data = b"\x00\x00\x00" + _weights("F32", 300_000) + b"\x07\x07"
-    plan = make_plan(_Tree({"m.bin": data}), probe_floats=True)
-    segs = plan.components[0].segments
-    assert (segs[0].length, segs[-1].length) == (3, 2)
-    for s in (segs[0], segs[-1]):
-        room = len(cbor.encode(writer._largest_codec(s).to_cbor()))
-        used = codec.encode(data[s.offset : s.offset + s.length], 1, False, 3).codec
-        assert used.id == "const"
-        assert len(cbor.encode(used.to_cbor())) <= room
 
 
 def test_seal_refuses_a_package_the_default_reader_would_refuse(
