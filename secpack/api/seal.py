@@ -20,7 +20,7 @@ from secpack.codec.segment import LEVELS
 from secpack.errors import InputError, SecpackError
 from secpack.format import cbor
 from secpack.format.limits import DEFAULT_LIMITS
-from secpack.format.manifest import PACKAGE_NAME_RE, Manifest, parse_manifest
+from secpack.format.manifest import PACKAGE_NAME_RE, Manifest
 from secpack.format.sections import SIG_TYPE_COSE_SIGN1, SignatureEntry
 from secpack.package import assemble
 from secpack.package.plan import (
@@ -30,6 +30,7 @@ from secpack.package.plan import (
     make_plan,
     variant_reader,
 )
+from secpack.package.reader import decode_manifest
 from secpack.package.writer import SealSettings, placeholder_manifest, write_blobs
 from secpack.recipes.keys import SigningPrivateKey, key_id
 from secpack.sign.cose import sign_manifest
@@ -328,15 +329,8 @@ def _check_readable(manifest_bytes: bytes) -> None:
     than a package no one can open. The input's file count is checked up front;
     what else can reach a limit (the CBOR items of tens of thousands of
     segments, say) is only known once every segment is coded."""
-    limits = DEFAULT_LIMITS
     try:
-        obj = cbor.decode(
-            manifest_bytes,
-            max_bytes=limits.max_manifest_bytes,
-            max_depth=limits.max_cbor_depth,
-            max_items=limits.max_cbor_items,
-        )
-        parse_manifest(obj, limits)
+        decode_manifest(manifest_bytes, DEFAULT_LIMITS)
     except SecpackError as exc:
         raise InputError(
             "input.invalid",

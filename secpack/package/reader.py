@@ -31,6 +31,7 @@ __all__ = [
     "ByteSource",
     "Header",
     "check_trust",
+    "decode_manifest",
     "largest_segment",
     "read_header",
     "read_segment",
@@ -82,6 +83,17 @@ class Header:
         return cached
 
 
+def decode_manifest(manifest_bytes: bytes, limits: Limits) -> Manifest:
+    """Steps 3-4: strict CBOR within ``limits``, then the schema."""
+    obj = cbor.decode(
+        manifest_bytes,
+        max_bytes=limits.max_manifest_bytes,
+        max_depth=limits.max_cbor_depth,
+        max_items=limits.max_cbor_items,
+    )
+    return parse_manifest(obj, limits)
+
+
 def read_header(src: ByteSource, limits: Limits) -> Header:
     """Steps 1-4: framing, bounded header, strict CBOR, schema."""
     head = src.read_at(0, min(container.PREAMBLE_LEN, src.size))
@@ -89,13 +101,7 @@ def read_header(src: ByteSource, limits: Limits) -> Header:
     sig_head = src.read_at(layout.sigs_off, container.SIG_HEADER_LEN)
     s_len = container.parse_sig_header(sig_head, layout, limits)
     manifest_bytes = src.read_at(layout.manifest_off, layout.manifest_len)
-    obj = cbor.decode(
-        manifest_bytes,
-        max_bytes=limits.max_manifest_bytes,
-        max_depth=limits.max_cbor_depth,
-        max_items=limits.max_cbor_items,
-    )
-    manifest = parse_manifest(obj, limits)
+    manifest = decode_manifest(manifest_bytes, limits)
     check_index(src.read_at(layout.index_off, layout.index_len), manifest, layout.blobs_len, limits)
     section = src.read_at(layout.sigs_off + container.SIG_HEADER_LEN, s_len)
     entries = parse_signature_section(section, limits)
