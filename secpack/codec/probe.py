@@ -10,9 +10,9 @@ the bytes mean, so a wrong guess costs only size, and the writer still keeps
 plain zstd for each segment where it is smaller (segment.encode, ``guessed``).
 
 The guess is measured, not inferred from file names: a few samples spread over
-the file are coded with each float layout at each byte phase, and the layout
-that codes them smallest is kept if it beats zstd on the same samples by a
-margin. The phase matters: an array that starts 2 bytes past a multiple of 4
+the file are coded with each float layout their byte statistics leave open, at
+the byte phase of its top byte, and the layout that codes them smallest is kept
+if it beats zstd on the same samples by a margin. The phase matters: an array that starts 2 bytes past a multiple of 4
 has its exponents in the wrong byte of every fp32 element unless the segments
 are cut to match (plan.py gives the file a short first segment of ``phase``
 bytes).
@@ -28,8 +28,8 @@ from secpack.codec import bgx, zstd
 
 __all__ = ["CHUNK", "MIN_FILE", "float_layout", "sample_offsets"]
 
-# Files below this stay with zstd unprobed: the probe codes up to 8 layouts of
-# its samples, which on a small file would cost more than the file's own coding,
+# Files below this stay with zstd unprobed: the probe codes its samples in up to
+# 3 layouts, which on a small file would cost more than the file's own coding,
 # for a few kilobytes at most.
 MIN_FILE = 256 * 1024
 # Each sample; 64 KiB of fp32 is 16 Ki elements, above ans's minimum for H.
@@ -40,7 +40,7 @@ MAX_CHUNKS = 8
 # Samples start at multiples of this, so that a phase (the offset of the arrays'
 # elements modulo their width, 4 at most) means the same in every sample.
 _ALIGN = 8
-# (safetensors dtype, the bgx float layout, its element width), tried in order.
+# (safetensors dtype, the bgx float layout, its element width), in the order tried.
 _LAYOUTS = (("F32", "fp32", 4), ("BF16", "bf16", 2), ("F16", "fp16", 2))
 # zstd level of the comparison: the balanced profile's.
 _ZSTD_LEVEL = 3
