@@ -53,8 +53,9 @@ def _is_constant(buf: memoryview, width: int) -> bool:
 
 
 # How much larger than the float layout zstd's fastest level may code a guessed
-# segment and still be redone at the profile's level: level 3 takes 0.5-2 % off
-# level 1 on such files (level 19 up to 4 %), so a wider gap is never closed.
+# segment and still be redone at the balanced level: level 3 takes 0.5-2 % off
+# level 1 on such files, so a wider gap is never closed. (Level 19 can take far
+# more, so the max profile always redoes it.)
 _GUESS_MARGIN = 0.05
 # How much larger than bgx's ratio bg at level 3 may code the first eighth of a
 # guessed segment and still be tried on all of it. Where it won (ONNX, TFLite),
@@ -93,7 +94,8 @@ def encode(
     safetensors dtype) and ``period`` (the row length of a matrix) let fp32, bf16
     and fp16 use bgx, except with the fast profile. ``guessed`` says that the
     dtype is codec.probe's guess for a file of unknown format, whose segments may
-    hold anything: plain zstd is then always tried as well. The balanced profile also
+    hold anything: plain zstd, and bg at zstd level 3 where it looks ahead, are
+    then tried as well. The balanced profile also
     codes the segment with plain zstd when bgx's H plane came out smaller with
     zstd than with ans (the segment repeats itself); the max profile always
     tries bg and plain zstd as well. The smallest is kept.
