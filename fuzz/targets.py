@@ -80,17 +80,11 @@ def target_header(data: bytes) -> None:
 
 def target_manifest(data: bytes) -> None:
     from secpack.format.contents import parse_contents
-    from secpack.format.manifest import parse_manifest
+    from secpack.package.reader import decode_manifest
 
     limits = DEFAULT_LIMITS
     try:
-        obj = cbor.decode(
-            data,
-            max_bytes=limits.max_manifest_bytes,
-            max_depth=limits.max_cbor_depth,
-            max_items=limits.max_cbor_items,
-        )
-        manifest = parse_manifest(obj, limits)
+        manifest = decode_manifest(data, limits)
         for comp in manifest.components:
             if comp.encryption is None:
                 contents = cbor.decode(

@@ -519,21 +519,18 @@ def make_plan(
                 fmt, header = FORMAT_SAFETENSORS, layout.header_len
             else:
                 guess = _probe(tree, f) if f.path in probed else None
-                if guess is None:
-                    builder.add_unit(("file", f.path), f.path, 0, f.size, 1, False)
-                else:
-                    dtype, phase = guess
-                    builder.add_unit(
-                        ("file", f.path),
-                        f.path,
-                        0,
-                        f.size,
-                        DTYPE_SIZES[dtype],
-                        True,
-                        dtype,
-                        lead=phase,
-                        guessed=True,
-                    )
+                dtype, phase = guess or ("", 0)
+                builder.add_unit(
+                    ("file", f.path),
+                    f.path,
+                    0,
+                    f.size,
+                    DTYPE_SIZES.get(dtype, 1),
+                    guess is not None,
+                    dtype,
+                    lead=phase,
+                    guessed=guess is not None,
+                )
                 fmt, header = FORMAT_RAW, 0
             entries.append(
                 FileEntry(f.path, f.size, f.mode, fmt, first, len(builder.segments) - first, header)
@@ -554,9 +551,8 @@ def make_plan(
 
 
 def _probe(tree: InputTree, f: InputFile) -> tuple[str, int] | None:
-    """codec.probe's float layout for file ``f``, from samples of it."""
-    if f.size < probe.MIN_FILE:
-        return None
+    """codec.probe's float layout for file ``f`` (of at least probe.MIN_FILE
+    bytes), from samples of it."""
     samples = [tree.read_at(f.path, at, probe.CHUNK) for at in probe.sample_offsets(f.size)]
     if any(len(s) != probe.CHUNK for s in samples):
         raise InputError("input.invalid", f"{f.path} changed while it was being sealed")
