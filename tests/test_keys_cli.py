@@ -428,6 +428,35 @@ def test_sealing_an_already_expired_package_is_refused(
     ok(*args, "--expires", "5000w")
 
 
+@pytest.mark.parametrize("epoch", [str(2**63), str(2**64), "9" * 5000, "\u00b2", "-1", "1.5"])
+def test_source_date_epoch_out_of_range_is_refused_before_anything_is_written(
+    tmp_path: Path, sealed: Path, model_dir: Path, release_key: KeyPair, keys: KeyRing, epoch: str
+) -> None:
+    # Past 2^63 - 1 a time is a CBOR bignum, which no strict reader accepts: a seal
+    # or a countersignature made with it would leave a package no one can read.
+    env = {"SOURCE_DATE_EPOCH": epoch}
+    pkg = tmp_path / "p.spk"
+    res = fails(
+        "input.invalid",
+        *["seal", model_dir, "-o", pkg, "--sign-key", release_key.private, "--no-encrypt"],
+        env=env,
+    )
+    assert "SOURCE_DATE_EPOCH" in res.stderr
+    assert not pkg.exists()
+    signed = tmp_path / "signed.spk"
+    shutil.copyfile(sealed, signed)
+    before = signed.read_bytes()
+    qa = keys.signing("qa", "ecdsa-p256")
+    assert (
+        "SOURCE_DATE_EPOCH"
+        in fails("input.invalid", "sign", signed, "--key", qa.private, env=env).stderr
+    )
+    assert signed.read_bytes() == before
+    ok("verify", signed, "--trust", release_key.public)
+    ok("sign", signed, "--key", qa.private, "-q", env={"SOURCE_DATE_EPOCH": str(2**63 - 1)})
+    assert len(ok("signatures", signed, "--json").json()) == 2
+
+
 def test_expired_package(
     tmp_path: Path, model_dir: Path, release_key: KeyPair, monkeypatch: pytest.MonkeyPatch
 ) -> None:

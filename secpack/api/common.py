@@ -43,8 +43,15 @@ def source_date_epoch() -> int:
     value = os.environ.get("SOURCE_DATE_EPOCH")
     if value is None:
         return now()
-    if not value.isdigit():
-        raise InputError("input.invalid", "SOURCE_DATE_EPOCH must be a non-negative integer")
+    # ASCII digits only: str.isdigit() also takes "²", which int() refuses. Below
+    # _LATEST: a signing time or creation time past 2^63 - 1 would need a CBOR
+    # bignum, which every strict reader (secpack's own included) refuses.
+    # (At most 19 digits before int(): Python refuses to convert over 4300.)
+    if not (value.isascii() and value.isdigit()) or len(value) > 19 or int(value) >= _LATEST:
+        raise InputError(
+            "input.invalid",
+            f"SOURCE_DATE_EPOCH must be an integer from 0 to {_LATEST - 1}, not {value[:40]!r}",
+        )
     return int(value)
 
 

@@ -160,6 +160,10 @@ def _append(
                     _rewrite(src, header, entries, output, in_place=False)
                 return SignReport(output or package, b"", False, len(entries)), None
             entry, kid = make(header)
+            if entry.type == SIG_TYPE_COSE_SIGN1:
+                # What every reader will parse, parsed before it replaces the package:
+                # an entry no reader accepts would make the whole package unreadable.
+                cose.parse_sign1(entry.data)
             entries.append(entry)
             _rewrite(src, header, entries, output or package, in_place=output is None)
             return SignReport(output or package, kid, True, len(entries)), entry.data
