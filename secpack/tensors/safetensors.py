@@ -81,6 +81,16 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _is_text(value: str) -> bool:
+    """Whether ``value`` is Unicode text: JSON's "\\ud800" escapes decode to lone
+    surrogates, which no UTF-8 (a package's CBOR included) can hold."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _no_constant(token: str) -> Any:
     raise _bad(f"JSON constant {token} is not allowed")
 
@@ -92,7 +102,9 @@ def parse_header(header: bytes, file_size: int, max_ndim: int) -> SafetensorsLay
     try:
         text = header.decode("utf-8")
         doc = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    # ValueError also covers an integer of more than 4300 digits, which Python's
+    # JSON parser refuses to convert (and UnicodeDecodeError, JSONDecodeError).
+    except (ValueError, RecursionError) as exc:
         raise _bad(f"header is not valid JSON: {type(exc).__name__}") from None
     if not isinstance(doc, dict):
         raise _bad("header is not a JSON object")
@@ -105,9 +117,13 @@ def parse_header(header: bytes, file_size: int, max_ndim: int) -> SafetensorsLay
                 isinstance(k, str) and isinstance(v, str) for k, v in info.items()
             ):
                 raise _bad("__metadata__ must map strings to strings")
+            if not all(_is_text(k) and _is_text(v) for k, v in info.items()):
+                raise _bad("__metadata__ holds a lone surrogate (\\ud800-\\udfff)")
             metadata = dict(info)
             continue
-        if not name or len(name.encode("utf-8", errors="surrogatepass")) > _MAX_NAME_BYTES:
+        if not _is_text(name):
+            raise _bad(f"tensor name {name!r} holds a lone surrogate (\\ud800-\\udfff)")
+        if not name or len(name.encode("utf-8")) > _MAX_NAME_BYTES:
             raise _bad("empty or over-long tensor name")
         key = unicodedata.normalize("NFC", name)
         if key in normalised:

@@ -102,6 +102,34 @@ def test_zero_size_tensor_at_running_offset_before_neighbour_is_fine() -> None:
         pytest.param(struct.pack("<Q", 100) + b"{}", id="header-past-eof"),
         pytest.param(b"\x01\x00", id="short-prefix"),
         pytest.param(_file(b"\xff\xfe".decode("latin-1")), id="not-json"),
+        # Python's JSON parser refuses integers of more than 4300 digits (ValueError).
+        pytest.param(
+            _file('{"a": {"dtype": "U8", "shape": [' + "9" * 5000 + '], "data_offsets": [0, 1]}}'),
+            id="5000-digit-dim",
+        ),
+        pytest.param(
+            _file('{"a": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1' + "0" * 5000 + "]}}"),
+            id="5000-digit-offset",
+        ),
+        # JSON escapes that decode to lone surrogates: valid JSON, not Unicode text.
+        pytest.param(
+            _file('{"a\\ud800": ' + json.dumps(t("U8", [1], 0, 1)) + "}", bytes(1)),
+            id="surrogate-name",
+        ),
+        pytest.param(
+            _file(
+                '{"__metadata__": {"k": "\\udfff"}, "a": ' + json.dumps(t("U8", [1], 0, 1)) + "}",
+                bytes(1),
+            ),
+            id="surrogate-metadata-value",
+        ),
+        pytest.param(
+            _file(
+                '{"__metadata__": {"\\ud83d": "v"}, "a": ' + json.dumps(t("U8", [1], 0, 1)) + "}",
+                bytes(1),
+            ),
+            id="surrogate-metadata-key",
+        ),
     ],
 )
 def test_refusals(blob: bytes) -> None:
@@ -113,3 +141,9 @@ def test_a_git_lfs_pointer_is_named_as_such() -> None:
     with pytest.raises(InputError) as err:
         st.parse_prefix(pointer[:8], len(pointer), 1 << 20)
     assert err.value.code == "input.safetensors" and "Git LFS pointer" in err.value.detail
+
+
+def test_a_surrogate_pair_escape_is_one_character_and_fine() -> None:
+    # "\\ud83d\\ude00" is JSON's spelling of U+1F600: text, unlike a lone half.
+    layout = _parse(_file('{"a\\ud83d\\ude00": ' + json.dumps(t("U8", [1], 0, 1)) + "}", bytes(1)))
+    assert [e.name for e in layout.tensors] == ["a\U0001f600"]
