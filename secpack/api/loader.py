@@ -549,6 +549,15 @@ class Package:
             if table is None:
                 raise TensorError("tensor.invalid", f"{entry.path}: no valid int8 scale table")
             scales.update(table)
+        # The table's own consistency, checked here so that tensor() and state_dict()
+        # refuse the same tables with the same code (_dequantize checks the arrays).
+        names = {t.name for t in comp.contents.tensors}
+        used = {scale for pair in scales.values() for scale in pair}
+        if used & scales.keys():
+            raise TensorError("tensor.invalid", "an int8 tensor is named as another's scale")
+        for name, pair in scales.items():
+            if name in names and not all(scale in names for scale in pair):
+                raise TensorError("tensor.invalid", f"{name}: its int8 scale tensors are missing")
         return scales
 
     def _dtypes(self, component: str) -> dict[str, str]:

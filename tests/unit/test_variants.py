@@ -486,6 +486,7 @@ _COL = np.ones(4, np.float32)
         ('{"q": ["r", "c"], "r": ["c", "q"]}', {}),  # a scale that is itself scaled
         ('{"q": ["r", "c"]}', {"q": np.ones((3, 4), np.float32)}),  # values not int8
         ("{}", {}),  # q was changed (secpack.errors) yet has no scales: raw codes
+        ('{"q": ["q", "c"]}', {}),  # a tensor that is its own scale
     ],
 )
 def test_a_malformed_int8_scale_table_is_a_typed_error(
@@ -500,6 +501,12 @@ def test_a_malformed_int8_scale_table_is_a_typed_error(
         with pytest.raises(SecpackError) as err:
             p.state_dict("weights", prefer=["int8"])
         assert err.value.code == "tensor.invalid"
+        # One tensor is refused the same way, whether or not exact is the fallback:
+        # a broken variant is not skipped in silence.
+        for prefer in (["int8"], ["int8", "exact"]):
+            with pytest.raises(SecpackError) as err:
+                p.tensor("q", prefer=prefer)
+            assert err.value.code == "tensor.invalid", prefer
         # The exact weights still load.
         assert p.state_dict("weights", prefer=["exact"])["q"].shape == (3, 4)
 
