@@ -176,6 +176,8 @@ def extract(
             indices = _variant_selection(header.manifest, variant)
         # Unwrap every key and validate every contents table before writing a byte.
         opened = [OpenComponent(src, header, i, identities, policy.limits) for i in indices]
+        for comp in opened:
+            comp.check_headers()
         if variant is None:
             layout = [[(f, f.path) for f in c.contents.files] for c in opened]
         else:

@@ -79,7 +79,10 @@ def inspect(
                     unreadable.append(comp.name)
                     continue
                 try:
-                    contents[comp.name] = OpenComponent(src, header, i, identities, limits).contents
+                    opened = OpenComponent(src, header, i, identities, limits)
+                    # What is shown is what open would write: header and table agree.
+                    opened.check_headers()
+                    contents[comp.name] = opened.contents
                 except KeyUseError as exc:
                     if exc.code != "key.no-recipient":
                         raise

@@ -370,9 +370,17 @@ class Package:
             f"none of {list(prefer)} holds {name!r} in {base!r} (have {self.variants(base)})",
         )
 
+    def _tensor_into(
+        self, comp: OpenComponent, record: TensorRecord, buffer: np.ndarray
+    ) -> list[tuple[OpenComponent, int, memoryview]]:
+        """The decode work for one tensor, once its file's stored header has been
+        found to agree with the tensor table (OpenComponent.check_file)."""
+        comp.check_file(record.file)
+        return self._segments_into(comp, record.first, record.count, buffer)
+
     def _decode_tensor(self, comp: OpenComponent, record: TensorRecord) -> np.ndarray:
         buffer = hostmem.host_buffer(record.length)
-        self._decode_many(self._segments_into(comp, record.first, record.count, buffer))
+        self._decode_many(self._tensor_into(comp, record, buffer))
         return make_array(buffer, record)
 
     def iter_tensors(self, component: str = "weights") -> Iterator[tuple[str, np.ndarray]]:
@@ -397,7 +405,7 @@ class Package:
             # come back in order, so a tensor is whole once its final job returns.
             for i, record in enumerate(records):
                 buffer = buffers[i] = hostmem.host_buffer(record.length)
-                work = self._segments_into(comp, record.first, record.count, buffer)
+                work = self._tensor_into(comp, record, buffer)
                 if not work:  # an empty tensor has no segment to wait for
                     yield functools.partial(_completes, i)
                 for k, (c, seg, out) in enumerate(work):
@@ -570,7 +578,7 @@ class Package:
         buffers = list(zip(records, hostmem.arena([r.length for r in records]), strict=True))
         work = []
         for record, buffer in buffers:
-            work.extend(self._segments_into(comp, record.first, record.count, buffer))
+            work.extend(self._tensor_into(comp, record, buffer))
         if work:
             self._decode_many(work)
         return {record.name: make_array(buffer, record) for record, buffer in buffers}
@@ -578,8 +586,9 @@ class Package:
     def read_file(self, component: str, path: str) -> bytes:
         """The exact bytes of one original file of ``component``."""
         comp = self._component(component)
-        for entry in comp.contents.files:
+        for index, entry in enumerate(comp.contents.files):
             if entry.path == path:
+                comp.check_file(index)  # a safetensors file's header is what it claims
                 buffer = hostmem.host_buffer(entry.size)
                 if entry.count:
                     self._decode_many(self._segments_into(comp, entry.first, entry.count, buffer))
@@ -613,7 +622,7 @@ class Package:
         body = hostmem.host_buffer(offset)
         work, pos = [], 0
         for r in records:
-            work.extend(self._segments_into(comp, r.first, r.count, body[pos : pos + r.length]))
+            work.extend(self._tensor_into(comp, r, body[pos : pos + r.length]))
             pos += r.length
         if work:
             self._decode_many(work)

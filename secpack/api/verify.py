@@ -48,13 +48,14 @@ def verify(
     ) as (src, header, signers):
         indices = select_components(header.manifest, components)
         # What can be checked without a key is checked: the contents (file list,
-        # paths, tensor table) of unencrypted components.
+        # paths, tensor table, and each safetensors header against the table) of
+        # unencrypted components.
         plain = [i for i in indices if header.manifest.components[i].encryption is None]
         if plain:
             from secpack.package.decode import OpenComponent
 
             for i in plain:
-                OpenComponent(src, header, i, (), policy.limits)
+                OpenComponent(src, header, i, (), policy.limits).check_headers()
         progress.start(sum(header.manifest.components[i].stored_size for i in indices), "verifying")
         verify_segments(src, header, indices, threads, progress.advance)
         return VerifyReport(

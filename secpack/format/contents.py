@@ -252,6 +252,10 @@ def _parse_tensor(obj: Any, where: str, limits: Limits) -> TensorRecord:
     name = as_text(t["name"], f"{where}.name", 1024)
     if not name:
         raise TensorError("tensor.invalid", f"{where}: empty tensor name")
+    if name == "__metadata__":
+        # safetensors' key for the file's metadata: no file can hold such a tensor,
+        # and export_safetensors would write one that no reader accepts.
+        raise TensorError("tensor.invalid", f"{where}: a tensor cannot be named __metadata__")
     dtype = as_text(t["dtype"], f"{where}.dtype", 16)
     if dtype not in DTYPE_SIZES:
         raise TensorError("tensor.invalid", f"{where}: dtype {dtype!r} is not supported")

@@ -5,18 +5,20 @@ decrypt and decode segments on demand into exactly sized buffers.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 
 from cryptography.hazmat.primitives.asymmetric import x25519
 
 from secpack.buffers import scratch
 from secpack.envelope import dek as envelope
-from secpack.errors import CborError, SchemaError
+from secpack.errors import CborError, InputError, SchemaError, TensorError
 from secpack.format import cbor
 from secpack.format.contents import Contents, Unit, parse_contents
 from secpack.format.limits import Limits
 from secpack.format.manifest import TAG_LEN
 from secpack.package.reader import ByteSource, Header, read_segment_into
+from secpack.tensors import safetensors
 
 __all__ = ["OpenComponent"]
 
@@ -55,6 +57,9 @@ class OpenComponent:
             raise SchemaError("schema.invalid", f"{comp.name} contents: {exc.detail}") from None
         self.contents: Contents = parse_contents(obj, [s.plain for s in comp.segments], limits)
         self.units: list[Unit] = self.contents.units()
+        # Files whose stored safetensors header has been checked against the table.
+        self._checked: set[int] = set()
+        self._check_lock = threading.Lock()
         self._largest = max((s.stored for s in comp.segments), default=0)
 
     def decode_into(self, seg: int, out: memoryview) -> None:
@@ -82,6 +87,72 @@ class OpenComponent:
             payload = scratch("decode.payload", size, self._largest)
             envelope.open_segment_into(self.dek, segment.salt, aad, stored, payload)
         codec.decode(segment.codec, payload, out, self.limits.max_zstd_window)
+
+    def check_headers(self) -> None:
+        """:meth:`check_file` for every file of the component."""
+        for index in range(len(self.contents.files)):
+            self.check_file(index)
+
+    def check_file(self, index: int) -> None:
+        """Refuse (``tensor.invalid``) file ``index`` when it is a safetensors file
+        whose stored header does not describe exactly its records in the tensor
+        table: the same names, dtypes, shapes, offsets and lengths (docs/FORMAT.md
+        §5). The loader and ``inspect`` serve the table, ``open`` writes the header:
+        were they allowed to differ, the model one reviewed would not be the model
+        one deployed. Each file is checked once (its header unit is decoded: a
+        segment or two)."""
+        entry = self.contents.files[index]
+        if entry.format != "safetensors" or index in self._checked:
+            return
+        with self._check_lock:
+            if index in self._checked:
+                return
+            self._check_file(index)
+            self._checked.add(index)
+
+    def _check_file(self, index: int) -> None:
+        entry = self.contents.files[index]
+        segments = self.component.segments
+        # The header unit: the file's first segments, which parse_contents has
+        # checked add up to exactly entry.header bytes.
+        raw = bytearray(entry.header)
+        pos, seg = 0, entry.first
+        while pos < entry.header:
+            size = segments[seg].plain
+            self.decode_into(seg, memoryview(raw)[pos : pos + size])
+            pos, seg = pos + size, seg + 1
+        prefix = safetensors.PREFIX_LEN
+        try:
+            n = safetensors.parse_prefix(
+                bytes(raw[:prefix]), entry.size, self.limits.max_safetensors_header
+            )
+            if prefix + n != entry.header:
+                raise TensorError(
+                    "tensor.invalid",
+                    f"{entry.path}: its stored header declares {n} bytes of JSON, "
+                    f"the contents table {entry.header - prefix}",
+                )
+            layout = safetensors.parse_header(
+                bytes(raw[prefix:]), entry.size, self.limits.max_tensor_ndim
+            )
+        except InputError as exc:
+            raise TensorError(
+                "tensor.invalid", f"{entry.path}: stored header: {exc.detail}"
+            ) from None
+        stored = sorted(
+            (e.name, e.dtype, e.shape, layout.header_len + e.begin, e.end - e.begin)
+            for e in layout.tensors
+        )
+        listed = sorted(
+            (t.name, t.dtype, t.shape, t.offset, t.length)
+            for t in self.contents.tensors
+            if t.file == index
+        )
+        if stored != listed:
+            raise TensorError(
+                "tensor.invalid",
+                f"{entry.path}: its stored header and the tensor table describe different tensors",
+            )
 
     def decode(self, seg: int) -> bytearray:
         out = bytearray(self.component.segments[seg].plain)

@@ -17,6 +17,7 @@ from secpack.errors import InputError, TensorError
 from secpack.tensors.dtypes import DTYPE_SIZES, checked_nbytes
 
 __all__ = [
+    "PREFIX_LEN",
     "SafetensorsLayout",
     "TensorEntry",
     "UnsupportedDtype",

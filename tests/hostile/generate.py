@@ -2208,6 +2208,12 @@ TENSOR_CASES: list[tuple[str, str, Callable[[Comp], None], bool]] = [
     ("file-index", "a tensor in file 1 of a 1-file component", retensor("mask", file=1), False),
     ("segments-past-file", "pos.ids covering two segments", retensor("pos.ids", segments=[4, 2]), False),
     ("header-split", "safetensors header 4 bytes longer than its segment", lambda c: c.contents["files"][0].update(header=580), False),
+    ("name-metadata", "a tensor named '__metadata__'", retensor("mask", name="__metadata__"), False),
+    # The table and the file's stored safetensors header must agree: the loader serves
+    # the one, open writes the other.
+    ("header-disagrees-dtype", "embed.weight listed as I32, its stored header says F32", retensor("embed.weight", dtype="I32"), True),
+    ("header-disagrees-shape", "embed.weight listed as [16, 64], its stored header says [64, 16]", retensor("embed.weight", shape=[16, 64]), True),
+    ("header-disagrees-name", "embed.weight listed as embed.other", retensor("embed.weight", name="embed.other"), True),
 ]
 # fmt: on
 
