@@ -454,7 +454,7 @@ def test_source_date_epoch_out_of_range_is_refused_before_anything_is_written(
     assert signed.read_bytes() == before
     ok("verify", signed, "--trust", release_key.public)
     ok("sign", signed, "--key", qa.private, "-q", env={"SOURCE_DATE_EPOCH": str(2**63 - 1)})
-    assert len(ok("signatures", signed, "--json").json()) == 2
+    assert len(ok("signatures", signed, "--json").json()["signatures"]) == 2
 
 
 def test_expired_package(
@@ -561,3 +561,45 @@ def test_bug_sign_with_output_never_duplicates_a_signer(
     assert res["added"] is False
     assert copy.read_bytes() == sealed.read_bytes()
     assert signature_count(copy) == signature_count(sealed)
+
+
+def _with_entries(pkg: Path, dest: Path, extra: list[tuple[str, bytes]]) -> None:
+    """A copy of ``pkg`` whose signature section also holds ``extra`` entries."""
+    from secpack.api.signing import _rewrite
+    from secpack.format.sections import SignatureEntry
+
+    with FileSource(str(pkg)) as src:
+        header = read_header(src, DEFAULT_LIMITS)
+        entries = [*header.signatures, *(SignatureEntry(t, d) for t, d in extra)]
+        _rewrite(src, header, entries, str(dest), in_place=False)
+
+
+def test_malformed_signature_entries_are_listed_and_can_be_removed(
+    tmp_path: Path, sealed: Path, release_key: KeyPair, keys: KeyRing
+) -> None:
+    """Entries no reader can parse (a failed keyless signing, a tool's bug): a bad
+    sigstore bundle never counts for verify, and a malformed COSE_Sign1 makes a
+    reader refuse the package (FORMAT.md §8). Either way signatures lists them as
+    malformed beside the good ones, sign and unsign still work, and unsign
+    --malformed removes them, which makes the package whole again."""
+    pkg = tmp_path / "junk.spk"
+    _with_entries(sealed, pkg, [("sigstore-bundle", b"{}"), ("cose-sign1", b"\xd2\x84junk")])
+    fails("sig.malformed", "verify", pkg, "--trust", release_key.public)
+    listed = ok("signatures", pkg, "--trust", release_key.public, "--json").json()["signatures"]
+    assert [(s["alg"], s["trusted"]) for s in listed] == [
+        ("ed25519", True),
+        ("malformed", False),
+        ("malformed", False),
+    ]
+    assert all(s["key_id"] is None for s in listed[1:])
+    qa = keys.signing("qa", "ecdsa-p256")
+    ok("sign", pkg, "--key", qa.private, "-q")
+    qa_id = ok("signatures", pkg, "--json").json()["signatures"][-1]["key_id"]
+    ok("unsign", pkg, "--key-id", qa_id, "-q")
+    fails("input.invalid", "unsign", pkg)  # neither --key-id nor --malformed
+    fails("input.invalid", "unsign", pkg, "--key-id", qa_id, "--malformed")
+    assert ok("unsign", pkg, "--malformed", "--json").json()["removed"] == 2
+    listed = ok("signatures", pkg, "--json").json()["signatures"]
+    assert [s["alg"] for s in listed] == ["ed25519"]
+    fails("sig.unknown", "unsign", pkg, "--malformed")
+    ok("verify", pkg, "--trust", release_key.public)

@@ -61,6 +61,10 @@ class SignatureListing:
     trusted: bool | None  # against the given policy; None without one
 
 
+# The algorithm column of an entry that cannot be parsed.
+MALFORMED = "malformed"
+
+
 def _in_place_path(package: str, output: str | None) -> str:
     """Where an in-place rewrite goes: through any symlinks to the file itself. A
     link (``current.spk`` to ``releases/v7.spk``) must lead to the signed package
@@ -179,7 +183,12 @@ def add_signature(package: str, key: SigningPrivateKey, output: str | None = Non
         return SignatureEntry(SIG_TYPE_COSE_SIGN1, data), kid
 
     def same(entry: SignatureEntry) -> bool:
-        return entry.type == SIG_TYPE_COSE_SIGN1 and cose.parse_sign1(entry.data).kid == kid
+        if entry.type != SIG_TYPE_COSE_SIGN1:
+            return False
+        try:
+            return cose.parse_sign1(entry.data).kid == kid
+        except SecpackError:  # a malformed entry is no one's signature
+            return False
 
     report, _ = _append(package, output, make, same)
     return SignReport(report.path, kid, report.added, report.signatures)
@@ -245,6 +254,24 @@ def _single(policy: Policy) -> Policy:
 
 
 def _describe(index: int, entry: SignatureEntry, trusted: bool | None) -> SignatureListing:
+    """One entry as listed; an entry that cannot be parsed is listed as malformed
+    (no key id, never trusted) rather than hiding every other entry: a package
+    keeps its good signatures however an extra entry came to be broken."""
+    try:
+        return _describe_entry(index, entry, trusted)
+    except SecpackError as exc:
+        return SignatureListing(
+            index,
+            entry.type,
+            None,
+            MALFORMED,
+            f"(malformed: {exc.detail})",
+            None,
+            None if trusted is None else False,
+        )
+
+
+def _describe_entry(index: int, entry: SignatureEntry, trusted: bool | None) -> SignatureListing:
     if entry.type == SIG_TYPE_COSE_SIGN1:
         sig = cose.parse_sign1(entry.data)
         alg = COSE_ALGS.get(sig.alg)
@@ -262,9 +289,15 @@ def _matches(listing: SignatureListing, key_id_text: str) -> bool:
     return listing.key_id is not None and len(text) >= 8 and listing.key_id.hex().startswith(text)
 
 
-def remove_signature(package: str, key_id_text: str, output: str | None = None) -> int:
+def remove_signature(
+    package: str, key_id_text: str | None, output: str | None = None, *, malformed: bool = False
+) -> int:
     """Remove the signatures whose key id (or keyless certificate fingerprint) starts
-    with ``key_id_text`` (at least 8 hex digits); return how many were removed."""
+    with ``key_id_text`` (at least 8 hex digits), and with ``malformed`` every entry
+    that cannot be parsed (which has no key id to name it by); return how many were
+    removed."""
+    if (key_id_text is None) == (not malformed):
+        raise SecpackError("input.invalid", "give a key id, or ask for the malformed entries")
     package = _in_place_path(package, output)
     with audited("unsign") as audit:
         audit["package"] = {"path": package}
@@ -275,11 +308,15 @@ def remove_signature(package: str, key_id_text: str, output: str | None = None) 
             )
             keep, removed = [], 0
             for i, entry in enumerate(header.signatures):
-                if _matches(_describe(i, entry, None), key_id_text):
+                listing = _describe(i, entry, None)
+                if (malformed and listing.alg == MALFORMED) or (
+                    key_id_text is not None and _matches(listing, key_id_text)
+                ):
                     removed += 1
                 else:
                     keep.append(entry)
             if not removed:
-                raise SecpackError("sig.unknown", f"no signature with key id {key_id_text}")
+                what = f"key id {key_id_text}" if key_id_text is not None else "a malformed entry"
+                raise SecpackError("sig.unknown", f"no signature with {what}")
             _rewrite(src, header, keep, output or package, in_place=output is None)
             return removed

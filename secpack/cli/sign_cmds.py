@@ -187,25 +187,37 @@ def signatures(
 def unsign(
     package: Annotated[str, typer.Argument(help="Package to change.")],
     key_id: Annotated[
-        str, typer.Option("--key-id", help="Key id (or at least 8 hex digits of it).")
-    ],
+        str | None, typer.Option("--key-id", help="Key id (or at least 8 hex digits of it).")
+    ] = None,
+    malformed: Annotated[
+        bool,
+        typer.Option(
+            "--malformed",
+            help="Remove every entry that cannot be parsed (`signatures` lists them).",
+        ),
+    ] = False,
     output: Annotated[
         str | None, typer.Option("--output", "-o", help="Write the result to a copy instead.")
     ] = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Remove a signature. Only the signature section changes."""
+    """Remove a signature (--key-id), or the entries no reader can parse (--malformed).
+    Only the signature section changes."""
 
     def action() -> None:
         from secpack.api.signing import remove_signature
         from secpack.cli.render import out
+        from secpack.errors import InputError
 
-        removed = remove_signature(package, key_id, output)
+        if (key_id is None) == (not malformed):
+            raise InputError("input.invalid", "give exactly one of --key-id and --malformed")
+        removed = remove_signature(package, key_id, output, malformed=malformed)
+        what = f"signature(s) by {key_id}" if key_id is not None else "malformed entries"
         out(
             {"package": output or package, "removed": removed},
             as_json,
-            [f"removed {removed} signature(s) by {key_id} from {output or package}"],
+            [f"removed {removed} {what} from {output or package}"],
             quiet,
         )
 
