@@ -275,6 +275,8 @@ def scan_input(
         root, base = os.path.split(given)
         if skip is not None and os.path.join(os.path.realpath(root), base) == skip.path:
             raise InputError("input.invalid", "the output would replace the input file")
+        if not targets:
+            _check_pseudo(given, source, st)
         _check_name(base, limits)
         return InputDirectory(
             root,
@@ -313,6 +315,19 @@ def _follow(full: str, shown: str) -> tuple[str, os.stat_result]:
         # would be empty or cut short.
         raise _refuse(shown, "is a symlink to a file whose size is not its length (/proc, /sys?)")
     return target, st
+
+
+# The sizes that /proc (0) and /sys (4096) files report whatever they hold.
+_PSEUDO_SIZES = (0, 4096)
+
+
+def _check_pseudo(path: str, shown: str, st: os.stat_result) -> None:
+    """``input.unsafe`` for a "regular" file whose size is not its length: sealed by
+    its size, a /proc file would come back empty and a /sys file cut short. Only
+    files of the sizes such files report are read to tell (an empty file, or one
+    of 4096 bytes, costs a read of a byte or two)."""
+    if st.st_size in _PSEUDO_SIZES and not _length_is_size(path, st.st_size):
+        raise _refuse(shown, "is a file whose size is not its length (/proc, /sys?)")
 
 
 def _length_is_size(path: str, size: int) -> bool:
@@ -393,6 +408,8 @@ def _walk(
         if stat.S_ISDIR(st.st_mode):
             _walk(root, child, out, fingerprints, limits, targets, skip)
         elif stat.S_ISREG(st.st_mode):
+            if child not in (targets or {}):
+                _check_pseudo(entry.path, child, st)
             out.append(InputFile(child, st.st_size, st.st_mode & MODE_MASK))
             fingerprints[child] = _fingerprint(st)
             if len(out) > limits.max_files:

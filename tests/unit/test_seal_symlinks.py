@@ -212,3 +212,37 @@ def test_links_followed_outside_the_input_are_named_in_a_note(tmp_path: Path) ->
     assert note.startswith(f"{outside} followed link(s) lead outside the input: ")
     assert "1_Pooling/config.json -> " + str(tmp_path / "cache" / "blobs") in note
     assert note.endswith(f"(and {outside - 5} more)") and "same.txt" not in note
+
+
+@pytest.mark.parametrize("target", ["/proc/version", "/proc/self/status"])
+def test_a_file_whose_size_is_not_its_length_is_refused_when_named_itself(
+    tmp_path: Path, target: str
+) -> None:
+    # Named directly (no link to follow), it once sealed as an empty file.
+    out = tmp_path / "p.spk"
+    with pytest.raises(SecpackError) as err:
+        _seal(Path(target), out)
+    assert err.value.code == "input.unsafe" and "size is not its length" in err.value.detail
+    assert not out.exists()
+
+
+def test_a_directory_of_proc_files_is_refused(tmp_path: Path) -> None:
+    # /proc/self/ holds "regular" files of size 0 that read as text, met by the walk.
+    out = tmp_path / "p.spk"
+    with pytest.raises(SecpackError) as err:
+        _seal(Path("/proc/self/net"), out)
+    # (It once failed as input.invalid, "changed while it was being sealed".)
+    assert err.value.code == "input.unsafe" and "size is not its length" in err.value.detail
+    assert not out.exists()
+
+
+def test_real_files_of_the_sizes_pseudo_files_report_are_sealed(tmp_path: Path) -> None:
+    root = tmp_path / "m"
+    root.mkdir()
+    (root / "empty").write_bytes(b"")
+    (root / "page").write_bytes(bytes(range(256)) * 16)  # 4096 bytes, like a /sys file
+    out = tmp_path / "p.spk"
+    _seal(root, out)
+    assert out.exists()
+    _seal(root / "page", tmp_path / "q.spk")
+    assert (tmp_path / "q.spk").exists()
