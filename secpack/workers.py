@@ -44,9 +44,11 @@ def worker_threads(requested: int, segment_bytes: int) -> int:
     """``requested`` when it is positive (the user's explicit choice, memory and
     all); otherwise one worker per usable CPU, at most as many as the budget allows
     for segments of ``segment_bytes``, and at least one."""
-    if not 0 <= requested <= MAX_THREADS:
+    # An int and not a bool (True is 1 to Python; 2.5 or "4" would fail deep in a pool).
+    if type(requested) is not int or not 0 <= requested <= MAX_THREADS:
         raise InputError(
-            "input.invalid", f"--threads must be 0 (automatic) to {MAX_THREADS}, not {requested}"
+            "input.invalid",
+            f"--threads must be an integer from 0 (automatic) to {MAX_THREADS}, not {requested!r}",
         )
     if requested > 0:
         return requested

@@ -603,3 +603,18 @@ def test_malformed_signature_entries_are_listed_and_can_be_removed(
     assert [s["alg"] for s in listed] == ["ed25519"]
     fails("sig.unknown", "unsign", pkg, "--malformed")
     ok("verify", pkg, "--trust", release_key.public)
+
+
+def test_sign_and_unsign_into_an_existing_file_do_not_advise_a_missing_force(
+    tmp_path: Path, sealed: Path, keys: KeyRing
+) -> None:
+    # The message used to end "(use --force to replace it)": sign has no --force.
+    taken = tmp_path / "taken.spk"
+    taken.write_bytes(b"keep me")
+    qa = keys.signing("qa", "ecdsa-p256")
+    res = fails("output.exists", "sign", sealed, "--key", qa.private, "-o", taken)
+    assert "--force" not in res.stderr
+    kid = ok("signatures", sealed, "--json").json()["signatures"][0]["key_id"]
+    res = fails("output.exists", "unsign", sealed, "--key-id", kid, "-o", taken)
+    assert "--force" not in res.stderr
+    assert taken.read_bytes() == b"keep me"

@@ -145,6 +145,9 @@ def _as_policy(
 ) -> Policy:
     from secpack.api.keyfiles import resolve_policy
 
+    if isinstance(trust, (str, bytes, os.PathLike)):
+        # A bare path would be walked one character at a time, each a "key file".
+        raise TypeError("trust must be a list of public key paths, not a single path")
     if isinstance(policy, Policy):
         if trust:
             raise ValueError("give either trust or policy, not both")
@@ -631,7 +634,7 @@ class Package:
             return data
         from secpack.transport.atomic import AtomicFile
 
-        with AtomicFile(path) as out:
+        with AtomicFile(path, force_option=False) as out:
             out.pwrite(0, data)
             out.commit()
         return None

@@ -196,7 +196,9 @@ def seal(
         if level not in LEVELS:
             raise InputError("input.invalid", f"--level must be one of {', '.join(LEVELS)}")
         if type(version) is not int or not 1 <= version < 2**63:
-            raise InputError("input.invalid", "--version must be a positive integer")
+            # (A reader takes 64-bit versions; secpack writes them below 2^63, where
+            # every CBOR library's signed 64-bit integers hold them.)
+            raise InputError("input.invalid", f"--version must be an integer from 1 to {2**63 - 1}")
         progress = progress or NullProgress()
         tree = scan_input(source, DEFAULT_LIMITS, follow_symlinks, output)
         pkg_name = name if name is not None else tree.default_name

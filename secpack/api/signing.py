@@ -100,7 +100,7 @@ def _rewrite(
     src: FileSource, header: Header, entries: list[SignatureEntry], dest: str, in_place: bool
 ) -> None:
     tail = assemble.signature_tail(entries)
-    with AtomicFile(dest, overwrite=in_place) as out:
+    with AtomicFile(dest, overwrite=in_place, force_option=False) as out:
         if in_place:
             out.chmod(stat.S_IMODE(os.fstat(src.fd).st_mode))
         out.copy_from(src.fd, 0, 0, header.layout.sigs_off)

@@ -176,7 +176,11 @@ def _io_error(what: str, exc: OSError) -> OutputError:
 class AtomicFile:
     """A file that appears at ``dest`` only when :meth:`commit` succeeds."""
 
-    def __init__(self, dest: str, overwrite: bool = False, mode: int = 0o644) -> None:
+    def __init__(
+        self, dest: str, overwrite: bool = False, mode: int = 0o644, *, force_option: bool = True
+    ) -> None:
+        """``force_option``: the caller's command has a --force that sets ``overwrite``
+        (seal, keygen), so an existing ``dest`` is reported with that advice."""
         self.dest = os.path.abspath(dest)
         self.overwrite = overwrite
         self.mode = mode
@@ -185,7 +189,8 @@ class AtomicFile:
             raise OutputError("output.io", f"directory {parent} does not exist")
         remove_stale(self.dest)
         if not overwrite and os.path.lexists(self.dest):
-            raise OutputError("output.exists", f"{dest} exists (use --force to replace it)")
+            advice = " (use --force to replace it)" if force_option else ""
+            raise OutputError("output.exists", f"{dest} exists{advice}")
         if overwrite:
             with contextlib.suppress(FileNotFoundError):
                 kind = os.lstat(self.dest).st_mode

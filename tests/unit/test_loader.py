@@ -423,3 +423,9 @@ def test_iter_tensors_stops_at_a_damaged_segment(package: Path, tmp_path: Path) 
             seen.append(name)
     assert err.value.code == "integrity"
     assert "big.f32" not in seen and "scalar" not in seen
+
+
+def test_trust_given_as_one_path_is_a_type_error(package: Path) -> None:
+    # A bare string would be walked one character at a time, each taken as a key file.
+    with pytest.raises(TypeError, match="list of public key paths"):
+        _open(package, trust=str(KEYS / "signing-ed25519.key.pub"))

@@ -20,10 +20,10 @@ def test_an_explicit_count_is_kept() -> None:
     assert workers.worker_threads(workers.MAX_THREADS, MiB) == workers.MAX_THREADS
 
 
-@pytest.mark.parametrize("count", [-1, workers.MAX_THREADS + 1, 10**20])
-def test_a_count_out_of_range_is_refused(count: int) -> None:
+@pytest.mark.parametrize("count", [-1, workers.MAX_THREADS + 1, 10**20, 2.5, True, "4", None])
+def test_a_count_out_of_range_or_not_an_int_is_refused(count: object) -> None:
     with pytest.raises(SecpackError) as err:
-        workers.worker_threads(count, MiB)
+        workers.worker_threads(count, MiB)  # type: ignore[arg-type]
     assert err.value.code == "input.invalid"
 
 
