@@ -28,10 +28,12 @@ from secpack.codec import bgx, zstd
 
 __all__ = ["CHUNK", "MIN_FILE", "float_layout", "sample_offsets"]
 
-# Files below this stay with zstd unprobed: the probe codes its samples in up to
-# 3 layouts, which on a small file would cost more than the file's own coding,
-# for a few kilobytes at most.
-MIN_FILE = 256 * 1024
+# Files below this stay with zstd unprobed: one sample (CHUNK) is all a file
+# must hold. Models kept as many small raw arrays gain from going this low
+# (natasha's slovnet, 89 arrays of 32 B to 1 MB: 0.9 % smaller than with a
+# 256 KiB floor; basic-pitch's CoreML weights, 3.4 %), at 1-3 ms of probing
+# per file, for the 4096 largest files at most (plan.MAX_PROBED).
+MIN_FILE = 64 * 1024
 # Each sample; 64 KiB of fp32 is 16 Ki elements, above ans's minimum for H.
 CHUNK = 64 * 1024
 # At most this many samples (512 KiB), one per MiB of file from 2 up: enough to
