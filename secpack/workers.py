@@ -11,6 +11,7 @@ open at 87 MB with 2 and 619 MB with 32. One worker per CPU alone would break th
 
 from __future__ import annotations
 
+import numbers
 import os
 
 from secpack.errors import InputError
@@ -44,12 +45,19 @@ def worker_threads(requested: int, segment_bytes: int) -> int:
     """``requested`` when it is positive (the user's explicit choice, memory and
     all); otherwise one worker per usable CPU, at most as many as the budget allows
     for segments of ``segment_bytes``, and at least one."""
-    # An int and not a bool (True is 1 to Python; 2.5 or "4" would fail deep in a pool).
-    if type(requested) is not int or not 0 <= requested <= MAX_THREADS:
+    # An integer (numpy's too) and not a bool (True is 1 to Python; 2.5 or "4" would
+    # fail deep in a pool).
+    if (
+        isinstance(requested, bool)
+        or not isinstance(requested, numbers.Integral)
+        or not 0 <= requested <= MAX_THREADS
+    ):
         raise InputError(
             "input.invalid",
-            f"--threads must be an integer from 0 (automatic) to {MAX_THREADS}, not {requested!r}",
+            f"threads (--threads) must be an integer from 0 (automatic) to {MAX_THREADS}, "
+            f"not {requested!r}",
         )
+    requested = int(requested)
     if requested > 0:
         return requested
     per_worker = _SEGMENTS_PER_WORKER * max(segment_bytes, 1)

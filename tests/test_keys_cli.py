@@ -585,6 +585,9 @@ def test_malformed_signature_entries_are_listed_and_can_be_removed(
     pkg = tmp_path / "junk.spk"
     _with_entries(sealed, pkg, [("sigstore-bundle", b"{}"), ("cose-sign1", b"\xd2\x84junk")])
     fails("sig.malformed", "verify", pkg, "--trust", release_key.public)
+    # The public view lists them too, rather than failing on them.
+    sigs = ok("inspect", pkg, "--json").json()["signatures"]
+    assert [s["alg"] for s in sigs][1:] == [None, "malformed"]
     listed = ok("signatures", pkg, "--trust", release_key.public, "--json").json()["signatures"]
     assert [(s["alg"], s["trusted"]) for s in listed] == [
         ("ed25519", True),

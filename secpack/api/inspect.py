@@ -51,7 +51,12 @@ class InspectReport:
 def _signature_info(entry_type: str, data: bytes, policy: Policy | None) -> SignatureInfo:
     if entry_type != SIG_TYPE_COSE_SIGN1:
         return SignatureInfo(entry_type, None, None, None)
-    sig = cose.parse_sign1(data)
+    try:
+        sig = cose.parse_sign1(data)
+    except SecpackError:
+        # Listed, not fatal: the public view of a package shows what is in it, a
+        # broken entry included (`secpack unsign --malformed` removes it).
+        return SignatureInfo(entry_type, None, "malformed", None if policy is None else False)
     trusted = None if policy is None else sig.kid in policy.keys
     return SignatureInfo(entry_type, sig.kid, COSE_ALGS.get(sig.alg), trusted)
 

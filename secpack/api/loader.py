@@ -297,14 +297,23 @@ class Package:
     def _tensor_names(self, component: str) -> set[str]:
         return {t.name for t in self._component(component).contents.tensors}
 
+    # The table is served only once each safetensors file's stored header has been
+    # found to agree with it (OpenComponent.check_file), as the tensors themselves.
+
     def tensor_names(self, component: str = "weights") -> list[str]:
-        return [t.name for t in self._component(component).contents.tensors]
+        comp = self._component(component)
+        comp.check_headers()
+        return [t.name for t in comp.contents.tensors]
 
     def tensor_info(self, name: str, component: str | None = None) -> TensorRecord:
-        return self._find(name, component)[1]
+        comp, record = self._find(name, component)
+        comp.check_file(record.file)
+        return record
 
     def files(self, component: str) -> list[FileEntry]:
-        return list(self._component(component).contents.files)
+        comp = self._component(component)
+        comp.check_headers()
+        return list(comp.contents.files)
 
     # --- decoding ------------------------------------------------------------------
 

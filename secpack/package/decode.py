@@ -14,8 +14,8 @@ from secpack.buffers import scratch
 from secpack.envelope import dek as envelope
 from secpack.errors import CborError, InputError, SchemaError, TensorError
 from secpack.format import cbor
-from secpack.format.contents import Contents, Unit, parse_contents
-from secpack.format.limits import Limits
+from secpack.format.contents import Contents, FileEntry, Unit, parse_contents
+from secpack.format.limits import DEFAULT_LIMITS, Limits
 from secpack.format.manifest import TAG_LEN
 from secpack.package.reader import ByteSource, Header, read_segment_into
 from secpack.tensors import safetensors
@@ -113,27 +113,37 @@ class OpenComponent:
     def _check_file(self, index: int) -> None:
         entry = self.contents.files[index]
         segments = self.component.segments
+        prefix = safetensors.PREFIX_LEN
+        # What a header may hold: the writer's own cap (a policy can raise it, not
+        # lower it: the limit is one on seal's inputs, and tightening it must not
+        # make packages already written unreadable). Checked before anything is
+        # allocated: a signed table could declare a header of terabytes, made of
+        # a few const segments.
+        cap = max(self.limits.max_safetensors_header, DEFAULT_LIMITS.max_safetensors_header)
+        if not prefix + 2 <= entry.header <= prefix + cap:
+            raise TensorError(
+                "tensor.invalid",
+                f"{entry.path}: a safetensors header of {entry.header} bytes "
+                f"(at most {prefix + cap})",
+            )
         # The header unit: the file's first segments, which parse_contents has
-        # checked add up to exactly entry.header bytes.
+        # checked add up to exactly entry.header bytes. The first one holds the
+        # 8-byte length, which must agree before the rest is decoded.
         raw = bytearray(entry.header)
         pos, seg = 0, entry.first
         while pos < entry.header:
             size = segments[seg].plain
             self.decode_into(seg, memoryview(raw)[pos : pos + size])
+            if pos == 0 and size >= prefix:
+                self._check_prefix(entry, bytes(raw[:prefix]), cap)
             pos, seg = pos + size, seg + 1
-        prefix = safetensors.PREFIX_LEN
+        self._check_prefix(entry, bytes(raw[:prefix]), cap)
         try:
-            n = safetensors.parse_prefix(
-                bytes(raw[:prefix]), entry.size, self.limits.max_safetensors_header
-            )
-            if prefix + n != entry.header:
-                raise TensorError(
-                    "tensor.invalid",
-                    f"{entry.path}: its stored header declares {n} bytes of JSON, "
-                    f"the contents table {entry.header - prefix}",
-                )
+            # Lone surrogates in __metadata__, refused in seal's inputs since, are
+            # let through here: packages sealed before that rule stay readable,
+            # and names that hold one cannot match the table's anyway.
             layout = safetensors.parse_header(
-                bytes(raw[prefix:]), entry.size, self.limits.max_tensor_ndim
+                bytes(raw[prefix:]), entry.size, self.limits.max_tensor_ndim, strict_text=False
             )
         except InputError as exc:
             raise TensorError(
@@ -152,6 +162,22 @@ class OpenComponent:
             raise TensorError(
                 "tensor.invalid",
                 f"{entry.path}: its stored header and the tensor table describe different tensors",
+            )
+
+    @staticmethod
+    def _check_prefix(entry: FileEntry, head: bytes, cap: int) -> None:
+        prefix = safetensors.PREFIX_LEN
+        try:
+            n = safetensors.parse_prefix(head, entry.size, cap)
+        except InputError as exc:
+            raise TensorError(
+                "tensor.invalid", f"{entry.path}: stored header: {exc.detail}"
+            ) from None
+        if prefix + n != entry.header:
+            raise TensorError(
+                "tensor.invalid",
+                f"{entry.path}: its stored header declares {n} bytes of JSON, "
+                f"the contents table {entry.header - prefix}",
             )
 
     def decode(self, seg: int) -> bytearray:

@@ -96,8 +96,12 @@ def _no_constant(token: str) -> Any:
     raise _bad(f"JSON constant {token} is not allowed")
 
 
-def parse_header(header: bytes, file_size: int, max_ndim: int) -> SafetensorsLayout:
-    """Validate the JSON header and the tensor layout against the file size."""
+def parse_header(
+    header: bytes, file_size: int, max_ndim: int, *, strict_text: bool = True
+) -> SafetensorsLayout:
+    """Validate the JSON header and the tensor layout against the file size.
+    ``strict_text=False`` lets lone surrogates through in ``__metadata__`` (a
+    reader's re-check of a header sealed before they were refused)."""
     if not header.startswith(b"{"):
         raise _bad("header does not start with '{'")
     try:
@@ -118,7 +122,7 @@ def parse_header(header: bytes, file_size: int, max_ndim: int) -> SafetensorsLay
                 isinstance(k, str) and isinstance(v, str) for k, v in info.items()
             ):
                 raise _bad("__metadata__ must map strings to strings")
-            if not all(_is_text(k) and _is_text(v) for k, v in info.items()):
+            if strict_text and not all(_is_text(k) and _is_text(v) for k, v in info.items()):
                 raise _bad("__metadata__ holds a lone surrogate (\\ud800-\\udfff)")
             metadata = dict(info)
             continue

@@ -2244,6 +2244,42 @@ def t_zero_huge(b: Base) -> Built:
     return tensor_case(b, retensor("empty", shape=[0, 2**64 - 1]))
 
 
+def _header_bomb(c: Comp) -> None:
+    """The safetensors header unit declared 2 GiB long: the real header, then 256
+    const segments of 8 MiB (a few bytes each in the package), every tensor moved
+    past them. A reader that decoded the whole unit before reading its 8-byte
+    length would allocate the 2 GiB (the check of header against table once did)."""
+    count, size = 256, 8 << 20
+    f = c.contents["files"][0]
+    c.segs[0].unit = ("header", f["path"], 0, False)
+    c.segs[1:1] = [
+        Seg(
+            size,
+            {"id": "const", "width": 8},
+            bytes(8),
+            ("header", f["path"], i + 1, i == count - 1),
+        )
+        for i in range(count)
+    ]
+    f["header"] += count * size
+    f["size"] += count * size
+    f["segments"] = [0, f["segments"][1] + count]
+    for t in c.contents["tensors"]:
+        t["offset"] += count * size
+        t["segments"] = [t["segments"][0] + count, t["segments"][1]]
+
+
+both(
+    "tensor",
+    "header-unit-2gib",
+    "safetensors header unit declared 2 GiB (256 const segments of 8 MiB)",
+    "tensor.invalid",
+    lambda b, encrypt: tensor_case(b, _header_bomb, encrypt=encrypt),
+    verify=OK,
+    why=BEHIND,
+)
+
+
 # === extraction paths ========================================================================
 
 

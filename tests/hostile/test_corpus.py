@@ -352,3 +352,52 @@ def test_generator_is_deterministic(corpus: Path, scratch: Path, background: Bac
                 assert same, f"{sub}/{name} differs between two runs"
     assert (corpus / "cases.json").read_text() == (again / "cases.json").read_text()
     shutil.rmtree(again)
+
+
+_TABLE_READS: dict[str, Callable[[Any], object]] = {
+    "tensor_names": lambda pkg: pkg.tensor_names("weights"),
+    "tensor_info": lambda pkg: pkg.tensor_info(pkg._component("weights").contents.tensors[0].name),
+    "files": lambda pkg: pkg.files("weights"),
+    "tensor": lambda pkg: pkg.tensor(pkg._component("weights").contents.tensors[0].name),
+    "iter_tensors": lambda pkg: list(pkg.iter_tensors("weights")),
+    "export_safetensors": lambda pkg: pkg.export_safetensors(),
+    "read_file": lambda pkg: pkg.read_file(
+        "weights", pkg._component("weights").contents.files[0].path
+    ),
+}
+
+
+@pytest.mark.parametrize("read", sorted(_TABLE_READS))
+@pytest.mark.parametrize("cid", ["header-disagrees-dtype-enc", "header-disagrees-name-plain"])
+def test_every_loader_read_of_a_table_its_header_contradicts_is_refused(
+    corpus: Path, records: dict[str, dict[str, Any]], cid: str, read: str
+) -> None:
+    """The loader serves nothing of a file, its table records included, before the
+    file's stored safetensors header has been found to agree with the table: each
+    way of reading, on a package of its own (checks are made once per package)."""
+    import secpack
+    from secpack.errors import SecpackError
+
+    rec = records[cid]
+    with (
+        secpack.open_package(
+            corpus / rec["package"],
+            identity=str(corpus / rec["identity"]),
+            policy=runner._policy(corpus, rec),
+            expected_name=rec["name"],
+        ) as pkg,
+        pytest.raises(SecpackError) as err,
+    ):
+        _TABLE_READS[read](pkg)
+    assert err.value.code == "tensor.invalid"
+
+
+def test_inspect_with_an_identity_refuses_a_table_its_header_contradicts(
+    corpus: Path, records: dict[str, dict[str, Any]]
+) -> None:
+    rec = records["header-disagrees-shape-enc"]
+    trust = [a for t in rec["trust"] for a in ("--trust", corpus / t)]
+    res = run_cli(
+        "inspect", corpus / rec["package"], "--identity", corpus / rec["identity"], *trust
+    )
+    assert res.returncode != 0 and res.error_code == "tensor.invalid", str(res)

@@ -429,3 +429,19 @@ def test_trust_given_as_one_path_is_a_type_error(package: Path) -> None:
     # A bare string would be walked one character at a time, each taken as a key file.
     with pytest.raises(TypeError, match="list of public key paths"):
         _open(package, trust=str(KEYS / "signing-ed25519.key.pub"))
+
+
+def test_a_policy_that_lowers_the_header_limit_still_reads_packages(package: Path) -> None:
+    """max_safetensors_header bounds seal's inputs; a reader's policy that lowers it
+    must not make a package already written unreadable (the check of the stored
+    header against the table uses the larger of the policy's and the default)."""
+    import dataclasses
+
+    from secpack.format.limits import Limits
+
+    policy = policy_from_keys([("k", (KEYS / "signing-ed25519.key.pub").read_bytes())])
+    tight = dataclasses.replace(policy, limits=Limits(max_safetensors_header=16))
+    with secpack.open_package(
+        package, identity=str(KEYS / "recipient-x25519.key"), policy=tight
+    ) as pkg:
+        assert pkg.tensor_names() and len(pkg.state_dict()) == len(pkg.tensor_names())

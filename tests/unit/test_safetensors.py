@@ -147,3 +147,18 @@ def test_a_surrogate_pair_escape_is_one_character_and_fine() -> None:
     # "\\ud83d\\ude00" is JSON's spelling of U+1F600: text, unlike a lone half.
     layout = _parse(_file('{"a\\ud83d\\ude00": ' + json.dumps(t("U8", [1], 0, 1)) + "}", bytes(1)))
     assert [e.name for e in layout.tensors] == ["a\U0001f600"]
+
+
+def test_a_reader_rechecking_a_stored_header_lets_metadata_surrogates_through() -> None:
+    # Sealed before seal refused them, such a header must stay readable; a name
+    # with one is still refused (it could never match the tensor table anyway).
+    meta = _file(
+        '{"__metadata__": {"k": "\\ud800"}, "a": ' + json.dumps(t("U8", [1], 0, 1)) + "}", bytes(1)
+    )
+    n = st.parse_prefix(meta[:8], len(meta), 1 << 20)
+    layout = st.parse_header(meta[8 : 8 + n], len(meta), 32, strict_text=False)
+    assert [e.name for e in layout.tensors] == ["a"]
+    name = _file('{"a\\ud800": ' + json.dumps(t("U8", [1], 0, 1)) + "}", bytes(1))
+    n = st.parse_prefix(name[:8], len(name), 1 << 20)
+    with pytest.raises(InputError):
+        st.parse_header(name[8 : 8 + n], len(name), 32, strict_text=False)

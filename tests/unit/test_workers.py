@@ -15,7 +15,10 @@ MiB = 1 << 20
 
 
 def test_an_explicit_count_is_kept() -> None:
+    import numpy as np
+
     assert workers.worker_threads(1, 16 * MiB) == 1
+    assert workers.worker_threads(np.int64(3), MiB) == 3  # type: ignore[arg-type]
     assert workers.worker_threads(48, 16 * MiB) == 48
     assert workers.worker_threads(workers.MAX_THREADS, MiB) == workers.MAX_THREADS
 
