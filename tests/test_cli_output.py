@@ -174,7 +174,7 @@ def test_version_and_help_into_a_full_stdout(flag: str, full: IO[bytes]) -> None
     ("args", "said"),
     [
         (("verify", "x.spk", "--bogus"), "No such option: --bogus"),
-        (("unsign", "x.spk"), "Missing option '--key-id'"),
+        (("trust", "update"), "Missing option '--output'"),
         (("seal", "m"), "Missing option '--output'"),
         (("verify",), "Missing argument"),
         (("keygen", "signing"), "Missing option '--output'"),
