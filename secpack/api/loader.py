@@ -550,15 +550,14 @@ class Package:
         """int8 scale-tensor names, from the variant files' safetensors metadata."""
         comp = self._component(component)
         scales: dict[str, list[str]] = {}
-        for entry in comp.contents.files:
+        for index, entry in enumerate(comp.contents.files):
             if entry.format != "safetensors":
                 continue
+            # Header and table agree, and the header's size is bounded before the
+            # buffer below is allocated for it.
+            comp.check_file(index)
             first_tensor = min(
-                (
-                    t.first
-                    for t in comp.contents.tensors
-                    if t.file == comp.contents.files.index(entry)
-                ),
+                (t.first for t in comp.contents.tensors if t.file == index),
                 default=entry.first + entry.count,
             )
             buffer = hostmem.host_buffer(entry.header)

@@ -134,10 +134,9 @@ class OpenComponent:
         while pos < entry.header:
             size = segments[seg].plain
             self.decode_into(seg, memoryview(raw)[pos : pos + size])
-            if pos == 0 and size >= prefix:
+            if pos < prefix <= pos + size:  # the segment that completes the length
                 self._check_prefix(entry, bytes(raw[:prefix]), cap)
             pos, seg = pos + size, seg + 1
-        self._check_prefix(entry, bytes(raw[:prefix]), cap)
         try:
             # Lone surrogates in __metadata__, refused in seal's inputs since, are
             # let through here: packages sealed before that rule stay readable,
