@@ -284,8 +284,10 @@ class AtomicFile:
         self._committed = True
 
     def abort(self) -> None:
-        with contextlib.suppress(OutputError):
-            self._stop_syncer()
+        if self._syncer is not None:
+            # The temporary is deleted next: its queued syncs are dropped, not waited for.
+            syncer, self._syncer = self._syncer, None
+            syncer.abort()
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1

@@ -249,8 +249,11 @@ class OutputTree:
     def __exit__(
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
-        with contextlib.suppress(OutputError):
-            self._syncer.close()
+        if et is None:
+            with contextlib.suppress(OutputError):
+                self._syncer.close()
+        else:  # the tree is about to be deleted: nothing of it needs to reach the disk
+            self._syncer.abort()
         for fd in [*self._files, *self._open.values(), self.root_fd]:
             if fd >= 0:
                 os.close(fd)

@@ -10,6 +10,7 @@ and before its close.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections import deque
@@ -36,6 +37,8 @@ class Syncer:
         self._unsynced: dict[int, int] = {}
         self._futures: list[Future[None]] = []
         self._closing: deque[Future[None]] = deque()
+        # The descriptor each queued final fsync is to close (see abort).
+        self._closes: dict[Future[None], int] = {}
 
     def wrote(self, fd: int, n: int) -> None:
         with self._lock:
@@ -65,16 +68,24 @@ class Syncer:
             self._unsynced.pop(fd, None)
             future = self._pool.submit(job)
             self._futures.append(future)
+            if close:
+                self._closes[future] = fd
         self._closing.append(future)
         while len(self._closing) > MAX_CLOSING:
             # Its error, if any, is raised by wait(), which sees every future.
-            wait([self._closing.popleft()])
+            done = self._closing.popleft()
+            wait([done])
+            with self._lock:
+                self._closes.pop(done, None)
 
     def wait(self) -> None:
         """Wait for every queued sync; raise ``output.io`` if any failed."""
         with self._lock:
             futures, self._futures = self._futures, []
         errors = [f.exception() for f in futures]
+        with self._lock:
+            for future in futures:
+                self._closes.pop(future, None)
         failed = next((e for e in errors if e is not None), None)
         if isinstance(failed, OSError):
             raise OutputError("output.io", f"flushing output to disk: {failed.strerror}")
@@ -86,3 +97,21 @@ class Syncer:
             self.wait()
         finally:
             self._pool.shutdown(wait=True)
+
+    def abort(self) -> None:
+        """Stop without making anything durable, for output about to be deleted: the
+        syncs still queued are dropped (each could take seconds on a busy disk, and
+        a Ctrl-C once waited a minute for them), only the one running is waited
+        for, and the descriptors that dropped final syncs were to close are closed
+        here."""
+        with self._lock:
+            futures, self._futures = self._futures, []
+            closes, self._closes = self._closes, {}
+        for future in futures:
+            future.cancel()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._closing.clear()
+        for future, fd in closes.items():
+            if future.cancelled():
+                with contextlib.suppress(OSError):
+                    os.close(fd)
