@@ -100,10 +100,10 @@ class Syncer:
 
     def abort(self) -> None:
         """Stop without making anything durable, for output about to be deleted: the
-        syncs still queued are dropped (each could take seconds on a busy disk, and
-        a Ctrl-C once waited a minute for them), only the one running is waited
-        for, and the descriptors that dropped final syncs were to close are closed
-        here."""
+        syncs still queued are dropped (each can take seconds on a busy disk, and
+        an interrupted `open` waited for all of them before it stopped), only the
+        one running is waited for, and the descriptors that dropped final syncs
+        were to close are closed here."""
         with self._lock:
             futures, self._futures = self._futures, []
             closes, self._closes = self._closes, {}
