@@ -11,6 +11,7 @@ from secpack.errors import InputError
 from secpack.sign.policy import parse_duration
 
 __all__ = [
+    "MALFORMED",
     "NullProgress",
     "Progress",
     "keep_freed_memory",
@@ -32,6 +33,11 @@ class NullProgress:
 
     def advance(self, n: int) -> None:
         pass
+
+
+# The algorithm shown for a signature entry that cannot be parsed (signatures,
+# inspect), and what `unsign --malformed` removes.
+MALFORMED = "malformed"
 
 
 def now() -> int:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric import x25519
 
-from secpack.api.common import now
+from secpack.api.common import MALFORMED, now
 from secpack.errors import KeyUseError, SecpackError
 from secpack.format.contents import Contents
 from secpack.format.limits import DEFAULT_LIMITS
@@ -56,7 +56,7 @@ def _signature_info(entry_type: str, data: bytes, policy: Policy | None) -> Sign
     except SecpackError:
         # Listed, not fatal: the public view of a package shows what is in it, a
         # broken entry included (`secpack unsign --malformed` removes it).
-        return SignatureInfo(entry_type, None, "malformed", None if policy is None else False)
+        return SignatureInfo(entry_type, None, MALFORMED, None if policy is None else False)
     trusted = None if policy is None else sig.kid in policy.keys
     return SignatureInfo(entry_type, sig.kid, COSE_ALGS.get(sig.alg), trusted)
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from secpack.api.auditing import audited, package_facts
-from secpack.api.common import source_date_epoch
+from secpack.api.common import MALFORMED, source_date_epoch
 from secpack.errors import SecpackError
 from secpack.format.limits import DEFAULT_LIMITS
 from secpack.format.sections import SIG_TYPE_COSE_SIGN1, SignatureEntry
@@ -59,10 +59,6 @@ class SignatureListing:
     signer: str  # "sha256:<kid>" or the keyless identity
     signed_at: int | None
     trusted: bool | None  # against the given policy; None without one
-
-
-# The algorithm column of an entry that cannot be parsed.
-MALFORMED = "malformed"
 
 
 def _in_place_path(package: str, output: str | None) -> str:
@@ -297,7 +293,9 @@ def remove_signature(
     that cannot be parsed (which has no key id to name it by); return how many were
     removed."""
     if (key_id_text is None) == (not malformed):
-        raise SecpackError("input.invalid", "give a key id, or ask for the malformed entries")
+        raise SecpackError(
+            "input.invalid", "give exactly one of a key id (--key-id) and malformed (--malformed)"
+        )
     package = _in_place_path(package, output)
     with audited("unsign") as audit:
         audit["package"] = {"path": package}

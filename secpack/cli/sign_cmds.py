@@ -208,10 +208,7 @@ def unsign(
     def action() -> None:
         from secpack.api.signing import remove_signature
         from secpack.cli.render import out
-        from secpack.errors import InputError
 
-        if (key_id is None) == (not malformed):
-            raise InputError("input.invalid", "give exactly one of --key-id and --malformed")
         removed = remove_signature(package, key_id, output, malformed=malformed)
         what = f"signature(s) by {key_id}" if key_id is not None else "malformed entries"
         out(
