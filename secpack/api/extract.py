@@ -17,7 +17,7 @@ from secpack.errors import SchemaError, SecpackError
 from secpack.format.contents import FileEntry, check_paths
 from secpack.format.manifest import Manifest
 from secpack.package.decode import OpenComponent
-from secpack.package.parallel import ordered
+from secpack.package.parallel import ordered_batched
 from secpack.package.reader import largest_segment, select_components
 from secpack.sign.modelsig import COMPONENT as MODEL_SIGNING
 from secpack.sign.policy import Policy, Signer
@@ -27,6 +27,10 @@ from secpack.transport.outdir import OutputTree
 from secpack.workers import worker_threads
 
 __all__ = ["ExtractReport", "extract"]
+
+
+# Output files held open at once by the segments in flight (see extract).
+_OPEN_FILES = 256
 
 
 @dataclass(frozen=True)
@@ -196,7 +200,7 @@ def extract(
         with AtomicDirectory(output) as target:
             with OutputTree(target.tmp) as tree:
 
-                def jobs() -> Iterator[functools.partial[_Job]]:
+                def jobs() -> Iterator[tuple[int, functools.partial[_Job]]]:
                     for comp, chosen in zip(opened, layout, strict=True):
                         plains = [s.plain for s in comp.component.segments]
                         for f, path in chosen:
@@ -207,13 +211,21 @@ def extract(
                             offset = 0
                             for seg in range(f.first, f.first + f.count):
                                 last = seg == f.first + f.count - 1
-                                yield functools.partial(
-                                    _decode_job, tree, _Job(comp, seg, fd, offset, path, last)
+                                yield (
+                                    plains[seg],
+                                    functools.partial(
+                                        _decode_job, tree, _Job(comp, seg, fd, offset, path, last)
+                                    ),
                                 )
                                 offset += plains[seg]
 
                 with ThreadPoolExecutor(threads, thread_name_prefix="secpack-open") as pool:
-                    for done in ordered(pool, jobs(), 2 * threads + 2):
+                    window = 2 * threads + 2
+                    # A batch's files are open until it is written: at most
+                    # _OPEN_FILES of them in the window, under the usual soft
+                    # limit of 1024 descriptors.
+                    batch = max(1, _OPEN_FILES // window)
+                    for done in ordered_batched(pool, jobs(), window, batch):
                         progress.advance(done.comp.component.segments[done.seg].plain)
                         if done.last:
                             tree.finish(done.fd, done.path)

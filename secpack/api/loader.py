@@ -47,7 +47,7 @@ from secpack.errors import SecpackError, TensorError
 from secpack.format.contents import FileEntry, TensorRecord
 from secpack.format.manifest import Manifest
 from secpack.package.decode import OpenComponent
-from secpack.package.parallel import ordered
+from secpack.package.parallel import ordered_batched
 from secpack.package.reader import largest_segment
 from secpack.sign.policy import Policy, Signer
 from secpack.tensors.variants import VARIANTS, VARIANTS_ASKED, VARIANTS_ONLY
@@ -328,8 +328,8 @@ class Package:
             comp, seg, out = work[0]
             comp.decode_into(seg, out)
             return
-        jobs = [functools.partial(c.decode_into, s, o) for c, s, o in work]
-        for _ in ordered(self._executor(), jobs, 2 * self._threads + 2):
+        jobs = [(len(o), functools.partial(c.decode_into, s, o)) for c, s, o in work]
+        for _ in ordered_batched(self._executor(), jobs, 2 * self._threads + 2):
             pass
 
     @staticmethod
@@ -412,20 +412,23 @@ class Package:
         records = comp.contents.tensors
         buffers: dict[int, np.ndarray] = {}
 
-        def jobs() -> Iterator[Callable[[], int]]:
+        def jobs() -> Iterator[tuple[int, Callable[[], int]]]:
             # Each job returns the index of the tensor it completes, or -1: results
             # come back in order, so a tensor is whole once its final job returns.
             for i, record in enumerate(records):
                 buffer = buffers[i] = hostmem.host_buffer(record.length)
                 work = self._tensor_into(comp, record, buffer)
                 if not work:  # an empty tensor has no segment to wait for
-                    yield functools.partial(_completes, i)
+                    yield 0, functools.partial(_completes, i)
                 for k, (c, seg, out) in enumerate(work):
-                    yield functools.partial(
-                        _decode_job, c, seg, out, i if k == len(work) - 1 else -1
+                    yield (
+                        len(out),
+                        functools.partial(
+                            _decode_job, c, seg, out, i if k == len(work) - 1 else -1
+                        ),
                     )
 
-        for done in ordered(self._executor(), jobs(), 2 * self._threads + 2):
+        for done in ordered_batched(self._executor(), jobs(), 2 * self._threads + 2):
             if done >= 0:
                 yield records[done].name, make_array(buffers.pop(done), records[done])
 

@@ -7,6 +7,7 @@ Nothing here decrypts or decodes; see :mod:`secpack.package.decode`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +24,7 @@ from secpack.format.sections import (
     check_index,
     parse_signature_section,
 )
-from secpack.package.parallel import ordered
+from secpack.package.parallel import ordered_batched
 from secpack.sign.policy import Policy, Signer, evaluate_signatures
 from secpack.workers import worker_threads
 
@@ -182,12 +183,12 @@ def verify_segments(
         return size
 
     jobs = [
-        (lambda c=c, s=s: check(c, s))
+        (seg.stored, functools.partial(check, c, s))
         for c in indices
-        for s in range(len(header.manifest.components[c].segments))
+        for s, seg in enumerate(header.manifest.components[c].segments)
     ]
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="secpack-verify") as pool:
-        for size in ordered(pool, jobs, 2 * threads + 2):
+        for size in ordered_batched(pool, jobs, 2 * threads + 2):
             if progress:
                 progress(size)
 
