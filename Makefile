@@ -8,7 +8,9 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: setup demo test lint typecheck unit bench fuzz clean
 
-$(STAMP): pyproject.toml
+# The C helpers too: an editable install builds them once, and a .venv made before
+# a change to them would otherwise keep running the old build.
+$(STAMP): pyproject.toml secpack/codec/_planes.c secpack/format/_cbor.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'

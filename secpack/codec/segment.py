@@ -222,9 +222,12 @@ def _planes_repeat(view: memoryview, w: int, found: tuple[Codec, bytes] | None) 
 def _sign_skewed(view: memoryview, w: int) -> bool:
     """Whether the share of elements (``w`` bytes, little-endian) with the sign bit
     set lies outside _SIGN_SKEW, from up to _SIGN_SAMPLE of them."""
-    elements = np.frombuffer(view, dtype=_UINT[w])
-    step = max(1, len(elements) // _SIGN_SAMPLE)
-    negative = float(np.mean(elements[::step] >> (8 * w - 1)))
+    # The top byte of each element (little-endian) holds its sign bit. Counted
+    # with count_nonzero: np.mean's Python-level setup cost more than the count
+    # on the small segments of norm weights and biases.
+    tops = np.frombuffer(view, dtype=np.uint8)[w - 1 :: w]
+    sample = tops[:: max(1, len(tops) // _SIGN_SAMPLE)]
+    negative = np.count_nonzero(sample >= 0x80) / len(sample)
     return not _SIGN_SKEW[0] <= negative <= _SIGN_SKEW[1]
 
 

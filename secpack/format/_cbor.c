@@ -196,14 +196,215 @@ out:
     return PyBool_FromLong(floats);
 }
 
+/* ---- encode: the deterministic encoding of secpack's own objects ------------
+ * cbor2's canonical mode encodes every map key on its own to sort them, and was
+ * most of the time of each segment's AAD (16 us of about 20) and of a manifest's
+ * encoding (60 ms for 6,000 segment records). This writes the same bytes for the
+ * subset secpack builds: dict (any keys of this subset), list, tuple, str, bytes,
+ * int up to 64 bits either way, bool and None. For anything else (floats, int
+ * subclasses, lone surrogates, nesting past ENC_MAX_DEPTH) it returns None and
+ * cbor.py falls back to cbor2, so no object is encoded differently than before.
+ * tests/unit/test_cbor.py compares the two on random objects.
+ *
+ * Map keys are sorted as cbor2's canonical mode sorts them: the shorter encoding
+ * first, then bytewise. For text keys, which is all secpack writes but COSE's
+ * small positive labels, that is also RFC 8949 §4.2.1's bytewise order, which
+ * the scan above checks. Each map's entries are encoded into a buffer of their
+ * own, then copied out in order. */
+
+enum { ENC_MAX_DEPTH = 64 };
+enum { ENC_OK = 1, ENC_ERROR = 0, ENC_UNSUPPORTED = -1 };
+
+typedef struct {
+    uint8_t *buf;
+    size_t len, cap;
+} enc_buf;
+
+static int enc_put(enc_buf *b, const void *data, size_t n) {
+    if (n > b->cap - b->len) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap - b->len < n) {
+            if (cap > (size_t)PY_SSIZE_T_MAX / 2) {
+                PyErr_NoMemory();
+                return ENC_ERROR;
+            }
+            cap *= 2;
+        }
+        uint8_t *grown = PyMem_Realloc(b->buf, cap);
+        if (grown == NULL) {
+            PyErr_NoMemory();
+            return ENC_ERROR;
+        }
+        b->buf = grown;
+        b->cap = cap;
+    }
+    if (n) memcpy(b->buf + b->len, data, n);
+    b->len += n;
+    return ENC_OK;
+}
+
+/* A head in its shortest form (RFC 8949 §4.2.1). */
+static int enc_head(enc_buf *b, int major, uint64_t arg) {
+    uint8_t h[9];
+    size_t n;
+    uint8_t m = (uint8_t)(major << 5);
+    if (arg < 24) {
+        h[0] = m | (uint8_t)arg;
+        n = 1;
+    } else if (arg <= 0xff) {
+        h[0] = m | 24;
+        h[1] = (uint8_t)arg;
+        n = 2;
+    } else if (arg <= 0xffff) {
+        h[0] = m | 25;
+        for (int i = 0; i < 2; i++) h[1 + i] = (uint8_t)(arg >> (8 * (1 - i)));
+        n = 3;
+    } else if (arg <= 0xffffffffu) {
+        h[0] = m | 26;
+        for (int i = 0; i < 4; i++) h[1 + i] = (uint8_t)(arg >> (8 * (3 - i)));
+        n = 5;
+    } else {
+        h[0] = m | 27;
+        for (int i = 0; i < 8; i++) h[1 + i] = (uint8_t)(arg >> (8 * (7 - i)));
+        n = 9;
+    }
+    return enc_put(b, h, n);
+}
+
+typedef struct {
+    size_t key, key_len, end; /* the key's offset and length, and the entry's end */
+} enc_entry;
+
+/* The buffer the entries being sorted live in. qsort takes no context argument;
+ * the GIL is held from the start of encode to its end, and the comparison calls
+ * nothing, so no other encode can change this while a sort runs. */
+static const uint8_t *enc_sort_base;
+
+static int enc_key_cmp(const void *pa, const void *pb) {
+    const enc_entry *a = pa, *b = pb;
+    if (a->key_len != b->key_len) return a->key_len < b->key_len ? -1 : 1;
+    return memcmp(enc_sort_base + a->key, enc_sort_base + b->key, a->key_len);
+}
+
+static int enc_item(enc_buf *b, PyObject *obj, int depth);
+
+static int enc_map(enc_buf *b, PyObject *obj, int depth) {
+    Py_ssize_t n = PyDict_GET_SIZE(obj), pos = 0, i = 0;
+    PyObject *key, *value;
+    int rc = enc_head(b, 5, (uint64_t)n);
+    if (rc != ENC_OK || n == 0) return rc;
+    enc_buf tmp = {NULL, 0, 0};
+    enc_entry *entries = PyMem_Malloc((size_t)n * sizeof(enc_entry));
+    if (entries == NULL) {
+        PyErr_NoMemory();
+        return ENC_ERROR;
+    }
+    while (PyDict_Next(obj, &pos, &key, &value)) {
+        if (i == n) { /* the dict changed size under us: not ours to encode */
+            rc = ENC_UNSUPPORTED;
+            goto done;
+        }
+        entries[i].key = tmp.len;
+        if ((rc = enc_item(&tmp, key, depth + 1)) != ENC_OK) goto done;
+        entries[i].key_len = tmp.len - entries[i].key;
+        if ((rc = enc_item(&tmp, value, depth + 1)) != ENC_OK) goto done;
+        entries[i].end = tmp.len;
+        i++;
+    }
+    if (i != n) {
+        rc = ENC_UNSUPPORTED;
+        goto done;
+    }
+    enc_sort_base = tmp.buf;
+    qsort(entries, (size_t)n, sizeof(enc_entry), enc_key_cmp);
+    for (i = 0; i < n; i++) {
+        /* Two keys that encode alike (never in a dict of this subset) would make
+         * a map no reader takes: leave it to cbor2. */
+        if (i && enc_key_cmp(&entries[i - 1], &entries[i]) == 0) {
+            rc = ENC_UNSUPPORTED;
+            goto done;
+        }
+        if ((rc = enc_put(b, tmp.buf + entries[i].key, entries[i].end - entries[i].key)) != ENC_OK)
+            goto done;
+    }
+    rc = ENC_OK;
+done:
+    PyMem_Free(entries);
+    PyMem_Free(tmp.buf);
+    return rc;
+}
+
+static int enc_item(enc_buf *b, PyObject *obj, int depth) {
+    if (depth > ENC_MAX_DEPTH) return ENC_UNSUPPORTED;
+    if (obj == Py_None) return enc_put(b, "\xf6", 1);
+    if (obj == Py_True) return enc_put(b, "\xf5", 1);
+    if (obj == Py_False) return enc_put(b, "\xf4", 1);
+    if (PyLong_CheckExact(obj)) {
+        int overflow = 0;
+        long long v = PyLong_AsLongLongAndOverflow(obj, &overflow);
+        if (v == -1 && PyErr_Occurred()) return ENC_ERROR;
+        if (overflow > 0) {
+            unsigned long long u = PyLong_AsUnsignedLongLong(obj);
+            if (u == (unsigned long long)-1 && PyErr_Occurred()) {
+                PyErr_Clear(); /* past 64 bits: cbor2 writes a bignum */
+                return ENC_UNSUPPORTED;
+            }
+            return enc_head(b, 0, u);
+        }
+        if (overflow < 0) return ENC_UNSUPPORTED; /* below -2^63: rare, cbor2's */
+        return v >= 0 ? enc_head(b, 0, (uint64_t)v) : enc_head(b, 1, (uint64_t)(-(v + 1)));
+    }
+    if (PyUnicode_CheckExact(obj)) {
+        Py_ssize_t n;
+        const char *s = PyUnicode_AsUTF8AndSize(obj, &n);
+        if (s == NULL) {
+            PyErr_Clear(); /* a lone surrogate: cbor2 raises its own error */
+            return ENC_UNSUPPORTED;
+        }
+        int rc = enc_head(b, 3, (uint64_t)n);
+        return rc == ENC_OK ? enc_put(b, s, (size_t)n) : rc;
+    }
+    if (PyBytes_CheckExact(obj)) {
+        Py_ssize_t n = PyBytes_GET_SIZE(obj);
+        int rc = enc_head(b, 2, (uint64_t)n);
+        return rc == ENC_OK ? enc_put(b, PyBytes_AS_STRING(obj), (size_t)n) : rc;
+    }
+    if (PyList_CheckExact(obj) || PyTuple_CheckExact(obj)) {
+        PyObject *seq = obj;
+        Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+        int rc = enc_head(b, 4, (uint64_t)n);
+        /* (No Python code runs while an item is encoded, so n stays right.) */
+        for (Py_ssize_t i = 0; rc == ENC_OK && i < n; i++)
+            rc = enc_item(b, PySequence_Fast_GET_ITEM(seq, i), depth + 1);
+        return rc;
+    }
+    if (PyDict_CheckExact(obj)) return enc_map(b, obj, depth);
+    return ENC_UNSUPPORTED;
+}
+
+/* encode(obj) -> bytes, or None when obj is outside the subset above. */
+static PyObject *encode(PyObject *self, PyObject *obj) {
+    (void)self;
+    enc_buf b = {NULL, 0, 0};
+    int rc = enc_item(&b, obj, 0);
+    PyObject *result = NULL;
+    if (rc == ENC_OK)
+        result = PyBytes_FromStringAndSize((const char *)b.buf, (Py_ssize_t)b.len);
+    else if (rc == ENC_UNSUPPORTED)
+        result = Py_NewRef(Py_None);
+    PyMem_Free(b.buf);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS,
      "scan(data, max_depth, max_items, text_keys, max_map_entries) -> bool | (code, message)"},
+    {"encode", encode, METH_O, "encode(obj) -> canonical CBOR bytes, or None outside the subset"},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_cbor", "The strict CBOR scan of secpack.format.cbor, in C.", -1,
+    PyModuleDef_HEAD_INIT, "_cbor", "The strict CBOR scan and the canonical encoder of secpack.format.cbor, in C.", -1,
     methods,
 };
 

@@ -22,6 +22,7 @@ code and message on every input (tests/unit/test_cbor.py compares them).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
@@ -36,6 +37,8 @@ except ImportError:  # built without a C compiler: _scan_py below
     _native = None
 
 NATIVE = _native is not None
+# (getattr: a build from before the encoder was added still has the scan.)
+_native_encode: Callable[[object], bytes | None] | None = getattr(_native, "encode", None)
 # The C scan takes its limits as uint64; anything else goes to the Python scan.
 _UINT64_MAX = (1 << 64) - 1
 
@@ -52,6 +55,12 @@ _ARG_BYTES = {24: 1, 25: 2, 26: 4, 27: 8}
 
 def encode(obj: Any) -> bytes:
     """Encode ``obj`` deterministically (RFC 8949 §4.2.1 for text-keyed maps)."""
+    if _native is not None and _native_encode is not None:
+        # The C encoder writes cbor2's canonical bytes, five to ten times faster,
+        # for the types secpack builds its objects from; None for anything else.
+        data = _native_encode(obj)
+        if data is not None:
+            return data
     import cbor2
 
     return bytes(cbor2.dumps(obj, canonical=True))

@@ -137,6 +137,67 @@ def test_the_c_scan_was_built() -> None:
     assert cbor.NATIVE
 
 
+# Every type the C encoder takes, at the edges of each head size, with map keys of
+# several types (cbor2 sorts those shorter encoding first: the encoder must too).
+_EDGE_INTS = [0, 23, 24, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**63 - 1, 2**63, 2**64 - 1]
+_ints = st.integers(min_value=-(2**64) - 1, max_value=2**64) | st.sampled_from(
+    _EDGE_INTS + [-1 - v for v in _EDGE_INTS]
+)
+_scalars = st.none() | st.booleans() | _ints | st.text(max_size=30) | st.binary(max_size=30)
+_encodable = st.recursive(
+    _scalars,
+    lambda children: (
+        st.lists(children, max_size=6)
+        | st.lists(children, max_size=6).map(tuple)
+        | st.dictionaries(st.text(max_size=8), children, max_size=6)
+        | st.dictionaries(_ints | st.text(max_size=3) | st.binary(max_size=3), children, max_size=6)
+    ),
+    max_leaves=40,
+)
+
+
+@pytest.mark.parametrize("scanner", ["c"], indirect=True)
+@given(_encodable)
+def test_the_c_encoder_writes_cbor2s_canonical_bytes(value: object) -> None:
+    assert _NATIVE is not None
+    data = _NATIVE.encode(value)
+    if data is None:  # past 64 bits (bignums): left to cbor2
+        return
+    assert data == cbor2.dumps(value, canonical=True)
+
+
+@pytest.mark.parametrize("scanner", ["c"], indirect=True)
+def test_the_c_encoder_leaves_what_it_does_not_model_to_cbor2() -> None:
+    import enum
+
+    assert _NATIVE is not None
+    nested: list[object] = []
+    deep = nested
+    for _ in range(100):
+        deep.append([])
+        deep = deep[0]  # type: ignore[assignment]
+    others: list[object] = [
+        1.5,
+        [0.1],
+        {"a": float("inf")},
+        {"a": {1, 2}},
+        bytearray(b"x"),
+        enum.IntEnum("E", "A").A,
+        2**64,
+        -(2**64) - 1,
+        "\ud800",
+        {"\ud800": 1},
+        nested,
+    ]
+    for value in others:
+        assert _NATIVE.encode(value) is None, value
+    # ... and cbor.encode gives cbor2's bytes for them, or cbor2's error.
+    assert cbor.encode([0.1]) == cbor2.dumps([0.1], canonical=True)
+    assert cbor.encode(2**64) == cbor2.dumps(2**64, canonical=True)
+    with pytest.raises(UnicodeEncodeError):
+        cbor.encode({"\ud800": 1})
+
+
 def _verdict(scan: object, data: bytes, kw: dict[str, object]) -> tuple[str, str]:
     try:
         floats = scan(data, **kw)  # type: ignore[operator]
