@@ -20,6 +20,8 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <float.h>
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -73,6 +75,39 @@ static int key_cmp(const uint8_t *a, Py_ssize_t na, const uint8_t *b, Py_ssize_t
     int c = memcmp(a, b, (size_t)(na < nb ? na : nb));
     if (c) return c;
     return (na > nb) - (na < nb);
+}
+
+/* Whether a finite value is exactly a binary16 number: at most 11 significant
+ * bits, a multiple of 2^-24 (the smallest subnormal), and at most 65504. */
+static int half_exact(double v) {
+    double a = fabs(v), q = a * 16777216.0; /* exact: a scaling by 2^24 */
+    int e;
+    if (a == 0) return 1;
+    if (a > 65504.0 || q != floor(q)) return 0;
+    double frac = frexp(a, &e) * 2048.0;
+    return frac == floor(frac);
+}
+
+/* The shortest-float rule (RFC 8949 §4.2.1), as cbor2's canonical mode writes
+ * floats: every NaN as the half 0x7e00, infinities as halves, and any other
+ * value in the narrowest of half, single and double that holds it exactly.
+ * ``bits`` is the float's big-endian argument under additional info ``ai``. */
+static int float_shortest(int ai, uint64_t bits) {
+    if (ai == 25) {
+        int nan = (bits & 0x7c00) == 0x7c00 && (bits & 0x3ff);
+        return !nan || bits == 0x7e00;
+    }
+    if (ai == 26) {
+        uint32_t u = (uint32_t)bits;
+        float f;
+        memcpy(&f, &u, sizeof f);
+        return isfinite(f) && !half_exact(f);
+    }
+    double d;
+    memcpy(&d, &bits, sizeof d);
+    if (!isfinite(d)) return 0;
+    /* (Past FLT_MAX the conversion below would be undefined; no single holds it.) */
+    return fabs(d) > FLT_MAX || (double)(float)d != d;
 }
 
 /* scan(data, max_depth, max_items, text_keys, max_map_entries) -> result:
@@ -165,9 +200,12 @@ static PyObject *scan(PyObject *self, PyObject *args) {
         } else if (major == M_TAG) {
             FAIL("cbor.forbidden", "tag %llu at offset %zd", (unsigned long long)arg, start);
         } else if (major == M_SIMPLE) {
-            if (ai >= 25 && ai <= 27)
+            if (ai >= 25 && ai <= 27) {
                 floats = 1;
-            else if (ai < 20 || ai > 22)
+                if (!float_shortest(ai, arg))
+                    FAIL("cbor.noncanonical", "float not in its shortest form at offset %zd",
+                         start);
+            } else if (ai < 20 || ai > 22)
                 FAIL("cbor.forbidden", "simple value at offset %zd", start);
         }
         if (is_key) {

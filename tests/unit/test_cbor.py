@@ -198,6 +198,71 @@ def test_the_c_encoder_leaves_what_it_does_not_model_to_cbor2() -> None:
         cbor.encode({"\ud800": 1})
 
 
+def _floats() -> Iterator[bytes]:
+    """Every half, and singles and doubles around every boundary of the rule:
+    values each narrower form holds or just misses, subnormals, NaN payloads,
+    infinities, signed zeros, the largest finite values."""
+    import struct
+
+    for bits in range(1 << 16):
+        yield b"\xf9" + bits.to_bytes(2, "big")
+    rng = random.Random(5)
+    edges = [0.0, -0.0, 1.0, 1.5, 0.1, 65504.0, 65505.0, 65519.0, 65520.0, 2.0**-24, 2.0**-25]
+    edges += [3 * 2.0**-24, 2.0**-14, 2.0**-149, 2.0**-126, 3.4028234663852886e38, 1e39, 1e300]
+    edges += [float("inf"), float("-inf"), float("nan"), 2049.0, 2048.0, 4097.0, 16777217.0]
+    for _ in range(3000):
+        edges.append(rng.uniform(-70000, 70000))
+        edges.append(struct.unpack("<e", rng.randbytes(2))[0] * 2.0 ** rng.randrange(-20, 20))
+        edges.append(struct.unpack("<f", rng.randbytes(4))[0])
+    for value in edges:
+        for fmt, head in ((">f", b"\xfa"), (">d", b"\xfb")):
+            try:
+                yield head + struct.pack(fmt, value)
+                yield head + struct.pack(fmt, -value)
+            except OverflowError:
+                pass
+    for _ in range(3000):
+        yield b"\xfa" + rng.randbytes(4)
+        yield b"\xfb" + rng.randbytes(8)
+    # NaNs with payloads, and signalling ones, in every width
+    for nan in ("7e01", "fe00", "7c01", "7fc00000", "7fc00001", "ff800001"):
+        yield (b"\xf9" if len(nan) == 4 else b"\xfa") + bytes.fromhex(nan)
+    yield b"\xfb" + bytes.fromhex("7ff8000000000000")
+
+
+@pytest.mark.parametrize("scanner", ["c"], indirect=True)
+def test_the_shortest_float_rule_is_cbor2s_on_every_width() -> None:
+    """The scans accept a float exactly when cbor2's canonical mode writes those
+    bytes for its value, in C and in Python alike."""
+    kw = {"max_depth": 4, "max_items": 10, "text_keys": True, "max_map_entries": 10}
+    checked = accepted = 0
+    for data in _floats():
+        value = cbor2.loads(data)
+        expected = bytes(cbor2.dumps(value, canonical=True)) == data
+        c_verdict = _verdict(cbor._scan, data, kw)
+        py_verdict = _verdict(cbor._scan_py, data, kw)
+        assert c_verdict == py_verdict, data.hex()
+        assert (c_verdict[0] == "ok") == expected, (data.hex(), c_verdict)
+        checked += 1
+        accepted += expected
+    assert checked > 80_000 and 30_000 < accepted < checked
+
+
+def test_decoding_a_float_does_not_encode_the_item_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rule is checked on the bytes: decoding used to re-encode the whole item
+    when it held a float, a second copy of an unsigned manifest in memory."""
+
+    def refuse(obj: object) -> bytes:
+        raise AssertionError("decode encoded the item")
+
+    data = cbor.encode({"x": [1.5, b"\0" * 1000, {"a": 0.1}]})
+    monkeypatch.setattr(cbor, "encode", refuse)
+    assert cbor.decode(data, **LIMITS) == {"x": [1.5, b"\0" * 1000, {"a": 0.1}]}
+    with pytest.raises(CborError) as err:
+        cbor.decode(bytes.fromhex("a16178fa3fc00000"), **LIMITS)  # 1.5 as a single
+    assert err.value.code == "cbor.noncanonical"
+
+
 def _verdict(scan: object, data: bytes, kw: dict[str, object]) -> tuple[str, str]:
     try:
         floats = scan(data, **kw)  # type: ignore[operator]
