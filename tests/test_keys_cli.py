@@ -183,6 +183,30 @@ def test_no_trust_at_all(tmp_path: Path, sealed: Path, server_key: KeyPair) -> N
     fails("policy.none", "inspect", sealed, "--identity", server_key.private)
 
 
+def test_inspect_with_trust_applies_the_rollback_check(
+    tmp_path: Path, model_dir: Path, release_key: KeyPair, server_key: KeyPair
+) -> None:
+    """inspect --trust says "verified against policy": it must refuse a replayed
+    older release as verify and open do, and record nothing itself."""
+    common = ("--sign-key", release_key.private, "--recipient", server_key.public, "-q")
+    v1, v2 = tmp_path / "v1.spk", tmp_path / "v2.spk"
+    ok("seal", model_dir, "-o", v1, "--version", "1", *common)
+    ok("seal", model_dir, "-o", v2, "--version", "2", *common)
+    trust = ("--trust", release_key.public)
+    ids = ("--identity", server_key.private)
+    ok("inspect", v2, *trust, *ids, "-q")
+    ok("inspect", v1, *trust, "-q")  # inspect recorded nothing: v1 is still fine
+    ok("open", v2, "-o", tmp_path / "out", *ids, *trust, "-q")  # open records v2
+    fails("fresh.rollback", "verify", v1, *trust)
+    fails("fresh.rollback", "inspect", v1, *trust)
+    fails("fresh.rollback", "inspect", v1, *trust, *ids)
+    shown = ok("inspect", v1, *trust, *ids, "--allow-downgrade", "--json").json()
+    assert shown["verified"] is True and shown["version"] == 1
+    # Without a policy it is the public view, which claims no verification.
+    public = ok("inspect", v1, "--json").json()
+    assert public["verified"] is False
+
+
 def test_policy_file_from_environment(
     tmp_path: Path, sealed: Path, keys: KeyRing, release_key: KeyPair
 ) -> None:

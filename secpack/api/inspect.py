@@ -12,14 +12,15 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric import x25519
 
-from secpack.api.common import MALFORMED, now
+from secpack.api.common import MALFORMED
+from secpack.api.trust import establish_trust
 from secpack.errors import KeyUseError, SecpackError
 from secpack.format.contents import Contents
 from secpack.format.limits import DEFAULT_LIMITS
 from secpack.format.manifest import Manifest
 from secpack.format.sections import SIG_TYPE_COSE_SIGN1
 from secpack.package.decode import OpenComponent
-from secpack.package.reader import check_trust, read_header
+from secpack.package.reader import read_header
 from secpack.recipes.signing import COSE_ALGS
 from secpack.sign import cose
 from secpack.sign.policy import Policy
@@ -66,18 +67,25 @@ def inspect(
     *,
     policy: Policy | None = None,
     identities: Sequence[x25519.X25519PrivateKey] = (),
+    allow_downgrade: bool = False,
 ) -> InspectReport:
     """Describe ``package``. With ``identities``, a ``policy`` is required: contents are
-    only decoded from a package whose signatures have been checked."""
+    only decoded from a package whose signatures have been checked.
+
+    With a ``policy`` the package is trusted as ``verify`` trusts it, rollback
+    check included (``fresh.rollback`` for a version older than one already
+    used from the same signer, unless ``allow_downgrade``); nothing is recorded."""
     limits = policy.limits if policy else DEFAULT_LIMITS
     with FileSource(package) as src:
-        header = read_header(src, limits)
+        if policy is not None:
+            header, _ = establish_trust(src, policy, allow_downgrade=allow_downgrade)
+        else:
+            header = read_header(src, limits)
         sigs = tuple(_signature_info(e.type, e.data, policy) for e in header.signatures)
         contents: dict[str, Contents] = {}
         unreadable: list[str] = []
         verified = False
         if policy is not None:
-            check_trust(header, policy, now())
             verified = True
             for i, comp in enumerate(header.manifest.components):
                 if comp.encryption is not None and not identities:

@@ -425,6 +425,7 @@ def inspect(
     trust: TrustOpt = None,
     policy: PolicyOpt = None,
     passphrase_env: PassEnvOpt = None,
+    allow_downgrade: DowngradeOpt = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -440,7 +441,8 @@ def inspect(
             pol = resolve_policy(trust or [], policy)
         passphrase = passphrase_from_env(passphrase_env)
         ids = [load_identity(p, passphrase) for p in identity or []]
-        render_inspect(do_inspect(package, policy=pol, identities=ids), as_json, quiet)
+        report = do_inspect(package, policy=pol, identities=ids, allow_downgrade=allow_downgrade)
+        render_inspect(report, as_json, quiet)
 
     _run(as_json, action)
 
