@@ -58,6 +58,8 @@ _ERR_FMT = "{:.6e}"
 _ERR_WIDTH = len(_ERR_FMT.format(1e-100))
 # Tensors a variant leaves as they are are copied in pieces of this size.
 _COPY_BYTES = 8 << 20
+# The __metadata__ keys a variant file's own facts go under (docs/FORMAT.md §15).
+_OWN_PREFIX = "secpack."
 
 
 @dataclass
@@ -287,7 +289,11 @@ def _write_variant(
                 }
                 offset += 4 * length
     placeholder = {t.name: ["0" * _ERR_WIDTH] * 2 for t, _, change, _ in plan if change}
-    meta = {"secpack.variant": variant, "secpack.source": path}
+    # The source's own metadata stays: loaders check it (transformers 4 refuses a
+    # file without "format": "pt"), and it describes the model. Keys secpack
+    # writes itself are not taken from the source, where they would be stale.
+    meta = {k: v for k, v in layout.metadata.items() if not k.startswith(_OWN_PREFIX)}
+    meta.update({"secpack.variant": variant, "secpack.source": path})
     if kept:
         meta["secpack.kept"] = json.dumps(kept, sort_keys=True)
     scales = {t.name: s for t, _, _, s in plan if s is not None}

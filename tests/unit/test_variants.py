@@ -77,9 +77,43 @@ def test_int8_on_minilm_meets_size_and_error_targets(tmp_path: Path) -> None:
     meta = json.loads(raw[8 : 8 + n])["__metadata__"]
     errors = json.loads(meta["secpack.errors"])
     assert meta["secpack.variant"] == "int8" and meta["secpack.source"] == "model.safetensors"
+    assert meta["format"] == "pt"  # the source's own metadata, which transformers checks
     assert errors and all(float(rel) <= 0.01 for _, rel in errors.values())
     # Plain numbers: no padding inside the strings (the header is padded after them).
     assert all(v == v.strip() and float(v) >= 0 for pair in errors.values() for v in pair)
+
+
+@pytest.mark.parametrize("variant", ["fp16", "bf16", "int8"])
+def test_a_variant_file_keeps_the_source_metadata(tmp_path: Path, variant: str) -> None:
+    """Loaders check a file's metadata (transformers 4 refuses a checkpoint
+    without "format": "pt"): a variant keeps the source's entries, except keys
+    under secpack's own prefix, which it writes afresh."""
+    from safetensors.numpy import save_file
+
+    model = tmp_path / "m"
+    model.mkdir()
+    source_meta = {"format": "pt", "quantization": "none", "secpack.kept": '{"stale": "x"}'}
+    rng = np.random.default_rng(9)
+    save_file(
+        {"w": rng.standard_normal((16, 8)).astype(np.float32)},
+        str(model / "model.safetensors"),
+        metadata=source_meta,
+    )
+    pkg = tmp_path / "v.spk"
+    seal(
+        str(model),
+        str(pkg),
+        encrypt=False,
+        variants=[variant],
+        sign_keys=[load_signing_key(str(KEYS / "signing-ed25519.key"))],
+    )
+    with _open(pkg) as p:
+        raw = p.read_file(f"weights.{variant}", f"variants/{variant}/model.safetensors")
+    (n,) = struct.unpack("<Q", raw[:8])
+    meta = json.loads(raw[8 : 8 + n])["__metadata__"]
+    assert meta["format"] == "pt" and meta["quantization"] == "none"
+    assert "secpack.kept" not in meta  # nothing was kept: the stale entry is gone
+    assert meta["secpack.variant"] == variant and meta["secpack.source"] == "model.safetensors"
 
 
 @pytest.fixture(scope="module")
