@@ -6,6 +6,7 @@ import contextlib
 import glob
 import hashlib
 import os
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -104,6 +105,8 @@ def _was_variants_only(tree: InputDirectory) -> bool:
 
 # Followed links named one by one in seal's note, at most (the rest are counted).
 _LINKS_SHOWN = 5
+# The longest package name PACKAGE_NAME_RE takes (docs/FORMAT.md §4).
+_MAX_NAME = 128
 
 
 def _outside_links(tree: InputDirectory) -> tuple[str, ...]:
@@ -141,6 +144,15 @@ def _recipient_map(
                 f"component {name!r} has no recipient: add --recipient PUB or {name}=PUB",
             )
     return out
+
+
+def default_package_name(base: str) -> str:
+    """A package name made from the input's own name (a directory's, or a single
+    file's): each run of characters a name may not hold becomes one ``-``, and
+    what may not start a name is dropped ("my model" -> "my-model", ".index" ->
+    "index"); "model" when nothing is left. --name is taken as given, or refused."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", base).lstrip("._-")[:_MAX_NAME].rstrip("-")
+    return name if PACKAGE_NAME_RE.fullmatch(name) else "model"
 
 
 def seal(
@@ -201,7 +213,7 @@ def seal(
             raise InputError("input.invalid", f"--version must be an integer from 1 to {2**63 - 1}")
         progress = progress or NullProgress()
         tree = scan_input(source, DEFAULT_LIMITS, follow_symlinks, output)
-        pkg_name = name if name is not None else tree.default_name
+        pkg_name = name if name is not None else default_package_name(tree.default_name)
         if not PACKAGE_NAME_RE.fullmatch(pkg_name):
             raise InputError(
                 "input.invalid",

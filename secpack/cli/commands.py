@@ -66,7 +66,7 @@ def seal(
         bool, typer.Option("--no-encrypt", help="Sign and compress only (reproducible).")
     ] = False,
     name: Annotated[
-        str | None, typer.Option(help="Package name (default: directory name).")
+        str | None, typer.Option(help="Package name (default: made from the input's own name).")
     ] = None,
     version: Annotated[
         int, typer.Option("--version", help="Package version, a positive integer.")

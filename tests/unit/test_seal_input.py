@@ -441,3 +441,37 @@ def test_the_plan_counts_what_seal_adds_against_max_files(tmp_path: Path) -> Non
     with pytest.raises(SecpackError) as err:
         make_plan(more, [], DEFAULT_SEGMENT, Limits(max_files=2))
     assert err.value.code == "input.invalid" and "3 files" in err.value.detail
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("my model", "my-model"),
+        (".index", "index"),
+        ("v1.2 (final)", "v1.2-final"),
+        ("模型", "model"),
+        ("__", "model"),
+        ("x" * 200, "x" * 128),
+    ],
+)
+def test_the_default_package_name_is_made_valid(tmp_path: Path, given: str, expected: str) -> None:
+    """A directory or file whose own name is no package name seals under one made
+    from it, instead of failing until --name is given; --name itself is strict."""
+    import secpack
+
+    source = tmp_path / given
+    source.mkdir()
+    (source / "config.json").write_text("{}")
+    out = tmp_path / "x.spk"
+    report = seal(
+        str(source),
+        str(out),
+        encrypt=False,
+        sign_keys=[load_signing_key(str(KEYS / "signing-ed25519.key"))],
+    )
+    assert report.manifest.name == expected
+    with secpack.open_package(out, trust=[str(KEYS / "signing-ed25519.key.pub")]) as pkg:
+        assert pkg.name == expected
+    with pytest.raises(SecpackError) as err:
+        seal(str(source), str(out), encrypt=False, name=given, overwrite=True)
+    assert err.value.code == "input.invalid"
