@@ -107,6 +107,13 @@ def _was_variants_only(tree: InputDirectory) -> bool:
 _LINKS_SHOWN = 5
 # The longest package name PACKAGE_NAME_RE takes (docs/FORMAT.md §4).
 _MAX_NAME = 128
+# The header's unused room is removed, by moving the blobs up, when it is at
+# least 1/_COMPACT_SHARE of the package: the move then copies at most this many
+# bytes per byte saved. That is small packages of many small tensors, where the
+# room reserved for the largest codec records was 1-5 % of the package (a
+# 0.43 MB model of 114 tensors: 1.05 %; 2,000 norm vectors: 4.8 %); on MiniLM
+# it is 0.006 %, and nothing moves.
+_COMPACT_SHARE = 1000
 
 
 def _outside_links(tree: InputDirectory) -> tuple[str, ...]:
@@ -313,9 +320,14 @@ def seal(
                 )
             )
             header = assemble.fit_header(manifest_bytes, manifest, room)
-            if header is None:
-                header = assemble.fit_header(manifest_bytes, manifest, None)
-                assert header is not None
+            shortest = assemble.fit_header(manifest_bytes, manifest, None)
+            assert shortest is not None
+            slack = room - len(shortest)
+            if header is None or slack * _COMPACT_SHARE >= room + manifest.stored_size:
+                # The room was sized for every codec record at its largest: where
+                # what is left of it is a noticeable share of the package, the
+                # blobs move up to the header instead of being padded after it.
+                header = shortest
                 out.move_range(room, len(header), manifest.stored_size)
             out.pwrite(0, header)
             entries = [

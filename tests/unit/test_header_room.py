@@ -4,6 +4,7 @@ column offsets), or every seal would fall back to moving all its blobs."""
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import struct
@@ -14,8 +15,14 @@ import pytest
 
 from secpack.api.keyfiles import load_recipient, load_signing_key
 from secpack.api.seal import seal
+from secpack.format import cbor
+from secpack.format.limits import DEFAULT_LIMITS
+from secpack.package.reader import read_header
 from secpack.transport import atomic
+from secpack.transport.spkfile import FileSource
 
+# The module, not the function that secpack.api also calls seal.
+seal_module = importlib.import_module("secpack.api.seal")
 ROOT = Path(__file__).resolve().parents[2]
 KEYS = ROOT / "keys-example"
 
@@ -66,6 +73,9 @@ def test_the_reserved_header_room_is_enough(
         raise AssertionError("the manifest outgrew the room reserved for it")
 
     monkeypatch.setattr(atomic.AtomicFile, "move_range", refuse)
+    # (Compacting small packages moves their blobs too: off here, so that only a
+    # room too small for the manifest could call move_range.)
+    monkeypatch.setattr(seal_module, "_COMPACT_SHARE", 0)
     src = tmp_path / "m"
     if model == "golden":
         _vectors().build_model(src)  # type: ignore[attr-defined]
@@ -84,3 +94,67 @@ def test_the_reserved_header_room_is_enough(
         segment_size=1 << 20,
     )
     assert (tmp_path / "m.spk").stat().st_size > 0
+
+
+def _slack(pkg: Path) -> int:
+    """Zero bytes the package's index pads its header with."""
+    with FileSource(str(pkg)) as src:
+        layout = read_header(src, DEFAULT_LIMITS).layout
+        index = src.read_at(layout.index_off, layout.index_len)
+    pad = cbor.decode(index, max_bytes=len(index), max_depth=4, max_items=1 << 20)["pad"]
+    assert isinstance(pad, bytes)
+    return len(pad)
+
+
+def _seal_small_tensors(src: Path, out: Path) -> int:
+    seal(
+        str(src),
+        str(out),
+        sign_keys=[load_signing_key(str(KEYS / "signing-ed25519.key"))],
+        recipients=[(None, load_recipient(str(KEYS / "recipient-x25519.key.pub")))],
+    )
+    return out.stat().st_size
+
+
+def test_a_small_package_of_small_tensors_is_not_padded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The room reserved for every codec record at its largest was 1-5 % of such
+    packages: the blobs move up instead, and the package is that much smaller."""
+    from safetensors.numpy import save_file
+
+    import secpack
+
+    src = tmp_path / "m"
+    src.mkdir()
+    rng = np.random.default_rng(4)
+    norms = {f"layer.{i}.norm": rng.standard_normal(384).astype(np.float32) for i in range(300)}
+    save_file(norms, str(src / "model.safetensors"))
+    compact = _seal_small_tensors(src, tmp_path / "compact.spk")
+    monkeypatch.setattr(seal_module, "_COMPACT_SHARE", 0)
+    padded = _seal_small_tensors(src, tmp_path / "padded.spk")
+    slack = _slack(tmp_path / "padded.spk")
+    assert slack > 0.01 * padded  # what there was to save
+    assert _slack(tmp_path / "compact.spk") == 0
+    # (less the pad's CBOR head, which shrinks too)
+    assert padded - slack - 8 <= compact <= padded - slack
+    trust = [str(KEYS / "signing-ed25519.key.pub")]
+    identity = [str(KEYS / "recipient-x25519.key")]
+    with secpack.open_package(tmp_path / "compact.spk", identity=identity, trust=trust) as pkg:
+        loaded = pkg.state_dict("weights")
+    assert loaded.keys() == norms.keys()
+    assert all(np.array_equal(loaded[k], v) for k, v in norms.items())
+
+
+def test_a_large_package_keeps_its_small_slack_rather_than_copy_its_blobs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*_args: object) -> None:
+        raise AssertionError("the blobs were moved to save a negligible share")
+
+    monkeypatch.setattr(atomic.AtomicFile, "move_range", refuse)
+    src = tmp_path / "m"
+    src.mkdir()
+    _matrix_model(src)
+    size = _seal_small_tensors(src, tmp_path / "m.spk")
+    assert 0 < _slack(tmp_path / "m.spk") * seal_module._COMPACT_SHARE < size
