@@ -18,6 +18,7 @@ from helpers import (
     COMPONENT_FILES,
     PASSPHRASE,
     PASSPHRASE_ENV,
+    SECPACK,
     KeyPair,
     KeyRing,
     assert_same_tree,
@@ -245,6 +246,53 @@ def test_single_file_input(
     open_to(pkg, out, "--identity", server_key.private, "--trust", release_key.public)
     assert sorted(p.name for p in out.iterdir()) == ["model.safetensors"]
     assert (out / "model.safetensors").read_bytes() == src.read_bytes()
+
+
+def test_open_of_many_small_files_stays_within_a_low_descriptor_limit(
+    tmp_path: Path, release_key: KeyPair, server_key: KeyPair
+) -> None:
+    """A file is open while its segments are in flight, and small segments go in
+    batches: open must still hold few at once, under a soft limit of 128
+    descriptors (macOS defaults to 256)."""
+    import resource
+
+    src = tmp_path / "many"
+    src.mkdir()
+    for i in range(3000):
+        (src / f"f{i:05d}.txt").write_text(f"file {i}\n" * (i % 7 + 1))
+    pkg = tmp_path / "many.spk"
+    ok(
+        "seal",
+        src,
+        "-o",
+        pkg,
+        "--sign-key",
+        release_key.private,
+        "--recipient",
+        server_key.public,
+        "-q",
+    )
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    limit = 128 if hard == resource.RLIM_INFINITY else min(128, hard)
+
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+
+    out = tmp_path / "out"
+    args = ["open", pkg, "-o", out, "--identity", server_key.private, "--trust", release_key.public]
+    for threads in ("1", "0"):
+        shutil.rmtree(out, ignore_errors=True)
+        proc = subprocess.run(
+            [SECPACK, *map(str, args), "--threads", threads, "-q"],
+            env=clean_env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+            preexec_fn=low_limit,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert_same_tree(src, out)
 
 
 def test_open_into_existing_empty_directory(

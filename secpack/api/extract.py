@@ -29,8 +29,10 @@ from secpack.workers import worker_threads
 __all__ = ["ExtractReport", "extract"]
 
 
-# Output files held open at once by the segments in flight (see extract).
-_OPEN_FILES = 256
+# Output files held open at once by the segments drawn ahead (see extract): a
+# fraction of the soft limit of 256 descriptors some systems set (macOS), which
+# the syncer's and the directories' descriptors share.
+_OPEN_FILES = 64
 
 
 @dataclass(frozen=True)
@@ -221,10 +223,12 @@ def extract(
 
                 with ThreadPoolExecutor(threads, thread_name_prefix="secpack-open") as pool:
                     window = 2 * threads + 2
-                    # A batch's files are open until it is written: at most
-                    # _OPEN_FILES of them in the window, under the usual soft
-                    # limit of 1024 descriptors.
-                    batch = max(1, _OPEN_FILES // window)
+                    # A file is open from its first segment's draw to its last
+                    # segment's write. Drawn ahead: the window's batches, the one
+                    # being written, and the job that closed the batch before
+                    # them; so at most (window + 1) * batch + 1 files, which is
+                    # at most _OPEN_FILES.
+                    batch = max(1, _OPEN_FILES // (window + 2))
                     for done in ordered_batched(pool, jobs(), window, batch):
                         progress.advance(done.comp.component.segments[done.seg].plain)
                         if done.last:

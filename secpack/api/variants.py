@@ -307,7 +307,10 @@ def _write_variant(
             },
             **header,
         }
-        return json.dumps(full, separators=(",", ":")).encode()
+        # UTF-8 as it is, not escaped: "\ud83d\ude00" takes 12 bytes for a 4-byte
+        # character, and a source header of non-ASCII metadata well inside the
+        # header limit came out past it.
+        return json.dumps(full, separators=(",", ":"), ensure_ascii=False).encode()
 
     raw_header = encode(placeholder)
     pad = -len(raw_header) % 8

@@ -116,6 +116,37 @@ def test_a_variant_file_keeps_the_source_metadata(tmp_path: Path, variant: str) 
     assert meta["secpack.variant"] == variant and meta["secpack.source"] == "model.safetensors"
 
 
+def test_a_variant_header_keeps_non_ascii_metadata_at_its_own_size(tmp_path: Path) -> None:
+    """Escaped as JSON \\u sequences, non-ASCII metadata took three times its
+    size in the variant's header, and a source header well inside the limit
+    came out past it: the variant writes UTF-8 as the source does."""
+    from safetensors.numpy import save_file
+
+    model = tmp_path / "m"
+    model.mkdir()
+    note = "modèle entraîné 😀 " * 20_000
+    save_file(
+        {"w": np.ones((16, 8), dtype=np.float32) * 0.5},
+        str(model / "model.safetensors"),
+        metadata={"format": "pt", "note": note},
+    )
+    source = (model / "model.safetensors").read_bytes()
+    (source_len,) = struct.unpack("<Q", source[:8])
+    pkg = tmp_path / "v.spk"
+    seal(
+        str(model),
+        str(pkg),
+        encrypt=False,
+        variants=["int8"],
+        sign_keys=[load_signing_key(str(KEYS / "signing-ed25519.key"))],
+    )
+    with _open(pkg) as p:
+        raw = p.read_file("weights.int8", "variants/int8/model.safetensors")
+    (n,) = struct.unpack("<Q", raw[:8])
+    assert n < source_len + 4096
+    assert json.loads(raw[8 : 8 + n])["__metadata__"]["note"] == note
+
+
 @pytest.fixture(scope="module")
 def small_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("variants") / "m"
