@@ -65,20 +65,33 @@ def source_state(root: Path | None = None) -> SourceState:
     return SourceState(commit, dirty, _tree_hash(root or REPO / "secpack"))
 
 
+# The C helpers, as pyproject.toml's [[tool.setuptools.ext-modules]] build them.
+_EXTENSIONS = (
+    ("secpack.codec._planes", "secpack/codec/_planes.c", "-O3"),
+    ("secpack.format._cbor", "secpack/format/_cbor.c", "-O2"),
+)
+
+
 def _build_native(dest: Path) -> None:
-    """Compile the copy's C byte-plane helper in place, as an install would: without
-    it the copy would measure the numpy fallback."""
+    """Compile the copy's C helpers in place, as an install would: without them
+    the copy would measure the numpy codec and the Python CBOR scan and encoder."""
+    modules = ", ".join(
+        f"Extension({name!r}, [{source!r}], extra_compile_args=[{flag!r}])"
+        for name, source, flag in _EXTENSIONS
+    )
     script = (
         "from setuptools import Extension, setup\n"
-        "setup(name='secpack-bench-copy', ext_modules=[Extension("
-        "'secpack.codec._planes', ['secpack/codec/_planes.c'], extra_compile_args=['-O3'])],"
+        f"setup(name='secpack-bench-copy', ext_modules=[{modules}],"
         " script_args=['-q', 'build_ext', '--inplace'])\n"
     )
     subprocess.run([sys.executable, "-c", script], cwd=dest, check=True, capture_output=True)
     shutil.rmtree(dest / "build", ignore_errors=True)
-    probe = "import secpack.codec.planes as p, sys; sys.exit(0 if p.NATIVE else 1)"
+    probe = (
+        "import secpack.codec.planes as p, secpack.format.cbor as c, sys; "
+        "sys.exit(0 if p.NATIVE and c.NATIVE else 1)"
+    )
     if subprocess.run([sys.executable, "-c", probe], cwd=dest, check=False).returncode:
-        raise RuntimeError(f"the C helper did not build in {dest}")
+        raise RuntimeError(f"the C helpers did not build in {dest}")
 
 
 def freeze_source(dest: Path, at_head: bool) -> SourceState:
@@ -98,8 +111,10 @@ def freeze_source(dest: Path, at_head: bool) -> SourceState:
     else:
         shutil.copytree(REPO / "secpack", target, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.rmtree(target / "codec" / "build", ignore_errors=True)
-    for built in (target / "codec").glob("_planes*.so"):
-        built.unlink()  # a build of the working tree's C source, maybe not this one's
+    for name, _, _ in _EXTENSIONS:
+        package, _, module = name.removeprefix("secpack.").rpartition(".")
+        for built in (target / package).glob(f"{module}*.so"):
+            built.unlink()  # a build of the working tree's C source, maybe not this one's
     state = source_state(target)
     if at_head:
         state = SourceState(state.commit, False, state.tree)
