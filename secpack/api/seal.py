@@ -8,6 +8,7 @@ import hashlib
 import os
 import re
 import time
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -155,10 +156,12 @@ def _recipient_map(
 
 def default_package_name(base: str) -> str:
     """A package name made from the input's own name (a directory's, or a single
-    file's): each run of characters a name may not hold becomes one ``-``, and
-    what may not start a name is dropped ("my model" -> "my-model", ".index" ->
-    "index"); "model" when nothing is left. --name is taken as given, or refused."""
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", base).lstrip("._-")[:_MAX_NAME].rstrip("-")
+    file's): accents are dropped from Latin letters ("Mödel" -> "Model"), each
+    run of characters a name may not hold becomes one ``-``, and what may not
+    start a name is dropped ("my model" -> "my-model", ".index" -> "index");
+    "model" when nothing is left. --name is taken as given, or refused."""
+    ascii_base = unicodedata.normalize("NFKD", base).encode("ascii", "ignore").decode()
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", ascii_base).lstrip("._-")[:_MAX_NAME].rstrip("-")
     return name if PACKAGE_NAME_RE.fullmatch(name) else "model"
 
 

@@ -450,6 +450,7 @@ def test_the_plan_counts_what_seal_adds_against_max_files(tmp_path: Path) -> Non
         (".index", "index"),
         ("v1.2 (final)", "v1.2-final"),
         ("模型", "model"),
+        ("Ünïcode Mödel", "Unicode-Model"),
         ("__", "model"),
         ("x" * 200, "x" * 128),
     ],
