@@ -62,6 +62,8 @@ def encode(obj: Any) -> bytes:
     if _native is not None and _native_encode is not None:
         # The C encoder writes cbor2's canonical bytes, five to ten times faster,
         # for the types secpack builds its objects from; None for anything else.
+        # (_native is checked as well so that setting it to None, as the tests do
+        # to run the Python scan, runs the all-Python path for both directions.)
         data = _native_encode(obj)
         if data is not None:
             return data
