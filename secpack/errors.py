@@ -27,6 +27,7 @@ __all__ = [
     "IntegrityError",
     "KeyUseError",
     "LimitError",
+    "NotFoundError",
     "OutputError",
     "PolicyError",
     "SchemaError",
@@ -104,6 +105,15 @@ class OutputError(SecpackError):
 
 class LimitError(SecpackError):
     """A configured resource limit would be exceeded."""
+
+
+class NotFoundError(SecpackError, KeyError):
+    """A tensor or file name the package does not hold (``tensor.unknown``,
+    ``file.unknown``). It is also a ``KeyError``, as a missing key of a mapping
+    is, so that ``except KeyError`` around a lookup keeps working."""
+
+    # KeyError shows its argument's repr (quotes and all); this is a message.
+    __str__ = Exception.__str__
 
 
 class StdoutError(SecpackError):
@@ -184,6 +194,8 @@ CODES: dict[str, str] = {
     "audit.tampered": "the audit log was edited, reordered or truncated",
     # component selection
     "component.unknown": "no such component in the package",
+    "tensor.unknown": "no such tensor in the package, or in the component named",
+    "file.unknown": "no such file in the component",
     # the user stopped the verb (SIGINT); the CLI exits 130
     "interrupted": "stopped by an interrupt (Ctrl-C) or SIGTERM; nothing was left half-written",
     # a bug in secpack itself; the CLI reports it without a traceback

@@ -43,7 +43,7 @@ import secpack.transport.atomic  # noqa: F401
 from secpack.api import hostmem
 from secpack.api.auditing import audited, package_facts
 from secpack.api.trust import establish_trust, remember_version
-from secpack.errors import SecpackError, TensorError
+from secpack.errors import NotFoundError, SecpackError, TensorError
 from secpack.format.contents import FileEntry, TensorRecord
 from secpack.format.manifest import Manifest
 from secpack.package.decode import OpenComponent
@@ -251,7 +251,7 @@ class Package:
             for record in comp.contents.tensors:
                 if record.name == name:
                     return comp, record
-            raise KeyError(name)
+            raise NotFoundError("tensor.unknown", f"no tensor {name!r} in {component!r}")
         base = self._base_of(name)
         if any(c.name == base for c in self.manifest.components):
             comp = self._component(base)
@@ -260,7 +260,7 @@ class Package:
                     return comp, record
         # Only a variant has it (seal --variants-only): not the exact tensor.
         self._check_exact(base)
-        raise KeyError(name)
+        raise NotFoundError("tensor.unknown", f"no tensor {name!r} in {base!r}")
 
     def _base_of(self, name: str) -> str:
         """The one component whose weights hold tensor ``name``, exact or in its
@@ -292,7 +292,7 @@ class Package:
             return bases[0]
         if unreadable is not None:
             raise unreadable
-        raise KeyError(name)
+        raise NotFoundError("tensor.unknown", f"no tensor {name!r} in the package")
 
     def _tensor_names(self, component: str) -> set[str]:
         return {t.name for t in self._component(component).contents.tensors}
@@ -348,8 +348,9 @@ class Package:
         self, name: str, component: str | None = None, prefer: Sequence[str] | None = None
     ) -> np.ndarray:
         """Decode one tensor; reads only that tensor's segments (and, for int8, its
-        scales). Raises ``KeyError`` when no readable component has it,
-        :class:`SecpackError` on any check.
+        scales). Raises ``tensor.unknown`` (a :class:`SecpackError` that is also a
+        ``KeyError``) when no readable component has it, and :class:`SecpackError`
+        on any check.
 
         Without ``prefer`` this is the exact tensor. A package sealed with
         ``--variants-only`` has none: that is ``component.unknown``, as for
@@ -598,7 +599,8 @@ class Package:
         return {record.name: make_array(buffer, record) for record, buffer in buffers}
 
     def read_file(self, component: str, path: str) -> bytes:
-        """The exact bytes of one original file of ``component``."""
+        """The exact bytes of one original file of ``component`` (``file.unknown``,
+        also a ``KeyError``, when it has none at ``path``)."""
         comp = self._component(component)
         for index, entry in enumerate(comp.contents.files):
             if entry.path == path:
@@ -607,7 +609,7 @@ class Package:
                 if entry.count:
                     self._decode_many(self._segments_into(comp, entry.first, entry.count, buffer))
                 return buffer.tobytes()
-        raise KeyError(path)
+        raise NotFoundError("file.unknown", f"no file {path!r} in {component!r}")
 
     def export_safetensors(
         self,
@@ -616,12 +618,14 @@ class Package:
         path: str | None = None,
     ) -> bytes | None:
         """A safetensors file of the chosen tensors (all of ``component`` by default).
-        Returns the bytes, or writes them atomically to ``path`` and returns None."""
+        Returns the bytes, or writes them atomically to ``path`` and returns None.
+        A name the component does not hold is ``tensor.unknown``."""
         comp = self._component(component)
         wanted = set(names) if names is not None else None
         records = [r for r in comp.contents.tensors if wanted is None or r.name in wanted]
         if wanted is not None and len(records) != len(wanted):
-            raise KeyError(sorted(wanted - {r.name for r in records}))
+            missing = sorted(wanted - {r.name for r in records})
+            raise NotFoundError("tensor.unknown", f"no tensor(s) {missing} in {component!r}")
         header: dict[str, Any] = {}
         offset = 0
         for r in records:

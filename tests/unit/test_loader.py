@@ -135,8 +135,20 @@ def test_arrays_equal_the_source_bytes_and_types(model: Path, package: Path) -> 
             pkg.read_file("weights", "model.safetensors")
             == (model / "model.safetensors").read_bytes()
         )
-        with pytest.raises(KeyError):
-            pkg.tensor("missing")
+        # A missing name is a SecpackError with a stable code, and still a KeyError.
+        for lookup, code in [
+            (lambda: pkg.tensor("missing"), "tensor.unknown"),
+            (lambda: pkg.tensor("missing", "weights"), "tensor.unknown"),
+            (lambda: pkg.tensor_info("missing"), "tensor.unknown"),
+            (lambda: pkg.tensor("missing", prefer=["exact"]), "tensor.unknown"),
+            (lambda: pkg.export_safetensors(["missing"]), "tensor.unknown"),
+            (lambda: pkg.read_file("config", "missing.json"), "file.unknown"),
+        ]:
+            with pytest.raises(SecpackError) as missing:
+                lookup()
+            assert missing.value.code == code
+            assert isinstance(missing.value, KeyError)
+            assert str(missing.value).startswith(f"{code}: ")
         with pytest.raises(SecpackError) as err:
             pkg.state_dict("nope")
         assert err.value.code == "component.unknown"

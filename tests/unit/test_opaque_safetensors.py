@@ -46,8 +46,9 @@ def test_unknown_dtype_is_sealed_opaque(tmp_path: Path) -> None:
     with secpack.open_package(pkg, trust=[str(KEYS / "signing-ed25519.key.pub")]) as p:
         assert p.read_file("weights", "mx.safetensors") == mx
         assert p.tensor_names("weights") == []
-        with pytest.raises(KeyError):
+        with pytest.raises(SecpackError) as missing:
             p.tensor("w")
+        assert missing.value.code == "tensor.unknown"
     out = tmp_path / "out"
     secpack.extract(str(pkg), str(out), identities=[], policy=_policy())
     assert (out / "mx.safetensors").read_bytes() == mx

@@ -201,8 +201,9 @@ def test_all_variants_and_preference_order(small_model: Path, tmp_path: Path) ->
         # Naming the variant's component gives its stored form: int8 codes.
         assert p.tensor("w", "weights.int8").dtype == np.int8
         # A variant's scales and codes are never served as exact tensors.
-        with pytest.raises(KeyError):
+        with pytest.raises(SecpackError) as scales:
             p.tensor("w@scale")
+        assert scales.value.code == "tensor.unknown"
         with pytest.raises(ValueError):
             p.tensor("w", prefer=["int4"])
 
