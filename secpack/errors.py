@@ -179,6 +179,7 @@ CODES: dict[str, str] = {
     "input.unsafe": "input contains a symlink, device, or a path that escapes the directory",
     "input.safetensors": "a safetensors input file is malformed",
     "input.invalid": "input or seal options are not usable",
+    "input.changed": "an input file changed or was removed while it was being sealed",
     "input.signature": "the input's model_signing signature (model.sig) does not verify",
     # output
     "output.exists": "output path already exists",

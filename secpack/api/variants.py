@@ -222,7 +222,7 @@ def _reader(tree: InputDirectory, path: str, offset: int, dtype: str) -> Element
 def _read_exactly(tree: InputDirectory, path: str, offset: int, length: int) -> bytes:
     data = tree.read_at(path, offset, length)
     if len(data) != length:
-        raise InputError("input.invalid", f"{path} changed while it was being read")
+        raise InputError("input.changed", f"{path} changed while it was being read")
     return data
 
 

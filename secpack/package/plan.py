@@ -555,7 +555,7 @@ def _probe(tree: InputTree, f: InputFile) -> tuple[str, int] | None:
     bytes), from samples of it."""
     samples = [tree.read_at(f.path, at, probe.CHUNK) for at in probe.sample_offsets(f.size)]
     if any(len(s) != probe.CHUNK for s in samples):
-        raise InputError("input.invalid", f"{f.path} changed while it was being sealed")
+        raise InputError("input.changed", f"{f.path} changed while it was being sealed")
     return probe.float_layout(samples)
 
 

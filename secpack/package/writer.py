@@ -106,7 +106,7 @@ def _seal_one(
     # One read buffer per worker thread, sized once for the largest segment.
     plain = scratch("writer.plain", seg.length, pool.size)
     if tree.read_into(seg.path, seg.offset, plain) != seg.length:
-        raise InputError("input.invalid", f"{seg.path} changed while it was being sealed")
+        raise InputError("input.changed", f"{seg.path} changed while it was being sealed")
     enc = codec.encode(
         plain, seg.width, seg.grouped, level, seg.dtype, seg.period, guessed=seg.guessed
     )

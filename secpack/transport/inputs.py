@@ -80,7 +80,7 @@ class InputDirectory:
             except OSError:
                 now = None
             if now != self.fingerprints.get(f.path):
-                raise InputError("input.invalid", f"{f.path} changed while it was being sealed")
+                raise InputError("input.changed", f"{f.path} changed while it was being sealed")
 
     @contextlib.contextmanager
     def _open(self, path: str) -> Iterator[int]:
@@ -90,7 +90,7 @@ class InputDirectory:
             fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except (FileNotFoundError, NotADirectoryError):
             raise InputError(
-                "input.invalid", f"{path} was removed while it was being sealed"
+                "input.changed", f"{path} was removed while it was being sealed"
             ) from None
         except OSError as exc:
             # ELOOP: the file became a symlink since the scan (O_NOFOLLOW).
@@ -105,7 +105,7 @@ class InputDirectory:
             # open would hand over another file under this name. Every read goes
             # through this descriptor, so checking what it is covers all of them.
             if _fingerprint(st) != self.fingerprints.get(path):
-                raise InputError("input.invalid", f"{path} changed while it was being sealed")
+                raise InputError("input.changed", f"{path} changed while it was being sealed")
             yield fd
         except OSError as exc:  # a read failed: an I/O error of the disk
             raise InputError("input.io", f"{path}: cannot read ({exc.strerror})") from None
@@ -185,7 +185,7 @@ def file_digests(tree: InputDirectory, threads: int = 0) -> dict[str, bytes]:
         for offset in range(0, f.size, _HASH_CHUNK):
             chunk = tree.read_at(f.path, offset, min(_HASH_CHUNK, f.size - offset))
             if len(chunk) != min(_HASH_CHUNK, f.size - offset):
-                raise InputError("input.invalid", f"{f.path} changed while it was being read")
+                raise InputError("input.changed", f"{f.path} changed while it was being read")
             h.update(chunk)
         return f.path, h.digest()
 

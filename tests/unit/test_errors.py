@@ -142,6 +142,15 @@ def test_an_interrupt_outside_a_verb_is_interrupted_not_a_traceback(
         assert done.stdout == ""
 
 
+def test_an_input_that_changes_mid_seal_exits_1_not_as_a_usage_error() -> None:
+    """A file rewritten or removed while it is sealed is worth a retry, unlike a
+    command that cannot be carried out as given (exit 2): scripts tell them apart."""
+    from secpack.cli import exit_status
+
+    assert exit_status("input.changed") == 1
+    assert exit_status("input.invalid") == 2
+
+
 def test_read_errors_and_removal_during_a_seal_have_their_own_codes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -176,7 +185,7 @@ def test_read_errors_and_removal_during_a_seal_have_their_own_codes(
     monkeypatch.setattr("secpack.api.seal.scan_input", scan_then_remove)
     with pytest.raises(SecpackError) as caught:
         seal(str(root), str(out), encrypt=False, sign_keys=[key])
-    assert caught.value.code == "input.invalid" and "removed" in caught.value.detail
+    assert caught.value.code == "input.changed" and "removed" in caught.value.detail
     assert not out.exists()
 
 

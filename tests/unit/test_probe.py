@@ -170,7 +170,7 @@ def test_a_file_that_shrinks_before_its_samples_are_read_is_refused() -> None:
     tree.files = [InputFile("model.bin", len(data) + (1 << 20), 0o644)]  # as scanned
     with pytest.raises(InputError) as err:
         make_plan(tree, probe_floats=True)
-    assert err.value.code == "input.invalid"
+    assert err.value.code == "input.changed"
 
 
 def test_a_guessed_segment_keeps_zstd_where_zstd_is_smaller() -> None:

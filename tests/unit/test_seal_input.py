@@ -85,7 +85,7 @@ def test_a_file_changed_during_the_seal_is_refused(
     out = tmp_path / "x.spk"
     with pytest.raises(SecpackError) as err:
         _seal(root, out, Meddler(act), variants=list(variants))
-    assert err.value.code == "input.invalid"
+    assert err.value.code == "input.changed"
     assert "changed while it was being sealed" in err.value.detail
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
 
@@ -282,7 +282,7 @@ def test_a_directory_swapped_away_and_back_cannot_lend_another_file(
         (other / "sub").rename(model / "sub")
     with pytest.raises(SecpackError) as err:
         tree.read_at("sub/big.bin", 0, 16)
-    assert err.value.code == "input.invalid" and "changed while" in err.value.detail
+    assert err.value.code == "input.changed" and "changed while" in err.value.detail
 
 
 def test_a_variant_build_is_named_as_a_temporary_of_its_output(tmp_path: Path) -> None:

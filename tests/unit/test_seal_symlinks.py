@@ -168,7 +168,7 @@ def test_a_linked_file_changed_during_the_seal_is_refused(tmp_path: Path) -> Non
     out = tmp_path / "p.spk"
     with pytest.raises(SecpackError) as err:
         _seal(snap, out, follow_symlinks=True, progress=Meddler(rewrite))
-    assert err.value.code == "input.invalid"
+    assert err.value.code == "input.changed"
     assert not out.exists()
 
 

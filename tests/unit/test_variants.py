@@ -728,7 +728,7 @@ def test_a_source_that_shrinks_while_variants_are_built_is_a_typed_error(
             variants=["int8"],
             sign_keys=[load_signing_key(str(KEYS / "signing-ed25519.key"))],
         )
-    assert err.value.code == "input.invalid"
+    assert err.value.code == "input.changed"
     assert "changed while it was being read" in err.value.detail
     assert not [p for p in tmp_path.iterdir() if p.name != "m"]
 
