@@ -17,6 +17,8 @@ Caller mistakes (wrong argument types, impossible option combinations) stay
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "CODES",
     "CborError",
@@ -49,6 +51,21 @@ class SecpackError(Exception):
         super().__init__(f"{code}: {detail}" if detail else code)
         self.code = code
         self.detail = detail or CODES[code]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # An exception pickles as ``cls(*args)``, and ``args`` holds the formatted
+        # message, which is not what the constructors take: unpickling raised
+        # ValueError (or doubled the code). Rebuilt without __init__ instead, an
+        # error raised in a worker process (multiprocessing, a process pool, a
+        # serving framework's workers) reaches the parent with its class, code
+        # and detail intact.
+        return (_restore, (type(self), self.args), self.__dict__)
+
+
+def _restore(cls: type[SecpackError], args: tuple[Any, ...]) -> SecpackError:
+    err = cls.__new__(cls)
+    err.args = args
+    return err
 
 
 class ContainerError(SecpackError):

@@ -225,3 +225,61 @@ def test_a_state_directory_without_locks_is_state_io(
     with pytest.raises(SecpackError) as caught:
         state.VersionState(str(tmp_path)).check("m", [b"k"], 1, record=True, allow_downgrade=False)
     assert caught.value.code == "state.io"
+
+
+def _every_error_class() -> list[type[SecpackError]]:
+    found: list[type[SecpackError]] = []
+    todo: list[type[SecpackError]] = [SecpackError]
+    while todo:
+        cls = todo.pop()
+        found.append(cls)
+        todo.extend(cls.__subclasses__())
+    return found
+
+
+def _one_of(cls: type[SecpackError]) -> SecpackError:
+    from secpack.errors import IntegrityError, StdoutError
+
+    if cls is IntegrityError:
+        return IntegrityError("segment digest does not match the manifest")
+    if cls is StdoutError:
+        return StdoutError("No space left on device", broken_pipe=True)
+    return cls("tensor.unknown", "no tensor 'x' in 'weights'")
+
+
+@pytest.mark.parametrize("cls", _every_error_class(), ids=lambda c: c.__name__)
+def test_an_error_survives_pickling_with_its_class_code_and_detail(
+    cls: type[SecpackError],
+) -> None:
+    """Errors cross process boundaries (a process pool, a serving framework's
+    workers) by pickle, which rebuilt them through a constructor that does not
+    take the formatted message: unpickling raised ValueError."""
+    import copy
+    import pickle
+
+    err = _one_of(cls)
+    for back in (pickle.loads(pickle.dumps(err)), copy.deepcopy(err)):
+        assert type(back) is cls
+        assert (back.code, back.detail, str(back), back.args) == (
+            err.code,
+            err.detail,
+            str(err),
+            err.args,
+        )
+        assert vars(back) == vars(err)
+
+
+def test_an_error_raised_in_a_worker_process_reaches_the_parent_intact(tmp_path: Path) -> None:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from secpack.api.loader import open_package
+
+    missing = str(tmp_path / "absent.spk")
+    trust = [str(ROOT / "keys-example" / "signing-ed25519.key.pub")]
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=spawn) as pool:
+        future = pool.submit(open_package, missing, trust=trust)
+        with pytest.raises(SecpackError) as caught:
+            future.result(timeout=120)
+    assert caught.value.code == "input.missing" and missing in caught.value.detail
