@@ -21,6 +21,7 @@ import os
 import struct
 import threading
 import warnings
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -183,6 +184,18 @@ class Package:
         self._threads = worker_threads(threads, largest_segment(self._header.manifest))
         remember_version(self._header, signers, policy)
         self.signers: tuple[Signer, ...] = tuple(signers)
+        _live.add(self)
+
+    def _after_fork(self) -> None:
+        """In a forked child: the parent's worker threads do not exist here, and a
+        lock another thread held at the fork stays held for ever. Without this a
+        child's first decode waited for workers that never run (a pre-forking
+        server, a DataLoader worker, a multiprocessing pool with fork)."""
+        self._lock = threading.Lock()
+        self._pool = None  # the next decode starts workers of this process
+        for comp in self._components.values():
+            comp.after_fork()
+        self._src.after_fork()
 
     # --- public metadata -----------------------------------------------------------
 
@@ -670,6 +683,20 @@ class Package:
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+# Every open Package, so that a forked child can give each fresh locks and workers;
+# weak, so that this never keeps one alive.
+_live: weakref.WeakSet[Package] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for package in list(_live):
+        package._after_fork()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX; Windows has no fork
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _decode_job(comp: OpenComponent, seg: int, out: memoryview, completes: int) -> int:

@@ -62,6 +62,10 @@ class OpenComponent:
         self._check_lock = threading.Lock()
         self._largest = max((s.stored for s in comp.segments), default=0)
 
+    def after_fork(self) -> None:
+        """Fresh lock in a forked child (another thread may have held it at the fork)."""
+        self._check_lock = threading.Lock()
+
     def decode_into(self, seg: int, out: memoryview) -> None:
         """Read, digest-check, decrypt and decode segment ``seg`` into ``out``."""
         segment = self.component.segments[seg]

@@ -34,6 +34,11 @@ class FileSource:
         self.bytes_read = 0  # for tests and benchmarks of selective reads
         self._count_lock = threading.Lock()
 
+    def after_fork(self) -> None:
+        """Fresh lock in a forked child (another thread may have held it at the fork).
+        The descriptor itself is shared safely: reads are positional."""
+        self._count_lock = threading.Lock()
+
     def read_at(self, offset: int, length: int) -> bytes:
         if offset < 0 or length < 0 or offset + length > self.size:
             raise ContainerError("container.framing", "read beyond the end of the package")

@@ -233,6 +233,63 @@ def test_eight_threads_share_one_package(package: Path, model: Path) -> None:
         assert raw == source[name][2]
 
 
+def test_a_forked_child_decodes_with_workers_of_its_own(package: Path, model: Path) -> None:
+    """A package opened (and used) before a fork, as a pre-forking server or a
+    DataLoader worker does: the child has none of the parent's worker threads,
+    and a lock held by another thread at the fork would stay held in it. The
+    child's first decode used to wait for ever."""
+    import os
+    import signal
+    import threading
+    import time
+
+    source = _source_tensors(model / "model.safetensors")
+    with _open(package, threads=2) as pkg:
+        assert {n: a.tobytes() for n, a in pkg.state_dict().items()} == {
+            n: raw for n, (_, _, raw) in source.items()
+        }
+        holding, release = threading.Event(), threading.Event()
+
+        def hold_the_lock() -> None:
+            with pkg._lock:
+                holding.set()
+                release.wait()
+
+        holder = threading.Thread(target=hold_the_lock)
+        holder.start()
+        holding.wait()
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: report what it decodes, or die trying
+            code = 1
+            try:
+                os.close(read_end)
+                signal.alarm(60)
+                got = {n: a.tobytes() for n, a in pkg.state_dict().items()}
+                one = pkg.tensor(sorted(source)[0]).tobytes()
+                ok = got == {n: raw for n, (_, _, raw) in source.items()}
+                ok = ok and one == source[sorted(source)[0]][2]
+                os.write(write_end, b"same" if ok else b"different")
+                code = 0
+            finally:
+                os._exit(code)
+        release.set()
+        holder.join()
+        os.close(write_end)
+        deadline = time.monotonic() + 90
+        while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if done[0] == 0:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        with os.fdopen(read_end, "rb") as pipe:
+            said = pipe.read()
+        assert done[0] == pid and os.WIFEXITED(done[1]) and os.WEXITSTATUS(done[1]) == 0
+        assert said == b"same"
+        # The parent's own workers are untouched.
+        assert pkg.tensor(sorted(source)[0]).tobytes() == source[sorted(source)[0]][2]
+
+
 def test_rollback_protection(model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     v1 = _seal(model, tmp_path / "v1.spk", version=1)
     v2 = _seal(model, tmp_path / "v2.spk", version=2)
