@@ -15,6 +15,7 @@ the tensor's exact size. A :class:`Package` is safe to share between threads.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -176,6 +177,7 @@ class Package:
         self._lock = threading.Lock()
         self._components: dict[int, OpenComponent] = {}
         self._pool: ThreadPoolExecutor | None = None
+        self._closed = False
         self._served: dict[str, str] = {}
         self._served_tensors: dict[str, str] = {}
         self._header, signers = establish_trust(
@@ -332,6 +334,8 @@ class Package:
 
     def _executor(self) -> ThreadPoolExecutor:
         with self._lock:
+            if self._closed:
+                raise ValueError(f"{self._src.path}: the package is closed")
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="secpack-load")
             return self._pool
@@ -342,8 +346,23 @@ class Package:
             comp.decode_into(seg, out)
             return
         jobs = [(len(o), functools.partial(c.decode_into, s, o)) for c, s, o in work]
-        for _ in ordered_batched(self._executor(), jobs, 2 * self._threads + 2):
-            pass
+        with self._closing_is_value_error():
+            for _ in ordered_batched(self._executor(), jobs, 2 * self._threads + 2):
+                pass
+
+    @contextlib.contextmanager
+    def _closing_is_value_error(self) -> Iterator[None]:
+        """close() from another thread shuts the pool down under a running load: its
+        next submit is a RuntimeError of concurrent.futures, said here as what it
+        is, the caller's use of a closed package."""
+        try:
+            yield
+        except RuntimeError:
+            if self._closed:
+                raise ValueError(
+                    f"{self._src.path}: the package was closed during a load"
+                ) from None
+            raise
 
     @staticmethod
     def _segments_into(
@@ -442,9 +461,10 @@ class Package:
                         ),
                     )
 
-        for done in ordered_batched(self._executor(), jobs(), 2 * self._threads + 2):
-            if done >= 0:
-                yield records[done].name, make_array(buffers.pop(done), records[done])
+        with self._closing_is_value_error():
+            for done in ordered_batched(self._executor(), jobs(), 2 * self._threads + 2):
+                if done >= 0:
+                    yield records[done].name, make_array(buffers.pop(done), records[done])
 
     def state_dict(
         self,
@@ -670,7 +690,10 @@ class Package:
     # --- lifetime ------------------------------------------------------------------
 
     def close(self) -> None:
+        """Stop the workers and close the file. Using the package afterwards is a
+        ``ValueError``, as for a closed file; closing twice is harmless."""
         with self._lock:
+            self._closed = True
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
                 self._pool = None

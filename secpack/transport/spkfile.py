@@ -6,6 +6,7 @@ import contextlib
 import os
 import stat
 import threading
+import weakref
 from collections.abc import Iterator
 from types import TracebackType
 
@@ -33,20 +34,30 @@ class FileSource:
         self.size = st.st_size
         self.bytes_read = 0  # for tests and benchmarks of selective reads
         self._count_lock = threading.Lock()
+        # A source dropped without close() still gives its descriptor back.
+        self._release = weakref.finalize(self, os.close, self.fd)
 
     def after_fork(self) -> None:
         """Fresh lock in a forked child (another thread may have held it at the fork).
         The descriptor itself is shared safely: reads are positional."""
         self._count_lock = threading.Lock()
 
+    def _open_fd(self) -> int:
+        # After close() the number may already name another file of this process.
+        fd = self.fd
+        if fd < 0:
+            raise ValueError(f"{self.path}: the package is closed")
+        return fd
+
     def read_at(self, offset: int, length: int) -> bytes:
+        fd = self._open_fd()
         if offset < 0 or length < 0 or offset + length > self.size:
             raise ContainerError("container.framing", "read beyond the end of the package")
         parts = []
         got = 0
         while got < length:
             with self._read_errors():
-                chunk = os.pread(self.fd, length - got, offset + got)
+                chunk = os.pread(fd, length - got, offset + got)
             if not chunk:
                 raise ContainerError("container.framing", "package shrank while being read")
             parts.append(chunk)
@@ -64,13 +75,14 @@ class FileSource:
 
     def read_into(self, offset: int, out: memoryview) -> None:
         """``read_at`` into a caller's buffer: no allocation per read."""
+        fd = self._open_fd()
         length = len(out)
         if offset < 0 or offset + length > self.size:
             raise ContainerError("container.framing", "read beyond the end of the package")
         got = 0
         while got < length:
             with self._read_errors():
-                n = os.preadv(self.fd, [out[got:]], offset + got)
+                n = os.preadv(fd, [out[got:]], offset + got)
             if n <= 0:
                 raise ContainerError("container.framing", "package shrank while being read")
             got += n
@@ -79,8 +91,8 @@ class FileSource:
 
     def close(self) -> None:
         if self.fd >= 0:
-            os.close(self.fd)
             self.fd = -1
+            self._release()  # closes the descriptor, once
 
     def __enter__(self) -> FileSource:
         return self

@@ -290,6 +290,51 @@ def test_a_forked_child_decodes_with_workers_of_its_own(package: Path, model: Pa
         assert pkg.tensor(sorted(source)[0]).tobytes() == source[sorted(source)[0]][2]
 
 
+def test_a_closed_package_says_so(package: Path, model: Path) -> None:
+    """Use after close is the caller's mistake, a ValueError as for a closed file,
+    never a read through a descriptor number the process may have reused."""
+    name = sorted(_source_tensors(model / "model.safetensors"))[0]
+    pkg = _open(package)
+    pkg.close()
+    pkg.close()  # twice is harmless
+    for use in (
+        lambda: pkg.tensor(name),
+        lambda: pkg.state_dict(),
+        lambda: list(pkg.iter_tensors()),
+        lambda: pkg.read_file("weights", "model.safetensors"),
+    ):
+        with pytest.raises(ValueError, match="the package is closed"):
+            use()
+
+
+def test_closing_during_a_load_stops_it_with_a_value_error(tmp_path: Path) -> None:
+    # More 1 MiB tensors (one job each) than one worker's read-ahead window holds.
+    root = tmp_path / "m"
+    root.mkdir()
+    rng = np.random.default_rng(3)
+    layers = {f"layer.{i}": rng.standard_normal(1 << 18).astype(np.float32) for i in range(12)}
+    _write_safetensors(root / "model.safetensors", layers, dict.fromkeys(layers, "F32"))
+    with _open(_seal(root, tmp_path / "m.spk"), threads=1) as pkg:
+        tensors = pkg.iter_tensors()
+        next(tensors)
+        pkg.close()  # waits for the jobs in flight; the load cannot go on
+        with pytest.raises(ValueError, match="closed during a load"):
+            list(tensors)
+
+
+def test_a_package_dropped_without_close_gives_its_descriptor_back(package: Path) -> None:
+    import gc
+    import os
+
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(5):
+        pkg = _open(package)
+        pkg.tensor(pkg.tensor_names()[0])
+        del pkg
+    gc.collect()
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
 def test_rollback_protection(model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     v1 = _seal(model, tmp_path / "v1.spk", version=1)
     v2 = _seal(model, tmp_path / "v2.spk", version=2)
