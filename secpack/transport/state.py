@@ -36,6 +36,16 @@ def default_state_dir() -> str:
     return os.path.join(base, "secpack")
 
 
+# What a refused load can do about it: a read-only container image (home and root
+# not writable) is where this is met first. Rollback protection fails closed: a
+# state that cannot be kept must not quietly stop protecting.
+_WHERE_TO = (
+    f" (set ${STATE_ENV}, or the policy's [rollback] state_dir, to a writable directory"
+    " that outlives the process, or turn rollback protection off with"
+    " [rollback] protect = false)"
+)
+
+
 class VersionState:
     def __init__(self, directory: str | None = None) -> None:
         self.directory = directory or default_state_dir()
@@ -49,7 +59,7 @@ class VersionState:
             )
         except OSError as exc:  # the state directory is a file, read-only, or full
             raise SecpackError(
-                "state.io", f"rollback state {self.directory}: {exc.strerror}"
+                "state.io", f"rollback state {self.directory}: {exc.strerror}{_WHERE_TO}"
             ) from None
         try:
             try:
@@ -108,7 +118,7 @@ class VersionState:
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
-            raise SecpackError("state.io", f"{path}: {exc.strerror}") from None
+            raise SecpackError("state.io", f"{path}: {exc.strerror}{_WHERE_TO}") from None
 
     def check(
         self,

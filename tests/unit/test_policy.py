@@ -141,6 +141,8 @@ def test_a_rollback_state_that_cannot_be_stored_is_state_io(tmp_path: Path) -> N
         with pytest.raises(SecpackError) as err:
             state.check("m", [b"k"], 2, record=True, allow_downgrade=False)
         assert err.value.code == "state.io"
+        # The refusal says how to get going again (a read-only container meets it first).
+        assert "SECPACK_STATE_DIR" in err.value.detail and "protect = false" in err.value.detail
     assert blocker.read_text() == ""
 
 
