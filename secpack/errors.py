@@ -127,10 +127,17 @@ class LimitError(SecpackError):
 class NotFoundError(SecpackError, KeyError):
     """A tensor or file name the package does not hold (``tensor.unknown``,
     ``file.unknown``). It is also a ``KeyError``, as a missing key of a mapping
-    is, so that ``except KeyError`` around a lookup keeps working."""
+    is, so that ``except KeyError`` around a lookup keeps working: ``args[0]``
+    and ``key`` are what was looked up (a name, or a list of names)."""
 
-    # KeyError shows its argument's repr (quotes and all); this is a message.
-    __str__ = Exception.__str__
+    def __init__(self, code: str, detail: str, key: Any) -> None:
+        super().__init__(code, detail)
+        self.key = key
+        self.args = (key,)  # as KeyError(key) has it
+
+    def __str__(self) -> str:
+        # KeyError's would show the key's repr; this says what went wrong.
+        return f"{self.code}: {self.detail}"
 
 
 class StdoutError(SecpackError):

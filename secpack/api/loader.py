@@ -266,7 +266,7 @@ class Package:
             for record in comp.contents.tensors:
                 if record.name == name:
                     return comp, record
-            raise NotFoundError("tensor.unknown", f"no tensor {name!r} in {component!r}")
+            raise NotFoundError("tensor.unknown", f"no tensor {name!r} in {component!r}", name)
         base = self._base_of(name)
         if any(c.name == base for c in self.manifest.components):
             comp = self._component(base)
@@ -275,7 +275,7 @@ class Package:
                     return comp, record
         # Only a variant has it (seal --variants-only): not the exact tensor.
         self._check_exact(base)
-        raise NotFoundError("tensor.unknown", f"no tensor {name!r} in {base!r}")
+        raise NotFoundError("tensor.unknown", f"no tensor {name!r} in {base!r}", name)
 
     def _base_of(self, name: str) -> str:
         """The one component whose weights hold tensor ``name``, exact or in its
@@ -307,7 +307,7 @@ class Package:
             return bases[0]
         if unreadable is not None:
             raise unreadable
-        raise NotFoundError("tensor.unknown", f"no tensor {name!r} in the package")
+        raise NotFoundError("tensor.unknown", f"no tensor {name!r} in the package", name)
 
     def _tensor_names(self, component: str) -> set[str]:
         return {t.name for t in self._component(component).contents.tensors}
@@ -410,10 +410,18 @@ class Package:
             with self._lock:
                 self._served_tensors[name] = choice
             return array
+        if not any(self._holds(held, name) for _, held in self._forms(base, [*VARIANTS, "exact"])):
+            raise NotFoundError("tensor.unknown", f"no tensor {name!r} in {base!r}", name)
         raise SecpackError(
             "component.unknown",
             f"none of {list(prefer)} holds {name!r} in {base!r} (have {self.variants(base)})",
         )
+
+    def _holds(self, held: str, name: str) -> bool:
+        """Whether component ``held`` serves tensor ``name`` (int8's scales are not
+        tensors of the model)."""
+        scales = self._scales(held) if held.endswith(".int8") else {}
+        return name in self._tensor_names(held) and not any(name in p for p in scales.values())
 
     def _tensor_into(
         self, comp: OpenComponent, record: TensorRecord, buffer: np.ndarray
@@ -642,7 +650,7 @@ class Package:
                 if entry.count:
                     self._decode_many(self._segments_into(comp, entry.first, entry.count, buffer))
                 return buffer.tobytes()
-        raise NotFoundError("file.unknown", f"no file {path!r} in {component!r}")
+        raise NotFoundError("file.unknown", f"no file {path!r} in {component!r}", path)
 
     def export_safetensors(
         self,
@@ -658,7 +666,9 @@ class Package:
         records = [r for r in comp.contents.tensors if wanted is None or r.name in wanted]
         if wanted is not None and len(records) != len(wanted):
             missing = sorted(wanted - {r.name for r in records})
-            raise NotFoundError("tensor.unknown", f"no tensor(s) {missing} in {component!r}")
+            raise NotFoundError(
+                "tensor.unknown", f"no tensor(s) {missing} in {component!r}", missing
+            )
         header: dict[str, Any] = {}
         offset = 0
         for r in records:

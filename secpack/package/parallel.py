@@ -13,6 +13,7 @@ at the GIL, than the segment's own work.
 from __future__ import annotations
 
 import functools
+import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
@@ -39,23 +40,33 @@ def ordered(pool: Executor, jobs: Iterable[Callable[[], T]], window: int) -> Ite
     """
     pending: deque[Future[T]] = deque()
     it = iter(jobs)
+    # The pool's threads belong to this process. A generator suspended across a
+    # fork (iter_tensors taken up again in the child) would wait for ever on jobs
+    # that no thread of the child runs.
+    owner = os.getpid()
     try:
         for job in it:
             pending.append(pool.submit(job))
             if len(pending) >= window:
                 break
         while pending:
+            if os.getpid() != owner:
+                raise ValueError(
+                    "this iteration began before a fork, in another process: "
+                    "start a new one in this process"
+                )
             result = pending.popleft().result()
             for job in it:
                 pending.append(pool.submit(job))
                 break
             yield result
     finally:
-        for fut in pending:
-            fut.cancel()
-        for fut in pending:
-            if not fut.cancelled():
-                fut.exception()
+        if os.getpid() == owner:  # a child has nothing of the parent's pool to wait for
+            for fut in pending:
+                fut.cancel()
+            for fut in pending:
+                if not fut.cancelled():
+                    fut.exception()
 
 
 def ordered_batched(

@@ -33,36 +33,51 @@ class FileSource:
             raise InputError("input.invalid", f"{path} is not a regular file")
         self.size = st.st_size
         self.bytes_read = 0  # for tests and benchmarks of selective reads
-        self._count_lock = threading.Lock()
+        # Guards bytes_read and the count of reads under way: close() waits for
+        # those, so that no read goes through a descriptor number that was closed
+        # under it (and may name another file of the process by then).
+        self._state = threading.Condition()
+        self._reading = 0
         # A source dropped without close() still gives its descriptor back.
         self._release = weakref.finalize(self, os.close, self.fd)
 
     def after_fork(self) -> None:
-        """Fresh lock in a forked child (another thread may have held it at the fork).
-        The descriptor itself is shared safely: reads are positional."""
-        self._count_lock = threading.Lock()
+        """Fresh lock in a forked child (another thread may have held it at the
+        fork, and its reads are not under way here). The descriptor itself is
+        shared safely: reads are positional."""
+        self._state = threading.Condition()
+        self._reading = 0
 
-    def _open_fd(self) -> int:
-        # After close() the number may already name another file of this process.
-        fd = self.fd
-        if fd < 0:
-            raise ValueError(f"{self.path}: the package is closed")
-        return fd
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[int]:
+        """The descriptor, held open for one read (ValueError once closed)."""
+        with self._state:
+            fd = self.fd
+            if fd < 0:
+                raise ValueError(f"{self.path}: the package is closed")
+            self._reading += 1
+        try:
+            with self._read_errors():
+                yield fd
+        finally:
+            with self._state:
+                self._reading -= 1
+                if not self._reading:
+                    self._state.notify_all()
 
     def read_at(self, offset: int, length: int) -> bytes:
-        fd = self._open_fd()
         if offset < 0 or length < 0 or offset + length > self.size:
             raise ContainerError("container.framing", "read beyond the end of the package")
         parts = []
         got = 0
-        while got < length:
-            with self._read_errors():
+        with self._read() as fd:
+            while got < length:
                 chunk = os.pread(fd, length - got, offset + got)
-            if not chunk:
-                raise ContainerError("container.framing", "package shrank while being read")
-            parts.append(chunk)
-            got += len(chunk)
-        with self._count_lock:
+                if not chunk:
+                    raise ContainerError("container.framing", "package shrank while being read")
+                parts.append(chunk)
+                got += len(chunk)
+        with self._state:
             self.bytes_read += got
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
@@ -75,24 +90,29 @@ class FileSource:
 
     def read_into(self, offset: int, out: memoryview) -> None:
         """``read_at`` into a caller's buffer: no allocation per read."""
-        fd = self._open_fd()
         length = len(out)
         if offset < 0 or offset + length > self.size:
             raise ContainerError("container.framing", "read beyond the end of the package")
         got = 0
-        while got < length:
-            with self._read_errors():
+        with self._read() as fd:
+            while got < length:
                 n = os.preadv(fd, [out[got:]], offset + got)
-            if n <= 0:
-                raise ContainerError("container.framing", "package shrank while being read")
-            got += n
-        with self._count_lock:
+                if n <= 0:
+                    raise ContainerError("container.framing", "package shrank while being read")
+                got += n
+        with self._state:
             self.bytes_read += got
 
     def close(self) -> None:
-        if self.fd >= 0:
+        """Close the file once the reads under way are done; later reads are a
+        ValueError. Closing twice is harmless."""
+        with self._state:
+            if self.fd < 0:
+                return
             self.fd = -1
-            self._release()  # closes the descriptor, once
+            while self._reading:
+                self._state.wait()
+        self._release()  # closes the descriptor, once
 
     def __enter__(self) -> FileSource:
         return self

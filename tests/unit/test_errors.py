@@ -238,8 +238,10 @@ def _every_error_class() -> list[type[SecpackError]]:
 
 
 def _one_of(cls: type[SecpackError]) -> SecpackError:
-    from secpack.errors import IntegrityError, StdoutError
+    from secpack.errors import IntegrityError, NotFoundError, StdoutError
 
+    if cls is NotFoundError:
+        return NotFoundError("tensor.unknown", "no tensor 'x' in 'weights'", "x")
     if cls is IntegrityError:
         return IntegrityError("segment digest does not match the manifest")
     if cls is StdoutError:

@@ -135,19 +135,21 @@ def test_arrays_equal_the_source_bytes_and_types(model: Path, package: Path) -> 
             pkg.read_file("weights", "model.safetensors")
             == (model / "model.safetensors").read_bytes()
         )
-        # A missing name is a SecpackError with a stable code, and still a KeyError.
-        for lookup, code in [
-            (lambda: pkg.tensor("missing"), "tensor.unknown"),
-            (lambda: pkg.tensor("missing", "weights"), "tensor.unknown"),
-            (lambda: pkg.tensor_info("missing"), "tensor.unknown"),
-            (lambda: pkg.tensor("missing", prefer=["exact"]), "tensor.unknown"),
-            (lambda: pkg.export_safetensors(["missing"]), "tensor.unknown"),
-            (lambda: pkg.read_file("config", "missing.json"), "file.unknown"),
+        # A missing name is a SecpackError with a stable code, and still a KeyError
+        # whose args[0] is what was looked up, as KeyError(name) has it.
+        for lookup, code, key in [
+            (lambda: pkg.tensor("missing"), "tensor.unknown", "missing"),
+            (lambda: pkg.tensor("missing", "weights"), "tensor.unknown", "missing"),
+            (lambda: pkg.tensor_info("missing"), "tensor.unknown", "missing"),
+            (lambda: pkg.tensor("missing", prefer=["exact"]), "tensor.unknown", "missing"),
+            (lambda: pkg.tensor("missing", "weights", ["exact"]), "tensor.unknown", "missing"),
+            (lambda: pkg.export_safetensors(["missing"]), "tensor.unknown", ["missing"]),
+            (lambda: pkg.read_file("config", "missing.json"), "file.unknown", "missing.json"),
         ]:
-            with pytest.raises(SecpackError) as missing:
+            with pytest.raises(KeyError) as missing:
                 lookup()
-            assert missing.value.code == code
-            assert isinstance(missing.value, KeyError)
+            assert isinstance(missing.value, SecpackError) and missing.value.code == code
+            assert missing.value.args == (key,) and missing.value.key == key
             assert str(missing.value).startswith(f"{code}: ")
         with pytest.raises(SecpackError) as err:
             pkg.state_dict("nope")
@@ -305,6 +307,100 @@ def test_a_closed_package_says_so(package: Path, model: Path) -> None:
     ):
         with pytest.raises(ValueError, match="the package is closed"):
             use()
+
+
+def test_close_waits_for_a_read_under_way(
+    package: Path, model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A small tensor is read on the caller's thread, outside the pool that close()
+    shuts down. close() from another thread must not close the descriptor under
+    that read: by then its number could name another file, and the read would
+    end in a false integrity alarm."""
+    import threading
+
+    from secpack.transport import spkfile
+
+    source = _source_tensors(model / "model.safetensors")
+    pkg = _open(package)
+    pkg.files("weights")  # the file's header is checked now, not under the block
+    reading, go_on = threading.Event(), threading.Event()
+    real = spkfile.os.preadv
+
+    def slow_preadv(fd: int, buffers: list[memoryview], offset: int) -> int:
+        reading.set()
+        assert go_on.wait(30)
+        return real(fd, buffers, offset)
+
+    got: dict[str, Any] = {}
+
+    def load() -> None:
+        try:
+            got["ids"] = pkg.tensor("ids").tobytes()
+        except Exception as exc:  # reported below
+            got["error"] = exc
+
+    monkeypatch.setattr(spkfile.os, "preadv", slow_preadv)
+    reader = threading.Thread(target=load)
+    reader.start()
+    assert reading.wait(30)
+    closer = threading.Thread(target=pkg.close)
+    closer.start()
+    closer.join(0.3)
+    assert closer.is_alive()  # waiting for the read under way
+    go_on.set()
+    reader.join(30)
+    closer.join(30)
+    monkeypatch.undo()
+    assert not closer.is_alive() and got == {"ids": source["ids"][2]}
+    with pytest.raises(ValueError, match="the package is closed"):
+        pkg.tensor("ids")
+
+
+def test_an_iteration_begun_before_a_fork_is_refused_in_the_child(tmp_path: Path) -> None:
+    """The child has none of the threads that the parent's half-done iteration
+    waits for: it must say so, not wait for ever."""
+    import os
+    import signal
+    import time
+
+    root = tmp_path / "m"
+    root.mkdir()
+    rng = np.random.default_rng(5)
+    layers = {f"layer.{i}": rng.standard_normal(1 << 18).astype(np.float32) for i in range(12)}
+    _write_safetensors(root / "model.safetensors", layers, dict.fromkeys(layers, "F32"))
+    with _open(_seal(root, tmp_path / "m.spk"), threads=1) as pkg:
+        tensors = pkg.iter_tensors()
+        next(tensors)
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.close(read_end)
+                signal.alarm(60)
+                try:
+                    list(tensors)
+                    os.write(write_end, b"finished")
+                except ValueError as exc:
+                    ok = "before a fork" in str(exc)
+                    # A fresh iteration in the child works.
+                    ok = ok and sum(1 for _ in pkg.iter_tensors()) == len(layers)
+                    os.write(write_end, b"refused" if ok else b"wrong")
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(write_end)
+        deadline = time.monotonic() + 90
+        while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if done[0] == 0:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        with os.fdopen(read_end, "rb") as pipe:
+            said = pipe.read()
+        assert done[0] == pid and os.WIFEXITED(done[1]) and os.WEXITSTATUS(done[1]) == 0
+        assert said == b"refused"
+        assert sum(1 for _ in tensors) == len(layers) - 1  # the parent's goes on
 
 
 def test_closing_during_a_load_stops_it_with_a_value_error(tmp_path: Path) -> None:

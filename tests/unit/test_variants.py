@@ -960,9 +960,10 @@ def test_int8_scales_are_not_served_as_tensors(small_model: Path, tmp_path: Path
     with _open(pkg) as p:
         assert p.tensor("w", prefer=["int8"]).dtype == np.float32
         for scale in ("w@scale", "w@colscale"):
+            # Not a tensor of the model in any form: as without prefer.
             with pytest.raises(SecpackError) as err:
                 p.tensor(scale, prefer=["int8", "exact"])
-            assert err.value.code == "component.unknown"
+            assert err.value.code == "tensor.unknown"
         # Named with its component, the stored form is there to read.
         assert p.tensor("w@scale", "weights.int8").dtype == np.float32
 
