@@ -125,18 +125,22 @@ class ComponentInfo:
     encrypted: bool
 
 
-def _as_identities(identity: Any) -> list[x25519.X25519PrivateKey]:
+def _as_identities(identity: Any, passphrase: bytes | str | None) -> list[x25519.X25519PrivateKey]:
     from secpack.api.keyfiles import load_identity
 
     if identity is None:
         return []
+    if isinstance(passphrase, str):
+        passphrase = passphrase.encode()
+    elif passphrase is not None and not isinstance(passphrase, bytes):
+        raise TypeError("passphrase must be bytes or str")
     items = identity if isinstance(identity, (list, tuple)) else [identity]
     out = []
     for item in items:
         if isinstance(item, x25519.X25519PrivateKey):
             out.append(item)
         elif isinstance(item, (str, os.PathLike)):
-            out.append(load_identity(os.fspath(item)))
+            out.append(load_identity(os.fspath(item), passphrase))
         else:
             raise TypeError("identity must be a path or an X25519PrivateKey (or a list of them)")
     return out
@@ -833,18 +837,20 @@ def open_package(
     expected_name: str | None = None,
     allow_downgrade: bool = False,
     threads: int = 0,
+    passphrase: bytes | str | None = None,
 ) -> Package:
     """Open and trust a package for loading.
 
     ``identity``: X25519 private key(s), as paths or key objects, for encrypted
-    components. Trust comes from ``policy`` (a :class:`Policy` or a TOML path),
+    components; ``passphrase`` unlocks identity files that are encrypted (the
+    same one for each path given). Trust comes from ``policy`` (a :class:`Policy` or a TOML path),
     ``trust`` (public key paths), or ``$SECPACK_POLICY``; there is no default.
 
     Raises :class:`SecpackError` for anything unsigned, untrusted, expired, a
     downgrade, or malformed, before any tensor is decoded.
     """
     pol = _as_policy(policy, trust)
-    identities = _as_identities(identity)
+    identities = _as_identities(identity, passphrase)
     with audited("load") as audit:
         audit["package"] = {"path": os.fspath(path)}
         src = FileSource(os.fspath(path))

@@ -108,7 +108,7 @@ def load_private_pem(data: bytes, passphrase: bytes | None, what: str) -> Privat
         # Raised both for "encrypted but no passphrase" and "passphrase for a plain key".
         raise KeyUseError(
             "key.passphrase",
-            f"{what}: key is encrypted and needs a passphrase (--passphrase-env)"
+            f"{what}: key is encrypted and needs a passphrase (--passphrase-env; passphrase= in Python)"
             if passphrase is None
             else f"{what}: key is not encrypted but a passphrase was given",
         ) from None

@@ -431,6 +431,28 @@ def test_a_package_dropped_without_close_gives_its_descriptor_back(package: Path
     assert len(os.listdir("/proc/self/fd")) == before
 
 
+def test_an_encrypted_identity_file_opens_with_passphrase(model: Path, tmp_path: Path) -> None:
+    from secpack.api.keyfiles import keygen
+
+    identity = tmp_path / "server.key"
+    keygen("recipient", str(identity), passphrase=b"correct horse")
+    sealed = _seal(
+        model,
+        tmp_path / "m.spk",
+        recipients=[(None, load_recipient(f"{identity}.pub"))],
+    )
+    source = _source_tensors(model / "model.safetensors")
+    for given in ("correct horse", b"correct horse"):
+        with _open(sealed, identity=identity, passphrase=given) as pkg:
+            assert pkg.tensor("ids").tobytes() == source["ids"][2]
+    for given, says in ((None, "passphrase= in Python"), ("wrong", "wrong passphrase")):
+        with pytest.raises(SecpackError) as err:
+            _open(sealed, identity=identity, passphrase=given)
+        assert err.value.code == "key.passphrase" and says in err.value.detail
+    with pytest.raises(TypeError):
+        _open(sealed, identity=identity, passphrase=1234)
+
+
 def test_rollback_protection(model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     v1 = _seal(model, tmp_path / "v1.spk", version=1)
     v2 = _seal(model, tmp_path / "v2.spk", version=2)
