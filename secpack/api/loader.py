@@ -192,6 +192,15 @@ class Package:
         self.signers: tuple[Signer, ...] = tuple(signers)
         _live.add(self)
 
+    def __reduce__(self) -> Any:
+        # It holds an open file, worker threads and unwrapped data keys; a copy
+        # would share the first two and pickle the third. Said plainly instead of
+        # "cannot pickle '_thread.RLock' object".
+        raise TypeError(
+            "a Package cannot be pickled or copied: call open_package in each process "
+            "(a process forked after opening one may go on using it)"
+        )
+
     def _after_fork(self) -> None:
         """In a forked child: the parent's worker threads do not exist here, and a
         lock another thread held at the fork stays held for ever. Without this a

@@ -453,6 +453,16 @@ def test_an_encrypted_identity_file_opens_with_passphrase(model: Path, tmp_path:
         _open(sealed, identity=identity, passphrase=1234)
 
 
+def test_a_package_is_not_pickled_or_copied(package: Path) -> None:
+    import copy
+    import pickle
+
+    with _open(package) as pkg:
+        for attempt in (lambda: pickle.dumps(pkg), lambda: copy.copy(pkg)):
+            with pytest.raises(TypeError, match="call open_package in each process"):
+                attempt()
+
+
 def test_rollback_protection(model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     v1 = _seal(model, tmp_path / "v1.spk", version=1)
     v2 = _seal(model, tmp_path / "v2.spk", version=2)
