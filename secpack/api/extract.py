@@ -4,6 +4,7 @@ original file back byte for byte into a new directory, atomically."""
 from __future__ import annotations
 
 import functools
+import os
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -141,8 +142,8 @@ def _decode_job(tree: OutputTree, job: _Job) -> _Job:
 
 
 def extract(
-    package: str,
-    output: str,
+    package: str | os.PathLike[str],
+    output: str | os.PathLike[str],
     *,
     identities: Sequence[x25519.X25519PrivateKey],
     policy: Policy,
@@ -166,6 +167,7 @@ def extract(
     ``output`` must not exist (or be an empty directory). It appears only once every
     file has been decoded and checked; on any error nothing is left behind.
     """
+    package, output = os.fspath(package), os.fspath(output)
     started = time.perf_counter()
     progress = progress or NullProgress()
     with trusted_package(

@@ -7,6 +7,7 @@ component's files and tensor table.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -63,7 +64,7 @@ def _signature_info(entry_type: str, data: bytes, policy: Policy | None) -> Sign
 
 
 def inspect(
-    package: str,
+    package: str | os.PathLike[str],
     *,
     policy: Policy | None = None,
     identities: Sequence[x25519.X25519PrivateKey] = (),
@@ -75,6 +76,7 @@ def inspect(
     With a ``policy`` the package is trusted as ``verify`` trusts it, rollback
     check included (``fresh.rollback`` for a version older than one already
     used from the same signer, unless ``allow_downgrade``); nothing is recorded."""
+    package = os.fspath(package)
     limits = policy.limits if policy else DEFAULT_LIMITS
     with FileSource(package) as src:
         if policy is not None:

@@ -166,8 +166,8 @@ def default_package_name(base: str) -> str:
 
 
 def seal(
-    source: str,
-    output: str,
+    source: str | os.PathLike[str],
+    output: str | os.PathLike[str],
     *,
     sign_keys: Sequence[SigningPrivateKey] = (),
     recipients: Sequence[tuple[str | None, x25519.X25519PublicKey]] = (),
@@ -193,6 +193,7 @@ def seal(
     ``output.*`` when the package cannot be written. Nothing is left at ``output``
     unless the whole package was written.
     """
+    source, output = os.fspath(source), os.fspath(output)
     started = time.perf_counter()
     # One signature per key, however often (or under however many paths) it is given.
     sign_keys = list({key_id(k.public_key()): k for k in sign_keys}.values())

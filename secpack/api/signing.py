@@ -169,9 +169,15 @@ def _append(
             return SignReport(output or package, kid, True, len(entries)), entry.data
 
 
-def add_signature(package: str, key: SigningPrivateKey, output: str | None = None) -> SignReport:
+def add_signature(
+    package: str | os.PathLike[str],
+    key: SigningPrivateKey,
+    output: str | os.PathLike[str] | None = None,
+) -> SignReport:
     """Sign ``package`` with ``key``, in place or into ``output``. Signing twice with
     the same key adds nothing."""
+    package = os.fspath(package)
+    output = None if output is None else os.fspath(output)
     kid = key_id(key.public_key())
 
     def make(header: Header) -> tuple[SignatureEntry, bytes]:

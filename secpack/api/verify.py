@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ class VerifyReport:
 
 
 def verify(
-    package: str,
+    package: str | os.PathLike[str],
     policy: Policy,
     *,
     components: Sequence[str] | None = None,
@@ -41,6 +42,7 @@ def verify(
     Raises a :class:`~secpack.errors.SecpackError` on the first failure; returns a
     report only when everything holds.
     """
+    package = os.fspath(package)
     started = time.perf_counter()
     progress = progress or NullProgress()
     with trusted_package(
