@@ -9,6 +9,7 @@ import logging
 import multiprocessing
 import struct
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -235,21 +236,51 @@ def test_eight_threads_share_one_package(package: Path, model: Path) -> None:
         assert raw == source[name][2]
 
 
+def _in_a_child(body: Callable[[], bytes], meanwhile: Callable[[], None] = lambda: None) -> bytes:
+    """Fork; run ``body`` in the child (under a 60 s alarm) and return what it
+    returned, once the child has exited 0. ``meanwhile`` runs in the parent
+    right after the fork. A child that hangs is killed, and fails the test."""
+    import os
+    import signal
+    import time
+
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(read_end)
+            signal.alarm(60)
+            os.write(write_end, body())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    meanwhile()
+    deadline = time.monotonic() + 90
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done[0] == 0:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    with os.fdopen(read_end, "rb") as pipe:
+        said = pipe.read()
+    assert done[0] == pid and os.WIFEXITED(done[1]) and os.WEXITSTATUS(done[1]) == 0
+    return said
+
+
 def test_a_forked_child_decodes_with_workers_of_its_own(package: Path, model: Path) -> None:
     """A package opened (and used) before a fork, as a pre-forking server or a
     DataLoader worker does: the child has none of the parent's worker threads,
     and a lock held by another thread at the fork would stay held in it. The
     child's first decode used to wait for ever."""
-    import os
-    import signal
     import threading
-    import time
 
     source = _source_tensors(model / "model.safetensors")
+    want = {n: raw for n, (_, _, raw) in source.items()}
+    first = sorted(source)[0]
     with _open(package, threads=2) as pkg:
-        assert {n: a.tobytes() for n, a in pkg.state_dict().items()} == {
-            n: raw for n, (_, _, raw) in source.items()
-        }
+        assert {n: a.tobytes() for n, a in pkg.state_dict().items()} == want
         holding, release = threading.Event(), threading.Event()
 
         def hold_the_lock() -> None:
@@ -260,36 +291,19 @@ def test_a_forked_child_decodes_with_workers_of_its_own(package: Path, model: Pa
         holder = threading.Thread(target=hold_the_lock)
         holder.start()
         holding.wait()
-        read_end, write_end = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the child: report what it decodes, or die trying
-            code = 1
-            try:
-                os.close(read_end)
-                signal.alarm(60)
-                got = {n: a.tobytes() for n, a in pkg.state_dict().items()}
-                one = pkg.tensor(sorted(source)[0]).tobytes()
-                ok = got == {n: raw for n, (_, _, raw) in source.items()}
-                ok = ok and one == source[sorted(source)[0]][2]
-                os.write(write_end, b"same" if ok else b"different")
-                code = 0
-            finally:
-                os._exit(code)
-        release.set()
-        holder.join()
-        os.close(write_end)
-        deadline = time.monotonic() + 90
-        while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if done[0] == 0:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        with os.fdopen(read_end, "rb") as pipe:
-            said = pipe.read()
-        assert done[0] == pid and os.WIFEXITED(done[1]) and os.WEXITSTATUS(done[1]) == 0
-        assert said == b"same"
+
+        def child() -> bytes:
+            got = {n: a.tobytes() for n, a in pkg.state_dict().items()}
+            same = got == want and pkg.tensor(first).tobytes() == want[first]
+            return b"same" if same else b"different"
+
+        def parent() -> None:
+            release.set()
+            holder.join()
+
+        assert _in_a_child(child, parent) == b"same"
         # The parent's own workers are untouched.
-        assert pkg.tensor(sorted(source)[0]).tobytes() == source[sorted(source)[0]][2]
+        assert pkg.tensor(first).tobytes() == want[first]
 
 
 def test_a_closed_package_says_so(package: Path, model: Path) -> None:
@@ -359,10 +373,6 @@ def test_close_waits_for_a_read_under_way(
 def test_an_iteration_begun_before_a_fork_is_refused_in_the_child(tmp_path: Path) -> None:
     """The child has none of the threads that the parent's half-done iteration
     waits for: it must say so, not wait for ever."""
-    import os
-    import signal
-    import time
-
     root = tmp_path / "m"
     root.mkdir()
     rng = np.random.default_rng(5)
@@ -371,35 +381,17 @@ def test_an_iteration_begun_before_a_fork_is_refused_in_the_child(tmp_path: Path
     with _open(_seal(root, tmp_path / "m.spk"), threads=1) as pkg:
         tensors = pkg.iter_tensors()
         next(tensors)
-        read_end, write_end = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            code = 1
+
+        def child() -> bytes:
             try:
-                os.close(read_end)
-                signal.alarm(60)
-                try:
-                    list(tensors)
-                    os.write(write_end, b"finished")
-                except ValueError as exc:
-                    ok = "before a fork" in str(exc)
-                    # A fresh iteration in the child works.
-                    ok = ok and sum(1 for _ in pkg.iter_tensors()) == len(layers)
-                    os.write(write_end, b"refused" if ok else b"wrong")
-                code = 0
-            finally:
-                os._exit(code)
-        os.close(write_end)
-        deadline = time.monotonic() + 90
-        while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if done[0] == 0:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        with os.fdopen(read_end, "rb") as pipe:
-            said = pipe.read()
-        assert done[0] == pid and os.WIFEXITED(done[1]) and os.WEXITSTATUS(done[1]) == 0
-        assert said == b"refused"
+                list(tensors)
+            except ValueError as exc:
+                # A fresh iteration in the child works.
+                fresh = sum(1 for _ in pkg.iter_tensors()) == len(layers)
+                return b"refused" if "before a fork" in str(exc) and fresh else b"wrong"
+            return b"finished"
+
+        assert _in_a_child(child) == b"refused"
         assert sum(1 for _ in tensors) == len(layers) - 1  # the parent's goes on
 
 
