@@ -126,6 +126,24 @@ def test_wrong_key_kinds(
     )
     assert_no_output(out)
     fails("key.invalid", "sign", sealed, "--key", server_key.private)
+    # A private key where a public one belongs is named as such, so that it is not
+    # handed on as if it were public.
+    said = "this is a private key; give its public key"
+    res = fails("key.invalid", "verify", sealed, "--trust", release_key.private)
+    assert said in res.stderr, str(res)
+    res = fails(
+        "key.invalid",
+        "seal",
+        model_dir,
+        "-o",
+        pkg,
+        "--sign-key",
+        release_key.private,
+        "--recipient",
+        server_key.private,
+    )
+    assert said in res.stderr, str(res)
+    assert_no_output(pkg)
 
 
 # --- trust ---------------------------------------------------------------------------------

@@ -135,6 +135,13 @@ def load_public_pem(data: bytes, what: str) -> PublicKey:
     try:
         key = serialization.load_pem_public_key(data)
     except (ValueError, UnsupportedAlgorithm):
+        if b"PRIVATE KEY-----" in data:
+            # A private key where a public one belongs: say so, so that it is not
+            # handed on (to a CI variable, a policy file) as if it were public.
+            raise KeyUseError(
+                "key.invalid",
+                f"{what}: this is a private key; give its public key (the .pub file)",
+            ) from None
         raise KeyUseError("key.invalid", f"{what}: not a PEM public key") from None
     if isinstance(key, (ed25519.Ed25519PublicKey, x25519.X25519PublicKey)):
         return key
