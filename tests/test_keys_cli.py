@@ -143,6 +143,8 @@ def test_wrong_key_kinds(
         server_key.private,
     )
     assert said in res.stderr, str(res)
+    res = fails("key.invalid", "seal", model_dir, "-o", pkg, "--sign-key", release_key.public)
+    assert "this is a public key; give the private key" in res.stderr, str(res)
     assert_no_output(pkg)
 
 

@@ -118,6 +118,10 @@ def load_private_pem(data: bytes, passphrase: bytes | None, what: str) -> Privat
         # the garbage then fails to parse: for an encrypted PEM, both mean this.
         if passphrase is not None and ("password" in str(exc).lower() or b"ENCRYPTED" in data):
             raise KeyUseError("key.passphrase", f"{what}: wrong passphrase") from None
+        if b"PUBLIC KEY-----" in data:
+            raise KeyUseError(
+                "key.invalid", f"{what}: this is a public key; give the private key"
+            ) from None
         raise KeyUseError("key.invalid", f"{what}: not a PEM private key") from None
     except UnsupportedAlgorithm:
         raise KeyUseError("key.invalid", f"{what}: unsupported private key") from None
