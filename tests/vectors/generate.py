@@ -227,4 +227,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    import argparse
+
+    # No options: the parse is there so that `--help` prints this and rebuilds
+    # nothing (the encrypted vector cannot be rebuilt bit for bit).
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
     main()
