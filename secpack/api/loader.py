@@ -449,7 +449,9 @@ class Package:
         self._decode_many(self._tensor_into(comp, record, buffer))
         return make_array(buffer, record)
 
-    def iter_tensors(self, component: str = "weights") -> Iterator[tuple[str, np.ndarray]]:
+    def iter_tensors(
+        self, component: str = "weights", prefer: Sequence[str] | None = None
+    ) -> Iterator[tuple[str, np.ndarray]]:
         """Every tensor of ``component`` as ``(name, array)``, in package order,
         decoded in parallel a few segments ahead of the consumer.
 
@@ -459,8 +461,58 @@ class Package:
         2 MiB and more get fresh huge-page mappings, whose first touch is cheap
         enough (about 0.12 ms per MiB here) that keeping freed ones for reuse
         measured no faster.
+        ``prefer`` picks a precision variant as :meth:`state_dict` does, and serves
+        the same arrays (int8 dequantized to float32, each once its scales are
+        in); :meth:`served` says which.
         Every check of :meth:`state_dict` applies; an error stops the iteration.
         """
+        if prefer is None:
+            yield from self._iter_stored(component)
+            return
+        for choice, held in self._forms(component, prefer):
+            with self._lock:
+                self._served[component] = choice
+            if choice == "int8":
+                yield from self._iter_dequantized(held)
+            else:
+                yield from self._iter_stored(held)
+            return
+        raise SecpackError(
+            "component.unknown",
+            f"none of {list(prefer)} is available for {component!r} "
+            f"(have {self.variants(component)})",
+        )
+
+    def _iter_dequantized(self, component: str) -> Iterator[tuple[str, np.ndarray]]:
+        """An int8 variant's tensors as :func:`_dequantize` serves them: each int8
+        tensor held back until its scale tensors have come by (they follow it in
+        the variant's files), the scales themselves not served."""
+        scales = self._scales(component)
+        owners: dict[str, int] = {}  # scale -> how many int8 tensors still need it
+        for pair in scales.values():
+            for scale in pair:
+                owners[scale] = owners.get(scale, 0) + 1
+        held: dict[str, np.ndarray] = {}
+        for name, array in self._iter_stored(component):
+            if name not in owners and name not in scales:
+                yield name, array
+                continue
+            held[name] = array
+            ready = [n for n in ([name] if name in scales else held) if n in scales]
+            for codes in ready:
+                pair = scales[codes]
+                if codes not in held or not all(p in held for p in pair):
+                    continue
+                parts = {codes: held.pop(codes), **{p: held[p] for p in pair}}
+                yield codes, _dequantize(parts, {codes: pair})[codes]
+                for p in pair:
+                    owners[p] -= 1
+                    if not owners[p]:
+                        del held[p]
+        if any(n in scales for n in held):
+            raise TensorError("tensor.invalid", "int8 tensors whose scales never came")
+
+    def _iter_stored(self, component: str) -> Iterator[tuple[str, np.ndarray]]:
         self._check_exact(component)
         comp = self._component(component)
         records = comp.contents.tensors

@@ -206,6 +206,13 @@ def test_all_variants_and_preference_order(small_model: Path, tmp_path: Path) ->
         assert scales.value.code == "tensor.unknown"
         with pytest.raises(ValueError):
             p.tensor("w", prefer=["int4"])
+        # Streaming serves the same arrays, each form as state_dict does.
+        for prefer, whole in ((["int8"], q), (["fp16", "exact"], half), (["exact"], exact)):
+            streamed = list(p.iter_tensors("weights", prefer=prefer))
+            assert p.served() == prefer[0]
+            assert [n for n, _ in streamed] == list(whole)
+            for name, array in streamed:
+                assert array.dtype == whole[name].dtype and np.array_equal(array, whole[name])
 
 
 def test_no_available_variant_is_a_clear_error(small_model: Path, tmp_path: Path) -> None:
@@ -223,6 +230,9 @@ def test_no_available_variant_is_a_clear_error(small_model: Path, tmp_path: Path
         with pytest.raises(SecpackError) as err:
             p.state_dict("weights", prefer=["int8", "fp16"])
         assert err.value.code == "component.unknown"
+        with pytest.raises(SecpackError) as streamed:
+            list(p.iter_tensors("weights", prefer=["int8", "fp16"]))
+        assert streamed.value.code == "component.unknown"
 
 
 def _tensors_any(path: Path) -> dict[str, np.ndarray]:
@@ -966,6 +976,12 @@ def test_int8_scales_are_not_served_as_tensors(small_model: Path, tmp_path: Path
             assert err.value.code == "tensor.unknown"
         # Named with its component, the stored form is there to read.
         assert p.tensor("w@scale", "weights.int8").dtype == np.float32
+        # Streamed from a package without exact weights: the dequantized tensors,
+        # as state_dict serves them, and no scale among them.
+        whole = p.state_dict(prefer=["int8"])
+        streamed = dict(p.iter_tensors(prefer=["int8"]))
+        assert streamed.keys() == whole.keys() and not any("@" in n for n in streamed)
+        assert all(np.array_equal(streamed[n], whole[n]) for n in whole)
 
 
 def test_names_that_read_as_a_variant_are_kept_for_variants(tmp_path: Path) -> None:
