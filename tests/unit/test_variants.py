@@ -982,6 +982,13 @@ def test_int8_scales_are_not_served_as_tensors(small_model: Path, tmp_path: Path
         streamed = dict(p.iter_tensors(prefer=["int8"]))
         assert streamed.keys() == whole.keys() and not any("@" in n for n in streamed)
         assert all(np.array_equal(streamed[n], whole[n]) for n in whole)
+        # Whatever the stored order, scales first included, the same arrays.
+        stored = list(p.iter_tensors("weights.int8"))
+        for order in (stored[::-1], sorted(stored, key=lambda item: "@" not in item[0])):
+            p._iter_stored = lambda component, order=order: iter(order)  # type: ignore[method-assign]
+            again = dict(p.iter_tensors(prefer=["int8"]))
+            assert again.keys() == whole.keys()
+            assert all(np.array_equal(again[n], whole[n]) for n in whole)
 
 
 def test_names_that_read_as_a_variant_are_kept_for_variants(tmp_path: Path) -> None:
