@@ -370,15 +370,24 @@ def test_close_waits_for_a_read_under_way(
         pkg.tensor("ids")
 
 
-def test_an_iteration_begun_before_a_fork_is_refused_in_the_child(tmp_path: Path) -> None:
-    """The child has none of the threads that the parent's half-done iteration
-    waits for: it must say so, not wait for ever."""
+# More 1 MiB tensors (one job each) than one worker's read-ahead window holds, so
+# that an iteration one tensor in still has jobs to submit.
+_LAYERS = 12
+
+
+def _many_layers(tmp_path: Path) -> Path:
     root = tmp_path / "m"
     root.mkdir()
     rng = np.random.default_rng(5)
-    layers = {f"layer.{i}": rng.standard_normal(1 << 18).astype(np.float32) for i in range(12)}
+    layers = {f"layer.{i}": rng.standard_normal(1 << 18).astype(np.float32) for i in range(_LAYERS)}
     _write_safetensors(root / "model.safetensors", layers, dict.fromkeys(layers, "F32"))
-    with _open(_seal(root, tmp_path / "m.spk"), threads=1) as pkg:
+    return _seal(root, tmp_path / "m.spk")
+
+
+def test_an_iteration_begun_before_a_fork_is_refused_in_the_child(tmp_path: Path) -> None:
+    """The child has none of the threads that the parent's half-done iteration
+    waits for: it must say so, not wait for ever."""
+    with _open(_many_layers(tmp_path), threads=1) as pkg:
         tensors = pkg.iter_tensors()
         next(tensors)
 
@@ -387,22 +396,16 @@ def test_an_iteration_begun_before_a_fork_is_refused_in_the_child(tmp_path: Path
                 list(tensors)
             except ValueError as exc:
                 # A fresh iteration in the child works.
-                fresh = sum(1 for _ in pkg.iter_tensors()) == len(layers)
+                fresh = sum(1 for _ in pkg.iter_tensors()) == _LAYERS
                 return b"refused" if "before a fork" in str(exc) and fresh else b"wrong"
             return b"finished"
 
         assert _in_a_child(child) == b"refused"
-        assert sum(1 for _ in tensors) == len(layers) - 1  # the parent's goes on
+        assert sum(1 for _ in tensors) == _LAYERS - 1  # the parent's goes on
 
 
 def test_closing_during_a_load_stops_it_with_a_value_error(tmp_path: Path) -> None:
-    # More 1 MiB tensors (one job each) than one worker's read-ahead window holds.
-    root = tmp_path / "m"
-    root.mkdir()
-    rng = np.random.default_rng(3)
-    layers = {f"layer.{i}": rng.standard_normal(1 << 18).astype(np.float32) for i in range(12)}
-    _write_safetensors(root / "model.safetensors", layers, dict.fromkeys(layers, "F32"))
-    with _open(_seal(root, tmp_path / "m.spk"), threads=1) as pkg:
+    with _open(_many_layers(tmp_path), threads=1) as pkg:
         tensors = pkg.iter_tensors()
         next(tensors)
         pkg.close()  # waits for the jobs in flight; the load cannot go on
