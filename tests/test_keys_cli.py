@@ -97,19 +97,11 @@ def test_wrong_key_kinds(
     tmp_path: Path, model_dir: Path, sealed: Path, release_key: KeyPair, server_key: KeyPair
 ) -> None:
     pkg = tmp_path / "p.spk"
+    seal_to = ("seal", model_dir, "-o", pkg)
+    signed_for = (*seal_to, "--sign-key", release_key.private, "--recipient")
     # A recipient key cannot sign, and a signing key is not a recipient.
-    fails("key.invalid", "seal", model_dir, "-o", pkg, "--sign-key", server_key.private)
-    fails(
-        "key.invalid",
-        "seal",
-        model_dir,
-        "-o",
-        pkg,
-        "--sign-key",
-        release_key.private,
-        "--recipient",
-        release_key.public,
-    )
+    fails("key.invalid", *seal_to, "--sign-key", server_key.private)
+    fails("key.invalid", *signed_for, release_key.public)
     assert_no_output(pkg)
     fails("key.invalid", "verify", sealed, "--trust", server_key.public)
     out = tmp_path / "out"
@@ -131,19 +123,9 @@ def test_wrong_key_kinds(
     said = "this is a private key; give its public key"
     res = fails("key.invalid", "verify", sealed, "--trust", release_key.private)
     assert said in res.stderr, str(res)
-    res = fails(
-        "key.invalid",
-        "seal",
-        model_dir,
-        "-o",
-        pkg,
-        "--sign-key",
-        release_key.private,
-        "--recipient",
-        server_key.private,
-    )
+    res = fails("key.invalid", *signed_for, server_key.private)
     assert said in res.stderr, str(res)
-    res = fails("key.invalid", "seal", model_dir, "-o", pkg, "--sign-key", release_key.public)
+    res = fails("key.invalid", *seal_to, "--sign-key", release_key.public)
     assert "this is a public key; give the private key" in res.stderr, str(res)
     assert_no_output(pkg)
 
