@@ -13,7 +13,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import pytest
 from helpers import KeyPair, assert_same_tree, clean_env, fails, ok, run_cli
@@ -200,6 +200,37 @@ def test_usage_errors_are_input_invalid_with_their_json_object(
 def test_no_arguments_still_shows_the_help() -> None:
     res = run_cli()
     assert res.returncode == 2 and "Commands:" in res.stdout + res.stderr, str(res)
+
+
+def _value_params() -> Iterator[tuple[str, str, str | None]]:
+    """(command path, parameter, metavar) for every argument and every option that
+    takes a value, in every command and sub-command."""
+    import typer
+
+    from secpack.cli import app
+
+    # typer may bring its own copy of click, so parameters are told apart by what
+    # they say they are rather than by click's classes.
+    def walk(cmd: Any, path: str) -> Iterator[tuple[str, str, str | None]]:
+        for p in cmd.params:
+            if p.param_type_name == "argument" or (
+                p.param_type_name == "option" and not p.is_flag and not p.count
+            ):
+                yield path, p.opts[0], p.metavar
+        for name, sub in getattr(cmd, "commands", {}).items():
+            yield from walk(sub, f"{path} {name}")
+
+    return walk(typer.main.get_command(app), "secpack")
+
+
+def test_every_value_in_the_help_is_named() -> None:
+    """Each argument and each option that takes a value names what it takes (FILE,
+    N, fast|balanced|max), so the help reads the same whatever typer renders for an
+    unnamed one (``<str>``, ``TEXT``)."""
+    params = list(_value_params())
+    assert len(params) > 40, params  # the walk reached the sub-commands
+    unnamed = [(c, p) for c, p, metavar in params if not metavar]
+    assert unnamed == []
 
 
 @pytest.mark.parametrize(

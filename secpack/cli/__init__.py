@@ -146,7 +146,10 @@ DowngradeOpt = Annotated[
     ),
 ]
 ThreadsOpt = Annotated[
-    int, typer.Option("--threads", help="Worker threads (0: one per usable CPU, as memory allows).")
+    int,
+    typer.Option(
+        "--threads", metavar="N", help="Worker threads (0: one per usable CPU, as memory allows)."
+    ),
 ]
 
 

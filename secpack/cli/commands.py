@@ -48,8 +48,12 @@ def _signer_json(signer: Any) -> dict[str, Any]:
     epilog="Example: secpack seal ./model -o model.spk --sign-key release.key --recipient prod.pub"
 )
 def seal(
-    source: Annotated[str, typer.Argument(help="Model directory (or one file) to seal.")],
-    output: Annotated[str, typer.Option("--output", "-o", help="Package to write.")],
+    source: Annotated[
+        str, typer.Argument(metavar="SOURCE", help="Model directory (or one file) to seal.")
+    ],
+    output: Annotated[
+        str, typer.Option("--output", "-o", metavar="FILE", help="Package to write.")
+    ],
     sign_key: Annotated[
         list[str] | None,
         typer.Option("--sign-key", metavar="KEY", help="Signing key (repeatable)."),
@@ -66,13 +70,17 @@ def seal(
         bool, typer.Option("--no-encrypt", help="Sign and compress only (reproducible).")
     ] = False,
     name: Annotated[
-        str | None, typer.Option(help="Package name (default: made from the input's own name).")
+        str | None,
+        typer.Option(
+            metavar="NAME", help="Package name (default: made from the input's own name)."
+        ),
     ] = None,
     version: Annotated[
-        int, typer.Option("--version", help="Package version, a positive integer.")
+        int, typer.Option("--version", metavar="N", help="Package version, a positive integer.")
     ] = 1,
     expires: Annotated[
-        str | None, typer.Option(help="Expiry: ISO-8601 time or a duration such as 90d.")
+        str | None,
+        typer.Option(metavar="WHEN", help="Expiry: ISO-8601 time or a duration such as 90d."),
     ] = None,
     component: Annotated[
         list[str] | None,
@@ -81,12 +89,13 @@ def seal(
     level: Annotated[
         str,
         typer.Option(
+            metavar="fast|balanced|max",
             help="Compression profile: fast (bg planes, quickest), balanced (bgx planes, "
-            "smaller), max (the smaller of both per segment, zstd -19 elsewhere)."
+            "smaller), max (the smaller of both per segment, zstd -19 elsewhere).",
         ),
     ] = "balanced",
     segment_mib: Annotated[
-        int, typer.Option("--segment-size", help="Segment size in MiB (1-16).")
+        int, typer.Option("--segment-size", metavar="MIB", help="Segment size in MiB (1-16).")
     ] = 4,
     threads: ThreadsOpt = 0,
     passphrase_env: PassEnvOpt = None,
@@ -251,14 +260,17 @@ def _tree_size(path: str, follow: bool = False) -> int:
 
 @app.command(epilog="Example: secpack verify model.spk --trust release.pub")
 def verify(
-    package: Annotated[str, typer.Argument(help="Package to verify.")],
+    package: Annotated[str, typer.Argument(metavar="PACKAGE", help="Package to verify.")],
     trust: TrustOpt = None,
     policy: PolicyOpt = None,
     trusted_root: TrustedRootOpt = None,
     component: Annotated[
-        list[str] | None, typer.Option("--component", help="Check only these components.")
+        list[str] | None,
+        typer.Option("--component", metavar="NAME", help="Check only these components."),
     ] = None,
-    name: Annotated[str | None, typer.Option(help="Require this package name.")] = None,
+    name: Annotated[
+        str | None, typer.Option(metavar="NAME", help="Require this package name.")
+    ] = None,
     allow_downgrade: DowngradeOpt = False,
     threads: ThreadsOpt = 0,
     as_json: JsonOpt = False,
@@ -321,8 +333,10 @@ def verify(
     epilog="Example: secpack open model.spk -o ./model --identity prod.key --trust release.pub",
 )
 def open_(
-    package: Annotated[str, typer.Argument(help="Package to open.")],
-    output: Annotated[str, typer.Option("--output", "-o", help="Directory to create.")],
+    package: Annotated[str, typer.Argument(metavar="PACKAGE", help="Package to open.")],
+    output: Annotated[
+        str, typer.Option("--output", "-o", metavar="DIR", help="Directory to create.")
+    ],
     identity: Annotated[
         list[str] | None,
         typer.Option("--identity", metavar="KEY", help="X25519 private key (repeatable)."),
@@ -331,9 +345,12 @@ def open_(
     policy: PolicyOpt = None,
     trusted_root: TrustedRootOpt = None,
     component: Annotated[
-        list[str] | None, typer.Option("--component", help="Open only these components.")
+        list[str] | None,
+        typer.Option("--component", metavar="NAME", help="Open only these components."),
     ] = None,
-    name: Annotated[str | None, typer.Option(help="Require this package name.")] = None,
+    name: Annotated[
+        str | None, typer.Option(metavar="NAME", help="Require this package name.")
+    ] = None,
     allow_downgrade: DowngradeOpt = False,
     emit_model_signing: Annotated[
         bool,
@@ -417,7 +434,7 @@ def open_(
 
 @app.command(epilog="Example: secpack inspect model.spk --identity prod.key --trust release.pub")
 def inspect(
-    package: Annotated[str, typer.Argument(help="Package to describe.")],
+    package: Annotated[str, typer.Argument(metavar="PACKAGE", help="Package to describe.")],
     identity: Annotated[
         list[str] | None,
         typer.Option("--identity", metavar="KEY", help="Also list files and tensors (repeatable)."),
@@ -475,8 +492,12 @@ def _keygen(
 
 @keygen_app.command("signing", epilog="Example: secpack keygen signing -o release.key")
 def keygen_signing(
-    output: Annotated[str, typer.Option("--output", "-o", help="Private key path.")],
-    alg: Annotated[str, typer.Option(help="ed25519, ecdsa-p256 or ecdsa-p384.")] = "ed25519",
+    output: Annotated[
+        str, typer.Option("--output", "-o", metavar="PATH", help="Private key path.")
+    ],
+    alg: Annotated[
+        str, typer.Option(metavar="ALG", help="ed25519, ecdsa-p256 or ecdsa-p384.")
+    ] = "ed25519",
     passphrase_env: PassEnvOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Replace existing files.")] = False,
     as_json: JsonOpt = False,
@@ -488,7 +509,9 @@ def keygen_signing(
 
 @keygen_app.command("recipient", epilog="Example: secpack keygen recipient -o prod.key")
 def keygen_recipient(
-    output: Annotated[str, typer.Option("--output", "-o", help="Private key path.")],
+    output: Annotated[
+        str, typer.Option("--output", "-o", metavar="PATH", help="Private key path.")
+    ],
     passphrase_env: PassEnvOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Replace existing files.")] = False,
     as_json: JsonOpt = False,

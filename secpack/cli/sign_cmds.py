@@ -73,8 +73,10 @@ def _export(path: str, bundle: bytes | None, enabled: bool) -> str | None:
     "secpack sign model.spk --sigstore --export-bundle"
 )
 def sign(
-    package: Annotated[str, typer.Argument(help="Package to sign.")],
-    key: Annotated[str | None, typer.Option("--key", help="Signing private key.")] = None,
+    package: Annotated[str, typer.Argument(metavar="PACKAGE", help="Package to sign.")],
+    key: Annotated[
+        str | None, typer.Option("--key", metavar="KEY", help="Signing private key.")
+    ] = None,
     sigstore: Annotated[
         bool, typer.Option("--sigstore", help="Sign keyless with sigstore.")
     ] = False,
@@ -82,7 +84,8 @@ def sign(
     trust_config: TrustConfigOpt = None,
     export_bundle: ExportOpt = False,
     output: Annotated[
-        str | None, typer.Option("--output", "-o", help="Write a signed copy instead.")
+        str | None,
+        typer.Option("--output", "-o", metavar="FILE", help="Write a signed copy instead."),
     ] = None,
     passphrase_env: PassEnvOpt = None,
     as_json: JsonOpt = False,
@@ -136,7 +139,7 @@ def sign(
 
 @app.command(epilog="Example: secpack signatures model.spk --policy prod.toml")
 def signatures(
-    package: Annotated[str, typer.Argument(help="Package to list.")],
+    package: Annotated[str, typer.Argument(metavar="PACKAGE", help="Package to list.")],
     trust: TrustOpt = None,
     policy: PolicyOpt = None,
     trusted_root: TrustedRootOpt = None,
@@ -185,9 +188,10 @@ def signatures(
 
 @app.command(epilog="Example: secpack unsign model.spk --key-id sha256:1f2e3d4c")
 def unsign(
-    package: Annotated[str, typer.Argument(help="Package to change.")],
+    package: Annotated[str, typer.Argument(metavar="PACKAGE", help="Package to change.")],
     key_id: Annotated[
-        str | None, typer.Option("--key-id", help="Key id (or at least 8 hex digits of it).")
+        str | None,
+        typer.Option("--key-id", metavar="ID", help="Key id (or at least 8 hex digits of it)."),
     ] = None,
     malformed: Annotated[
         bool,
@@ -197,7 +201,8 @@ def unsign(
         ),
     ] = False,
     output: Annotated[
-        str | None, typer.Option("--output", "-o", help="Write the result to a copy instead.")
+        str | None,
+        typer.Option("--output", "-o", metavar="FILE", help="Write the result to a copy instead."),
     ] = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -223,7 +228,9 @@ def unsign(
 
 @trust_app.command("update", epilog="Example: secpack trust update -o trusted_root.json")
 def trust_update(
-    output: Annotated[str, typer.Option("--output", "-o", help="Where to write the trusted root.")],
+    output: Annotated[
+        str, typer.Option("--output", "-o", metavar="FILE", help="Where to write the trusted root.")
+    ],
     staging: Annotated[bool, typer.Option("--staging", help="The staging instance.")] = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -254,7 +261,7 @@ def trust_update(
     "sign", epilog="Example (GitHub Actions, id-token: write): secpack ci sign model.spk"
 )
 def ci_sign(
-    package: Annotated[str, typer.Argument(help="Package to sign.")],
+    package: Annotated[str, typer.Argument(metavar="PACKAGE", help="Package to sign.")],
     trust_config: TrustConfigOpt = None,
     identity_token: TokenOpt = None,
     export_bundle: ExportOpt = True,
