@@ -113,12 +113,6 @@ class Contents:
                 add(("tensor", t.name), t.count)
         return out
 
-    def tensor(self, name: str) -> TensorRecord:
-        for t in self.tensors:
-            if t.name == name:
-                return t
-        raise KeyError(name)
-
 
 def _range(value: Any, where: str) -> tuple[int, int]:
     pair = as_list(value, where, 2, 2)

@@ -238,12 +238,6 @@ class Manifest:
             out["expires"] = self.expires
         return out
 
-    def component(self, name: str) -> Component:
-        for comp in self.components:
-            if comp.name == name:
-                return comp
-        raise KeyError(name)
-
     @property
     def plain_size(self) -> int:
         return sum(c.size for c in self.components)
