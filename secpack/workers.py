@@ -14,6 +14,7 @@ from __future__ import annotations
 import numbers
 import os
 
+from secpack.cpu_quota import cpu_quota
 from secpack.errors import InputError
 
 __all__ = ["MAX_THREADS", "usable_cpus", "worker_threads"]
@@ -33,12 +34,15 @@ _BUDGET = 320 << 20
 
 def usable_cpus() -> int:
     """CPUs this process may run on. ``os.cpu_count()`` counts the machine's, which
-    is too many under ``taskset`` or a cpuset; the affinity mask is what is given.
-    (A cgroup CPU quota, as ``docker --cpus`` sets, is not seen here.)"""
+    is too many under ``taskset`` or a cpuset; the affinity mask is what is given,
+    and a control group's CPU quota (``docker --cpus``, a Kubernetes CPU limit)
+    lowers it further."""
     try:
-        return len(os.sched_getaffinity(0)) or 1
+        cpus = len(os.sched_getaffinity(0)) or 1
     except (AttributeError, OSError):  # not Linux
         return os.cpu_count() or 1
+    quota = cpu_quota()
+    return cpus if quota is None else min(cpus, quota)
 
 
 def worker_threads(requested: int, segment_bytes: int) -> int:

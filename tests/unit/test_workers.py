@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from secpack import workers
+from secpack.cpu_quota import cpu_quota
 from secpack.errors import SecpackError
 
 MiB = 1 << 20
@@ -60,3 +62,123 @@ def test_usable_cpus_follows_the_affinity_mask() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     usable, total = map(int, out.stdout.split())
     assert usable == 1 and total >= 1
+
+
+def _fake_proc(tmp_path: Path, cgroup: str, mountinfo: list[str]) -> str:
+    """A procfs holding only what cpu_quota reads: self/cgroup and self/mountinfo."""
+    proc = tmp_path / "proc"
+    (proc / "self").mkdir(parents=True)
+    (proc / "self" / "cgroup").write_text(cgroup)
+    (proc / "self" / "mountinfo").write_text("".join(line + "\n" for line in mountinfo))
+    return str(proc)
+
+
+def _write(path: Path, text: str) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    for name, value in (line.split("=", 1) for line in text.split(";")):
+        (path / name).write_text(value + "\n")
+
+
+def test_cgroup_v2_quota_is_the_smallest_on_the_way_to_the_root(tmp_path: Path) -> None:
+    """A parent's limit binds its children: 2.5 CPUs below a group of 4 is 3 workers."""
+    mnt = tmp_path / "cg2"
+    _write(mnt, "cpu.max=max 100000")
+    _write(mnt / "kubepods", "cpu.max=400000 100000")
+    _write(mnt / "kubepods" / "pod", "cpu.max=250000 100000")
+    proc = _fake_proc(
+        tmp_path, "0::/kubepods/pod\n", [f"30 23 0:26 / {mnt} rw,nosuid - cgroup2 cgroup2 rw"]
+    )
+    assert cpu_quota(proc) == 3
+    _write(mnt / "kubepods", "cpu.max=100000 100000")  # the parent is the tighter one
+    assert cpu_quota(proc) == 1
+    _write(mnt / "kubepods", "cpu.max=max 100000")
+    _write(mnt / "kubepods" / "pod", "cpu.max=max 100000")
+    assert cpu_quota(proc) is None
+
+
+def test_cgroup_v1_quota_with_joined_controllers(tmp_path: Path) -> None:
+    mnt = tmp_path / "cpu,cpuacct"
+    _write(mnt, "cpu.cfs_quota_us=-1;cpu.cfs_period_us=100000")
+    _write(mnt / "docker" / "abc", "cpu.cfs_quota_us=50000;cpu.cfs_period_us=100000")
+    lines = [
+        f"35 25 0:31 / {mnt} rw,nosuid - cgroup cgroup rw,cpu,cpuacct",
+        f"36 25 0:32 / {tmp_path / 'memory'} rw,nosuid - cgroup cgroup rw,memory",
+    ]
+    proc = _fake_proc(tmp_path, "5:memory:/docker/abc\n4:cpu,cpuacct:/docker/abc\n", lines)
+    assert cpu_quota(proc) == 1  # half a CPU still runs one worker
+
+
+def test_a_container_given_only_its_own_subtree_is_read_at_the_mount(tmp_path: Path) -> None:
+    """Without a cgroup namespace the path is the host's, and the container's mount
+    holds only its own group: the mount's root is /docker/abc."""
+    mnt = tmp_path / "cpu"
+    _write(mnt, "cpu.cfs_quota_us=200000;cpu.cfs_period_us=100000")
+    line = f"35 25 0:31 /docker/abc {mnt} rw - cgroup cgroup rw,cpu"
+    assert cpu_quota(_fake_proc(tmp_path, "4:cpu:/docker/abc\n", [line])) == 2
+    other = _fake_proc(tmp_path / "x", "4:cpu:/elsewhere\n", [line])
+    assert cpu_quota(other) == 2
+
+
+def test_a_mount_point_with_a_space_is_unescaped(tmp_path: Path) -> None:
+    mnt = tmp_path / "cgroup root"
+    _write(mnt / "g", "cpu.max=300000 100000")
+    escaped = str(mnt).replace(" ", "\\040")
+    proc = _fake_proc(tmp_path, "0::/g\n", [f"30 23 0:26 / {escaped} rw - cgroup2 cgroup2 rw"])
+    assert cpu_quota(proc) == 3
+
+
+@pytest.mark.parametrize(
+    "cpu_max", ["", "garbage", "max", "0 100000", "-5 100000", "100000 0", "1 2 3", "\xff"]
+)
+def test_an_unreadable_or_odd_quota_is_no_quota(tmp_path: Path, cpu_max: str) -> None:
+    mnt = tmp_path / "cg2"
+    mnt.mkdir()
+    (mnt / "cpu.max").write_bytes(cpu_max.encode("latin-1"))
+    proc = _fake_proc(tmp_path, "0::/\n", [f"30 23 0:26 / {mnt} rw - cgroup2 cgroup2 rw"])
+    assert cpu_quota(proc) is None
+
+
+def test_no_procfs_is_no_quota(tmp_path: Path) -> None:
+    assert cpu_quota(str(tmp_path / "missing")) is None
+    proc = _fake_proc(tmp_path, "not a cgroup line\n", ["short", "1 2 3 4 5 - cgroup2"])
+    assert cpu_quota(proc) is None
+
+
+def test_usable_cpus_is_capped_by_the_quota(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(workers, "cpu_quota", lambda: 1)
+    assert workers.usable_cpus() == 1
+    monkeypatch.setattr(workers, "cpu_quota", lambda: 10_000)
+    assert workers.usable_cpus() == len(os.sched_getaffinity(0))
+
+
+# Where cgroup v1 mounts its cpu controller on Debian and in most containers.
+_V1_CPU = Path("/sys/fs/cgroup/cpu")
+
+
+@pytest.mark.skipif(
+    not (os.access(_V1_CPU, os.W_OK) and (_V1_CPU / "cgroup.procs").exists()),
+    reason="needs a writable cgroup v1 cpu hierarchy (root in a container that has one)",
+)
+def test_a_real_cgroup_quota_lowers_the_worker_count() -> None:
+    """A child in a real cgroup limited to one CPU runs one worker by default, on a
+    machine whose affinity mask gives it more."""
+    group = _V1_CPU / f"secpack-test-{os.getpid()}"
+    group.mkdir()
+    try:
+        (group / "cpu.cfs_period_us").write_text("100000")
+        (group / "cpu.cfs_quota_us").write_text("100000")
+        code = (
+            "import os, sys\n"
+            f"open({str(group / 'cgroup.procs')!r}, 'w').write(str(os.getpid()))\n"
+            "from secpack.workers import usable_cpus, worker_threads\n"
+            "print(len(os.sched_getaffinity(0)), usable_cpus(), worker_threads(0, 1 << 20))\n"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        )
+        affinity, usable, threads = map(int, out.stdout.split())
+        if affinity == 1:
+            pytest.skip("one CPU in the affinity mask: the quota cannot lower it")
+        assert (usable, threads) == (1, 1), out.stdout
+    finally:
+        group.rmdir()

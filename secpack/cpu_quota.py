@@ -1,0 +1,134 @@
+"""The CPU quota of this process's control groups, as ``docker --cpus``, a
+Kubernetes CPU limit or systemd's ``CPUQuota=`` set it.
+
+The affinity mask does not show a quota: a container limited to 2 CPUs on a
+64-CPU node still sees 64. Threads beyond the quota gain nothing, since the
+kernel throttles the group as a whole, and each worker holds its own buffers.
+So the default worker count follows the quota too, rounded up, as Go (1.25) and
+the JVM do.
+
+Both cgroup versions are read, and every level from the process's group up to
+the mount's root, since a parent's limit binds its children: the smallest one
+counts. Any file that is missing, unreadable or malformed counts as no limit;
+this is a hint for a thread count, never a reason to fail.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+
+__all__ = ["cpu_quota"]
+
+# What a line of /proc/self/mountinfo holds before its " - " separator, at least:
+# mount id, parent id, major:minor, root, mount point.
+_MOUNTINFO_FIELDS = 5
+
+
+def cpu_quota(proc: str = "/proc") -> int | None:
+    """The CPUs the process's control groups allow, rounded up (at least 1), or
+    None where no quota is set or none can be read. ``proc`` is where procfs is
+    mounted; the cgroup file systems are found through its mountinfo."""
+    try:
+        with open(os.path.join(proc, "self", "cgroup"), encoding="utf-8") as f:
+            groups = f.read().splitlines()
+        with open(os.path.join(proc, "self", "mountinfo"), encoding="utf-8") as f:
+            mounts = f.read().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    # The group path per version: v2's one line is "0::/path"; a v1 line names its
+    # controllers, "4:cpu,cpuacct:/path".
+    v2_path: str | None = None
+    v1_path: str | None = None
+    for line in groups:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        if parts[0] == "0" and parts[1] == "":
+            v2_path = parts[2]
+        elif "cpu" in parts[1].split(","):
+            v1_path = parts[2]
+    limits: list[float] = []
+    for line in mounts:
+        fields, sep, tail = line.partition(" - ")
+        head = fields.split(" ")
+        rest = tail.split(" ")
+        if not sep or len(head) < _MOUNTINFO_FIELDS or len(rest) < 3:
+            continue
+        root, point = _unescape(head[3]), _unescape(head[4])
+        fstype, options = rest[0], rest[2].split(",")
+        if fstype == "cgroup2" and v2_path is not None:
+            limits += _walk(point, root, v2_path, _v2_limit)
+        elif fstype == "cgroup" and v1_path is not None and "cpu" in options:
+            limits += _walk(point, root, v1_path, _v1_limit)
+    if not limits:
+        return None
+    return max(1, math.ceil(min(limits)))
+
+
+def _walk(point: str, root: str, path: str, read: Callable[[str], float | None]) -> list[float]:
+    """The limits at every level from the group's directory up to the mount point.
+    A group outside the mount's root (a container given only its own subtree, its
+    path still the host's) is read at the mount point alone."""
+    rel = os.path.relpath(path, root) if root != "/" else path.lstrip("/")
+    if rel == "." or rel.startswith(".."):
+        rel = ""
+    top = os.path.normpath(point)
+    levels = [top]
+    for name in rel.split("/") if rel else []:
+        levels.append(os.path.join(levels[-1], name))
+    return [limit for limit in map(read, levels) if limit is not None]
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="ascii") as f:
+            return f.read(256)
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _v2_limit(directory: str) -> float | None:
+    """``cpu.max``: "QUOTA PERIOD", or "max PERIOD" for none."""
+    text = _read(os.path.join(directory, "cpu.max"))
+    if text is None:
+        return None
+    parts = text.split()
+    if len(parts) != 2 or parts[0] == "max":
+        return None
+    return _ratio(parts[0], parts[1])
+
+
+def _v1_limit(directory: str) -> float | None:
+    """``cpu.cfs_quota_us`` over ``cpu.cfs_period_us``; a quota of -1 is none."""
+    quota = _read(os.path.join(directory, "cpu.cfs_quota_us"))
+    period = _read(os.path.join(directory, "cpu.cfs_period_us"))
+    if quota is None or period is None:
+        return None
+    return _ratio(quota.strip(), period.strip())
+
+
+def _ratio(quota: str, period: str) -> float | None:
+    try:
+        q, p = int(quota), int(period)
+    except ValueError:
+        return None
+    return q / p if q > 0 and p > 0 else None
+
+
+def _unescape(field: str) -> str:
+    """mountinfo writes a space, tab, newline or backslash in a path as an octal
+    escape (\\040)."""
+    if "\\" not in field:
+        return field
+    out, i = [], 0
+    while i < len(field):
+        digits = field[i + 1 : i + 4]
+        if field[i] == "\\" and len(digits) == 3 and all(c in "01234567" for c in digits):
+            out.append(chr(int(digits, 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
