@@ -406,6 +406,7 @@ class Package:
         if prefer is None:
             comp, record = self._find(name, component)
             return self._decode_tensor(comp, record)
+        prefer = _prefer_list(prefer)
         base = component if component is not None else self._base_of(name)
         for choice, held in self._forms(base, prefer):
             comp = self._component(held)
@@ -469,6 +470,7 @@ class Package:
         if prefer is None:
             yield from self._iter_stored(component)
             return
+        prefer = _prefer_list(prefer)
         for choice, held in self._forms(component, prefer):
             with self._lock:
                 self._served[component] = choice
@@ -559,7 +561,7 @@ class Package:
             arrays = self._arrays(component)
             self._served[component] = "exact"
         else:
-            arrays = self._preferred(component, prefer)
+            arrays = self._preferred(component, _prefer_list(prefer))
         if framework == "numpy":
             return arrays
         if framework == "torch":
@@ -623,12 +625,8 @@ class Package:
     def _forms(self, component: str, prefer: Sequence[str]) -> Iterator[tuple[str, str]]:
         """(form, the component that holds it) for each of ``prefer`` that the
         package has and this identity can read, in that order."""
-        if isinstance(prefer, str):  # "int8" would iterate as "i", "n", ...
-            raise ValueError(f"prefer must be a list of forms, e.g. [{prefer!r}]")
         available = self.variants(component)
-        for choice in prefer:
-            if choice not in (*VARIANTS, "exact"):
-                raise ValueError(f"unknown variant {choice!r}")
+        for choice in _prefer_list(prefer):
             if choice not in available:
                 continue
             # A variant not stored because it would change nothing: the exact
@@ -827,6 +825,24 @@ def _scale_table(header: bytes) -> dict[str, list[str]] | None:
         ):
             return None
     return table
+
+
+def _prefer_list(prefer: Sequence[str]) -> list[str]:
+    """``prefer`` as a list, every entry checked up front: a misspelt fallback is
+    refused now, not on the day the forms before it are missing. A string is
+    refused whole ("int8" would iterate as "i", "n", ...), and an iterator is
+    read once, so that an error can still name what was asked."""
+    if isinstance(prefer, str | bytes):
+        raise ValueError(f"prefer must be a list of forms, e.g. [{prefer!r}]")
+    forms = list(prefer)
+    known = (*VARIANTS, "exact")
+    unknown = [c for c in forms if c not in known]
+    if unknown:
+        raise ValueError(
+            f"unknown variant{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(map(repr, unknown))} (the forms are {', '.join(known)})"
+        )
+    return forms
 
 
 def _dequantize(

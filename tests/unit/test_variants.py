@@ -885,8 +885,40 @@ def test_variants_only_keeps_the_exact_weights_that_serve_a_variant(tmp_path: Pa
 def test_prefer_must_be_a_list(small_model: Path, tmp_path: Path) -> None:
     pkg = tmp_path / "v.spk"
     _seal_variant(small_model, pkg, ["int8"])
-    with _open(pkg) as p, pytest.raises(ValueError, match="list of forms"):
-        p.state_dict("weights", prefer="int8")  # type: ignore[arg-type]
+    with _open(pkg) as p:
+        name = next(iter(p.state_dict()))
+        for text in ("int8", b"int8"):
+            with pytest.raises(ValueError, match="list of forms"):
+                p.state_dict("weights", prefer=text)  # type: ignore[arg-type]
+            with pytest.raises(ValueError, match="list of forms"):
+                dict(p.iter_tensors("weights", prefer=text))  # type: ignore[arg-type]
+            with pytest.raises(ValueError, match="list of forms"):
+                p.tensor(name, prefer=text)  # type: ignore[arg-type]
+
+
+def test_a_misspelt_fallback_is_refused_even_when_the_first_form_is_there(
+    small_model: Path, tmp_path: Path
+) -> None:
+    """``["int8", "fp61"]`` works today only because int8 is there: the typo would
+    surface on the day it is not. Every form is checked up front, on every path."""
+    pkg = tmp_path / "v.spk"
+    _seal_variant(small_model, pkg, ["int8"])
+    with _open(pkg) as p:
+        name = next(iter(p.state_dict()))
+        calls = [
+            lambda: p.state_dict("weights", prefer=["int8", "fp61"]),
+            lambda: dict(p.iter_tensors("weights", prefer=["int8", "fp61"])),
+            lambda: p.tensor(name, prefer=["int8", "fp61"]),
+        ]
+        for call in calls:
+            with pytest.raises(ValueError, match="unknown variant 'fp61'"):
+                call()
+        # An iterator is read once: what it asked for still reaches the error.
+        with pytest.raises(SecpackError, match=r"none of \['bf16'\]") as err:
+            dict(p.iter_tensors("weights", prefer=iter(["bf16"])))
+        assert err.value.code == "component.unknown"
+        assert p.state_dict("weights", prefer=iter(["int8"]))
+        assert p.served() == "int8"
 
 
 def test_a_partly_converted_component_keeps_every_file_in_its_variant(tmp_path: Path) -> None:
