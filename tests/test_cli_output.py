@@ -257,6 +257,17 @@ def test_bad_option_values_all_exit_2(
     assert not (tmp_path / "m.spk").exists()
 
 
+@pytest.mark.parametrize("mib", ["0", "17", "-1", "4096"])
+def test_a_segment_size_out_of_range_is_told_in_mib(
+    tmp_path: Path, model_dir: Path, release_key: KeyPair, mib: str
+) -> None:
+    """--segment-size takes MiB; the refusal says so, not the library's bytes."""
+    args = ("seal", model_dir, "-o", tmp_path / "m.spk", "--sign-key", release_key.private)
+    res = fails("input.invalid", *args, "--no-encrypt", "--segment-size", mib)
+    assert f"from 1 to 16 (MiB), not {mib}" in res.stderr, str(res)
+    assert "1048576" not in res.stderr
+
+
 def test_a_refusal_of_the_operation_still_exits_1(tmp_path: Path, release_key: KeyPair) -> None:
     res = fails("input.missing", "verify", tmp_path / "missing.spk", "--trust", release_key.public)
     assert res.returncode == 1, str(res)

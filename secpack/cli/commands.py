@@ -168,6 +168,14 @@ def seal(
             from secpack.api.keyfiles import load_ec_public
 
             required = load_ec_public(require_model_signing)
+        from secpack.package.plan import MAX_SEGMENT, MIN_SEGMENT
+
+        # Said in the option's own unit: the library's bound is in bytes.
+        if not MIN_SEGMENT >> 20 <= segment_mib <= MAX_SEGMENT >> 20:
+            raise ValueError(
+                f"--segment-size must be from {MIN_SEGMENT >> 20} to {MAX_SEGMENT >> 20} "
+                f"(MiB), not {segment_mib}"
+            )
         size_hint = _tree_size(source, follow_symlinks)
         _tune_memory(size_hint)
         bar = progress_for(quiet, as_json, size_hint)
