@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import posixpath
 from collections.abc import Callable
 
 __all__ = ["cpu_quota"]
@@ -30,12 +31,15 @@ def cpu_quota(proc: str = "/proc") -> int | None:
     """The CPUs the process's control groups allow, rounded up (at least 1), or
     None where no quota is set or none can be read. ``proc`` is where procfs is
     mounted; the cgroup file systems are found through its mountinfo."""
+    # Read as bytes and decoded as the file system's names are: a group or a mount
+    # point may have any name but "\n" (escaped in mountinfo, not in cgroup), and
+    # str.splitlines() would also split at "\x1c" or U+2028.
     try:
-        with open(os.path.join(proc, "self", "cgroup"), encoding="utf-8") as f:
-            groups = f.read().splitlines()
-        with open(os.path.join(proc, "self", "mountinfo"), encoding="utf-8") as f:
-            mounts = f.read().splitlines()
-    except (OSError, UnicodeDecodeError):
+        with open(os.path.join(proc, "self", "cgroup"), "rb") as f:
+            groups = os.fsdecode(f.read()).split("\n")
+        with open(os.path.join(proc, "self", "mountinfo"), "rb") as f:
+            mounts = os.fsdecode(f.read()).split("\n")
+    except OSError:
         return None
     # The group path per version: v2's one line is "0::/path"; a v1 line names its
     # controllers, "4:cpu,cpuacct:/path".
@@ -68,15 +72,21 @@ def cpu_quota(proc: str = "/proc") -> int | None:
 
 
 def _walk(point: str, root: str, path: str, read: Callable[[str], float | None]) -> list[float]:
-    """The limits at every level from the group's directory up to the mount point.
-    A group outside the mount's root (a container given only its own subtree, its
-    path still the host's) is read at the mount point alone."""
-    rel = os.path.relpath(path, root) if root != "/" else path.lstrip("/")
-    if rel == "." or rel.startswith(".."):
-        rel = ""
-    top = os.path.normpath(point)
-    levels = [top]
-    for name in rel.split("/") if rel else []:
+    """The limits at every level from the group's directory up to the mount point,
+    where the mount shows the group: its root is the group or one of the group's
+    ancestors (a container's own subtree, mounted without a cgroup namespace, has
+    the group itself as root). A mount of another part of the hierarchy (a bind
+    mount of a sibling group; the part above a nested namespace's root, where the
+    group reads "/../x") says nothing of this process's limits."""
+    # The kernel writes group paths whole ("/a/b"), and a group above the reader's
+    # namespace as "/../x": normpath would turn that into "/x", another group.
+    if not path.startswith("/") or not root.startswith("/") or ".." in path.split("/"):
+        return []
+    rel = posixpath.relpath(posixpath.normpath(path), posixpath.normpath(root))
+    if rel == ".." or rel.startswith("../"):
+        return []
+    levels = [os.path.normpath(point)]
+    for name in rel.split("/") if rel != "." else []:
         levels.append(os.path.join(levels[-1], name))
     return [limit for limit in map(read, levels) if limit is not None]
 

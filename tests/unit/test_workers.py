@@ -115,8 +115,75 @@ def test_a_container_given_only_its_own_subtree_is_read_at_the_mount(tmp_path: P
     _write(mnt, "cpu.cfs_quota_us=200000;cpu.cfs_period_us=100000")
     line = f"35 25 0:31 /docker/abc {mnt} rw - cgroup cgroup rw,cpu"
     assert cpu_quota(_fake_proc(tmp_path, "4:cpu:/docker/abc\n", [line])) == 2
-    other = _fake_proc(tmp_path / "x", "4:cpu:/elsewhere\n", [line])
-    assert cpu_quota(other) == 2
+    below = tmp_path / "cpu" / "job"
+    _write(below, "cpu.cfs_quota_us=100000;cpu.cfs_period_us=100000")
+    assert cpu_quota(_fake_proc(tmp_path / "b", "4:cpu:/docker/abc/job\n", [line])) == 1
+
+
+@pytest.mark.parametrize(
+    ("group", "root"),
+    [
+        ("/elsewhere", "/docker/abc"),  # a mount of another group's subtree
+        ("/rv-mine", "/rv-other"),  # a bind mount of a sibling group
+        ("/docker/abcd", "/docker/abc"),  # a sibling whose name merely extends it
+        ("/../../foo", "/"),  # above a nested cgroup namespace's root
+    ],
+)
+def test_a_mount_that_does_not_show_the_group_gives_no_limit(
+    tmp_path: Path, group: str, root: str
+) -> None:
+    mnt = tmp_path / "cpu"
+    _write(mnt, "cpu.cfs_quota_us=100000;cpu.cfs_period_us=100000")
+    (mnt / "foo").mkdir()  # where "/../../foo" would land if it were normalised
+    (mnt / "foo" / "cpu.cfs_quota_us").write_text("100000")
+    (mnt / "foo" / "cpu.cfs_period_us").write_text("100000")
+    line = f"35 25 0:31 {root} {mnt} rw - cgroup cgroup rw,cpu"
+    assert cpu_quota(_fake_proc(tmp_path, f"4:cpu:{group}\n", [line])) is None
+
+
+def test_a_group_named_like_dots_is_still_below_the_root(tmp_path: Path) -> None:
+    mnt = tmp_path / "cpu"
+    _write(mnt / "..dots", "cpu.cfs_quota_us=100000;cpu.cfs_period_us=100000")
+    line = f"35 25 0:31 / {mnt} rw - cgroup cgroup rw,cpu"
+    assert cpu_quota(_fake_proc(tmp_path, "4:cpu:/..dots\n", [line])) == 1
+
+
+def test_only_the_cpu_controller_counts(tmp_path: Path) -> None:
+    """A v1 mount without the cpu controller is not read, though it holds files of
+    the same names; the group path is the cpu line's, whatever line comes after."""
+    cpu, memory = tmp_path / "cpu", tmp_path / "memory"
+    _write(cpu / "mine", "cpu.cfs_quota_us=300000;cpu.cfs_period_us=100000")
+    _write(memory / "mine", "cpu.cfs_quota_us=100000;cpu.cfs_period_us=100000")
+    _write(memory / "other", "cpu.cfs_quota_us=100000;cpu.cfs_period_us=100000")
+    lines = [
+        f"35 25 0:31 / {cpu} rw - cgroup cgroup rw,cpu,cpuacct",
+        f"36 25 0:32 / {memory} rw - cgroup cgroup rw,memory",
+    ]
+    groups = "4:cpu,cpuacct:/mine\n5:memory:/other\n"
+    assert cpu_quota(_fake_proc(tmp_path, groups, lines)) == 3
+
+
+def test_names_with_any_byte_but_newline(tmp_path: Path) -> None:
+    """A group or a mount point may be named with bytes that are not UTF-8, or with
+    characters str.splitlines() takes for line ends: none of that loses the quota."""
+    mnt = tmp_path / "cg2"
+    names = ["sep\u2028arator", "fs\x1csep", "caf\udce9"]  # the last: byte 0xe9, not UTF-8
+    for name in names:
+        _write(mnt / name, "cpu.max=100000 100000")
+    odd_mount = os.fsencode(str(tmp_path / "caf\udce9")).replace(b" ", b"\\040")
+    for k, name in enumerate(names):
+        proc = tmp_path / f"proc{k}" / "self"
+        proc.mkdir(parents=True)
+        (proc / "cgroup").write_bytes(b"0::/" + os.fsencode(name) + b"\n")
+        (proc / "mountinfo").write_bytes(
+            b"22 1 0:20 / "
+            + odd_mount
+            + b" rw - tmpfs tmpfs rw\n"
+            + b"30 23 0:26 / "
+            + os.fsencode(str(mnt))
+            + b" rw - cgroup2 cgroup2 rw\n"
+        )
+        assert cpu_quota(str(proc.parent)) == 1, name
 
 
 def test_a_mount_point_with_a_space_is_unescaped(tmp_path: Path) -> None:
