@@ -351,6 +351,22 @@ def test_ci_sign_prints_one_line(mock: Path, keyless_package: Path, tmp_path: Pa
     )
 
 
+def test_ci_sign_can_leave_the_bundle_out(
+    mock: Path, keyless_package: Path, tmp_path: Path
+) -> None:
+    """The bundle is written by default; --no-export-bundle leaves it out and still
+    signs the package."""
+    from helpers import run_cli
+
+    pkg = tmp_path / "ci.spk"
+    shutil.copyfile(keyless_package, pkg)
+    env = {"SIGSTORE_ID_TOKEN": _token(), "GITHUB_RUN_ID": "5"}
+    res = run_cli("ci", "sign", pkg, "--trust-config", mock, "--no-export-bundle", env=env)
+    assert res.returncode == 0, str(res)
+    assert not Path(f"{pkg}.sigstore.json").exists()
+    assert pkg.read_bytes() != keyless_package.read_bytes()
+
+
 def test_ci_sign_json_and_a_missing_package_before_any_token(
     mock: Path, keyless_package: Path, tmp_path: Path
 ) -> None:

@@ -107,8 +107,17 @@ def verify(
 
 
 @audit_app.command("export", epilog="Example: secpack audit export --json > audit.json")
-def export(log: LogOpt = None, as_json: JsonOpt = True) -> None:
-    """Write the records as one JSON document (or JSON Lines without --json)."""
+def export(
+    log: LogOpt = None,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json/--jsonl",
+            help="One JSON document (the default), or JSON Lines: one record per line.",
+        ),
+    ] = True,
+) -> None:
+    """Write the records as one JSON document, or as JSON Lines (--jsonl)."""
 
     def action() -> None:
         from secpack.cli.render import write_out

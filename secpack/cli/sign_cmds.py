@@ -44,7 +44,11 @@ TrustConfigOpt = Annotated[
     ),
 ]
 ExportOpt = Annotated[
-    bool, typer.Option("--export-bundle", help="Also write the bundle to PKG.sigstore.json.")
+    bool,
+    typer.Option(
+        "--export-bundle/--no-export-bundle",
+        help="Also write the bundle to PACKAGE.sigstore.json.",
+    ),
 ]
 
 

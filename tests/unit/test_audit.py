@@ -248,6 +248,20 @@ def test_audit_key_signs_every_record_and_a_bad_one_refuses_the_verb(tmp_path: P
     assert len(list(read_log(str(log)))) == 2
 
 
+def test_export_as_one_document_or_as_json_lines(tmp_path: Path) -> None:
+    from helpers import run_cli
+
+    log = tmp_path / "audit.jsonl"
+    _fill(log, 3)
+    whole = run_cli("audit", "export", "--log", log)
+    assert whole.returncode == 0, str(whole)
+    records = json.loads(whole.stdout)["records"]
+    assert len(records) == 3
+    lines = run_cli("audit", "export", "--log", log, "--jsonl")
+    assert lines.returncode == 0, str(lines)
+    assert [json.loads(line) for line in lines.stdout.splitlines()] == records
+
+
 def test_a_log_that_is_not_a_regular_file_or_not_records_is_a_typed_error(
     tmp_path: Path,
 ) -> None:
