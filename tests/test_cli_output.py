@@ -265,6 +265,10 @@ def test_a_segment_size_out_of_range_is_told_in_mib(
     args = ("seal", model_dir, "-o", tmp_path / "m.spk", "--sign-key", release_key.private)
     res = fails("input.invalid", *args, "--no-encrypt", "--segment-size", mib)
     assert f"from 1 to 16 (MiB), not {mib}" in res.stderr, str(res)
+    # Before any key is read: not a missing key's error.
+    missing = ("seal", model_dir, "-o", tmp_path / "m.spk", "--sign-key", tmp_path / "no.key")
+    res = fails("input.invalid", *missing, "--no-encrypt", "--segment-size", mib)
+    assert "(MiB)" in res.stderr, str(res)
     assert "1048576" not in res.stderr
 
 

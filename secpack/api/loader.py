@@ -466,11 +466,18 @@ class Package:
         the same arrays (int8 dequantized to float32, each once its scales are
         in); :meth:`served` says which.
         Every check of :meth:`state_dict` applies; an error stops the iteration.
+        A ``prefer`` that names no form is refused here, before the first tensor.
         """
+        # Not itself a generator: the argument is checked at the call.
+        forms = None if prefer is None else _prefer_list(prefer)
+        return self._iter_tensors(component, forms)
+
+    def _iter_tensors(
+        self, component: str, prefer: list[str] | None
+    ) -> Iterator[tuple[str, np.ndarray]]:
         if prefer is None:
             yield from self._iter_stored(component)
             return
-        prefer = _prefer_list(prefer)
         for choice, held in self._forms(component, prefer):
             with self._lock:
                 self._served[component] = choice

@@ -150,6 +150,15 @@ def seal(
             progress_for,
             write_err,
         )
+        from secpack.package.plan import MAX_SEGMENT, MIN_SEGMENT
+
+        # Checked before any key is read, so that a usage mistake is reported as
+        # one; and in the option's own unit, where the library's bound is in bytes.
+        if not MIN_SEGMENT >> 20 <= segment_mib <= MAX_SEGMENT >> 20:
+            raise ValueError(
+                f"--segment-size must be from {MIN_SEGMENT >> 20} to {MAX_SEGMENT >> 20} "
+                f"(MiB), not {segment_mib}"
+            )
 
         passphrase = passphrase_from_env(passphrase_env)
         keys = [load_signing_key(p, passphrase) for p in sign_key or []]
@@ -168,14 +177,6 @@ def seal(
             from secpack.api.keyfiles import load_ec_public
 
             required = load_ec_public(require_model_signing)
-        from secpack.package.plan import MAX_SEGMENT, MIN_SEGMENT
-
-        # Said in the option's own unit: the library's bound is in bytes.
-        if not MIN_SEGMENT >> 20 <= segment_mib <= MAX_SEGMENT >> 20:
-            raise ValueError(
-                f"--segment-size must be from {MIN_SEGMENT >> 20} to {MAX_SEGMENT >> 20} "
-                f"(MiB), not {segment_mib}"
-            )
         size_hint = _tree_size(source, follow_symlinks)
         _tune_memory(size_hint)
         bar = progress_for(quiet, as_json, size_hint)
