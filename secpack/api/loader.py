@@ -630,10 +630,11 @@ class Package:
             )
 
     def _forms(self, component: str, prefer: Sequence[str]) -> Iterator[tuple[str, str]]:
-        """(form, the component that holds it) for each of ``prefer`` that the
-        package has and this identity can read, in that order."""
+        """(form, the component that holds it) for each of ``prefer`` (already
+        checked by _prefer_list) that the package has and this identity can read,
+        in that order."""
         available = self.variants(component)
-        for choice in _prefer_list(prefer):
+        for choice in prefer:
             if choice not in available:
                 continue
             # A variant not stored because it would change nothing: the exact
