@@ -1,5 +1,6 @@
 """How many worker threads a pipeline runs when the user does not say: every CPU
-this process may use, as far as a memory budget allows.
+this process may use, as far as a memory budget allows (smaller under a
+container's memory limit).
 
 Each worker holds a few segments at once (its input, the planes, the compressed
 and the sealed forms, and its results waiting in the ordered window), so peak
@@ -14,10 +15,10 @@ from __future__ import annotations
 import numbers
 import os
 
-from secpack.cpu_quota import cpu_quota
+from secpack.cgroups import cpu_quota, memory_limit
 from secpack.errors import InputError
 
-__all__ = ["MAX_THREADS", "usable_cpus", "worker_threads"]
+__all__ = ["MAX_THREADS", "memory_budget", "usable_cpus", "worker_threads"]
 
 # An explicit thread count above this is a mistake, not a machine: each worker
 # holds several segments, so 10^9 of them would only exhaust memory.
@@ -30,6 +31,11 @@ _SEGMENTS_PER_WORKER = 8
 # libraries (about 70 MB) this keeps seal and open under 512 MiB on any machine:
 # 10 workers at 4 MiB segments, 2 at 16 MiB.
 _BUDGET = 320 << 20
+# Under a control group's memory limit, the workers get half of what is left
+# after this much for the interpreter, numpy and the libraries (about 70 MB
+# measured) and the main thread's own buffers; the other half stays for the page
+# cache and the caller, since the limit counts both.
+_BASELINE = 128 << 20
 
 
 def usable_cpus() -> int:
@@ -65,4 +71,13 @@ def worker_threads(requested: int, segment_bytes: int) -> int:
     if requested > 0:
         return requested
     per_worker = _SEGMENTS_PER_WORKER * max(segment_bytes, 1)
-    return max(1, min(usable_cpus(), _BUDGET // per_worker))
+    return max(1, min(usable_cpus(), memory_budget() // per_worker))
+
+
+def memory_budget() -> int:
+    """What the workers together may hold: _BUDGET, or less under a control
+    group's memory limit (``docker --memory``, a Kubernetes memory limit)."""
+    limit = memory_limit()
+    if limit is None:
+        return _BUDGET
+    return max(0, min(_BUDGET, (limit - _BASELINE) // 2))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from secpack import workers
-from secpack.cpu_quota import cpu_quota
+from secpack.cgroups import cpu_quota, memory_limit
 from secpack.errors import SecpackError
 
 MiB = 1 << 20
@@ -47,7 +47,29 @@ def test_the_default_is_capped_by_the_memory_budget(
     monkeypatch: pytest.MonkeyPatch, cpus: int, segment: int, expected: int
 ) -> None:
     monkeypatch.setattr(workers, "usable_cpus", lambda: cpus)
+    monkeypatch.setattr(workers, "memory_limit", lambda: None)  # whatever this host's is
     assert workers.worker_threads(0, segment) == expected
+
+
+@pytest.mark.parametrize(
+    ("limit_mib", "budget_mib", "expected"),
+    [
+        (None, 320, 10),  # no limit: the fixed budget
+        (8192, 320, 10),  # a roomy limit changes nothing
+        (512, 192, 6),  # (512 - 128) / 2
+        (256, 64, 2),
+        (192, 32, 1),
+        (100, 0, 1),  # below the baseline: still one worker
+    ],
+)
+def test_a_memory_limit_lowers_the_budget(
+    monkeypatch: pytest.MonkeyPatch, limit_mib: int | None, budget_mib: int, expected: int
+) -> None:
+    limit = None if limit_mib is None else limit_mib * MiB
+    monkeypatch.setattr(workers, "memory_limit", lambda: limit)
+    monkeypatch.setattr(workers, "usable_cpus", lambda: 64)
+    assert workers.memory_budget() == budget_mib * MiB
+    assert workers.worker_threads(0, 4 * MiB) == expected
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs CPU affinity")
@@ -211,6 +233,30 @@ def test_no_procfs_is_no_quota(tmp_path: Path) -> None:
     assert cpu_quota(proc) is None
 
 
+def test_memory_limits_v1_and_v2(tmp_path: Path) -> None:
+    """The smallest limit on the way up counts; v1's "no limit" is its largest
+    page-aligned number, v2's is "max"."""
+    v2 = tmp_path / "cg2"
+    _write(v2, "memory.max=max")
+    _write(v2 / "pod", "memory.max=1073741824")
+    _write(v2 / "pod" / "app", "memory.max=max")
+    line = f"30 23 0:26 / {v2} rw - cgroup2 cgroup2 rw"
+    assert memory_limit(_fake_proc(tmp_path / "a", "0::/pod/app\n", [line])) == 1 << 30
+    assert cpu_quota(_fake_proc(tmp_path / "b", "0::/pod/app\n", [line])) is None
+    v1 = tmp_path / "memory"
+    _write(v1, "memory.limit_in_bytes=9223372036854771712")
+    _write(v1 / "job", "memory.limit_in_bytes=536870912")
+    lines = [
+        f"35 25 0:31 / {tmp_path / 'cpu'} rw - cgroup cgroup rw,cpu",
+        f"36 25 0:32 / {v1} rw - cgroup cgroup rw,memory",
+    ]
+    groups = "4:cpu:/\n5:memory:/job\n"
+    assert memory_limit(_fake_proc(tmp_path / "c", groups, lines)) == 512 * MiB
+    assert memory_limit(_fake_proc(tmp_path / "d", "4:cpu:/\n5:memory:/\n", lines)) is None
+    _write(v1 / "job", "memory.limit_in_bytes=garbage")
+    assert memory_limit(_fake_proc(tmp_path / "e", groups, lines)) is None
+
+
 def test_usable_cpus_is_capped_by_the_quota(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(workers, "cpu_quota", lambda: 1)
     assert workers.usable_cpus() == 1
@@ -247,5 +293,49 @@ def test_a_real_cgroup_quota_lowers_the_worker_count() -> None:
         if affinity == 1:
             pytest.skip("one CPU in the affinity mask: the quota cannot lower it")
         assert (usable, threads) == (1, 1), out.stdout
+    finally:
+        group.rmdir()
+
+
+def _own_v1_memory_group() -> Path | None:
+    """This process's own cgroup v1 memory directory, where it has one."""
+    mount = Path("/sys/fs/cgroup/memory")
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if "memory" in controllers.split(","):
+            own = mount / path.lstrip("/")
+            return own if (own / "cgroup.procs").exists() else None
+    return None
+
+
+_V1_MEMORY = _own_v1_memory_group() if Path("/proc/self/cgroup").exists() else None
+
+
+@pytest.mark.skipif(
+    _V1_MEMORY is None or not os.access(_V1_MEMORY, os.W_OK),
+    reason="needs a writable cgroup v1 memory hierarchy (root in a container that has one)",
+)
+def test_a_real_memory_limit_lowers_the_worker_count() -> None:
+    """A child in a real cgroup limited to 192 MiB runs one worker at 4 MiB
+    segments (a budget of 32 MiB), where the CPUs alone would give it more. The
+    group is made below this process's own, and removed."""
+    assert _V1_MEMORY is not None
+    group = _V1_MEMORY / f"secpack-test-{os.getpid()}"
+    group.mkdir()
+    try:
+        (group / "memory.limit_in_bytes").write_text(str(192 * MiB))
+        code = (
+            "import os\n"
+            f"open({str(group / 'cgroup.procs')!r}, 'w').write(str(os.getpid()))\n"
+            "from secpack.workers import memory_budget, usable_cpus, worker_threads\n"
+            "print(usable_cpus(), memory_budget(), worker_threads(0, 4 << 20))\n"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        )
+        cpus, budget, threads = map(int, out.stdout.split())
+        if cpus == 1:
+            pytest.skip("one usable CPU: the memory limit cannot lower the count")
+        assert (budget, threads) == (32 * MiB, 1), out.stdout
     finally:
         group.rmdir()

@@ -1,11 +1,13 @@
-"""The CPU quota of this process's control groups, as ``docker --cpus``, a
-Kubernetes CPU limit or systemd's ``CPUQuota=`` set it.
+"""The limits this process's control groups set: a CPU quota (``docker --cpus``,
+a Kubernetes CPU limit, systemd's ``CPUQuota=``) and a memory limit
+(``docker --memory``, a Kubernetes memory limit).
 
-The affinity mask does not show a quota: a container limited to 2 CPUs on a
-64-CPU node still sees 64. Threads beyond the quota gain nothing, since the
-kernel throttles the group as a whole, and each worker holds its own buffers.
-So the default worker count follows the quota too, rounded up, as Go (1.25) and
-the JVM do.
+Neither shows anywhere else. A container limited to 2 CPUs on a 64-CPU node
+still sees 64 in its affinity mask, and one limited to 512 MiB still sees the
+node's memory. Threads beyond the quota gain nothing, since the kernel throttles
+the group as a whole, and each worker holds its own buffers: so the default
+worker count follows both (secpack.workers). A quota is rounded up, as Go (1.25)
+and the JVM do.
 
 Both cgroup versions are read, and every level from the process's group up to
 the mount's root, since a parent's limit binds its children: the smallest one
@@ -20,7 +22,7 @@ import os
 import posixpath
 from collections.abc import Callable
 
-__all__ = ["cpu_quota"]
+__all__ = ["cpu_quota", "memory_limit"]
 
 # What a line of /proc/self/mountinfo holds before its " - " separator, at least:
 # mount id, parent id, major:minor, root, mount point.
@@ -31,6 +33,25 @@ def cpu_quota(proc: str = "/proc") -> int | None:
     """The CPUs the process's control groups allow, rounded up (at least 1), or
     None where no quota is set or none can be read. ``proc`` is where procfs is
     mounted; the cgroup file systems are found through its mountinfo."""
+    limits = _limits(proc, "cpu", _v1_cpu, _v2_cpu)
+    return max(1, math.ceil(min(limits))) if limits else None
+
+
+def memory_limit(proc: str = "/proc") -> int | None:
+    """The bytes of memory the process's control groups allow, or None where no
+    limit is set or none can be read."""
+    limits = _limits(proc, "memory", _v1_memory, _v2_memory)
+    return int(min(limits)) if limits else None
+
+
+def _limits(
+    proc: str,
+    controller: str,
+    v1_read: Callable[[str], float | None],
+    v2_read: Callable[[str], float | None],
+) -> list[float]:
+    """Every limit of ``controller`` on the way from the process's groups up to
+    their mounts' roots, in either cgroup version."""
     # Read as bytes and decoded as the file system's names are: a group or a mount
     # point may have any name but "\n" (escaped in mountinfo, not in cgroup), and
     # str.splitlines() would also split at "\x1c" or U+2028.
@@ -40,7 +61,7 @@ def cpu_quota(proc: str = "/proc") -> int | None:
         with open(os.path.join(proc, "self", "mountinfo"), "rb") as f:
             mounts = os.fsdecode(f.read()).split("\n")
     except OSError:
-        return None
+        return []
     # The group path per version: v2's one line is "0::/path"; a v1 line names its
     # controllers, "4:cpu,cpuacct:/path".
     v2_path: str | None = None
@@ -51,7 +72,7 @@ def cpu_quota(proc: str = "/proc") -> int | None:
             continue
         if parts[0] == "0" and parts[1] == "":
             v2_path = parts[2]
-        elif "cpu" in parts[1].split(","):
+        elif controller in parts[1].split(","):
             v1_path = parts[2]
     limits: list[float] = []
     for line in mounts:
@@ -63,12 +84,10 @@ def cpu_quota(proc: str = "/proc") -> int | None:
         root, point = _unescape(head[3]), _unescape(head[4])
         fstype, options = rest[0], rest[2].split(",")
         if fstype == "cgroup2" and v2_path is not None:
-            limits += _walk(point, root, v2_path, _v2_limit)
-        elif fstype == "cgroup" and v1_path is not None and "cpu" in options:
-            limits += _walk(point, root, v1_path, _v1_limit)
-    if not limits:
-        return None
-    return max(1, math.ceil(min(limits)))
+            limits += _walk(point, root, v2_path, v2_read)
+        elif fstype == "cgroup" and v1_path is not None and controller in options:
+            limits += _walk(point, root, v1_path, v1_read)
+    return limits
 
 
 def _walk(point: str, root: str, path: str, read: Callable[[str], float | None]) -> list[float]:
@@ -99,7 +118,7 @@ def _read(path: str) -> str | None:
         return None
 
 
-def _v2_limit(directory: str) -> float | None:
+def _v2_cpu(directory: str) -> float | None:
     """``cpu.max``: "QUOTA PERIOD", or "max PERIOD" for none."""
     text = _read(os.path.join(directory, "cpu.max"))
     if text is None:
@@ -110,13 +129,36 @@ def _v2_limit(directory: str) -> float | None:
     return _ratio(parts[0], parts[1])
 
 
-def _v1_limit(directory: str) -> float | None:
+def _v1_cpu(directory: str) -> float | None:
     """``cpu.cfs_quota_us`` over ``cpu.cfs_period_us``; a quota of -1 is none."""
     quota = _read(os.path.join(directory, "cpu.cfs_quota_us"))
     period = _read(os.path.join(directory, "cpu.cfs_period_us"))
     if quota is None or period is None:
         return None
     return _ratio(quota.strip(), period.strip())
+
+
+# cgroup v1 writes "no limit" as the largest page-aligned signed 64-bit number
+# (9223372036854771712); anything from 2^62 bytes up is taken as none.
+_NO_LIMIT = 1 << 62
+
+
+def _v2_memory(directory: str) -> float | None:
+    """``memory.max``: bytes, or "max" for none."""
+    return _bytes(_read(os.path.join(directory, "memory.max")))
+
+
+def _v1_memory(directory: str) -> float | None:
+    """``memory.limit_in_bytes``."""
+    return _bytes(_read(os.path.join(directory, "memory.limit_in_bytes")))
+
+
+def _bytes(text: str | None) -> float | None:
+    try:
+        value = int((text or "").strip())
+    except ValueError:
+        return None
+    return value if 0 < value < _NO_LIMIT else None
 
 
 def _ratio(quota: str, period: str) -> float | None:
