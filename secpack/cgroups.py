@@ -2,9 +2,9 @@
 a Kubernetes CPU limit, systemd's ``CPUQuota=``) and a memory limit
 (``docker --memory``, a Kubernetes memory limit).
 
-Neither shows anywhere else. A container limited to 2 CPUs on a 64-CPU node
-still sees 64 in its affinity mask, and one limited to 512 MiB still sees the
-node's memory. Threads beyond the quota gain nothing, since the kernel throttles
+Neither shows where a process usually looks. A container limited to 2 CPUs on
+a 64-CPU node still sees 64 in its affinity mask, and one limited to 512 MiB
+still sees the node's memory. Threads beyond the quota gain nothing, since the kernel throttles
 the group as a whole, and each worker holds its own buffers: so the default
 worker count follows both (secpack.workers). A quota is rounded up, as Go (1.25)
 and the JVM do.
