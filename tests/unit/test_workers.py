@@ -264,6 +264,29 @@ def test_usable_cpus_is_capped_by_the_quota(monkeypatch: pytest.MonkeyPatch) -> 
     assert workers.usable_cpus() == len(os.sched_getaffinity(0))
 
 
+def _in_new_group(parent: Path, limits: dict[str, str], probe: str) -> list[int]:
+    """Make a real cgroup below ``parent`` with ``limits`` (file -> value), run a
+    child that joins it before it imports secpack and prints the integers of
+    ``probe`` (Python, over secpack.workers), and remove the group again."""
+    group = parent / f"secpack-test-{os.getpid()}"
+    group.mkdir()
+    try:
+        for name, value in limits.items():
+            (group / name).write_text(value)
+        code = (
+            "import os\n"
+            f"open({str(group / 'cgroup.procs')!r}, 'w').write(str(os.getpid()))\n"
+            "from secpack import workers\n"
+            f"print(*({probe}))\n"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        )
+        return [int(word) for word in out.stdout.split()]
+    finally:
+        group.rmdir()
+
+
 # Where cgroup v1 mounts its cpu controller on Debian and in most containers.
 _V1_CPU = Path("/sys/fs/cgroup/cpu")
 
@@ -275,26 +298,14 @@ _V1_CPU = Path("/sys/fs/cgroup/cpu")
 def test_a_real_cgroup_quota_lowers_the_worker_count() -> None:
     """A child in a real cgroup limited to one CPU runs one worker by default, on a
     machine whose affinity mask gives it more."""
-    group = _V1_CPU / f"secpack-test-{os.getpid()}"
-    group.mkdir()
-    try:
-        (group / "cpu.cfs_period_us").write_text("100000")
-        (group / "cpu.cfs_quota_us").write_text("100000")
-        code = (
-            "import os, sys\n"
-            f"open({str(group / 'cgroup.procs')!r}, 'w').write(str(os.getpid()))\n"
-            "from secpack.workers import usable_cpus, worker_threads\n"
-            "print(len(os.sched_getaffinity(0)), usable_cpus(), worker_threads(0, 1 << 20))\n"
-        )
-        out = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, check=True
-        )
-        affinity, usable, threads = map(int, out.stdout.split())
-        if affinity == 1:
-            pytest.skip("one CPU in the affinity mask: the quota cannot lower it")
-        assert (usable, threads) == (1, 1), out.stdout
-    finally:
-        group.rmdir()
+    one_cpu = {"cpu.cfs_period_us": "100000", "cpu.cfs_quota_us": "100000"}
+    probe = (
+        "len(os.sched_getaffinity(0)), workers.usable_cpus(), workers.worker_threads(0, 1 << 20)"
+    )
+    affinity, usable, threads = _in_new_group(_V1_CPU, one_cpu, probe)
+    if affinity == 1:
+        pytest.skip("one CPU in the affinity mask: the quota cannot lower it")
+    assert (usable, threads) == (1, 1)
 
 
 def _own_v1_memory_group() -> Path | None:
@@ -318,24 +329,11 @@ _V1_MEMORY = _own_v1_memory_group() if Path("/proc/self/cgroup").exists() else N
 def test_a_real_memory_limit_lowers_the_worker_count() -> None:
     """A child in a real cgroup limited to 192 MiB runs one worker at 4 MiB
     segments (a budget of 32 MiB), where the CPUs alone would give it more. The
-    group is made below this process's own, and removed."""
+    group is made below this process's own."""
     assert _V1_MEMORY is not None
-    group = _V1_MEMORY / f"secpack-test-{os.getpid()}"
-    group.mkdir()
-    try:
-        (group / "memory.limit_in_bytes").write_text(str(192 * MiB))
-        code = (
-            "import os\n"
-            f"open({str(group / 'cgroup.procs')!r}, 'w').write(str(os.getpid()))\n"
-            "from secpack.workers import memory_budget, usable_cpus, worker_threads\n"
-            "print(usable_cpus(), memory_budget(), worker_threads(0, 4 << 20))\n"
-        )
-        out = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, check=True
-        )
-        cpus, budget, threads = map(int, out.stdout.split())
-        if cpus == 1:
-            pytest.skip("one usable CPU: the memory limit cannot lower the count")
-        assert (budget, threads) == (32 * MiB, 1), out.stdout
-    finally:
-        group.rmdir()
+    limit = {"memory.limit_in_bytes": str(192 * MiB)}
+    probe = "workers.usable_cpus(), workers.memory_budget(), workers.worker_threads(0, 4 << 20)"
+    cpus, budget, threads = _in_new_group(_V1_MEMORY, limit, probe)
+    if cpus == 1:
+        pytest.skip("one usable CPU: the memory limit cannot lower the count")
+    assert (budget, threads) == (32 * MiB, 1)
