@@ -232,7 +232,11 @@ def peers_section(results: list[DatasetResult], runs: int, chart: str | None) ->
         "memory is reused; a `state_dict` keeps every array, and each fresh page costs a "
         "fault on first touch (here about 0.65 ms per MiB in 4 KiB pages; the loader asks "
         "for huge pages for buffers of 2 MiB and more, about 0.12 ms per MiB). "
-        "`iter_tensors` drops each array "
+        "On this virtual machine a first touch of memory it has not used since boot "
+        "(after the page cache was dropped, say) costs far more: one `state_dict` of "
+        "the 1 GiB model spent 2.0 s in the kernel, 43 % of its samples zeroing pages "
+        "(`perf`, `clear_page_erms`), against 0.38 s in a run on reused memory; that "
+        "is the spread of the `state_dict` rows. `iter_tensors` drops each array "
         "once seen, like the codec harness: it is the like-for-like row. Every secpack "
         "load also checks the SHA-256 of every stored byte and decrypts it with "
         "AES-256-GCM (here about 1.4-1.7 and 2-3 GB/s per core), which the codecs do not.",
