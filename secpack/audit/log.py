@@ -184,9 +184,21 @@ def append(
                 "value": base64.b64encode(signing.sign(sign, _canonical(record))).decode(),
             }
         line = _canonical(record) + b"\n"
-        os.write(fd, line)
-        os.fsync(fd)
-        _write_head(path, seq, _line_hash(line))
+        end = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            view = memoryview(line)
+            while view:  # a full disk may take part of the line, then refuse the rest
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+            _write_head(path, seq, _line_hash(line))
+        except BaseException:
+            # The record is not written, whatever part of it reached the file: the log
+            # is cut back to where it ended, so that it and its head file still agree
+            # (a torn last line would make every later append audit.corrupt).
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, end)
+                os.fsync(fd)
+            raise
         return record
 
 
@@ -196,11 +208,16 @@ def _write_head(path: str, seq: int, digest: str) -> None:
     head = path + ".head"
     remove_stale(head)
     tmp = temp_name(head)
-    with open(tmp, "w", encoding="ascii") as fh:
-        json.dump({"seq": seq, "hash": digest}, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, head)
+    try:
+        with open(tmp, "w", encoding="ascii") as fh:
+            json.dump({"seq": seq, "hash": digest}, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, head)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def read_log(path: str | None = None) -> Iterator[tuple[int, bytes]]:

@@ -334,3 +334,71 @@ def test_required_audit_refuses_a_verb_whose_record_cannot_be_written(
     monkeypatch.setenv("SECPACK_AUDIT", "on")
     seal(str(model), str(tmp_path / "p.spk"), encrypt=False, sign_keys=keys)
     assert (tmp_path / "p.spk").exists()
+
+
+def _append_under_file_size_limit(path: str, room: int) -> str:
+    """In a child process whose files may grow only ``room`` bytes past the log's
+    current size (RLIMIT_FSIZE: the kernel writes what fits, then refuses with
+    EFBIG, as a full disk does with ENOSPC), append one record; the error code."""
+    code = (
+        "import os, resource, signal, sys\n"
+        "from secpack.audit.log import append\n"
+        "from secpack.errors import SecpackError\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        f"limit = os.path.getsize({path!r}) + {room}\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))\n"
+        "try:\n"
+        f"    append('verify', outcome='ok', path={path!r})\n"
+        "except SecpackError as exc:\n"
+        "    print(exc.code)\n"
+        "else:\n"
+        "    print('written')\n"
+    )
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
+@pytest.mark.parametrize("room", [0, 1, 40])
+def test_a_record_the_disk_takes_only_part_of_is_not_left_torn(tmp_path: Path, room: int) -> None:
+    """A write cut short (a full disk) left part of a record at the end of the log:
+    every later append was then audit.corrupt, and `audit verify` said tampered.
+    The log is cut back to where it was, and the next append succeeds."""
+    log = tmp_path / "audit.jsonl"
+    _fill(log, 3)
+    before = log.read_bytes()
+    head = (tmp_path / "audit.jsonl.head").read_bytes()
+    assert _append_under_file_size_limit(str(log), room) == "audit.io"
+    assert log.read_bytes() == before
+    assert (tmp_path / "audit.jsonl.head").read_bytes() == head
+    assert verify_log(str(log)) is None
+    append("verify", outcome="ok", path=str(log))
+    assert len(list(read_log(str(log)))) == 4
+    assert verify_log(str(log)) is None
+
+
+def test_a_head_that_cannot_be_replaced_takes_the_record_back(tmp_path: Path) -> None:
+    """The record went in but its head file could not be replaced: the log said
+    tampered (last record and head disagree) and a temporary was left behind. The
+    record is taken back out, so that log and head still agree."""
+    log = tmp_path / "audit.jsonl"
+    _fill(log, 2)
+    before = log.read_bytes()
+    head = tmp_path / "audit.jsonl.head"
+    kept = head.read_bytes()
+    head.unlink()
+    head.mkdir()  # os.replace cannot put a file over a non-empty directory
+    (head / "x").write_text("x")
+    with pytest.raises(SecpackError) as err:
+        append("verify", outcome="ok", path=str(log))
+    assert err.value.code == "audit.io"
+    assert log.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["audit.jsonl", "audit.jsonl.head"]
+    (head / "x").unlink()
+    head.rmdir()
+    head.write_bytes(kept)
+    assert verify_log(str(log)) is None
+    append("verify", outcome="ok", path=str(log))
+    assert verify_log(str(log)) is None
