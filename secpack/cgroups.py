@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import os
 import posixpath
+import stat
 from collections.abc import Callable
 
 __all__ = ["cpu_quota", "memory_limit"]
@@ -55,13 +56,12 @@ def _limits(
     # Read as bytes and decoded as the file system's names are: a group or a mount
     # point may have any name but "\n" (escaped in mountinfo, not in cgroup), and
     # str.splitlines() would also split at "\x1c" or U+2028.
-    try:
-        with open(os.path.join(proc, "self", "cgroup"), "rb") as f:
-            groups = os.fsdecode(f.read()).split("\n")
-        with open(os.path.join(proc, "self", "mountinfo"), "rb") as f:
-            mounts = os.fsdecode(f.read()).split("\n")
-    except OSError:
+    cgroup = _read_proc(os.path.join(proc, "self", "cgroup"))
+    mountinfo = _read_proc(os.path.join(proc, "self", "mountinfo"))
+    if cgroup is None or mountinfo is None:
         return []
+    groups = os.fsdecode(cgroup).split("\n")
+    mounts = os.fsdecode(mountinfo).split("\n")
     # The group path per version: v2's one line is "0::/path"; a v1 line names its
     # controllers, "4:cpu,cpuacct:/path".
     v2_path: str | None = None
@@ -90,6 +90,34 @@ def _limits(
     return limits
 
 
+# /proc/self/mountinfo of a host with many mounts (a Kubernetes node) runs to a few
+# hundred KB; past this much it is not a file to scan for a thread count.
+_PROC_MAX = 4 << 20
+
+
+def _read_proc(path: str) -> bytes | None:
+    """A whole procfs file, read without blocking; None if it is not a regular
+    file, cannot be read, or is past _PROC_MAX."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        chunks, total = [], 0
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > _PROC_MAX:
+                return None
+        return b"".join(chunks)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
 def _walk(point: str, root: str, path: str, read: Callable[[str], float | None]) -> list[float]:
     """The limits at every level from the group's directory up to the mount point,
     where the mount shows the group: its root is the group or one of the group's
@@ -111,11 +139,21 @@ def _walk(point: str, root: str, path: str, read: Callable[[str], float | None])
 
 
 def _read(path: str) -> str | None:
+    """The start of a control file, or None. Opened without blocking and read only
+    if it is a regular file, as every cgroup file is: a FIFO or a device put at its
+    name would otherwise stop the process here."""
     try:
-        with open(path, encoding="ascii") as f:
-            return f.read(256)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except (OSError, ValueError):  # ValueError: a NUL in the group's name
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return os.read(fd, 256).decode("ascii")
     except (OSError, UnicodeDecodeError):
         return None
+    finally:
+        os.close(fd)
 
 
 def _v2_cpu(directory: str) -> float | None:

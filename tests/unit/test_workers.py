@@ -337,3 +337,22 @@ def test_a_real_memory_limit_lowers_the_worker_count() -> None:
     if cpus == 1:
         pytest.skip("one usable CPU: the memory limit cannot lower the count")
     assert (budget, threads) == (32 * MiB, 1)
+
+
+def test_odd_control_files_give_no_limit_and_never_block(tmp_path: Path) -> None:
+    """A NUL in a group's name, a FIFO or a directory where a control file should
+    be: no limit, at once (a FIFO read would have waited for a writer for ever)."""
+    mnt = tmp_path / "cg2"
+    (mnt / "grp").mkdir(parents=True)
+    os.mkfifo(mnt / "grp" / "memory.max")
+    (mnt / "grp" / "cpu.max").mkdir()
+    line = f"30 23 0:26 / {mnt} rw - cgroup2 cgroup2 rw"
+    proc = _fake_proc(tmp_path / "a", "0::/grp\n", [line])
+    assert (cpu_quota(proc), memory_limit(proc)) == (None, None)
+    nul = _fake_proc(tmp_path / "b", "0::/grp\0x\n", [line])
+    assert (cpu_quota(nul), memory_limit(nul)) == (None, None)
+    fifo_proc = tmp_path / "c" / "proc"
+    (fifo_proc / "self").mkdir(parents=True)
+    os.mkfifo(fifo_proc / "self" / "cgroup")
+    (fifo_proc / "self" / "mountinfo").write_text(line + "\n")
+    assert cpu_quota(str(fifo_proc)) is None
