@@ -9,9 +9,10 @@ with the same status."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -275,3 +276,77 @@ def test_a_segment_size_out_of_range_is_told_in_mib(
 def test_a_refusal_of_the_operation_still_exits_1(tmp_path: Path, release_key: KeyPair) -> None:
     res = fails("input.missing", "verify", tmp_path / "missing.spk", "--trust", release_key.public)
     assert res.returncode == 1, str(res)
+
+
+def _under_address_limit(
+    mib: int, args: Sequence[str | os.PathLike[str]]
+) -> tuple[int, dict[str, Any]]:
+    """``secpack ARGS --json`` in a process limited to ``mib`` MiB of address space
+    (RLIMIT_AS, ``ulimit -v``): its exit status and its JSON report ({} if none)."""
+    import json
+    import resource
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (mib << 20, mib << 20))
+
+    res = subprocess.run(
+        [sys.executable, "-m", "secpack", *(os.fspath(a) for a in args), "--json"],
+        env=clean_env({"SECPACK_AUDIT": "off"}),
+        preexec_fn=limit,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert "Traceback" not in res.stderr, res.stderr
+    try:
+        return res.returncode, json.loads(res.stdout)
+    except ValueError:
+        return res.returncode, {}
+
+
+@pytest.mark.parametrize("verb", ["seal", "open"])
+def test_just_too_little_memory_is_limit_exceeded(
+    tmp_path: Path,
+    model_dir: Path,
+    sealed: Path,
+    release_key: KeyPair,
+    server_key: KeyPair,
+    verb: str,
+) -> None:
+    """Run out of memory, and the report was ``error[internal]`` with a Python type
+    name (a MemoryError, a thread that would not start, zstd's allocation error),
+    or ``output.io`` for a library that could not be mapped. Found by halving the
+    address-space limit between one that is enough and one that is not, the run
+    just below enough fails inside secpack's own work: it must say
+    ``limit.exceeded`` and what asks for less, and leave nothing behind."""
+    out = tmp_path / "out"
+    args: tuple[str | os.PathLike[str], ...]
+    if verb == "seal":
+        args = ("seal", model_dir, "-o", out, "--sign-key", release_key.private)
+        args += ("--recipient", server_key.public)
+    else:
+        args = ("open", sealed, "-o", out, "--identity", server_key.private)
+        args += ("--trust", release_key.public)
+
+    def remove() -> None:
+        if out.is_dir():
+            shutil.rmtree(out)
+        else:
+            out.unlink()
+
+    enough, short, last = 2048, 32, {}
+    rc, _ = _under_address_limit(enough, args)
+    assert rc == 0
+    remove()
+    while enough - short > 8:
+        mid = (enough + short) // 2
+        rc, report = _under_address_limit(mid, args)
+        if rc == 0:
+            enough = mid
+            remove()
+        else:
+            short, last = mid, report
+    assert last.get("error", {}).get("code") == "limit.exceeded", (short, last)
+    assert "--threads 1" in last["error"]["message"]
+    assert list(tmp_path.iterdir()) == []

@@ -7,6 +7,7 @@ strings they were compiled and evaluated each time, 30 ms of every command.
 """
 
 import contextlib
+import errno
 import os
 import sys
 from collections.abc import Callable
@@ -199,20 +200,53 @@ def _run(as_json: bool, action: Callable[[], None]) -> None:
             raise
         fail(SecpackError("input.invalid", str(exc)), as_json)
         raise typer.Exit(exit_status("input.invalid")) from None
-    except OSError as exc:
-        from secpack.cli.render import fail
-
-        if os.environ.get("SECPACK_DEBUG"):
-            raise
-        fail(SecpackError("output.io", f"{exc.strerror or exc}: {exc.filename or ''}"), as_json)
-        raise typer.Exit(1) from None
     except Exception as exc:
         from secpack.cli.render import fail
 
         if os.environ.get("SECPACK_DEBUG"):
             raise
+        if _out_of_resources(exc):
+            # Out of memory or of threads (ulimit -v, a container's limits), here or
+            # in a module imported late: a limit of this machine, said as one, with
+            # what asks for less.
+            first = next((line for line in str(exc).splitlines() if line.strip()), "")
+            said = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+            fail(
+                SecpackError(
+                    "limit.exceeded",
+                    f"out of memory or threads ({said}); "
+                    "--threads 1 and a smaller --segment-size need less",
+                ),
+                as_json,
+            )
+            raise typer.Exit(exit_status("limit.exceeded")) from None
+        if isinstance(exc, OSError):
+            fail(SecpackError("output.io", f"{exc.strerror or exc}: {exc.filename or ''}"), as_json)
+            raise typer.Exit(1) from None
         fail(SecpackError("internal", f"{type(exc).__name__}: {exc}"), as_json)
         raise typer.Exit(exit_status("internal")) from None
+
+
+def _out_of_resources(exc: BaseException | None) -> bool:
+    """Whether ``exc``, or what caused it, says the process ran out of memory or
+    threads: a MemoryError, an OSError of ENOMEM, the RuntimeError of a thread the
+    system would not start, or an ImportError of a shared library that could not be
+    mapped."""
+    seen = 0
+    while exc is not None and seen < 8:  # a chain, not a cycle
+        if isinstance(exc, MemoryError):
+            return True
+        if isinstance(exc, OSError) and exc.errno == errno.ENOMEM:
+            return True
+        text = str(exc)
+        if isinstance(exc, RuntimeError) and "can't start new thread" in text:
+            return True
+        if isinstance(exc, ImportError) and (
+            "failed to map segment" in text or "Cannot allocate memory" in text
+        ):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
 
 
 def _version(value: bool) -> None:

@@ -12,7 +12,7 @@ import threading
 
 import zstandard
 
-from secpack.errors import CodecError
+from secpack.errors import CodecError, LimitError
 
 __all__ = ["compress", "compress_plane", "decompress"]
 
@@ -73,12 +73,18 @@ def trial_size(data: bytes | memoryview) -> int:
     """Bytes zstd's fastest level with long-distance matching takes for ``data``: a
     cheap sign of whether slower levels could beat an entropy coder on it. The
     frame is only measured, never stored (its window may pass the readers' cap)."""
-    return len(_trial_cctx().compress(data))
+    try:
+        return len(_trial_cctx().compress(data))
+    except zstandard.ZstdError as exc:
+        raise _compress_failed(exc) from None
 
 
 def compress_plane(data: bytes | memoryview) -> bytes:
     """Compress one byte plane of grouped float elements (see codec.segment)."""
-    return _plane_cctx().compress(data)
+    try:
+        return _plane_cctx().compress(data)
+    except zstandard.ZstdError as exc:
+        raise _compress_failed(exc) from None
 
 
 def _dctx(max_window: int) -> zstandard.ZstdDecompressor:
@@ -91,7 +97,25 @@ def _dctx(max_window: int) -> zstandard.ZstdDecompressor:
 
 
 def compress(data: bytes | memoryview, level: int) -> bytes:
-    return _cctx(level).compress(data)
+    try:
+        return _cctx(level).compress(data)
+    except zstandard.ZstdError as exc:
+        raise _compress_failed(exc) from None
+
+
+def _out_of_memory(exc: zstandard.ZstdError) -> bool:
+    # zstd says "Allocation error : not enough memory" when malloc fails (ulimit -v,
+    # a container's memory limit): the machine's limit, not the data's fault.
+    # Only that one: "Frame requires too much memory" is a frame's own window,
+    # which decompress() refuses before it gets here.
+    text = str(exc).lower()
+    return "allocation error" in text or "not enough memory" in text
+
+
+def _compress_failed(exc: zstandard.ZstdError) -> Exception:
+    if _out_of_memory(exc):
+        return LimitError("limit.exceeded", f"out of memory for zstd: {exc}")
+    return exc
 
 
 def decompress(payload: bytes | memoryview, expected: int, max_window: int) -> bytes:
@@ -112,7 +136,9 @@ def decompress(payload: bytes | memoryview, expected: int, max_window: int) -> b
         out = _dctx(max_window).decompress(
             payload, max_output_size=expected, allow_extra_data=False
         )
-    except zstandard.ZstdError:
+    except zstandard.ZstdError as exc:
+        if _out_of_memory(exc):  # a signed frame is not corrupt for want of memory
+            raise LimitError("limit.exceeded", f"out of memory for zstd: {exc}") from None
         raise CodecError("codec.invalid", "zstd frame does not decode cleanly") from None
     if len(out) != expected:
         raise CodecError("codec.invalid", "zstd frame produced the wrong length")

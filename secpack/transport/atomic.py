@@ -42,11 +42,9 @@ def _origin() -> str:
     only says whether a writer is alive when it is read on that same boot, in that
     same namespace (not across containers, NFS clients or reboots)."""
     parts = [os.uname().nodename]  # socket.gethostname(), without importing socket
-    with (
-        contextlib.suppress(OSError),
-        open("/proc/sys/kernel/random/boot_id", encoding="ascii") as fh,
-    ):
-        parts.append(fh.read().strip())
+    with contextlib.suppress(OSError), open("/proc/sys/kernel/random/boot_id", "rb") as fh:
+        # Bytes: only a tag is made of it, whatever it holds.
+        parts.append(fh.read(64).strip().hex())
     with contextlib.suppress(OSError):
         parts.append(os.readlink("/proc/self/ns/pid"))
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:8]

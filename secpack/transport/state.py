@@ -23,6 +23,9 @@ STATE_ENV = "SECPACK_STATE_DIR"
 _FILE = "versions.json"
 _LOCK = "versions.lock"
 _FORMAT = 1
+# The file holds a name and a version per package and signer: a few dozen bytes
+# each. One larger than this is not a state file secpack wrote.
+_MAX_BYTES = 16 << 20
 
 
 def default_state_dir() -> str:
@@ -86,7 +89,12 @@ class VersionState:
     def _read(self) -> dict[str, dict[str, int]]:
         try:
             with open(self._path(), "rb") as fh:
-                doc = json.loads(fh.read(16 << 20))
+                # As much as the file holds, not the cap: read(n) allocates n bytes
+                # up front, and a tight memory limit refused 16 MiB for a file of 1 KB.
+                size = os.fstat(fh.fileno()).st_size
+                if size > _MAX_BYTES:
+                    raise ValueError("too large")
+                doc = json.loads(fh.read(size))
         except (FileNotFoundError, NotADirectoryError):
             return {}
         except (OSError, ValueError, RecursionError):  # nesting past the parser's stack

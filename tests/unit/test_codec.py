@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from secpack.codec import segment
-from secpack.errors import CodecError
+from secpack.errors import CodecError, SecpackError
 from secpack.format.limits import DEFAULT_LIMITS
 from secpack.format.manifest import Codec, Plane
 
@@ -227,3 +227,18 @@ def test_trained_looking_weights_stay_in_bgx() -> None:
     enc = _coded(data, "F32", 4, 384, segment.LEVELS["balanced"])
     assert enc.codec.id == "bgx"
     assert len(enc.payload) < len(zstandard.ZstdCompressor(level=3).compress(data))
+
+
+def test_zstd_out_of_memory_is_a_limit_not_a_corrupt_frame() -> None:
+    """zstd's allocation failure (ulimit -v, a container's limit) is the machine's
+    limit: limit.exceeded, both when sealing and when a signed frame is decoded,
+    where it used to read as codec.invalid, a damaged package. A frame's own
+    window past the cap stays the frame's fault."""
+    from secpack.codec import zstd as z
+
+    failed = z._compress_failed(
+        zstandard.ZstdError("cannot compress: Allocation error : not enough memory")
+    )
+    assert isinstance(failed, SecpackError) and failed.code == "limit.exceeded"
+    other = zstandard.ZstdError("cannot compress: Frame requires too much memory for decoding")
+    assert z._compress_failed(other) is other
