@@ -593,3 +593,34 @@ def test_open_into_a_bind_mount_is_refused_before_writing(
         assert sorted(os.listdir(tmp_path)) == ["point", "source"]
     finally:
         subprocess.run(["umount", str(point)], capture_output=True, check=False)
+
+
+def _can_unshare_mounts() -> bool:
+    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True, check=False)
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(
+    not (os.path.exists("/proc/sys/kernel/random/boot_id") and _can_unshare_mounts()),
+    reason="needs root and mount namespaces (unshare -m) to change what boot_id reads",
+)
+@pytest.mark.parametrize("content", [b"\xff\xfe not text\n", b"", b"x" * 100_000])
+def test_an_odd_boot_id_still_tags_temporaries(tmp_path: Path, content: bytes) -> None:
+    """Temporaries are tagged with the boot id. One that is not ASCII (a sandbox's
+    /proc, say) made every seal and open fail with input.invalid; any content now
+    gives a tag, and the same one each time."""
+    fake = tmp_path / "boot_id"
+    fake.write_bytes(content)
+    code = "from secpack.transport.atomic import _origin; print(_origin(), _origin())"
+    script = f'mount --bind {fake} /proc/sys/kernel/random/boot_id && exec "$0" -c "{code}"'
+    import sys
+
+    res = subprocess.run(
+        ["unshare", "-m", "sh", "-c", script, sys.executable],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr
+    first, second = res.stdout.split()
+    assert first == second and len(first) == 8
