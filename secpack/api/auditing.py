@@ -60,7 +60,8 @@ def _audit_key() -> Any:
 @contextlib.contextmanager
 def audited(action: str) -> Iterator[dict[str, Any]]:
     """Wrap one verb: the caller stores ``package_facts(...)`` under ``"package"``
-    in the yielded dict as soon as it knows them."""
+    in the yielded dict as soon as it knows them, and under ``"undo"`` a list of
+    what takes back the output it made, for SECPACK_AUDIT=required."""
     facts: dict[str, Any] = {}
     mode = os.environ.get("SECPACK_AUDIT", "on")
     if mode != "off":
@@ -81,4 +82,13 @@ def audited(action: str) -> Iterator[dict[str, Any]]:
     except BaseException:
         _record(action, "error", "internal", facts)
         raise
-    _record(action, "ok", None, facts)
+    try:
+        _record(action, "ok", None, facts)
+    except SecpackError:
+        # Required, and the log took the check before the verb but not its record
+        # (a disk the verb itself filled): the verb must not stand unrecorded.
+        # What it made anew is taken back (an opened tree of decrypted files).
+        for undo in facts.get("undo", ()):
+            with contextlib.suppress(Exception):
+                undo()
+        raise

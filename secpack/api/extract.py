@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -141,6 +142,13 @@ def _decode_job(tree: OutputTree, job: _Job) -> _Job:
     return job
 
 
+def _take_back(output: str, was_dir: bool) -> None:
+    """Remove an opened tree again, leaving the empty directory it replaced."""
+    shutil.rmtree(output)
+    if was_dir:
+        os.mkdir(output)
+
+
 def extract(
     package: str | os.PathLike[str],
     output: str | os.PathLike[str],
@@ -170,8 +178,14 @@ def extract(
     package, output = os.fspath(package), os.fspath(output)
     started = time.perf_counter()
     progress = progress or NullProgress()
+    undo: list[Callable[[], None]] = []
     with trusted_package(
-        "open", package, policy, expected_name=expected_name, allow_downgrade=allow_downgrade
+        "open",
+        package,
+        policy,
+        expected_name=expected_name,
+        allow_downgrade=allow_downgrade,
+        undo=undo,
     ) as (src, header, signers):
         threads = worker_threads(threads, largest_segment(header.manifest))
         if variant is not None and (components or emit_model_signing):
@@ -239,7 +253,10 @@ def extract(
             # Recorded before the output appears: a kill in between errs on the side
             # of refusing older versions later.
             remember_version(header, signers, policy)
+            was_dir = os.path.isdir(output)  # an empty directory, replaced
             target.commit()
+            # Decrypted files that no required audit record covers are taken back.
+            undo.append(functools.partial(_take_back, output, was_dir))
     return ExtractReport(
         path=package,
         output=output,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import hashlib
 import os
@@ -163,6 +164,13 @@ def default_package_name(base: str) -> str:
     ascii_base = unicodedata.normalize("NFKD", base).encode("ascii", "ignore").decode()
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", ascii_base).lstrip("._-")[:_MAX_NAME].rstrip("-")
     return name if PACKAGE_NAME_RE.fullmatch(name) else "model"
+
+
+def _remove_if_same(path: str, made: os.stat_result) -> None:
+    """Remove ``path`` if it is still the file this seal made."""
+    now = os.stat(path)
+    if (now.st_dev, now.st_ino) == (made.st_dev, made.st_ino):
+        os.unlink(path)
 
 
 def seal(
@@ -341,7 +349,12 @@ def seal(
             tail = assemble.signature_tail(entries)
             out.pwrite(len(header) + manifest.stored_size, tail)
             package_size = len(header) + manifest.stored_size + len(tail)
+            existed = os.path.lexists(output)
             out.commit()
+            if not existed:
+                # Under a required audit, a package no record covers is taken back
+                # (one that replaced another cannot give that one back).
+                audit["undo"] = [functools.partial(_remove_if_same, output, os.stat(output))]
         return SealReport(
             path=output,
             manifest=manifest,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from secpack.api.auditing import audited, package_facts
 from secpack.api.common import now
@@ -72,11 +72,15 @@ def trusted_package(
     *,
     expected_name: str | None = None,
     allow_downgrade: bool = False,
+    undo: list[Callable[[], None]] | None = None,
 ) -> Iterator[tuple[FileSource, Header, list[Signer]]]:
     """Open ``path``, establish trust, and record the verb in the audit log whatever
-    happens inside the block."""
+    happens inside the block. ``undo`` (see auditing.audited) is filled in by the
+    block with what takes its output back."""
     with audited(action) as audit:
         audit["package"] = {"path": path}
+        if undo is not None:
+            audit["undo"] = undo
         with FileSource(path) as src:
             header, signers = establish_trust(
                 src, policy, expected_name=expected_name, allow_downgrade=allow_downgrade

@@ -402,3 +402,61 @@ def test_a_head_that_cannot_be_replaced_takes_the_record_back(tmp_path: Path) ->
     assert verify_log(str(log)) is None
     append("verify", outcome="ok", path=str(log))
     assert verify_log(str(log)) is None
+
+
+@pytest.mark.parametrize("verb", ["open", "seal"])
+def test_required_audit_takes_back_an_output_its_record_could_not_cover(
+    tmp_path: Path, verb: str
+) -> None:
+    """The log passed the check before the verb, but then could not take its record
+    (here its file may not grow, as on a disk the verb itself filled). With
+    SECPACK_AUDIT=required the verb fails, and it used to leave its output in
+    place: a tree of decrypted files no record covers. That output is removed."""
+    import signal
+    import subprocess
+    import sys
+
+    from helpers import build_model, clean_env
+
+    model = build_model(tmp_path / "m")
+    pkg = tmp_path / "p.spk"
+    env = clean_env({"SECPACK_AUDIT": "off", "SECPACK_STATE_DIR": str(tmp_path / "state")})
+    sealing = [
+        "seal", str(model), "-o", str(pkg),
+        "--sign-key", str(KEYS / "signing-ed25519.key"),
+        "--recipient", str(KEYS / "recipient-x25519.key.pub"),
+    ]  # fmt: skip
+    subprocess.run([sys.executable, "-m", "secpack", *sealing], env=env, check=True)
+    log = tmp_path / "audit.jsonl"
+    _fill(log, 3000)  # larger than any file the verb writes
+    before = log.read_bytes()
+    largest = max(p.stat().st_size for p in model.rglob("*") if p.is_file())
+    assert largest < len(before)
+    out = tmp_path / ("opened" if verb == "open" else "again.spk")
+    if verb == "open":
+        args = ["open", str(pkg), "-o", str(out), "--identity", str(KEYS / "recipient-x25519.key")]
+        args += ["--trust", str(KEYS / "signing-ed25519.key.pub")]
+    else:
+        args = [*sealing[:3], str(out), *sealing[4:]]
+    size = len(before)
+
+    def no_growth() -> None:
+        import resource
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+
+    env.update({"SECPACK_AUDIT": "required", "SECPACK_AUDIT_LOG": str(log)})
+    res = subprocess.run(
+        [sys.executable, "-m", "secpack", *args, "--json"],
+        env=env,
+        preexec_fn=no_growth,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert res.returncode == 1, res.stderr
+    assert json.loads(res.stdout)["error"]["code"] == "audit.io"
+    assert not out.exists()
+    assert log.read_bytes() == before
+    assert verify_log(str(log)) is None
