@@ -56,8 +56,8 @@ def _limits(
     # Read as bytes and decoded as the file system's names are: a group or a mount
     # point may have any name but "\n" (escaped in mountinfo, not in cgroup), and
     # str.splitlines() would also split at "\x1c" or U+2028.
-    cgroup = _read_proc(os.path.join(proc, "self", "cgroup"))
-    mountinfo = _read_proc(os.path.join(proc, "self", "mountinfo"))
+    cgroup = _read_regular(os.path.join(proc, "self", "cgroup"), _PROC_MAX)
+    mountinfo = _read_regular(os.path.join(proc, "self", "mountinfo"), _PROC_MAX)
     if cgroup is None or mountinfo is None:
         return []
     groups = os.fsdecode(cgroup).split("\n")
@@ -93,14 +93,17 @@ def _limits(
 # /proc/self/mountinfo of a host with many mounts (a Kubernetes node) runs to a few
 # hundred KB; past this much it is not a file to scan for a thread count.
 _PROC_MAX = 4 << 20
+# A control file holds one or two numbers.
+_CONTROL_MAX = 4096
 
 
-def _read_proc(path: str) -> bytes | None:
-    """A whole procfs file, read without blocking; None if it is not a regular
-    file, cannot be read, or is past _PROC_MAX."""
+def _read_regular(path: str, most: int) -> bytes | None:
+    """A whole file of at most ``most`` bytes, or None. Opened without blocking
+    and read only if it is a regular file, as every procfs and cgroup file is: a
+    FIFO or a device put at its name would otherwise stop the process here."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a NUL in a group's name
         return None
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
@@ -109,7 +112,7 @@ def _read_proc(path: str) -> bytes | None:
         while chunk := os.read(fd, 65536):
             chunks.append(chunk)
             total += len(chunk)
-            if total > _PROC_MAX:
+            if total > most:
                 return None
         return b"".join(chunks)
     except OSError:
@@ -139,21 +142,12 @@ def _walk(point: str, root: str, path: str, read: Callable[[str], float | None])
 
 
 def _read(path: str) -> str | None:
-    """The start of a control file, or None. Opened without blocking and read only
-    if it is a regular file, as every cgroup file is: a FIFO or a device put at its
-    name would otherwise stop the process here."""
+    """A control file's text, or None."""
+    data = _read_regular(path, _CONTROL_MAX)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except (OSError, ValueError):  # ValueError: a NUL in the group's name
+        return None if data is None else data.decode("ascii")
+    except UnicodeDecodeError:
         return None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        return os.read(fd, 256).decode("ascii")
-    except (OSError, UnicodeDecodeError):
-        return None
-    finally:
-        os.close(fd)
 
 
 def _v2_cpu(directory: str) -> float | None:
