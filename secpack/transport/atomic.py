@@ -43,8 +43,10 @@ def _origin() -> str:
     same namespace (not across containers, NFS clients or reboots)."""
     parts = [os.uname().nodename]  # socket.gethostname(), without importing socket
     with contextlib.suppress(OSError), open("/proc/sys/kernel/random/boot_id", "rb") as fh:
-        # Bytes: only a tag is made of it, whatever it holds.
-        parts.append(fh.read(64).strip().hex())
+        # Read as bytes, so that whatever it holds makes a tag; the text of an
+        # ordinary one, so that the tags of earlier versions' temporaries stay.
+        raw = fh.read(64).strip()
+        parts.append(raw.decode("ascii") if raw.isascii() else raw.hex())
     with contextlib.suppress(OSError):
         parts.append(os.readlink("/proc/self/ns/pid"))
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:8]
