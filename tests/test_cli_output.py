@@ -350,3 +350,57 @@ def test_just_too_little_memory_is_limit_exceeded(
     assert last.get("error", {}).get("code") == "limit.exceeded", (short, last)
     assert "--threads 1" in last["error"]["message"]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_what_counts_as_out_of_memory_or_threads(tmp_path: Path) -> None:
+    """Resource errors are named by what they are, and followed through explicit
+    causes; an error raised while handling one (a disk's, a bug's) is itself."""
+    import errno
+
+    from secpack.cli import _out_of_resources
+
+    def during(inner: BaseException, outer: BaseException) -> BaseException:
+        try:
+            try:
+                raise inner
+            except BaseException:
+                raise outer  # noqa: B904 -- raised while handling, on purpose
+        except BaseException as caught:
+            return caught
+
+    assert _out_of_resources(MemoryError())
+    assert _out_of_resources(OSError(errno.ENOMEM, "Cannot allocate memory"))
+    assert _out_of_resources(RuntimeError("can't start new thread"))
+    wrapped = ImportError("numpy failed")
+    wrapped.__cause__ = OSError(errno.ENOMEM, "Cannot allocate memory")
+    assert _out_of_resources(wrapped)
+    assert not _out_of_resources(during(MemoryError(), OSError(errno.ENOSPC, "disk full")))
+    assert not _out_of_resources(
+        during(RuntimeError("can't start new thread"), AttributeError("a bug"))
+    )
+    assert not _out_of_resources(OSError(errno.ENOSPC, "No space left on device"))
+    assert not _out_of_resources(RuntimeError("something else"))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a noexec tmpfs: needs root")
+def test_a_library_on_a_noexec_mount_is_not_called_out_of_memory(tmp_path: Path) -> None:
+    """glibc says "failed to map segment" for a noexec mount as for want of memory;
+    the mount's flag tells them apart."""
+    from secpack.cli import _out_of_resources
+
+    mnt = tmp_path / "noexec"
+    mnt.mkdir()
+    if subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "noexec,size=1m", "tmpfs", str(mnt)], check=False
+    ).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        lib = mnt / "lib.so"
+        lib.write_bytes(b"")
+        text = f"{lib}: failed to map segment from shared object"
+        assert not _out_of_resources(ImportError(text, path=str(lib)))
+        elsewhere = tmp_path / "lib.so"
+        elsewhere.write_bytes(b"")
+        assert _out_of_resources(ImportError(text, path=str(elsewhere)))
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)

@@ -84,7 +84,7 @@ def audited(action: str) -> Iterator[dict[str, Any]]:
         raise
     try:
         _record(action, "ok", None, facts)
-    except SecpackError:
+    except BaseException:  # an interrupt while it is written leaves no record either
         # Required, and the log took the check before the verb but not its record
         # (a disk the verb itself filled): the verb must not stand unrecorded.
         # What it made anew is taken back (an opened tree of decrypted files).

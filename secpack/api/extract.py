@@ -143,10 +143,16 @@ def _decode_job(tree: OutputTree, job: _Job) -> _Job:
 
 
 def _take_back(output: str, was_dir: bool) -> None:
-    """Remove an opened tree again, leaving the empty directory it replaced."""
-    shutil.rmtree(output)
-    if was_dir:
-        os.mkdir(output)
+    """Remove an opened tree again. Where it replaced an empty directory, only its
+    contents go: the directory itself carries that one's mode, group and ACL."""
+    if not was_dir:
+        shutil.rmtree(output)
+        return
+    for entry in os.scandir(output):
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path)
+        else:
+            os.unlink(entry.path)
 
 
 def extract(

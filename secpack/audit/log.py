@@ -194,12 +194,25 @@ def append(
         except BaseException:
             # The record is not written, whatever part of it reached the file: the log
             # is cut back to where it ended, so that it and its head file still agree
-            # (a torn last line would make every later append audit.corrupt).
+            # (a torn last line would make every later append audit.corrupt). Unless
+            # the head already names it (an interrupt just after its replacement):
+            # then the record stands, whole and fsynced.
+            if _head_names(path, seq, _line_hash(line)):
+                raise
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, end)
                 os.fsync(fd)
             raise
         return record
+
+
+def _head_names(path: str, seq: int, digest: str) -> bool:
+    """Whether the log's head file names record ``seq`` with this line hash."""
+    try:
+        head = _read_head(path)
+    except OSError:  # FileNotFoundError: no head yet
+        return False
+    return head is not None and head.get("seq") == seq and head.get("hash") == digest
 
 
 def _write_head(path: str, seq: int, digest: str) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from secpack.api.keyfiles import load_signing_key
+from secpack.api.keyfiles import load_signing_key, resolve_policy
 from secpack.audit.log import append, read_log, verify_log
 from secpack.errors import SecpackError
 from secpack.recipes.keys import key_id
@@ -460,3 +460,62 @@ def test_required_audit_takes_back_an_output_its_record_could_not_cover(
     assert not out.exists()
     assert log.read_bytes() == before
     assert verify_log(str(log)) is None
+
+
+def test_an_interrupt_after_the_head_names_the_record_keeps_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Interrupted just after the head file was replaced: the record is whole,
+    fsynced and named by the head, so it stays. Cutting it back made the head
+    name a record the log no longer held: a false 'tampered'."""
+    from secpack.audit import log as audit_log
+
+    path = tmp_path / "audit.jsonl"
+    _fill(path, 2)
+    real = audit_log._write_head
+
+    def then_interrupted(*args: object) -> None:
+        real(*args)  # type: ignore[arg-type]
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(audit_log, "_write_head", then_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        append("verify", outcome="ok", path=str(path))
+    monkeypatch.setattr(audit_log, "_write_head", real)
+    assert len(list(read_log(str(path)))) == 3
+    assert verify_log(str(path)) is None
+
+
+def test_required_audit_takes_back_an_open_interrupted_while_recorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C while the ok record is written: no record, so under SECPACK_AUDIT=
+    required the opened tree goes too, as for a record that failed."""
+    from helpers import build_model
+
+    import secpack
+    from secpack.audit import log as audit_log
+
+    model = build_model(tmp_path / "m")
+    monkeypatch.setenv("SECPACK_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("SECPACK_AUDIT_LOG", str(tmp_path / "audit.jsonl"))
+    keys = [load_signing_key(str(KEYS / "signing-ed25519.key"))]
+    pkg = tmp_path / "p.spk"
+    secpack.seal(model, pkg, encrypt=False, sign_keys=keys)
+    policy = resolve_policy([str(KEYS / "signing-ed25519.key.pub")], None)
+    real = audit_log.append
+
+    def interrupted_when_ok(action: str, **kw: object) -> object:
+        if kw.get("outcome") == "ok":
+            raise KeyboardInterrupt
+        return real(action, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(audit_log, "append", interrupted_when_ok)
+    monkeypatch.setenv("SECPACK_AUDIT", "required")
+    out = tmp_path / "opened"
+    out.mkdir(mode=0o700)
+    with pytest.raises(KeyboardInterrupt):
+        secpack.extract(pkg, out, identities=[], policy=policy)
+    # The empty directory it replaced is back as it was: empty, and still 0700.
+    assert out.is_dir() and list(out.iterdir()) == []
+    assert out.stat().st_mode & 0o777 == 0o700
