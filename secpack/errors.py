@@ -17,6 +17,8 @@ Caller mistakes (wrong argument types, impossible option combinations) stay
 
 from __future__ import annotations
 
+import errno
+import os
 from typing import Any
 
 __all__ = [
@@ -37,6 +39,7 @@ __all__ = [
     "SignatureError",
     "StdoutError",
     "TensorError",
+    "out_of_resources",
 ]
 
 
@@ -226,3 +229,34 @@ CODES: dict[str, str] = {
     # a bug in secpack itself; the CLI reports it without a traceback
     "internal": "internal error (set SECPACK_DEBUG=1 for a traceback)",
 }
+
+
+def out_of_resources(exc: BaseException | None) -> bool:
+    """Whether ``exc`` says the process ran out of memory or threads: a MemoryError,
+    an OSError of ENOMEM, the RuntimeError of a thread the system would not start,
+    or an ImportError of a library that could not be mapped (not for a noexec
+    mount, which says the same). Followed through explicit causes, and through
+    what an ImportError happened during: not through an error raised while another
+    was handled, which may be a disk's or a bug's."""
+    seen = 0
+    while exc is not None and seen < 8:  # a chain, not a cycle
+        if isinstance(exc, MemoryError):
+            return True
+        if isinstance(exc, OSError) and exc.errno == errno.ENOMEM:
+            return True
+        if isinstance(exc, RuntimeError) and "can't start new thread" in str(exc):
+            return True
+        if isinstance(exc, ImportError) and "failed to map segment" in str(exc):
+            return not _on_noexec(exc.path)
+        following = exc.__cause__
+        if following is None and isinstance(exc, ImportError):
+            following = exc.__context__
+        exc, seen = following, seen + 1
+    return False
+
+
+def _on_noexec(path: str | None) -> bool:
+    try:
+        return path is not None and bool(os.statvfs(path).f_flag & os.ST_NOEXEC)
+    except OSError:
+        return False

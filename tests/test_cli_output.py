@@ -357,7 +357,7 @@ def test_what_counts_as_out_of_memory_or_threads(tmp_path: Path) -> None:
     causes; an error raised while handling one (a disk's, a bug's) is itself."""
     import errno
 
-    from secpack.cli import _out_of_resources
+    from secpack.errors import out_of_resources as _out_of_resources
 
     def during(inner: BaseException, outer: BaseException) -> BaseException:
         try:
@@ -386,7 +386,7 @@ def test_what_counts_as_out_of_memory_or_threads(tmp_path: Path) -> None:
 def test_a_library_on_a_noexec_mount_is_not_called_out_of_memory(tmp_path: Path) -> None:
     """glibc says "failed to map segment" for a noexec mount as for want of memory;
     the mount's flag tells them apart."""
-    from secpack.cli import _out_of_resources
+    from secpack.errors import out_of_resources as _out_of_resources
 
     mnt = tmp_path / "noexec"
     mnt.mkdir()

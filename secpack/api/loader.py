@@ -45,7 +45,13 @@ import secpack.transport.atomic  # noqa: F401
 from secpack.api import hostmem
 from secpack.api.auditing import audited, package_facts
 from secpack.api.trust import establish_trust, remember_version
-from secpack.errors import NotFoundError, SecpackError, TensorError
+from secpack.errors import (
+    LimitError,
+    NotFoundError,
+    SecpackError,
+    TensorError,
+    out_of_resources,
+)
 from secpack.format.contents import FileEntry, TensorRecord
 from secpack.format.manifest import Manifest
 from secpack.package.decode import OpenComponent
@@ -354,27 +360,38 @@ class Package:
             return self._pool
 
     def _decode_many(self, work: list[tuple[OpenComponent, int, memoryview]]) -> None:
-        if len(work) == 1:
-            comp, seg, out = work[0]
-            comp.decode_into(seg, out)
-            return
-        jobs = [(len(o), functools.partial(c.decode_into, s, o)) for c, s, o in work]
-        with self._closing_is_value_error():
+        with self._load_errors():
+            if len(work) == 1:
+                comp, seg, out = work[0]
+                comp.decode_into(seg, out)
+                return
+            jobs = [(len(o), functools.partial(c.decode_into, s, o)) for c, s, o in work]
             for _ in ordered_batched(self._executor(), jobs, 2 * self._threads + 2):
                 pass
 
     @contextlib.contextmanager
-    def _closing_is_value_error(self) -> Iterator[None]:
-        """close() from another thread shuts the pool down under a running load: its
-        next submit is a RuntimeError of concurrent.futures, said here as what it
-        is, the caller's use of a closed package."""
+    def _load_errors(self) -> Iterator[None]:
+        """What a load may run into besides the package's own faults, said as what
+        it is. close() from another thread shuts the pool down under a running
+        load: its next submit is a RuntimeError of concurrent.futures, the caller's
+        use of a closed package (ValueError). Running out of memory or threads is
+        ``limit.exceeded``, a SecpackError like every other failure, not a bare
+        MemoryError."""
         try:
             yield
-        except RuntimeError:
-            if self._closed:
+        except SecpackError:
+            raise
+        except Exception as exc:
+            if isinstance(exc, RuntimeError) and self._closed:
                 raise ValueError(
                     f"{self._src.path}: the package was closed during a load"
                 ) from None
+            if out_of_resources(exc):
+                raise LimitError(
+                    "limit.exceeded",
+                    f"out of memory or threads ({type(exc).__name__}); "
+                    "threads=1 and smaller loads (iter_tensors, tensor) need less",
+                ) from exc
             raise
 
     @staticmethod
@@ -543,7 +560,7 @@ class Package:
                         ),
                     )
 
-        with self._closing_is_value_error():
+        with self._load_errors():
             for done in ordered_batched(self._executor(), jobs(), 2 * self._threads + 2):
                 if done >= 0:
                     yield records[done].name, make_array(buffers.pop(done), records[done])
@@ -941,8 +958,16 @@ def open_package(
         src = FileSource(os.fspath(path))
         try:
             pkg = Package(src, pol, identities, threads, expected_name, allow_downgrade)
-        except BaseException:
+        except BaseException as exc:
             src.close()
+            if (
+                isinstance(exc, Exception)
+                and not isinstance(exc, SecpackError)
+                and out_of_resources(exc)
+            ):
+                raise LimitError(
+                    "limit.exceeded", f"out of memory or threads ({type(exc).__name__})"
+                ) from exc
             raise
         audit["package"].update(package_facts(pkg.name, pkg.version, pkg.manifest_digest))
         return pkg

@@ -7,7 +7,6 @@ strings they were compiled and evaluated each time, 30 ms of every command.
 """
 
 import contextlib
-import errno
 import os
 import sys
 from collections.abc import Callable
@@ -18,7 +17,7 @@ from typer._click.core import Context
 from typer._click.exceptions import NoArgsIsHelpError, UsageError
 from typer.core import TyperGroup
 
-from secpack.errors import SecpackError, StdoutError
+from secpack.errors import SecpackError, StdoutError, out_of_resources
 
 __all__ = ["app", "main"]
 
@@ -205,7 +204,7 @@ def _run(as_json: bool, action: Callable[[], None]) -> None:
 
         if os.environ.get("SECPACK_DEBUG"):
             raise
-        if _out_of_resources(exc):
+        if out_of_resources(exc):
             # Out of memory or of threads (ulimit -v, a container's limits), here or
             # in a module imported late: a limit of this machine, said as one, with
             # what asks for less.
@@ -225,37 +224,6 @@ def _run(as_json: bool, action: Callable[[], None]) -> None:
             raise typer.Exit(1) from None
         fail(SecpackError("internal", f"{type(exc).__name__}: {exc}"), as_json)
         raise typer.Exit(exit_status("internal")) from None
-
-
-def _out_of_resources(exc: BaseException | None) -> bool:
-    """Whether ``exc`` says the process ran out of memory or threads: a MemoryError,
-    an OSError of ENOMEM, the RuntimeError of a thread the system would not start,
-    or an ImportError of a library that could not be mapped (not for a noexec
-    mount, which says the same). Followed through explicit causes, and through
-    what an ImportError happened during: not through an error raised while another
-    was handled, which may be a disk's or a bug's."""
-    seen = 0
-    while exc is not None and seen < 8:  # a chain, not a cycle
-        if isinstance(exc, MemoryError):
-            return True
-        if isinstance(exc, OSError) and exc.errno == errno.ENOMEM:
-            return True
-        if isinstance(exc, RuntimeError) and "can't start new thread" in str(exc):
-            return True
-        if isinstance(exc, ImportError) and "failed to map segment" in str(exc):
-            return not _on_noexec(exc.path)
-        following = exc.__cause__
-        if following is None and isinstance(exc, ImportError):
-            following = exc.__context__
-        exc, seen = following, seen + 1
-    return False
-
-
-def _on_noexec(path: str | None) -> bool:
-    try:
-        return path is not None and bool(os.statvfs(path).f_flag & os.ST_NOEXEC)
-    except OSError:
-        return False
 
 
 def _version(value: bool) -> None:

@@ -682,3 +682,64 @@ def test_a_policy_that_lowers_the_header_limit_still_reads_packages(package: Pat
         package, identity=str(KEYS / "recipient-x25519.key"), policy=tight
     ) as pkg:
         assert pkg.tensor_names() and len(pkg.state_dict()) == len(pkg.tensor_names())
+
+
+def test_just_too_little_memory_is_a_secpack_error(tmp_path: Path) -> None:
+    """README: every failure of the loader is a SecpackError. Out of memory it was
+    a bare MemoryError (or RuntimeError for a worker thread). Halving the address-
+    space limit between enough and not, the load just short of enough fails in
+    secpack's own work and must say limit.exceeded."""
+    import subprocess
+    import sys
+
+    from helpers import build_model, clean_env
+
+    model = build_model(tmp_path / "m")
+    pkg = tmp_path / "p.spk"
+    env = clean_env({"SECPACK_AUDIT": "off", "SECPACK_STATE_DIR": str(tmp_path / "state")})
+    keys = Path(__file__).resolve().parents[2] / "keys-example"
+    code = (
+        "import secpack\n"
+        "from secpack.api.keyfiles import load_signing_key\n"
+        f"key = load_signing_key({str(keys / 'signing-ed25519.key')!r})\n"
+        f"secpack.seal({str(model)!r}, {str(pkg)!r}, encrypt=False, sign_keys=[key])\n"
+    )
+    subprocess.run([sys.executable, "-c", code], env=env, check=True)
+    probe = (
+        "import resource, sys\n"
+        "import numpy, secpack\n"
+        "from secpack.api.loader import open_package\n"
+        "limit = int(sys.argv[1]) << 20\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (limit, limit))\n"
+        "try:\n"
+        f"    with open_package({str(pkg)!r}, trust=[{str(keys / 'signing-ed25519.key.pub')!r}]) as p:\n"
+        "        p.state_dict()\n"
+        "        p.tensor(next(iter(p.state_dict())))\n"
+        "except secpack.SecpackError as exc:\n"
+        "    print(exc.code)\n"
+        "except BaseException as exc:\n"
+        "    print('untyped', type(exc).__name__, exc)\n"
+        "else:\n"
+        "    print('ok')\n"
+    )
+
+    def run(mib: int) -> str:
+        out = subprocess.run(
+            [sys.executable, "-c", probe, str(mib)],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        return out.stdout.strip() or f"rc {out.returncode}: {out.stderr[-300:]}"
+
+    enough, short, last = 4096, 64, ""
+    assert run(enough) == "ok"
+    while enough - short > 8:
+        mid = (enough + short) // 2
+        said = run(mid)
+        if said == "ok":
+            enough = mid
+        else:
+            short, last = mid, said
+    assert last == "limit.exceeded", (short, last)
