@@ -40,6 +40,7 @@ __all__ = [
     "StdoutError",
     "TensorError",
     "out_of_resources",
+    "resource_limit",
 ]
 
 
@@ -229,6 +230,17 @@ CODES: dict[str, str] = {
     # a bug in secpack itself; the CLI reports it without a traceback
     "internal": "internal error (set SECPACK_DEBUG=1 for a traceback)",
 }
+
+
+def resource_limit(exc: BaseException, hint: str) -> LimitError | None:
+    """``limit.exceeded`` for an ``exc`` that says the process ran out of memory or
+    threads (see out_of_resources), naming it and ``hint`` (what asks for less);
+    None for any other error, a SecpackError included."""
+    if isinstance(exc, SecpackError) or not out_of_resources(exc):
+        return None
+    first = next((line for line in str(exc).splitlines() if line.strip()), "")
+    said = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    return LimitError("limit.exceeded", f"out of memory or threads ({said}); {hint}")
 
 
 def out_of_resources(exc: BaseException | None) -> bool:

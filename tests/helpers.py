@@ -14,10 +14,10 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -368,3 +368,24 @@ class Meddler:
         if not self.done:
             self.done = True
             self.act()  # type: ignore[operator]
+
+
+T = TypeVar("T")
+
+
+def just_short(run: Callable[[int], T | None], enough: int, short: int) -> T:
+    """What ``run(limit)`` gives just below the smallest limit (MiB of address space,
+    say) it needs: ``run`` returns None when the limit was enough, else what the
+    failure said. ``enough`` must be enough; the search halves the gap between it
+    and ``short`` down to 8, and returns the failure nearest to enough."""
+    assert run(enough) is None, f"{enough} is not enough"
+    last: T | None = None
+    while enough - short > 8:
+        mid = (enough + short) // 2
+        said = run(mid)
+        if said is None:
+            enough = mid
+        else:
+            short, last = mid, said
+    assert last is not None, f"nothing failed above {short}"
+    return last

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import pytest
-from helpers import KeyPair, assert_same_tree, clean_env, fails, ok, run_cli
+from helpers import KeyPair, assert_same_tree, clean_env, fails, just_short, ok, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -335,19 +335,15 @@ def test_just_too_little_memory_is_limit_exceeded(
         else:
             out.unlink()
 
-    enough, short, last = 2048, 32, {}
-    rc, _ = _under_address_limit(enough, args)
-    assert rc == 0
-    remove()
-    while enough - short > 8:
-        mid = (enough + short) // 2
-        rc, report = _under_address_limit(mid, args)
-        if rc == 0:
-            enough = mid
-            remove()
-        else:
-            short, last = mid, report
-    assert last.get("error", {}).get("code") == "limit.exceeded", (short, last)
+    def run(mib: int) -> dict[str, Any] | None:
+        rc, report = _under_address_limit(mib, args)
+        if rc != 0:
+            return report
+        remove()
+        return None
+
+    last = just_short(run, 2048, 32)
+    assert last.get("error", {}).get("code") == "limit.exceeded", last
     assert "--threads 1" in last["error"]["message"]
     assert list(tmp_path.iterdir()) == []
 

@@ -45,13 +45,7 @@ import secpack.transport.atomic  # noqa: F401
 from secpack.api import hostmem
 from secpack.api.auditing import audited, package_facts
 from secpack.api.trust import establish_trust, remember_version
-from secpack.errors import (
-    LimitError,
-    NotFoundError,
-    SecpackError,
-    TensorError,
-    out_of_resources,
-)
+from secpack.errors import NotFoundError, SecpackError, TensorError, resource_limit
 from secpack.format.contents import FileEntry, TensorRecord
 from secpack.format.manifest import Manifest
 from secpack.package.decode import OpenComponent
@@ -167,6 +161,10 @@ def _as_policy(
     return resolve_policy(
         [os.fspath(t) for t in trust or []], os.fspath(policy) if policy else None
     )
+
+
+# What a load out of memory or threads is told to try.
+_LESS = "threads=1 and smaller loads (iter_tensors, tensor) need less"
 
 
 class Package:
@@ -379,19 +377,14 @@ class Package:
         MemoryError."""
         try:
             yield
-        except SecpackError:
-            raise
         except Exception as exc:
             if isinstance(exc, RuntimeError) and self._closed:
                 raise ValueError(
                     f"{self._src.path}: the package was closed during a load"
                 ) from None
-            if out_of_resources(exc):
-                raise LimitError(
-                    "limit.exceeded",
-                    f"out of memory or threads ({type(exc).__name__}); "
-                    "threads=1 and smaller loads (iter_tensors, tensor) need less",
-                ) from exc
+            limit = resource_limit(exc, _LESS)
+            if limit is not None:
+                raise limit from exc
             raise
 
     @staticmethod
@@ -960,14 +953,9 @@ def open_package(
             pkg = Package(src, pol, identities, threads, expected_name, allow_downgrade)
         except BaseException as exc:
             src.close()
-            if (
-                isinstance(exc, Exception)
-                and not isinstance(exc, SecpackError)
-                and out_of_resources(exc)
-            ):
-                raise LimitError(
-                    "limit.exceeded", f"out of memory or threads ({type(exc).__name__})"
-                ) from exc
+            limit = resource_limit(exc, _LESS)
+            if limit is not None:
+                raise limit from exc
             raise
         audit["package"].update(package_facts(pkg.name, pkg.version, pkg.manifest_digest))
         return pkg

@@ -17,7 +17,7 @@ from typer._click.core import Context
 from typer._click.exceptions import NoArgsIsHelpError, UsageError
 from typer.core import TyperGroup
 
-from secpack.errors import SecpackError, StdoutError, out_of_resources
+from secpack.errors import SecpackError, StdoutError, resource_limit
 
 __all__ = ["app", "main"]
 
@@ -204,21 +204,12 @@ def _run(as_json: bool, action: Callable[[], None]) -> None:
 
         if os.environ.get("SECPACK_DEBUG"):
             raise
-        if out_of_resources(exc):
-            # Out of memory or of threads (ulimit -v, a container's limits), here or
-            # in a module imported late: a limit of this machine, said as one, with
-            # what asks for less.
-            first = next((line for line in str(exc).splitlines() if line.strip()), "")
-            said = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
-            fail(
-                SecpackError(
-                    "limit.exceeded",
-                    f"out of memory or threads ({said}); "
-                    "--threads 1 and a smaller --segment-size need less",
-                ),
-                as_json,
-            )
-            raise typer.Exit(exit_status("limit.exceeded")) from None
+        # Out of memory or of threads (ulimit -v, a container's limits), here or in a
+        # module imported late: a limit of this machine, said as one.
+        limit = resource_limit(exc, "--threads 1 and a smaller --segment-size need less")
+        if limit is not None:
+            fail(limit, as_json)
+            raise typer.Exit(exit_status(limit.code)) from None
         if isinstance(exc, OSError):
             fail(SecpackError("output.io", f"{exc.strerror or exc}: {exc.filename or ''}"), as_json)
             raise typer.Exit(1) from None

@@ -113,6 +113,7 @@ def _out_of_memory(exc: zstandard.ZstdError) -> bool:
 
 
 def _compress_failed(exc: zstandard.ZstdError) -> Exception:
+    """``limit.exceeded`` where zstd ran out of memory, else ``exc`` itself."""
     if _out_of_memory(exc):
         return LimitError("limit.exceeded", f"out of memory for zstd: {exc}")
     return exc
@@ -137,8 +138,9 @@ def decompress(payload: bytes | memoryview, expected: int, max_window: int) -> b
             payload, max_output_size=expected, allow_extra_data=False
         )
     except zstandard.ZstdError as exc:
-        if _out_of_memory(exc):  # a signed frame is not corrupt for want of memory
-            raise LimitError("limit.exceeded", f"out of memory for zstd: {exc}") from None
+        failed = _compress_failed(exc)
+        if failed is not exc:  # a signed frame is not corrupt for want of memory
+            raise failed from None
         raise CodecError("codec.invalid", "zstd frame does not decode cleanly") from None
     if len(out) != expected:
         raise CodecError("codec.invalid", "zstd frame produced the wrong length")

@@ -6,6 +6,7 @@ import json
 import multiprocessing
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -336,17 +337,27 @@ def test_required_audit_refuses_a_verb_whose_record_cannot_be_written(
     assert (tmp_path / "p.spk").exists()
 
 
+def _files_capped_at(size: int) -> Callable[[], None]:
+    """A child's preexec: its files may not grow past ``size`` bytes (RLIMIT_FSIZE:
+    the kernel writes what fits, then refuses with EFBIG, as a full disk does with
+    ENOSPC), and that is an error, not the SIGXFSZ that would kill it."""
+
+    def cap() -> None:
+        import resource
+        import signal
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+
+    return cap
+
+
 def _append_under_file_size_limit(path: str, room: int) -> str:
-    """In a child process whose files may grow only ``room`` bytes past the log's
-    current size (RLIMIT_FSIZE: the kernel writes what fits, then refuses with
-    EFBIG, as a full disk does with ENOSPC), append one record; the error code."""
+    """Append one record in a child whose files may grow only ``room`` bytes past
+    the log's current size; the error code, or 'written'."""
     code = (
-        "import os, resource, signal, sys\n"
         "from secpack.audit.log import append\n"
         "from secpack.errors import SecpackError\n"
-        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
-        f"limit = os.path.getsize({path!r}) + {room}\n"
-        "resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))\n"
         "try:\n"
         f"    append('verify', outcome='ok', path={path!r})\n"
         "except SecpackError as exc:\n"
@@ -357,7 +368,10 @@ def _append_under_file_size_limit(path: str, room: int) -> str:
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    cap = _files_capped_at(os.path.getsize(path) + room)
+    out = subprocess.run(
+        [sys.executable, "-c", code], preexec_fn=cap, capture_output=True, text=True, check=True
+    )
     return out.stdout.strip()
 
 
@@ -412,7 +426,6 @@ def test_required_audit_takes_back_an_output_its_record_could_not_cover(
     (here its file may not grow, as on a disk the verb itself filled). With
     SECPACK_AUDIT=required the verb fails, and it used to leave its output in
     place: a tree of decrypted files no record covers. That output is removed."""
-    import signal
     import subprocess
     import sys
 
@@ -438,19 +451,11 @@ def test_required_audit_takes_back_an_output_its_record_could_not_cover(
         args += ["--trust", str(KEYS / "signing-ed25519.key.pub")]
     else:
         args = [*sealing[:3], str(out), *sealing[4:]]
-    size = len(before)
-
-    def no_growth() -> None:
-        import resource
-
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
-
     env.update({"SECPACK_AUDIT": "required", "SECPACK_AUDIT_LOG": str(log)})
     res = subprocess.run(
         [sys.executable, "-m", "secpack", *args, "--json"],
         env=env,
-        preexec_fn=no_growth,
+        preexec_fn=_files_capped_at(len(before)),
         capture_output=True,
         text=True,
         check=False,

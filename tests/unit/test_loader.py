@@ -692,7 +692,7 @@ def test_just_too_little_memory_is_a_secpack_error(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from helpers import build_model, clean_env
+    from helpers import build_model, clean_env, just_short
 
     model = build_model(tmp_path / "m")
     pkg = tmp_path / "p.spk"
@@ -723,7 +723,7 @@ def test_just_too_little_memory_is_a_secpack_error(tmp_path: Path) -> None:
         "    print('ok')\n"
     )
 
-    def run(mib: int) -> str:
+    def run(mib: int) -> str | None:
         out = subprocess.run(
             [sys.executable, "-c", probe, str(mib)],
             env=env,
@@ -731,15 +731,7 @@ def test_just_too_little_memory_is_a_secpack_error(tmp_path: Path) -> None:
             text=True,
             check=False,
         )
-        return out.stdout.strip() or f"rc {out.returncode}: {out.stderr[-300:]}"
+        said = out.stdout.strip() or f"rc {out.returncode}: {out.stderr[-300:]}"
+        return None if said == "ok" else said
 
-    enough, short, last = 4096, 64, ""
-    assert run(enough) == "ok"
-    while enough - short > 8:
-        mid = (enough + short) // 2
-        said = run(mid)
-        if said == "ok":
-            enough = mid
-        else:
-            short, last = mid, said
-    assert last == "limit.exceeded", (short, last)
+    assert just_short(run, 4096, 64) == "limit.exceeded"
