@@ -71,12 +71,17 @@ _NUMPY_DTYPES = {
     "I64": "<i8",
     "U64": "<u8",
     "F64": "<f8",
+    "C64": "<c8",
 }
-# Types numpy lacks: served by ml_dtypes when installed, else as raw unsigned integers.
+# Types numpy lacks: served by ml_dtypes when installed, else as raw unsigned
+# integers. These are the names ml_dtypes and torch both give them.
 _ML_DTYPES = {
     "BF16": ("bfloat16", "<u2"),
     "F8_E4M3": ("float8_e4m3fn", "|u1"),
     "F8_E5M2": ("float8_e5m2", "|u1"),
+    "F8_E4M3FNUZ": ("float8_e4m3fnuz", "|u1"),
+    "F8_E5M2FNUZ": ("float8_e5m2fnuz", "|u1"),
+    "F8_E8M0": ("float8_e8m0fnu", "|u1"),
 }
 
 
@@ -908,14 +913,10 @@ def _to_torch(array: np.ndarray, dtype: str) -> Any:
         raise ValueError("framework='torch' needs torch to be installed") from None
     except ImportError as exc:  # a broken install (a missing shared library, say)
         raise ValueError(f"framework='torch': importing torch failed: {exc}") from exc
-    special = {
-        "BF16": torch.bfloat16,
-        "F8_E4M3": getattr(torch, "float8_e4m3fn", None),
-        "F8_E5M2": getattr(torch, "float8_e5m2", None),
-    }
-    if dtype in special:
-        raw = array.view(np.uint16 if dtype == "BF16" else np.uint8)
-        target = special[dtype]
+    if dtype in _ML_DTYPES:
+        name, raw_dtype = _ML_DTYPES[dtype]
+        raw = array.view(raw_dtype)
+        target = getattr(torch, name, None)
         if target is None:
             raise ValueError(f"this torch has no dtype for {dtype}")
         # A view, not a copy: a bf16 model must not be held twice.

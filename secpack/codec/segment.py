@@ -86,7 +86,8 @@ BGX_DTYPES = {"F32": "fp32", "BF16": "bf16", "F16": "fp16"}
 # per byte whole, 6.985 for exponent and the rest apart). Their segments are
 # coded by zstd and, from ans's minimum up, as one ans plane, and the smaller
 # kept: ans takes 0.4-0.5 % more off fp8 and int8 weights than zstd does.
-ANS_DTYPES = frozenset({"F8_E4M3", "F8_E5M2", "I8", "U8"})
+# F8_E8M0 scales are one-byte exponents, as skewed as fp8's bytes.
+ANS_DTYPES = frozenset({"F8_E4M3", "F8_E5M2", "F8_E4M3FNUZ", "F8_E5M2FNUZ", "F8_E8M0", "I8", "U8"})
 
 
 def encode(

@@ -27,7 +27,7 @@ from secpack.format.contents import (
 from secpack.format.limits import Limits
 from secpack.format.manifest import COMPONENT_NAME_RE
 from secpack.tensors import safetensors
-from secpack.tensors.dtypes import DTYPE_SIZES, FLOAT_DTYPES
+from secpack.tensors.dtypes import DTYPE_SIZES, FLOAT_DTYPES, coded_as
 
 __all__ = ["InputFile", "InputTree", "Plan", "PlannedComponent", "PlannedSegment", "make_plan"]
 
@@ -492,7 +492,10 @@ def make_plan(
             if layout is not None:
                 builder.add_unit(("header", f.path), f.path, 0, layout.header_len, 1, False)
                 for t in layout.tensors:
-                    width = DTYPE_SIZES[t.dtype]
+                    coded = coded_as(t.dtype)
+                    width = DTYPE_SIZES[coded]
+                    # A row's length in the coded type's elements (two per C64).
+                    row = t.shape[-1] * (DTYPE_SIZES[t.dtype] // width) if len(t.shape) >= 2 else 0
                     offset = layout.header_len + t.begin
                     t_first, t_count = builder.add_unit(
                         ("tensor", t.name),
@@ -500,9 +503,9 @@ def make_plan(
                         offset,
                         t.end - t.begin,
                         width,
-                        t.dtype in FLOAT_DTYPES and width > 1,
-                        t.dtype,
-                        t.shape[-1] if len(t.shape) >= 2 else 0,
+                        coded in FLOAT_DTYPES and width > 1,
+                        coded,
+                        row,
                     )
                     tensors.append(
                         TensorRecord(

@@ -46,7 +46,8 @@ class SafetensorsLayout:
 
 
 class UnsupportedDtype(InputError):
-    """A well-formed entry whose dtype secpack does not model (F8_E8M0, F4, C64...)."""
+    """A well-formed entry whose dtype secpack does not model: the packed sub-byte
+    floats (F4, F6_E2M3, F6_E3M2), or a type safetensors adds later."""
 
     def __init__(self, name: str, dtype: str) -> None:
         super().__init__("input.safetensors", f"tensor {name!r} has dtype {dtype!r}")

@@ -306,7 +306,9 @@ def _int8_weights(n: int, seed: int) -> bytes:
 
 
 @needs_native
-@pytest.mark.parametrize("dtype", ["I8", "U8", "F8_E4M3", "F8_E5M2"])
+@pytest.mark.parametrize(
+    "dtype", ["I8", "U8", "F8_E4M3", "F8_E5M2", "F8_E4M3FNUZ", "F8_E5M2FNUZ", "F8_E8M0"]
+)
 def test_one_byte_numbers_take_the_ans_codec_when_it_beats_zstd(dtype: str) -> None:
     data = _int8_weights(100_003, 11)
     levels = segment.LEVELS

@@ -4,12 +4,14 @@ refuse-before-decode, and thread safety."""
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import logging
 import multiprocessing
 import struct
 import sys
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +77,14 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "scalar": np.array(2.5, dtype=np.float64),
         "i8": np.arange(-5, 5, dtype=np.int8),
         "u16": np.arange(9, dtype=np.uint16),
+        # One-byte types numpy lacks, as bit patterns that are no type's NaN.
+        "e4m3": np.arange(1, 101, dtype=np.uint8).reshape(10, 10),
+        "e4m3.fnuz": np.arange(1, 101, dtype=np.uint8).reshape(4, 25),
+        "e5m2.fnuz": np.arange(2, 102, dtype=np.uint8),
+        "e8m0": np.arange(100, 140, dtype=np.uint8).reshape(8, 5),
+        "complex": (rng.standard_normal((6, 5)) + 1j * rng.standard_normal((6, 5))).astype(
+            np.complex64
+        ),
     }
     dtypes = {
         "big.f32": "F32",
@@ -86,6 +96,11 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "scalar": "F64",
         "i8": "I8",
         "u16": "U16",
+        "e4m3": "F8_E4M3",
+        "e4m3.fnuz": "F8_E4M3FNUZ",
+        "e5m2.fnuz": "F8_E5M2FNUZ",
+        "e8m0": "F8_E8M0",
+        "complex": "C64",
     }
     _write_safetensors(root / "model.safetensors", tensors, dtypes)
     (root / "config.json").write_text('{"layers": 1}')
@@ -110,19 +125,53 @@ def _open(path: Path, **kw: Any) -> secpack.Package:
     return secpack.open_package(path, **kw)
 
 
-def test_arrays_equal_the_source_bytes_and_types(model: Path, package: Path) -> None:
+# The dtypes numpy has, and those that ml_dtypes gives (bit patterns without it).
+_NUMPY_NAMES = {
+    "F32": "float32",
+    "F16": "float16",
+    "I64": "int64",
+    "BOOL": "bool",
+    "F64": "float64",
+    "I8": "int8",
+    "U16": "uint16",
+    "C64": "complex64",
+}
+_ML_NAMES = {
+    "BF16": ("bfloat16", "uint16"),
+    "F8_E4M3": ("float8_e4m3fn", "uint8"),
+    "F8_E4M3FNUZ": ("float8_e4m3fnuz", "uint8"),
+    "F8_E5M2FNUZ": ("float8_e5m2fnuz", "uint8"),
+    "F8_E8M0": ("float8_e8m0fnu", "uint8"),
+}
+
+
+@pytest.fixture(params=[True, False], ids=["ml_dtypes", "no-ml_dtypes"])
+def with_ml_dtypes(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Runs a test with ml_dtypes (a test dependency), then as if it were not
+    installed: a None in sys.modules makes its import fail."""
+    if not request.param:
+        monkeypatch.setitem(sys.modules, "ml_dtypes", None)
+    return bool(request.param)
+
+
+@contextlib.contextmanager
+def _dtype_warnings(expected: bool) -> Iterator[None]:
+    """A DtypeWarning must come exactly when ml_dtypes is missing."""
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        yield
+    got = [w for w in seen if issubclass(w.category, secpack.api.loader.DtypeWarning)]
+    assert bool(got) == expected, [str(w.message) for w in got]
+
+
+def test_arrays_equal_the_source_bytes_and_types(
+    model: Path, package: Path, with_ml_dtypes: bool
+) -> None:
     source = _source_tensors(model / "model.safetensors")
-    expected_dtype = {
-        "F32": "float32",
-        "F16": "float16",
-        "I64": "int64",
-        "BOOL": "bool",
-        "F64": "float64",
-        "I8": "int8",
-        "U16": "uint16",
-        "BF16": "uint16",
-    }
-    with _open(package) as pkg, pytest.warns(secpack.api.loader.DtypeWarning):
+    assert {d for d, _, _ in source.values()} == set(_NUMPY_NAMES) | set(_ML_NAMES)
+    expected_dtype = dict(_NUMPY_NAMES)
+    expected_dtype.update({k: v[0 if with_ml_dtypes else 1] for k, v in _ML_NAMES.items()})
+    with _open(package) as pkg, _dtype_warnings(not with_ml_dtypes):
         sd = pkg.state_dict("weights")
         assert set(sd) == set(source)
         for name, (dtype, shape, raw) in source.items():
@@ -130,7 +179,8 @@ def test_arrays_equal_the_source_bytes_and_types(model: Path, package: Path) -> 
             assert arr.tobytes() == raw and list(arr.shape) == shape
             assert arr.dtype.name == expected_dtype[dtype]
             assert arr.size == 0 or arr.ctypes.data % 64 == 0
-            assert np.array_equal(pkg.tensor(name), arr)
+            one = pkg.tensor(name)
+            assert one.dtype == arr.dtype and one.tobytes() == raw
         assert pkg.read_file("config", "config.json") == (model / "config.json").read_bytes()
         assert (
             pkg.read_file("weights", "model.safetensors")
@@ -628,9 +678,11 @@ def test_load_one_call(package: Path, model: Path) -> None:
     assert tensors["ids"].tobytes() == source["ids"][2]
 
 
-def test_iter_tensors_yields_every_tensor_in_order(model: Path, package: Path) -> None:
+def test_iter_tensors_yields_every_tensor_in_order(
+    model: Path, package: Path, with_ml_dtypes: bool
+) -> None:
     source = _source_tensors(model / "model.safetensors")
-    with _open(package, threads=2) as pkg, pytest.warns(secpack.api.loader.DtypeWarning):
+    with _open(package, threads=2) as pkg, _dtype_warnings(not with_ml_dtypes):
         names = []
         for name, arr in pkg.iter_tensors("weights"):
             _dtype, shape, raw = source[name]
