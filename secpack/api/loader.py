@@ -95,16 +95,22 @@ def numpy_dtype(dtype: str) -> np.dtype[Any]:
     name, raw = _ML_DTYPES[dtype]
     try:
         import ml_dtypes
+
+        # One from before the type (float8_e8m0fnu came in 0.5, and some
+        # frameworks pin older ones) serves the bit patterns too.
+        found, how = getattr(ml_dtypes, name, None), "upgrade ml_dtypes"
     except ImportError:
+        found, how = None, "install ml_dtypes"
+    if found is None:
         warnings.warn(
             f"{dtype} tensors are returned as {np.dtype(raw).name} bit patterns: "
-            "install ml_dtypes to get the real dtype",
+            f"{how} to get the real dtype",
             DtypeWarning,
             stacklevel=3,
         )
         return np.dtype(raw)
-    found: np.dtype[Any] = np.dtype(getattr(ml_dtypes, name))
-    return found
+    real: np.dtype[Any] = np.dtype(found)
+    return real
 
 
 def make_array(buffer: np.ndarray, record: TensorRecord) -> np.ndarray:

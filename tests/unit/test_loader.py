@@ -10,6 +10,7 @@ import logging
 import multiprocessing
 import struct
 import sys
+import types
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -145,13 +146,25 @@ _ML_NAMES = {
 }
 
 
-@pytest.fixture(params=[True, False], ids=["ml_dtypes", "no-ml_dtypes"])
-def with_ml_dtypes(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
-    """Runs a test with ml_dtypes (a test dependency), then as if it were not
-    installed: a None in sys.modules makes its import fail."""
-    if not request.param:
+@pytest.fixture(params=["ml_dtypes", "ml_dtypes-0.4", "no-ml_dtypes"])
+def with_ml_dtypes(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> set[str]:
+    """Runs a test with ml_dtypes (a test dependency); with one from before
+    float8_e8m0fnu (0.5), which some frameworks pin; and as if it were not
+    installed (a None in sys.modules makes its import fail). Gives the dtypes
+    that come back as ml_dtypes' types."""
+    import ml_dtypes
+
+    if request.param == "no-ml_dtypes":
         monkeypatch.setitem(sys.modules, "ml_dtypes", None)
-    return bool(request.param)
+        return set()
+    if request.param == "ml_dtypes-0.4":
+        old = types.ModuleType("ml_dtypes")
+        old.__dict__.update(
+            {k: v for k, v in vars(ml_dtypes).items() if k not in ("float8_e8m0fnu", "__name__")}
+        )
+        monkeypatch.setitem(sys.modules, "ml_dtypes", old)
+        return set(_ML_NAMES) - {"F8_E8M0"}
+    return set(_ML_NAMES)
 
 
 @contextlib.contextmanager
@@ -165,13 +178,13 @@ def _dtype_warnings(expected: bool) -> Iterator[None]:
 
 
 def test_arrays_equal_the_source_bytes_and_types(
-    model: Path, package: Path, with_ml_dtypes: bool
+    model: Path, package: Path, with_ml_dtypes: set[str]
 ) -> None:
     source = _source_tensors(model / "model.safetensors")
     assert {d for d, _, _ in source.values()} == set(_NUMPY_NAMES) | set(_ML_NAMES)
     expected_dtype = dict(_NUMPY_NAMES)
-    expected_dtype.update({k: v[0 if with_ml_dtypes else 1] for k, v in _ML_NAMES.items()})
-    with _open(package) as pkg, _dtype_warnings(not with_ml_dtypes):
+    expected_dtype.update({k: v[k not in with_ml_dtypes] for k, v in _ML_NAMES.items()})
+    with _open(package) as pkg, _dtype_warnings(with_ml_dtypes != set(_ML_NAMES)):
         sd = pkg.state_dict("weights")
         assert set(sd) == set(source)
         for name, (dtype, shape, raw) in source.items():
@@ -679,10 +692,10 @@ def test_load_one_call(package: Path, model: Path) -> None:
 
 
 def test_iter_tensors_yields_every_tensor_in_order(
-    model: Path, package: Path, with_ml_dtypes: bool
+    model: Path, package: Path, with_ml_dtypes: set[str]
 ) -> None:
     source = _source_tensors(model / "model.safetensors")
-    with _open(package, threads=2) as pkg, _dtype_warnings(not with_ml_dtypes):
+    with _open(package, threads=2) as pkg, _dtype_warnings(with_ml_dtypes != set(_ML_NAMES)):
         names = []
         for name, arr in pkg.iter_tensors("weights"):
             _dtype, shape, raw = source[name]
