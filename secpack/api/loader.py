@@ -24,10 +24,10 @@ import threading
 import warnings
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 # cbor2, the audit log, the atomic writer, key files and the codecs: what every
 # open and every first decode needs, imported with the loader rather than inside
@@ -49,7 +49,7 @@ from secpack.errors import NotFoundError, SecpackError, TensorError, resource_li
 from secpack.format.contents import FileEntry, TensorRecord
 from secpack.format.manifest import Manifest
 from secpack.package.decode import OpenComponent
-from secpack.package.parallel import ordered_batched
+from secpack.package.parallel import InlineExecutor, ordered_batched
 from secpack.package.reader import largest_segment
 from secpack.sign.policy import Policy, Signer
 from secpack.tensors.variants import VARIANTS, VARIANTS_ASKED, VARIANTS_ONLY
@@ -176,6 +176,40 @@ def _as_policy(
 
 # What a load out of memory or threads is told to try.
 _LESS = "threads=1 and smaller loads (iter_tensors, tensor) need less"
+_INLINE = InlineExecutor()
+
+
+@contextlib.contextmanager
+def _out_of_resources() -> Iterator[None]:
+    """Running out of memory or threads is ``limit.exceeded``, a SecpackError like
+    every other failure of the loader, not a bare MemoryError or RuntimeError."""
+    try:
+        yield
+    except Exception as exc:
+        limit = resource_limit(exc, _LESS)
+        if limit is not None:
+            raise limit from exc
+        raise
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _loading(
+    method: Callable[Concatenate[Package, _P], _R],
+) -> Callable[Concatenate[Package, _P], _R]:
+    """A Package method that reads the package: whatever it runs into besides the
+    package's own faults is said as what it is (Package._load_errors), wherever in
+    the method it comes: a decryption of the tensor table, an output buffer, the
+    copy handed back, as much as the decoding itself."""
+
+    @functools.wraps(method)
+    def wrapper(self: Package, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with self._load_errors():
+            return method(self, *args, **kwargs)
+
+    return wrapper
 
 
 class Package:
@@ -343,16 +377,19 @@ class Package:
     # The table is served only once each safetensors file's stored header has been
     # found to agree with it (OpenComponent.check_file), as the tensors themselves.
 
+    @_loading
     def tensor_names(self, component: str = "weights") -> list[str]:
         comp = self._component(component)
         comp.check_headers()
         return [t.name for t in comp.contents.tensors]
 
+    @_loading
     def tensor_info(self, name: str, component: str | None = None) -> TensorRecord:
         comp, record = self._find(name, component)
         comp.check_file(record.file)
         return record
 
+    @_loading
     def files(self, component: str) -> list[FileEntry]:
         comp = self._component(component)
         comp.check_headers()
@@ -360,23 +397,26 @@ class Package:
 
     # --- decoding ------------------------------------------------------------------
 
-    def _executor(self) -> ThreadPoolExecutor:
+    def _executor(self) -> Executor:
         with self._lock:
             if self._closed:
                 raise ValueError(f"{self._src.path}: the package is closed")
+            if self._threads == 1:
+                # One worker decodes in the caller's thread: threads=1 starts no
+                # thread at all, which is what memory too tight for one needs.
+                return _INLINE
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="secpack-load")
             return self._pool
 
     def _decode_many(self, work: list[tuple[OpenComponent, int, memoryview]]) -> None:
-        with self._load_errors():
-            if len(work) == 1:
-                comp, seg, out = work[0]
-                comp.decode_into(seg, out)
-                return
-            jobs = [(len(o), functools.partial(c.decode_into, s, o)) for c, s, o in work]
-            for _ in ordered_batched(self._executor(), jobs, 2 * self._threads + 2):
-                pass
+        if len(work) == 1:
+            comp, seg, out = work[0]
+            comp.decode_into(seg, out)
+            return
+        jobs = [(len(o), functools.partial(c.decode_into, s, o)) for c, s, o in work]
+        for _ in ordered_batched(self._executor(), jobs, 2 * self._threads + 2):
+            pass
 
     @contextlib.contextmanager
     def _load_errors(self) -> Iterator[None]:
@@ -384,18 +424,15 @@ class Package:
         it is. close() from another thread shuts the pool down under a running
         load: its next submit is a RuntimeError of concurrent.futures, the caller's
         use of a closed package (ValueError). Running out of memory or threads is
-        ``limit.exceeded``, a SecpackError like every other failure, not a bare
-        MemoryError."""
+        ``limit.exceeded`` (_out_of_resources)."""
         try:
-            yield
-        except Exception as exc:
-            if isinstance(exc, RuntimeError) and self._closed:
+            with _out_of_resources():
+                yield
+        except RuntimeError:
+            if self._closed:
                 raise ValueError(
                     f"{self._src.path}: the package was closed during a load"
                 ) from None
-            limit = resource_limit(exc, _LESS)
-            if limit is not None:
-                raise limit from exc
             raise
 
     @staticmethod
@@ -410,6 +447,7 @@ class Package:
             pos += size
         return work
 
+    @_loading
     def tensor(
         self, name: str, component: str | None = None, prefer: Sequence[str] | None = None
     ) -> np.ndarray:
@@ -496,22 +534,23 @@ class Package:
     def _iter_tensors(
         self, component: str, prefer: list[str] | None
     ) -> Iterator[tuple[str, np.ndarray]]:
-        if prefer is None:
-            yield from self._iter_stored(component)
-            return
-        for choice, held in self._forms(component, prefer):
-            with self._lock:
-                self._served[component] = choice
-            if choice == "int8":
-                yield from self._iter_dequantized(held)
-            else:
-                yield from self._iter_stored(held)
-            return
-        raise SecpackError(
-            "component.unknown",
-            f"none of {list(prefer)} is available for {component!r} "
-            f"(have {self.variants(component)})",
-        )
+        with self._load_errors():  # as _loading does for the other reads
+            if prefer is None:
+                yield from self._iter_stored(component)
+                return
+            for choice, held in self._forms(component, prefer):
+                with self._lock:
+                    self._served[component] = choice
+                if choice == "int8":
+                    yield from self._iter_dequantized(held)
+                else:
+                    yield from self._iter_stored(held)
+                return
+            raise SecpackError(
+                "component.unknown",
+                f"none of {list(prefer)} is available for {component!r} "
+                f"(have {self.variants(component)})",
+            )
 
     def _iter_dequantized(self, component: str) -> Iterator[tuple[str, np.ndarray]]:
         """An int8 variant's tensors as :func:`_dequantize` serves them: each int8
@@ -564,11 +603,11 @@ class Package:
                         ),
                     )
 
-        with self._load_errors():
-            for done in ordered_batched(self._executor(), jobs(), 2 * self._threads + 2):
-                if done >= 0:
-                    yield records[done].name, make_array(buffers.pop(done), records[done])
+        for done in ordered_batched(self._executor(), jobs(), 2 * self._threads + 2):
+            if done >= 0:
+                yield records[done].name, make_array(buffers.pop(done), records[done])
 
+    @_loading
     def state_dict(
         self,
         component: str = "weights",
@@ -731,6 +770,7 @@ class Package:
             self._decode_many(work)
         return {record.name: make_array(buffer, record) for record, buffer in buffers}
 
+    @_loading
     def read_file(self, component: str, path: str) -> bytes:
         """The exact bytes of one original file of ``component`` (``file.unknown``,
         also a ``KeyError``, when it has none at ``path``)."""
@@ -744,6 +784,7 @@ class Package:
                 return buffer.tobytes()
         raise NotFoundError("file.unknown", f"no file {path!r} in {component!r}", path)
 
+    @_loading
     def export_safetensors(
         self,
         names: Sequence[str] | None = None,
@@ -951,18 +992,17 @@ def open_package(
     Raises :class:`SecpackError` for anything unsigned, untrusted, expired, a
     downgrade, or malformed, before any tensor is decoded.
     """
-    pol = _as_policy(policy, trust)
-    identities = _as_identities(identity, passphrase)
+    with _out_of_resources():
+        pol = _as_policy(policy, trust)
+        identities = _as_identities(identity, passphrase)
     with audited("load") as audit:
         audit["package"] = {"path": os.fspath(path)}
         src = FileSource(os.fspath(path))
         try:
-            pkg = Package(src, pol, identities, threads, expected_name, allow_downgrade)
-        except BaseException as exc:
+            with _out_of_resources():
+                pkg = Package(src, pol, identities, threads, expected_name, allow_downgrade)
+        except BaseException:
             src.close()
-            limit = resource_limit(exc, _LESS)
-            if limit is not None:
-                raise limit from exc
             raise
         audit["package"].update(package_facts(pkg.name, pkg.version, pkg.manifest_digest))
         return pkg

@@ -17,11 +17,12 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
-from typing import TypeVar
+from typing import ParamSpec, TypeVar
 
-__all__ = ["BATCH_BYTES", "ordered", "ordered_batched"]
+__all__ = ["BATCH_BYTES", "InlineExecutor", "ordered", "ordered_batched"]
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 # Segments are batched up to this many plaintext bytes per job. Measured on 2,000
 # tensors of 1.5 KB, with other processes busy on the machine: loading them took
@@ -30,6 +31,22 @@ T = TypeVar("T")
 # noise. A segment of 1 MiB or more is a job of its own, as before, so the
 # segments of large tensors still keep every worker busy.
 BATCH_BYTES = 1 << 20
+
+
+class InlineExecutor(Executor):
+    """An executor for one worker: each job runs in the caller's thread as it is
+    submitted, its result or error kept in the future as a pool would keep it.
+    No thread is started. Starting one can fail when memory runs out, and one
+    whose start dies inside the interpreter, out of memory, leaves
+    ``Thread.start`` waiting for ever (CPython gh-140746)."""
+
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+        future: Future[T] = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except Exception as exc:  # as a worker thread would; BaseException goes on up
+            future.set_exception(exc)
+        return future
 
 
 def ordered(pool: Executor, jobs: Iterable[Callable[[], T]], window: int) -> Iterator[T]:

@@ -22,11 +22,15 @@ def read_small(path: str, what: str) -> bytes:
     except OSError as exc:  # permission denied, an I/O error, a name too long
         raise InputError("input.io", f"{what} {path}: {exc.strerror}") from None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
             raise InputError("input.invalid", f"{what} {path} is not a regular file")
         with os.fdopen(fd, "rb") as fh:
             fd = -1
-            data = fh.read(MAX_SMALL_FILE + 1)
+            # Read at the file's own size (one byte more shows one that grew):
+            # read(n) sets n bytes aside first, and a key of a few hundred bytes
+            # must not need the cap's whole MiB of memory.
+            data = fh.read(min(info.st_size, MAX_SMALL_FILE) + 1)
     except OSError as exc:
         raise InputError("input.io", f"{what} {path}: {exc.strerror}") from None
     finally:

@@ -285,3 +285,32 @@ def test_an_error_raised_in_a_worker_process_reaches_the_parent_intact(tmp_path:
         with pytest.raises(SecpackError) as caught:
             future.result(timeout=120)
     assert caught.value.code == "input.missing" and missing in caught.value.detail
+
+
+def test_a_small_file_is_read_at_its_own_size(tmp_path: Path) -> None:
+    """A key of a hundred bytes is read into a hundred bytes, not into the 1 MiB
+    cap: with 256 KiB of address space to spare, reading it must still work (it
+    was a MemoryError). The cap itself still holds."""
+    import subprocess
+    import sys
+
+    key = ROOT / "keys-example" / "signing-ed25519.key.pub"
+    probe = f"""
+import resource
+from secpack.transport.files import read_small
+with open("/proc/self/status") as f:
+    held = next(int(x.split()[1]) << 10 for x in f if x.startswith("VmSize:"))
+for _ in range(3):  # warm: what the first call allocates for itself
+    read_small({str(key)!r}, "key")
+resource.setrlimit(resource.RLIMIT_AS, (held + (256 << 10), resource.RLIM_INFINITY))
+print(len(read_small({str(key)!r}, "key")))
+"""
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=False)
+    assert out.stdout.split() == [str(key.stat().st_size)], out.stderr[-1000:]
+    from secpack.transport.files import MAX_SMALL_FILE
+
+    big = tmp_path / "big.pem"
+    big.write_bytes(b"x" * (MAX_SMALL_FILE + 1))
+    with pytest.raises(SecpackError) as caught:
+        read_small(str(big), "key")
+    assert caught.value.code == "input.invalid"

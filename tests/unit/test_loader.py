@@ -467,12 +467,15 @@ def test_an_iteration_begun_before_a_fork_is_refused_in_the_child(tmp_path: Path
         assert sum(1 for _ in tensors) == _LAYERS - 1  # the parent's goes on
 
 
-def test_closing_during_a_load_stops_it_with_a_value_error(tmp_path: Path) -> None:
-    with _open(_many_layers(tmp_path), threads=1) as pkg:
+@pytest.mark.parametrize("threads", [1, 2])
+def test_closing_during_a_load_stops_it_with_a_value_error(tmp_path: Path, threads: int) -> None:
+    # threads=1 decodes in the caller's thread, so its next read finds the file closed.
+    said = "the package is closed" if threads == 1 else "the package was closed during a load"
+    with _open(_many_layers(tmp_path), threads=threads) as pkg:
         tensors = pkg.iter_tensors()
         next(tensors)
         pkg.close()  # waits for the jobs in flight; the load cannot go on
-        with pytest.raises(ValueError, match="closed during a load"):
+        with pytest.raises(ValueError, match=said):
             list(tensors)
 
 
@@ -800,3 +803,97 @@ def test_just_too_little_memory_is_a_secpack_error(tmp_path: Path) -> None:
         return None if said == "ok" else said
 
     assert just_short(run, 4096, 64) == "limit.exceeded"
+
+
+_READS = ["state_dict", "tensor", "iter_tensors", "read_file", "export_safetensors", "tensor_names"]
+
+
+@pytest.mark.parametrize("read", _READS)
+def test_every_read_out_of_memory_is_a_secpack_error(tmp_path: Path, read: str) -> None:
+    """The halving test above looks only just short of enough. Below that, the
+    trust key's read (a MiB set aside for a few hundred bytes), a header check's
+    scratch buffer (state_dict), the copy handed back (read_file) and the file
+    built in memory (export_safetensors) each ran out as a bare MemoryError. Here
+    each read opens the package and reads under every address-space limit from
+    96 MiB above what the process holds down to nothing: it either works or says
+    limit.exceeded. threads=1 starts no worker thread, so no thread start can
+    hang at the edge of memory (CPython gh-140746)."""
+    import subprocess
+    import sys
+
+    from helpers import Tensor, clean_env, write_safetensors
+
+    rng = np.random.default_rng(11)
+    model = tmp_path / "m"
+    model.mkdir()
+    tensors = {
+        f"small.{i}": Tensor("F32", (64,), rng.standard_normal(64).astype("<f4").tobytes())
+        for i in range(20)
+    }
+    for name, shape in (("big.a", (1024, 1024)), ("big.b", (1536, 1024))):
+        tensors[name] = Tensor("F32", shape, rng.standard_normal(shape).astype("<f4").tobytes())
+    write_safetensors(model / "model.safetensors", tensors)
+    (model / "config.json").write_text("{}")
+    pkg = _seal(model, tmp_path / "p.spk")
+    env = clean_env({"SECPACK_AUDIT": "off", "SECPACK_STATE_DIR": str(tmp_path / "state")})
+    probe = f"""
+import resource, sys
+import numpy, secpack
+from secpack.api.loader import open_package
+
+READS = {{
+    "state_dict": lambda p: p.state_dict(),
+    "tensor": lambda p: p.tensor("big.b"),
+    "iter_tensors": lambda p: sum(1 for _ in p.iter_tensors()),
+    "read_file": lambda p: p.read_file("weights", "model.safetensors"),
+    "export_safetensors": lambda p: p.export_safetensors(),
+    "tensor_names": lambda p: p.tensor_names(),
+}}
+read = READS[sys.argv[1]]
+soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+
+
+def held():
+    with open("/proc/self/status") as f:
+        return next(int(x.split()[1]) << 10 for x in f if x.startswith("VmSize:"))
+
+
+def attempt():
+    with open_package(
+        {str(pkg)!r},
+        identity={str(KEYS / "recipient-x25519.key")!r},
+        trust=[{str(KEYS / "signing-ed25519.key.pub")!r}],
+        threads=1,
+    ) as p:
+        read(p)
+
+
+attempt()  # everything imported that will be
+seen = set()
+for extra in range(96, -1, -1):
+    resource.setrlimit(resource.RLIMIT_AS, (held() + (extra << 20), hard))
+    try:
+        attempt()
+        seen.add("ok")
+    except secpack.SecpackError as exc:
+        seen.add(exc.code)
+    except BaseException as exc:
+        seen.add("untyped-" + type(exc).__name__)
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+print(",".join(sorted(seen)))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", probe, read],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    seen = out.stdout.split()[-1].split(",")
+    # Every failure typed; and the scan reached both ends, the read done in full and
+    # the read refused (tensor_names needs no buffer that its table has not got).
+    assert set(seen) <= {"limit.exceeded", "ok"}, seen
+    assert "ok" in seen and ("limit.exceeded" in seen or read == "tensor_names"), seen
