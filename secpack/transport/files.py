@@ -27,10 +27,13 @@ def read_small(path: str, what: str) -> bytes:
             raise InputError("input.invalid", f"{what} {path} is not a regular file")
         with os.fdopen(fd, "rb") as fh:
             fd = -1
-            # Read at the file's own size (one byte more shows one that grew):
-            # read(n) sets n bytes aside first, and a key of a few hundred bytes
-            # must not need the cap's whole MiB of memory.
+            # Read at the file's own size: read(n) sets n bytes aside first, and a
+            # key of a few hundred bytes must not need the cap's whole MiB. A file
+            # longer than it said (one that grew, or that reports no size) is
+            # read on to the cap.
             data = fh.read(min(info.st_size, MAX_SMALL_FILE) + 1)
+            if len(data) > info.st_size:
+                data += fh.read(MAX_SMALL_FILE + 1 - len(data))
     except OSError as exc:
         raise InputError("input.io", f"{what} {path}: {exc.strerror}") from None
     finally:

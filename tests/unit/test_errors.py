@@ -314,3 +314,26 @@ print(len(read_small({str(key)!r}, "key")))
     with pytest.raises(SecpackError) as caught:
         read_small(str(big), "key")
     assert caught.value.code == "input.invalid"
+
+
+def test_a_file_longer_than_its_size_says_is_read_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file that grew after its size was taken, or that reports none (as some
+    file systems' regular files do), is read to its end, not cut at the size."""
+    from secpack.transport import files
+
+    key = tmp_path / "k.pem"
+    key.write_bytes(b"k" * 300)
+    real = os.fstat
+
+    def stale(fd: int) -> os.stat_result:
+        st = real(fd)
+        return os.stat_result((st.st_mode, *st[1:6], 0, *st[7:]))
+
+    monkeypatch.setattr(files.os, "fstat", stale)
+    assert read_small(str(key), "key") == b"k" * 300
+    key.write_bytes(b"k" * (files.MAX_SMALL_FILE + 1))
+    with pytest.raises(SecpackError) as caught:
+        read_small(str(key), "key")
+    assert caught.value.code == "input.invalid"

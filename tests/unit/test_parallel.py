@@ -99,3 +99,48 @@ def test_an_error_in_a_batch_stops_the_map_and_cancels_the_rest() -> None:
         seen.extend(ordered_batched(pool, jobs, 2, max_jobs=10))
     assert seen == list(range(20))  # the batches before the failing one
     assert len(ran) < 100  # not every job ran: the rest were cancelled
+
+
+def test_one_worker_runs_in_the_calling_thread_and_starts_none(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: object
+) -> None:
+    """InlineExecutor: results in order, an error kept for its result() as a pool
+    keeps it, and no thread started: neither by it, nor by verify or the loader
+    with one worker (a thread started out of memory can hang for ever)."""
+    from pathlib import Path
+
+    from helpers import build_model
+
+    import secpack
+    from secpack.api.keyfiles import load_signing_key
+    from secpack.api.seal import seal
+    from secpack.api.verify import verify
+    from secpack.sign.policy import Policy, policy_from_keys
+
+    keys = Path(__file__).resolve().parents[2] / "keys-example"
+    root = Path(str(tmp_path))
+    model = build_model(root / "m", scale=4096)
+    pkg = root / "p.spk"
+    seal(
+        str(model),
+        str(pkg),
+        encrypt=False,
+        segment_size=1 << 20,
+        sign_keys=[load_signing_key(str(keys / "signing-ed25519.key"))],
+    )
+    trusted = policy_from_keys([("k", (keys / "signing-ed25519.key.pub").read_bytes())]).keys
+
+    def refuse(self: threading.Thread) -> None:
+        raise AssertionError(f"a thread was started: {self.name}")
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    log: list[tuple[str, int]] = []
+    jobs = [(1, functools.partial(_record, log, i)) for i in range(5)]
+    assert list(ordered_batched(parallel.InlineExecutor(), jobs, 2)) == list(range(5))
+    assert {name for name, _ in log} == {threading.current_thread().name}
+    failed = parallel.InlineExecutor().submit(int, "x")
+    with pytest.raises(ValueError):
+        failed.result()
+    verify(str(pkg), Policy(keys=trusted, rollback=False), threads=1)
+    with secpack.open_package(pkg, trust=[str(keys / "signing-ed25519.key.pub")], threads=1) as p:
+        assert len(p.state_dict()) == len(p.tensor_names())
