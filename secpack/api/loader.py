@@ -24,7 +24,7 @@ import threading
 import warnings
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -49,7 +49,7 @@ from secpack.errors import NotFoundError, SecpackError, TensorError, resource_li
 from secpack.format.contents import FileEntry, TensorRecord
 from secpack.format.manifest import Manifest
 from secpack.package.decode import OpenComponent
-from secpack.package.parallel import InlineExecutor, ordered_batched
+from secpack.package.parallel import ordered_batched, worker_pool
 from secpack.package.reader import largest_segment
 from secpack.sign.policy import Policy, Signer
 from secpack.tensors.variants import VARIANTS, VARIANTS_ASKED, VARIANTS_ONLY
@@ -176,7 +176,6 @@ def _as_policy(
 
 # What a load out of memory or threads is told to try.
 _LESS = "threads=1 and smaller loads (iter_tensors, tensor) need less"
-_INLINE = InlineExecutor()
 
 
 @contextlib.contextmanager
@@ -229,7 +228,7 @@ class Package:
         self._identities = identities
         self._lock = threading.Lock()
         self._components: dict[int, OpenComponent] = {}
-        self._pool: ThreadPoolExecutor | None = None
+        self._pool: Executor | None = None
         self._closed = False
         self._served: dict[str, str] = {}
         self._served_tensors: dict[str, str] = {}
@@ -401,12 +400,10 @@ class Package:
         with self._lock:
             if self._closed:
                 raise ValueError(f"{self._src.path}: the package is closed")
-            if self._threads == 1:
-                # One worker decodes in the caller's thread: threads=1 starts no
-                # thread at all, which is what memory too tight for one needs.
-                return _INLINE
             if self._pool is None:
-                self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="secpack-load")
+                # With one worker, no thread at all: memory too tight for one can
+                # hang its start for ever (see InlineExecutor).
+                self._pool = worker_pool(self._threads, "secpack-load")
             return self._pool
 
     def _decode_many(self, work: list[tuple[OpenComponent, int, memoryview]]) -> None:

@@ -16,10 +16,10 @@ import functools
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
 
-__all__ = ["BATCH_BYTES", "InlineExecutor", "ordered", "ordered_batched"]
+__all__ = ["BATCH_BYTES", "InlineExecutor", "ordered", "ordered_batched", "worker_pool"]
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -47,6 +47,14 @@ class InlineExecutor(Executor):
         except Exception as exc:  # as a worker thread would; BaseException goes on up
             future.set_exception(exc)
         return future
+
+
+def worker_pool(threads: int, name: str) -> Executor:
+    """``threads`` workers; one works in the caller's thread (InlineExecutor), as
+    the caller would only wait for it."""
+    if threads == 1:
+        return InlineExecutor()
+    return ThreadPoolExecutor(threads, thread_name_prefix=name)
 
 
 def ordered(pool: Executor, jobs: Iterable[Callable[[], T]], window: int) -> Iterator[T]:

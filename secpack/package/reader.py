@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import hashlib
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -24,7 +23,7 @@ from secpack.format.sections import (
     check_index,
     parse_signature_section,
 )
-from secpack.package.parallel import InlineExecutor, ordered_batched
+from secpack.package.parallel import ordered_batched, worker_pool
 from secpack.sign.policy import Policy, Signer, evaluate_signatures
 from secpack.workers import worker_threads
 
@@ -187,14 +186,7 @@ def verify_segments(
         for c in indices
         for s, seg in enumerate(header.manifest.components[c].segments)
     ]
-    # One worker checks in the calling thread: it would only wait for that one
-    # (and a thread started out of memory can hang for ever, see InlineExecutor).
-    pool = (
-        InlineExecutor()
-        if threads == 1
-        else ThreadPoolExecutor(max_workers=threads, thread_name_prefix="secpack-verify")
-    )
-    with pool:
+    with worker_pool(threads, "secpack-verify") as pool:
         for size in ordered_batched(pool, jobs, 2 * threads + 2):
             if progress:
                 progress(size)
