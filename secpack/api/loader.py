@@ -10,7 +10,9 @@
 Signatures, freshness and rollback are checked once, in :func:`open_package`.
 After that a tensor's segments are read, digest-checked, decrypted and decoded
 only when that tensor is asked for, straight into a 64-byte-aligned buffer of
-the tensor's exact size. A :class:`Package` is safe to share between threads.
+the tensor's exact size; a small tensor that shares its segment with others (a
+run, docs/FORMAT.md §5) is copied out of that segment, decoded once for all of
+them in a state dict. A :class:`Package` is safe to share between threads.
 """
 
 from __future__ import annotations
@@ -406,12 +408,16 @@ class Package:
                 self._pool = worker_pool(self._threads, "secpack-load")
             return self._pool
 
-    def _decode_many(self, work: list[tuple[OpenComponent, int, memoryview]]) -> None:
+    def _decode_many(self, work: list[Work]) -> None:
+        work = _merged(work)
         if len(work) == 1:
-            comp, seg, out = work[0]
-            comp.decode_into(seg, out)
+            comp, seg, pieces = work[0]
+            comp.decode_pieces(seg, pieces)
             return
-        jobs = [(len(o), functools.partial(c.decode_into, s, o)) for c, s, o in work]
+        jobs = [
+            (sum(len(o) for _, o in p), functools.partial(c.decode_pieces, s, p))
+            for c, s, p in work
+        ]
         for _ in ordered_batched(self._executor(), jobs, 2 * self._threads + 2):
             pass
 
@@ -435,12 +441,13 @@ class Package:
     @staticmethod
     def _segments_into(
         comp: OpenComponent, first: int, count: int, buffer: np.ndarray
-    ) -> list[tuple[OpenComponent, int, memoryview]]:
+    ) -> list[Work]:
         view = buffer.data.cast("B")
-        work, pos = [], 0
+        work: list[Work] = []
+        pos = 0
         for seg in range(first, first + count):
             size = comp.component.segments[seg].plain
-            work.append((comp, seg, view[pos : pos + size]))
+            work.append((comp, seg, [(0, view[pos : pos + size])]))
             pos += size
         return work
 
@@ -448,10 +455,11 @@ class Package:
     def tensor(
         self, name: str, component: str | None = None, prefer: Sequence[str] | None = None
     ) -> np.ndarray:
-        """Decode one tensor; reads only that tensor's segments (and, for int8, its
-        scales). Raises ``tensor.unknown`` (a :class:`SecpackError` that is also a
-        ``KeyError``) when no readable component has it, and :class:`SecpackError`
-        on any check.
+        """Decode one tensor; reads only that tensor's segments, or the one it
+        shares with its small neighbours (at most 1 MiB), and for int8 its
+        scales. Raises ``tensor.unknown`` (a :class:`SecpackError` that is also
+        a ``KeyError``) when no readable component has it, and
+        :class:`SecpackError` on any check.
 
         Without ``prefer`` this is the exact tensor. A package sealed with
         ``--variants-only`` has none: that is ``component.unknown``, as for
@@ -495,10 +503,13 @@ class Package:
 
     def _tensor_into(
         self, comp: OpenComponent, record: TensorRecord, buffer: np.ndarray
-    ) -> list[tuple[OpenComponent, int, memoryview]]:
+    ) -> list[Work]:
         """The decode work for one tensor, once its file's stored header has been
-        found to agree with the tensor table (OpenComponent.check_file)."""
+        found to agree with the tensor table (OpenComponent.check_file). A tensor
+        of a run is its slice of the run's segment."""
         comp.check_file(record.file)
+        if record.run:
+            return [(comp, record.first, [(record.skip, buffer.data.cast("B"))])]
         return self._segments_into(comp, record.first, record.count, buffer)
 
     def _decode_tensor(self, comp: OpenComponent, record: TensorRecord) -> np.ndarray:
@@ -585,24 +596,31 @@ class Package:
         buffers: dict[int, np.ndarray] = {}
 
         def jobs() -> Iterator[tuple[int, Callable[[], int]]]:
-            # Each job returns the index of the tensor it completes, or -1: results
-            # come back in order, so a tensor is whole once its final job returns.
+            # Each job returns the index of the last tensor it completes, or -1:
+            # results come back in order, so every tensor up to that one is whole.
+            # The tensors of a run wait for its last one, then share one job.
+            run: list[Work] = []
             for i, record in enumerate(records):
                 buffer = buffers[i] = hostmem.host_buffer(record.length)
                 work = self._tensor_into(comp, record, buffer)
-                if not work:  # an empty tensor has no segment to wait for
+                if run and not (record.run and record.skip):
+                    yield _job(run, i - 1)
+                    run = []
+                if record.run:
+                    run.extend(work)
+                elif not work:  # an empty tensor has no segment to wait for
                     yield 0, functools.partial(_completes, i)
-                for k, (c, seg, out) in enumerate(work):
-                    yield (
-                        len(out),
-                        functools.partial(
-                            _decode_job, c, seg, out, i if k == len(work) - 1 else -1
-                        ),
-                    )
+                else:
+                    for k, item in enumerate(work):
+                        yield _job([item], i if k == len(work) - 1 else -1)
+            if run:
+                yield _job(run, len(records) - 1)
 
+        served = 0
         for done in ordered_batched(self._executor(), jobs(), 2 * self._threads + 2):
-            if done >= 0:
-                yield records[done].name, make_array(buffers.pop(done), records[done])
+            for i in range(served, done + 1):
+                yield records[i].name, make_array(buffers.pop(i), records[i])
+            served = max(served, done + 1)
 
     @_loading
     def state_dict(
@@ -862,8 +880,37 @@ if hasattr(os, "register_at_fork"):  # POSIX; Windows has no fork
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _decode_job(comp: OpenComponent, seg: int, out: memoryview, completes: int) -> int:
-    comp.decode_into(seg, out)
+# One segment to decode: the component, the segment's index, and where its bytes
+# go, as (bytes of the segment to skip, output) pieces: one piece that is the
+# whole segment, or the slices of a run's tensors (OpenComponent.decode_pieces).
+Work = tuple[OpenComponent, int, list[tuple[int, memoryview]]]
+
+
+def _merged(work: list[Work]) -> list[Work]:
+    """``work`` with neighbouring items of the same segment (the tensors of one
+    run) made one, so that the segment is decoded once."""
+    out: list[Work] = []
+    for comp, seg, pieces in work:
+        if out and out[-1][0] is comp and out[-1][1] == seg:
+            out[-1][2].extend(pieces)
+        else:
+            out.append((comp, seg, list(pieces)))
+    return out
+
+
+def _job(work: list[Work], completes: int) -> tuple[int, Callable[[], int]]:
+    """An ordered_batched job that decodes ``work`` (one segment, after merging)
+    and returns ``completes``."""
+    ((comp, seg, pieces),) = _merged(work)
+    return sum(len(o) for _, o in pieces), functools.partial(
+        _decode_job, comp, seg, pieces, completes
+    )
+
+
+def _decode_job(
+    comp: OpenComponent, seg: int, pieces: list[tuple[int, memoryview]], completes: int
+) -> int:
+    comp.decode_pieces(seg, pieces)
     return completes
 
 

@@ -7,6 +7,7 @@ component's public segment list before anything is written or decoded.
 
 from __future__ import annotations
 
+import dataclasses
 import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -59,6 +60,11 @@ class TensorRecord:
     length: int
     first: int
     count: int
+    # Derived from the table (parse_contents, or the writer's plan), never stored:
+    # whether the tensor is a member of a run (several small tensors sharing one
+    # segment, docs/FORMAT.md §5), and how many bytes of that segment come before it.
+    run: bool = False
+    skip: int = 0
 
     def to_cbor(self) -> dict[str, Any]:
         return {
@@ -76,7 +82,7 @@ class TensorRecord:
 class Unit:
     """What one segment belongs to; bound into its AEAD associated data."""
 
-    label: tuple[str, str]  # ("file"|"header", path) or ("tensor", name)
+    label: tuple[str, str]  # ("file"|"header", path), ("tensor"|"run", name)
     part: int  # index of the segment within its unit
     last: bool  # whether it is the unit's final segment
 
@@ -107,10 +113,13 @@ class Contents:
                 add(("file", f.path), f.count)
                 continue
             tensors = by_file.get(index, [])
-            header_count = f.count - sum(t.count for t in tensors)
+            header_count = f.count - sum(t.count for t in tensors if not t.skip)
             add(("header", f.path), header_count)
             for t in tensors:
-                add(("tensor", t.name), t.count)
+                if not t.run:
+                    add(("tensor", t.name), t.count)
+                elif not t.skip:  # a run's unit is named after its first tensor
+                    add(("run", t.name), 1)
         return out
 
 
@@ -143,8 +152,7 @@ def parse_contents(obj: Any, plains: Sequence[int], limits: Limits) -> Contents:
             raise fail(f"contents.files[{i}].size", "does not equal its segments")
     if cursor != len(plains):
         raise fail("contents.files", "segments not covered by any file")
-    _check_tensors(files, tensors, plains)
-    return Contents(files, tensors)
+    return Contents(files, _check_tensors(files, tensors, plains))
 
 
 def _check_paths(files: tuple[FileEntry, ...]) -> None:
@@ -178,9 +186,10 @@ def check_paths(paths: Iterable[str]) -> None:
 
 def _check_tensors(
     files: tuple[FileEntry, ...], tensors: tuple[TensorRecord, ...], plains: Sequence[int]
-) -> None:
+) -> tuple[TensorRecord, ...]:
+    """Check the tensor rules of §5 and return the records with their run fields."""
     names: set[str] = set()
-    by_file: dict[int, list[TensorRecord]] = {}
+    by_file: dict[int, list[int]] = {}
     for i, t in enumerate(tensors):
         key = unicodedata.normalize("NFC", t.name)
         if key in names:
@@ -188,7 +197,8 @@ def _check_tensors(
         names.add(key)
         if t.file >= len(files) or files[t.file].format != FORMAT_SAFETENSORS:
             raise TensorError("tensor.invalid", f"tensors[{i}] points at a non-tensor file")
-        by_file.setdefault(t.file, []).append(t)
+        by_file.setdefault(t.file, []).append(i)
+    checked: dict[int, TensorRecord] = {}
     for index, f in enumerate(files):
         if f.format != FORMAT_SAFETENSORS:
             continue
@@ -203,17 +213,50 @@ def _check_tensors(
             seg += 1
         if offset != f.header:
             raise TensorError("tensor.invalid", f"{f.path}: header does not end on a segment")
-        for t in group:
-            if t.offset != offset or t.first != seg:
+        # A run: consecutive tensors that all name the same one segment, [s, 1],
+        # whose plaintext is exactly their bytes back to back. A tensor with one
+        # segment opens a run, the next ones with the same join it; each closed
+        # run (its member indices, start offset, end offset) is checked below.
+        runs: list[tuple[list[int], int, int]] = []
+        run: list[int] = []
+        run_start = 0
+        for k in group:
+            t = tensors[k]
+            if t.offset != offset:
                 raise TensorError("tensor.invalid", f"tensor {t.name!r} is aliased or out of order")
-            if t.first + t.count > f.first + f.count:
-                raise TensorError("tensor.invalid", f"tensor {t.name!r} runs past its file")
-            if sum(plains[t.first : t.first + t.count]) != t.length:
-                raise TensorError("tensor.invalid", f"tensor {t.name!r} length disagrees")
+            if t.count and not t.length:
+                raise TensorError("tensor.invalid", f"tensor {t.name!r} is empty but has segments")
+            if run and t.count == 1 and t.first == tensors[run[0]].first:
+                run.append(k)  # the open run goes on
+            else:
+                if run:
+                    runs.append((run, run_start, offset))
+                    run = []
+                if t.first != seg:
+                    raise TensorError(
+                        "tensor.invalid", f"tensor {t.name!r} is aliased or out of order"
+                    )
+                if t.first + t.count > f.first + f.count:
+                    raise TensorError("tensor.invalid", f"tensor {t.name!r} runs past its file")
+                if t.count == 1:
+                    run, run_start = [k], offset
+                elif sum(plains[t.first : t.first + t.count]) != t.length:
+                    raise TensorError("tensor.invalid", f"tensor {t.name!r} length disagrees")
+                seg += t.count
             offset += t.length
-            seg += t.count
+        if run:
+            runs.append((run, run_start, offset))
+        for members, start, end in runs:
+            head = tensors[members[0]]
+            if plains[head.first] != end - start:
+                what = "run at" if len(members) > 1 else "tensor"
+                raise TensorError("tensor.invalid", f"{what} {head.name!r}: length disagrees")
+            for k in members if len(members) > 1 else ():
+                t = tensors[k]
+                checked[k] = dataclasses.replace(t, run=True, skip=t.offset - start)
         if seg != f.first + f.count or offset != f.size:
             raise TensorError("tensor.invalid", f"{f.path}: tensors leave bytes unaccounted for")
+    return tuple(checked.get(k, t) for k, t in enumerate(tensors))
 
 
 def _parse_file(obj: Any, where: str, limits: Limits) -> FileEntry:

@@ -61,6 +61,10 @@ class OpenComponent:
         self._checked: set[int] = set()
         self._check_lock = threading.Lock()
         self._largest = max((s.stored for s in comp.segments), default=0)
+        # The run segments' largest: what the "decode.run" scratch grows to.
+        self._largest_run = max(
+            (comp.segments[t.first].plain for t in self.contents.tensors if t.run), default=0
+        )
 
     def after_fork(self) -> None:
         """Fresh lock in a forked child (another thread may have held it at the fork)."""
@@ -91,6 +95,23 @@ class OpenComponent:
             payload = scratch("decode.payload", size, self._largest)
             envelope.open_segment_into(self.dek, segment.salt, aad, stored, payload)
         codec.decode(segment.codec, payload, out, self.limits.max_zstd_window)
+
+    def decode_pieces(self, seg: int, pieces: Sequence[tuple[int, memoryview]]) -> None:
+        """Decode segment ``seg`` and copy its plaintext from byte ``skip`` on into
+        each ``(skip, out)`` piece: the tensors of a run (FORMAT §5) that share it.
+        A piece that is the whole segment is decoded straight into."""
+        plain = self.component.segments[seg].plain
+        if len(pieces) == 1 and pieces[0][0] == 0 and len(pieces[0][1]) == plain:
+            self.decode_into(seg, pieces[0][1])
+            return
+        for skip, out in pieces:
+            if skip + len(out) > plain:
+                raise ValueError("a piece reaches past its segment")
+        # Its own name: decode_into uses the other scratch buffers meanwhile.
+        whole = scratch("decode.run", plain, self._largest_run)
+        self.decode_into(seg, whole)
+        for skip, out in pieces:
+            out[:] = whole[skip : skip + len(out)]
 
     def check_headers(self) -> None:
         """:meth:`check_file` for every file of the component."""

@@ -42,6 +42,15 @@ BLOB_TARGET = 16 * MiB
 # so that transfers can be parallel and resumable.
 BLOB_MAX = 64 * MiB
 
+# Tensors smaller than this share a segment with their small neighbours (a run,
+# FORMAT §5). Each segment costs about 300 bytes of manifest (digest, salt, GCM
+# tag, codec record), more than coding saves on a bias or a norm's weights of a
+# few hundred bytes, and too few values for an entropy coder's tables to pay.
+RUN_TENSOR = 64 * 1024
+# A run closes before it would pass this, so that reading one small tensor
+# decodes at most this much. Not above MIN_SEGMENT: a run is one segment.
+RUN_BYTES = 1 * MiB
+
 # At most this many files are probed for float arrays (codec.probe), the largest.
 MAX_PROBED = 4096
 
@@ -491,34 +500,43 @@ def make_plan(
             layout = layouts.get(f)
             if layout is not None:
                 builder.add_unit(("header", f.path), f.path, 0, layout.header_len, 1, False)
-                for t in layout.tensors:
+                for run in _runs(layout.tensors):
+                    t = run[0]
                     coded = coded_as(t.dtype)
                     width = DTYPE_SIZES[coded]
-                    # A row's length in the coded type's elements (two per C64).
-                    row = t.shape[-1] * (DTYPE_SIZES[t.dtype] // width) if len(t.shape) >= 2 else 0
-                    offset = layout.header_len + t.begin
+                    # A row's length in the coded type's elements (two per C64); a
+                    # run's tensors have rows of their own sizes, so it has none.
+                    row = (
+                        t.shape[-1] * (DTYPE_SIZES[t.dtype] // width)
+                        if len(t.shape) >= 2 and len(run) == 1
+                        else 0
+                    )
+                    start = layout.header_len + t.begin
                     t_first, t_count = builder.add_unit(
-                        ("tensor", t.name),
+                        ("tensor", t.name) if len(run) == 1 else ("run", t.name),
                         f.path,
-                        offset,
-                        t.end - t.begin,
+                        start,
+                        run[-1].end - t.begin,
                         width,
                         coded in FLOAT_DTYPES and width > 1,
                         coded,
                         row,
                     )
-                    tensors.append(
-                        TensorRecord(
-                            t.name,
-                            t.dtype,
-                            t.shape,
-                            len(entries),
-                            offset,
-                            t.end - t.begin,
-                            t_first,
-                            t_count,
+                    for member in run:
+                        tensors.append(
+                            TensorRecord(
+                                member.name,
+                                member.dtype,
+                                member.shape,
+                                len(entries),
+                                layout.header_len + member.begin,
+                                member.end - member.begin,
+                                t_first,
+                                t_count,
+                                run=len(run) > 1,
+                                skip=member.begin - t.begin,
+                            )
                         )
-                    )
                 fmt, header = FORMAT_SAFETENSORS, layout.header_len
             else:
                 guess = _probe(tree, f) if f.path in probed else None
@@ -551,6 +569,32 @@ def make_plan(
         )
         next_blob = builder.next_blob
     return Plan(tuple(components), next_blob, tuple(notes))
+
+
+def _runs(tensors: Sequence[safetensors.TensorEntry]) -> list[list[safetensors.TensorEntry]]:
+    """The file's tensors, in order, cut into units: each tensor of RUN_TENSOR bytes
+    or more alone, and the small ones between them in runs of neighbours of one
+    coded type that share a segment (FORMAT §5), up to RUN_BYTES each. A run of
+    one is an ordinary tensor unit."""
+    out: list[list[safetensors.TensorEntry]] = []
+    run: list[safetensors.TensorEntry] = []
+    for t in tensors:
+        size = t.end - t.begin
+        small = 0 < size < RUN_TENSOR
+        if run and (
+            not small
+            or coded_as(t.dtype) != coded_as(run[0].dtype)
+            or t.end - run[0].begin > RUN_BYTES
+        ):
+            out.append(run)
+            run = []
+        if small:
+            run.append(t)
+        else:
+            out.append([t])
+    if run:
+        out.append(run)
+    return out
 
 
 def _probe(tree: InputTree, f: InputFile) -> tuple[str, int] | None:

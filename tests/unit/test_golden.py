@@ -287,9 +287,18 @@ def _units(contents: dict[str, Any]) -> list[tuple[str, str, int, bool]]:
             add("file", f["path"], count)
             continue
         tensors = [t for t in contents["tensors"] if t["file"] == index]
-        add("header", f["path"], count - sum(t["segments"][1] for t in tensors))
-        for t in tensors:
-            add("tensor", t["name"], t["segments"][1])
+        # A run: two or more tensors in a row with the same [s, 1]; one unit,
+        # named after its first tensor.
+        ranges = [tuple(t["segments"]) for t in tensors]
+        own = [
+            t
+            for k, t in enumerate(tensors)
+            if not (k and ranges[k] == ranges[k - 1] and ranges[k][1] == 1)
+        ]
+        add("header", f["path"], count - sum(t["segments"][1] for t in own))
+        for t in own:
+            shared = ranges.count(tuple(t["segments"])) > 1 and t["segments"][1] == 1
+            add("run" if shared else "tensor", t["name"], t["segments"][1])
     return units
 
 
@@ -394,6 +403,15 @@ def test_golden_vectors_exercise_every_codec() -> None:
         for comp in manifest["components"]:
             seen.update(seg["codec"]["id"] for seg in comp["segments"])
     assert seen == {"raw", "zstd", "bg", "bgx", "const", "ans"}
+    # And a run: tensors that share one segment (FORMAT §5).
+    for vector in (gen.PLAIN,):
+        data = (VECTORS / vector).read_bytes()
+        (m_len,) = struct.unpack(">I", data[12:16])
+        manifest = cbor2.loads(data[32 : 32 + m_len])
+        (weights,) = (c for c in manifest["components"] if c["name"] == "weights")
+        tensors = cbor2.loads(weights["contents"])["tensors"]
+        shared = [t["name"] for t in tensors if t["segments"] == [len(weights["segments"]) - 1, 1]]
+        assert shared == ["run.bias", "run.norm", "run.head"]
     forms = set()
     for vector in (gen.PLAIN, gen.ENCRYPTED):
         data = (VECTORS / vector).read_bytes()

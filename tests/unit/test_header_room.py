@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import Tensor, write_safetensors
 
 from secpack.api.keyfiles import load_recipient, load_signing_key
 from secpack.api.seal import seal
@@ -121,15 +122,25 @@ def test_a_small_package_of_small_tensors_is_not_padded(
 ) -> None:
     """The room reserved for every codec record at its largest was 1-5 % of such
     packages: the blobs move up instead, and the package is that much smaller."""
-    from safetensors.numpy import save_file
-
     import secpack
 
     src = tmp_path / "m"
     src.mkdir()
     rng = np.random.default_rng(4)
-    norms = {f"layer.{i}.norm": rng.standard_normal(384).astype(np.float32) for i in range(300)}
-    save_file(norms, str(src / "model.safetensors"))
+    # Every neighbour of another dtype, so that no two share a segment (a run):
+    # 300 segments, each with room reserved for its codec record.
+    norms = {
+        f"layer.{i:03d}.norm": rng.standard_normal(384).astype(np.float32 if i % 2 else np.float16)
+        for i in range(300)
+    }
+    # Written in this order (safetensors.save_file would sort them by dtype).
+    write_safetensors(
+        src / "model.safetensors",
+        {
+            k: Tensor("F32" if v.dtype == np.float32 else "F16", v.shape, v.tobytes())
+            for k, v in norms.items()
+        },
+    )
     compact = _seal_small_tensors(src, tmp_path / "compact.spk")
     monkeypatch.setattr(seal_module, "_COMPACT_SHARE", 0)
     padded = _seal_small_tensors(src, tmp_path / "padded.spk")

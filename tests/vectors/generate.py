@@ -109,10 +109,13 @@ def build_model(target: Path) -> None:
         ("embed.bf16", "BF16", [64, 16], _bf16_from_f32(spread)),
         ("norm.f16", "F16", [8], struct.pack("<8e", *[i / 4 for i in range(8)])),
         ("pos.ids", "I64", [5], struct.pack("<5q", 0, 1, 2, -3, 2**40)),
-        ("mask", "BOOL", [6], bytes([1, 0, 1, 1, 0, 0])),
-        ("empty", "F32", [0, 4], b""),
+        # Small neighbours of one dtype share a segment (a run): the writer's rule.
+        # Those above are each of another dtype than the next, and "empty" ends
+        # any run, so they keep a segment each; the run is at the end.
         ("scale", "F32", [], _f32([0.5])),
+        ("mask", "BOOL", [6], bytes([1, 0, 1, 1, 0, 0])),
         ("pruned", "F32", [256], bytes(1024)),
+        ("empty", "F32", [0, 4], b""),
         # Columns four binades apart: bgx per-column exponent offsets (period 8).
         (
             "cols.weight",
@@ -136,6 +139,10 @@ def build_model(target: Path) -> None:
         ("skew.weight", "F32", [5121], _skewed_f32(5121)),
         # 4099 fp8 values, coded as one ans plane (the "ans" codec).
         ("fp8.weight", "F8_E4M3", [4099], _skewed_f8(4099)),
+        # A run of three small fp32 tensors in one segment, coded as one array.
+        ("run.bias", "F32", [16], _f32([(_mix(i + 3) % 61 - 30) / 32.0 for i in range(16)])),
+        ("run.norm", "F32", [2, 16], _f32([1.0 + (_mix(i + 5) % 9) / 64.0 for i in range(32)])),
+        ("run.head", "F32", [4], _f32([0.25, -0.5, 1.5, -2.0])),
     ]
     (target / "model.safetensors").write_bytes(_safetensors(tensors))
     (target / "config.json").write_text('{"hidden_size": 16, "model_type": "golden"}\n')
