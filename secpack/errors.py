@@ -199,7 +199,7 @@ CODES: dict[str, str] = {
     "key.passphrase": "wrong or missing passphrase for an encrypted key",
     "key.no-recipient": "the identity is not a recipient of a requested component",
     # decoding after verification
-    "codec.invalid": "segment breaks the codec rules",
+    "codec.invalid": "segment (or compressed contents) breaks the codec rules",
     "tensor.invalid": "tensor table breaks the dtype, shape or layout rules",
     # sealing input
     "input.missing": "input path does not exist",

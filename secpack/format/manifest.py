@@ -186,9 +186,12 @@ class Component:
     contents: bytes
     segments: tuple[Segment, ...]
     encryption: Encryption | None
+    # When the contents are stored as one zstd frame ("contents_codec", FORMAT §4):
+    # their length once decompressed. None: stored as they are.
+    contents_size: int | None = None
 
     def to_cbor(self) -> dict[str, Any]:
-        return {
+        out = {
             "name": self.name,
             "kind": self.kind,
             "media_type": self.media_type,
@@ -197,6 +200,9 @@ class Component:
             "segments": [s.to_cbor() for s in self.segments],
             "encryption": None if self.encryption is None else self.encryption.to_cbor(),
         }
+        if self.contents_size is not None:
+            out["contents_codec"] = {"id": "zstd", "size": self.contents_size}
+        return out
 
     @property
     def stored_size(self) -> int:
@@ -343,7 +349,10 @@ def _parse_blob(obj: Any, where: str) -> Blob:
 
 def _parse_component(obj: Any, where: str, limits: Limits) -> Component:
     c = as_map(
-        obj, where, ("name", "kind", "media_type", "size", "contents", "segments", "encryption")
+        obj,
+        where,
+        ("name", "kind", "media_type", "size", "contents", "segments", "encryption"),
+        ("contents_codec",),
     )
     name = as_text(c["name"], f"{where}.name", 128, COMPONENT_NAME_RE)
     kind = as_text(c["kind"], f"{where}.kind", 32)
@@ -364,7 +373,17 @@ def _parse_component(obj: Any, where: str, limits: Limits) -> Component:
     )
     if sum(s.plain for s in segments) != size:
         raise fail(f"{where}.size", "does not equal the sum of its segments")
-    return Component(name, kind, media_type, size, contents, segments, encryption)
+    contents_size = None
+    if "contents_codec" in c:
+        codec = as_map(c["contents_codec"], f"{where}.contents_codec", ("id", "size"))
+        codec_id = as_text(codec["id"], f"{where}.contents_codec.id", 32)
+        if codec_id != "zstd":
+            raise SchemaError("schema.unsupported", f"{where}: contents codec {codec_id!r}")
+        # The decompressed contents are held to the same cap as stored ones.
+        contents_size = as_uint(
+            codec["size"], f"{where}.contents_codec.size", 1, limits.max_manifest_bytes
+        )
+    return Component(name, kind, media_type, size, contents, segments, encryption, contents_size)
 
 
 def _parse_encryption(obj: Any, where: str, limits: Limits) -> Encryption:

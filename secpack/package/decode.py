@@ -45,6 +45,12 @@ class OpenComponent:
         if comp.encryption is not None:
             self.dek = envelope.unwrap_dek(comp.encryption, identities, comp.name)
             raw = envelope.open_contents(self.dek, comp.encryption.contents_salt, comp.name, raw)
+        if comp.contents_size is not None:
+            # Signed and, when encrypted, authenticated: now it may be decompressed,
+            # as one frame of exactly the signed size under the window cap.
+            from secpack.codec import zstd
+
+            raw = zstd.decompress(raw, comp.contents_size, limits.max_zstd_window)
         try:
             obj = cbor.decode(
                 raw,

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import x25519
 
 from secpack.buffers import huge_block, scratch
 from secpack.codec import segment as codec
+from secpack.codec import zstd
 from secpack.envelope import dek as envelope
 from secpack.errors import InputError
 from secpack.format import cbor
@@ -129,20 +130,37 @@ def _seal_one(
     return _Result(stored, segment, buf)
 
 
+def packed_contents(comp: PlannedComponent) -> tuple[bytes, int | None]:
+    """The component's contents as stored, and their decompressed length when
+    that is a zstd frame (FORMAT §4). A tensor table repeats its keys and name
+    prefixes: zstd makes it a fifth to a seventh of its size, kilobytes on a
+    small model, where that is a percent of the package."""
+    contents = cbor.encode(comp.contents.to_cbor())
+    # Level 19 where it matters and is cheap: a table of up to 64 KiB (some 600
+    # tensors) in about 20 ms. Above, level 9: 14 ms for the 1 MB table of an
+    # 8,000-tensor model (19 would take 370 ms, for 11 % less).
+    packed = zstd.compress(contents, 19 if len(contents) <= 64 << 10 else 9)
+    # The "contents_codec" record costs about 30 bytes of manifest.
+    if len(packed) + 32 < len(contents):
+        return packed, len(contents)
+    return contents, None
+
+
 def _encryption(
     comp: PlannedComponent, settings: SealSettings
-) -> tuple[bytes | None, Encryption | None, bytes]:
-    """Return (DEK, encryption record, stored contents) for one component."""
-    contents = cbor.encode(comp.contents.to_cbor())
+) -> tuple[bytes | None, Encryption | None, bytes, int | None]:
+    """Return (DEK, encryption record, stored contents, their decompressed length
+    when compressed) for one component."""
+    contents, size = packed_contents(comp)
     if not settings.encrypt:
-        return None, None, contents
+        return None, None, contents, size
     recipients = settings.recipients.get(comp.name, ())
     if not recipients:
         raise InputError("input.invalid", f"component {comp.name!r} has no recipient")
     dek = envelope.new_dek()
     salt = envelope.new_salt()
     record = envelope.encryption_record(dek, salt, recipients, comp.name)
-    return dek, record, envelope.seal_contents(dek, salt, comp.name, contents)
+    return dek, record, envelope.seal_contents(dek, salt, comp.name, contents), size
 
 
 def write_blobs(
@@ -181,7 +199,7 @@ def write_blobs(
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="secpack-blobhash") as hasher,
     ):
         for comp in plan.components:
-            dek, encryption, contents = _encryption(comp, settings)
+            dek, encryption, contents, contents_size = _encryption(comp, settings)
             done: list[Segment] = []
             current = -1
             jobs = (
@@ -221,6 +239,7 @@ def write_blobs(
                     contents,
                     tuple(done),
                     encryption,
+                    contents_size,
                 )
             )
         blobs = [Blob(d.result(), size) for d, size in zip(blob_digests, blob_sizes, strict=True)]
@@ -318,6 +337,9 @@ def placeholder_manifest(plan: Plan, settings: SealSettings) -> Manifest:
                 bytes(contents_len),
                 tuple(segs),
                 encryption,
+                # Room for a "contents_codec" record of the largest size; compressed
+                # contents are only used when smaller, with the record, than these.
+                (1 << 64) - 1,
             )
         )
     return Manifest(

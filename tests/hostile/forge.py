@@ -32,6 +32,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import cbor2
+import zstandard
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import x25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -204,6 +205,8 @@ class Comp:
     contents_raw: bytes | None = None  # plaintext contents bytes instead of enc(contents)
     contents_aad: str | None = None  # component name bound into the contents AAD
     contents_post: Callable[[bytes], bytes] | None = None  # applied to the stored contents
+    # The "contents_codec" record, for contents_raw that is compressed (FORMAT §4).
+    contents_codec: dict[str, Any] | None = None
     enc_hook: Callable[[dict[str, Any]], None] | None = None
     size: int | None = None  # None: the sum of the segments' plaintext lengths
 
@@ -323,6 +326,8 @@ def build(p: Pkg) -> Forged:
                 "encryption": record,
             }
         )
+        if c.contents_codec is not None:
+            comps[-1]["contents_codec"] = c.contents_codec
     manifest: dict[str, Any] = {
         "secpack": 1,
         "name": p.name,
@@ -441,7 +446,10 @@ class Base:
         with FileSource(str(path)) as src:
             header = read_header(src, DEFAULT_LIMITS)
             for ci, comp in enumerate(header.manifest.components):
-                obj = cbor2.loads(comp.contents)
+                raw = comp.contents
+                if comp.contents_size is not None:  # secpack compresses the table
+                    raw = zstandard.ZstdDecompressor().decompress(raw)
+                obj = cbor2.loads(raw)
                 units = parse_contents(
                     obj, [s.plain for s in comp.segments], DEFAULT_LIMITS
                 ).units()

@@ -729,6 +729,65 @@ both(
 )
 
 
+# Compressed contents (FORMAT §4 "contents_codec"): the weights' tensor table as one zstd
+# frame. Each frame is refused before anything is decompressed, or decompresses to
+# no more than the signed size; encrypted, only an identity gets that far.
+def _packed_contents(
+    b: Base,
+    frame: Callable[[bytes], bytes],
+    size: Callable[[int], Any] = lambda n: n,
+    *,
+    encrypt: bool,
+    codec_id: str = "zstd",
+) -> bytes:
+    p = b.pkg(encrypt)
+    c = p.comp("weights")
+    table = enc(c.contents)
+    c.contents_raw = frame(table)
+    c.contents_codec = {"id": codec_id, "size": size(len(table))}
+    return build(p).data
+
+
+def _zstd(data: bytes, **kw: Any) -> bytes:
+    return zstandard.ZstdCompressor(level=19, **kw).compress(data)
+
+
+def _flip_last(data: bytes) -> bytes:
+    return data[:-1] + bytes([data[-1] ^ 0x55])
+
+
+_SKIPPABLE = b"\x50\x2a\x4d\x18\x00\x00\x00\x00"  # a skippable frame of no bytes
+
+# fmt: off
+PACKED_CASES: list[tuple[str, str, str, Callable[..., bytes]]] = [
+    ("size-larger", "declared 1 byte longer than the table", "codec.invalid", lambda b, encrypt: _packed_contents(b, _zstd, lambda n: n + 1, encrypt=encrypt)),
+    ("size-smaller", "declared 1 byte shorter than the table", "codec.invalid", lambda b, encrypt: _packed_contents(b, _zstd, lambda n: n - 1, encrypt=encrypt)),
+    ("no-content-size", "a frame that does not declare its size", "codec.invalid", lambda b, encrypt: _packed_contents(b, lambda t: _zstd(t, write_content_size=False), encrypt=encrypt)),
+    ("skippable", "a skippable frame before the frame", "codec.invalid", lambda b, encrypt: _packed_contents(b, lambda t: _SKIPPABLE + _zstd(t), encrypt=encrypt)),
+    ("trailing", "a second frame after the frame", "codec.invalid", lambda b, encrypt: _packed_contents(b, lambda t: _zstd(t) + _zstd(b"x"), encrypt=encrypt)),
+    ("corrupt", "the frame's last byte flipped", "codec.invalid", lambda b, encrypt: _packed_contents(b, lambda t: _flip_last(_zstd(t)), encrypt=encrypt)),
+    ("not-zstd", "the plain table under a zstd record", "codec.invalid", lambda b, encrypt: _packed_contents(b, lambda t: t, encrypt=encrypt)),
+    ("bomb", "128 MiB of zeros declared as such, above the manifest cap", "schema.invalid", lambda b, encrypt: _packed_contents(b, lambda t: _zstd(bytes(128 * MiB)), lambda n: 128 * MiB, encrypt=encrypt)),
+    ("zero", "declared size 0", "schema.invalid", lambda b, encrypt: _packed_contents(b, _zstd, lambda n: 0, encrypt=encrypt)),
+    ("unknown-codec", "contents codec 'lz4'", "schema.unsupported", lambda b, encrypt: _packed_contents(b, _zstd, encrypt=encrypt, codec_id="lz4")),
+]
+# fmt: on
+
+for _cid, _title, _code, _fn in PACKED_CASES:
+    for _encrypt in (True, False):
+        # A schema fault is in the signed manifest, which verify reads; a bad frame
+        # is met where the contents are read: by verify only in a plain component.
+        _seen = _code if (_code.startswith("schema") or not _encrypt) else OK
+        case(
+            "compression",
+            f"packed-contents-{_cid}-{'enc' if _encrypt else 'plain'}",
+            f"compressed contents: {_title} ({'encrypted' if _encrypt else '--no-encrypt'})",
+            _code,
+            verify=_seen,
+            why="" if _seen == _code else BEHIND,
+        )(partial(_fn, encrypt=_encrypt))
+
+
 # === schema (all behind a valid signature by the trusted key) ===============================
 
 

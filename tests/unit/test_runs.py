@@ -283,3 +283,23 @@ def test_a_run_that_is_not_exactly_one_segment_of_its_members_is_refused(
     with pytest.raises(SecpackError) as err:
         parse_contents(_contents(tensors, plains), plains, DEFAULT_LIMITS)
     assert err.value.code == "tensor.invalid"
+
+
+def test_a_tensor_table_is_stored_compressed_where_that_is_smaller(
+    sealed: Path, model: tuple[Path, dict[str, np.ndarray]]
+) -> None:
+    """FORMAT §4 "contents_codec": the weights' table (60 records that repeat their
+    keys and name prefixes) is stored as a zstd frame; the config's one-file table
+    is too small to gain the record's cost, and is stored as it is."""
+    from secpack.format.cbor import encode
+
+    with _open(sealed) as p:
+        comps = {c.name: c for c in p.manifest.components}
+        weights = comps["weights"]
+        table = encode(p._component("weights").contents.to_cbor())
+        assert weights.contents_size == len(table)
+        tag = 16 if weights.encryption is not None else 0
+        assert len(weights.contents) - tag < len(table) // 3
+        assert comps["config"].contents_size is None
+        # What the loader serves came out of the compressed table.
+        assert p.tensor_names("weights") == list(model[1])
