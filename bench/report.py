@@ -74,6 +74,9 @@ def render(
         "# package size of real models whose weights are not safetensors (.pth, .onnx,",
         "# .tflite, dlib .dat) against zstd and ZipNN, written to docs/BENCHMARKS-opaque.md:",
         ".venv/bin/python bench/opaque.py",
+        "# package size of models made of many small tensors against zstd and ZipNN,",
+        "# written to docs/BENCHMARKS-small.md:",
+        ".venv/bin/python bench/small.py",
         "# where the time of a load and a seal goes, by py-spy, written to docs/PROFILE.md",
         "# (.venv/bin/pip install py-spy; it attaches to a child, so it needs ptrace):",
         ".venv/bin/python bench/profile.py bench/out/data/minilm-fp32 --out docs/PROFILE.md",
@@ -83,7 +86,8 @@ def render(
         "",
         "Peak memory on a 4 GiB model: [BENCHMARKS-large.md](BENCHMARKS-large.md). "
         "Profiles of load and seal: [PROFILE.md](PROFILE.md). Weights in files "
-        "secpack does not parse: [BENCHMARKS-opaque.md](BENCHMARKS-opaque.md).",
+        "secpack does not parse: [BENCHMARKS-opaque.md](BENCHMARKS-opaque.md). "
+        "Models of many small tensors: [BENCHMARKS-small.md](BENCHMARKS-small.md).",
         "",
         f"These figures: `{cmd.strip()}`, {now}, {args.runs} run(s) per figure, "
         f"{elapsed / 60:.1f} min in all.",
