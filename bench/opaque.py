@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
-import hashlib
 import statistics
 import subprocess
 import sys
@@ -45,6 +44,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+import roundtrip  # noqa: E402  (beside this file)
 
 OUT = REPO / "bench" / "out" / "opaque"
 DOCS = REPO / "docs" / "BENCHMARKS-opaque.md"
@@ -137,10 +138,6 @@ def _torch_saved(name: str, dtype: str) -> Path | None:
     return target.parent
 
 
-def _files(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file())
-
-
 def _zstd(files: list[Path], level: int) -> int:
     import zstandard
 
@@ -189,27 +186,6 @@ def _seal(source: Path, pkg: Path) -> tuple[int, float]:
     return pkg.stat().st_size, report.seconds
 
 
-def _check(pkg: Path, source: Path, work: Path) -> None:
-    """The package opens to the input, byte for byte."""
-    from secpack.api.extract import extract
-    from secpack.api.keyfiles import load_identity
-    from secpack.sign.policy import Policy, policy_from_keys
-
-    keys = policy_from_keys([("k", (KEYS / "signing-ed25519.key.pub").read_bytes())]).keys
-    out = work / "opened"
-    extract(
-        str(pkg),
-        str(out),
-        identities=[load_identity(str(KEYS / "recipient-x25519.key"))],
-        policy=Policy(keys=keys, rollback=False),
-    )
-    for p in _files(source):
-        got = out / p.relative_to(source)
-        if hashlib.sha256(got.read_bytes()).digest() != hashlib.sha256(p.read_bytes()).digest():
-            raise SystemExit(f"{p}: opened bytes differ from the input")
-    subprocess.run(["rm", "-rf", str(out)], check=True)
-
-
 def _median_seal(source: Path, pkg: Path) -> tuple[int, float]:
     runs = [_seal(source, pkg) for _ in range(RUNS)]
     return runs[0][0], statistics.median(s for _, s in runs)
@@ -241,7 +217,7 @@ def main() -> int:
         if found is None:
             continue
         source = found
-        files = _files(source)
+        files = roundtrip.files(source)
         original = sum(p.stat().st_size for p in files)
         print(f"[{name}] {len(files)} files, {original / 1e6:.1f} MB: zstd, ZipNN", flush=True)
         z3, z19, znn = _zstd(files, 3), _zstd(files, 19), _zipnn(files)
@@ -252,11 +228,11 @@ def main() -> int:
             restore = _probe_off()
             try:
                 off, off_s = _median_seal(source, pkg)
-                _check(pkg, source, work)
+                roundtrip.check_opens_to(pkg, source, work)
             finally:
                 restore()
             on, on_s = _median_seal(source, pkg)
-            _check(pkg, source, work)
+            roundtrip.check_opens_to(pkg, source, work)
         rows.append((name, what, len(files), original, z3, z19, znn, off, on, off_s, on_s))
         print(
             f"[{name}] zstd-3 {z3 / original:.4f} zstd-19 {z19 / original:.4f} "
@@ -277,12 +253,7 @@ def _write(rows: list[tuple[Any, ...]], seconds: float) -> None:
     def r(n: int | None, d: int) -> str:
         return "n/a" if n is None else f"{n / d:.4f}"
 
-    head = subprocess.run(
-        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-        check=False,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
+    head = roundtrip.head_commit()
     lines = [
         "# Weights in files secpack does not parse",
         "",

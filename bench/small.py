@@ -26,7 +26,6 @@ compared with the input byte for byte.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import sys
@@ -41,6 +40,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+import roundtrip  # noqa: E402  (beside this file)
 
 OUT = REPO / "bench" / "out" / "small"
 DOCS = REPO / "docs" / "BENCHMARKS-small.md"
@@ -134,15 +135,11 @@ def _lora(rng: np.random.Generator) -> dict[str, tuple[str, np.ndarray]]:
     return out
 
 
-def _files(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file())
-
-
 def _zstd(root: Path, level: int) -> int:
     import zstandard
 
     cz = zstandard.ZstdCompressor(level=level)
-    return sum(len(cz.compress(p.read_bytes())) for p in _files(root))
+    return sum(len(cz.compress(p.read_bytes())) for p in roundtrip.files(root))
 
 
 def _zipnn(root: Path, work: Path) -> int | None:
@@ -190,29 +187,8 @@ def _seal(source: Path, pkg: Path, encrypt: bool) -> int:
         else [],
         encrypt=encrypt,
     )
-    _check(pkg, source)
+    roundtrip.check_opens_to(pkg, source, OUT)
     return pkg.stat().st_size
-
-
-def _check(pkg: Path, source: Path) -> None:
-    """The package opens to the input, byte for byte."""
-    from secpack.api.extract import extract
-    from secpack.api.keyfiles import load_identity
-    from secpack.sign.policy import Policy, policy_from_keys
-
-    keys = policy_from_keys([("k", (KEYS / "signing-ed25519.key.pub").read_bytes())]).keys
-    with tempfile.TemporaryDirectory(dir=OUT) as tmp:
-        out = Path(tmp) / "opened"
-        extract(
-            str(pkg),
-            str(out),
-            identities=[load_identity(str(KEYS / "recipient-x25519.key"))],
-            policy=Policy(keys=keys, rollback=False),
-        )
-        for p in _files(source):
-            got = (out / p.relative_to(source)).read_bytes()
-            if hashlib.sha256(got).digest() != hashlib.sha256(p.read_bytes()).digest():
-                raise SystemExit(f"{p}: opened bytes differ from the input")
 
 
 def _tensor_count(root: Path) -> int:
@@ -241,7 +217,7 @@ def main() -> int:
         work = Path(tmp)
         for name, what, root in models:
             print(f"{name} ...", flush=True)
-            original = sum(p.stat().st_size for p in _files(root))
+            original = sum(p.stat().st_size for p in roundtrip.files(root))
             with _one_segment_per_tensor():
                 before = _seal(root, work / "before.spk", True)
             rows.append(
@@ -265,12 +241,7 @@ def main() -> int:
 def _write(
     rows: list[tuple[str, str, int, int, int, int, int | None, int, int, int]], seconds: float
 ) -> None:
-    head = subprocess.run(
-        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-        check=False,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
+    head = roundtrip.head_commit()
     lines = [
         "# Models of many small tensors",
         "",
