@@ -16,8 +16,9 @@ from __future__ import annotations
 import contextlib
 import mmap
 import threading
+from collections.abc import Iterator
 
-__all__ = ["HUGE", "huge_block", "scratch"]
+__all__ = ["HUGE", "huge_block", "own_scratch", "scratch"]
 
 # The smallest mapping that can hold a huge page (2 MiB on x86-64 and arm64).
 HUGE = 2 << 20
@@ -39,6 +40,28 @@ def huge_block(nbytes: int) -> mmap.mmap | None:
     with contextlib.suppress(OSError):
         region.madvise(advice)
     return region
+
+
+@contextlib.contextmanager
+def own_scratch() -> Iterator[None]:
+    """Around one use of this thread's scratch buffers (a segment's decode). A use
+    that begins while another is under way on the same thread (a signal handler
+    that reads a package, run between two bytecodes of a read) gets buffers of its
+    own for its duration, so that it cannot change the bytes the interrupted use
+    is working on. It is safe at any point: a handler runs to its end before the
+    code it interrupted goes on."""
+    state = _local.__dict__
+    depth = state.get("depth", 0)
+    saved = state.get("buffers") if depth else None
+    if depth:
+        state["buffers"] = {}
+    state["depth"] = depth + 1
+    try:
+        yield
+    finally:
+        state["depth"] = depth
+        if depth:
+            state["buffers"] = saved
 
 
 def scratch(name: str, size: int, at_least: int = 0) -> memoryview:

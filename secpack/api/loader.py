@@ -228,7 +228,9 @@ class Package:
         self._src = src
         self._policy = policy
         self._identities = identities
-        self._lock = threading.Lock()
+        # Re-entrant, as a read nested on the same thread (a signal handler's) may
+        # come while the read it interrupted holds it (see buffers.own_scratch).
+        self._lock = threading.RLock()
         self._components: dict[int, OpenComponent] = {}
         self._pool: Executor | None = None
         self._closed = False
@@ -256,7 +258,7 @@ class Package:
         lock another thread held at the fork stays held for ever. Without this a
         child's first decode waited for workers that never run (a pre-forking
         server, a DataLoader worker, a multiprocessing pool with fork)."""
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._pool = None  # the next decode starts workers of this process
         for comp in self._components.values():
             comp.after_fork()

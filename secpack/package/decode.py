@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from cryptography.hazmat.primitives.asymmetric import x25519
 
-from secpack.buffers import scratch
+from secpack.buffers import own_scratch, scratch
 from secpack.envelope import dek as envelope
 from secpack.errors import CborError, InputError, SchemaError, TensorError
 from secpack.format import cbor
@@ -65,7 +65,9 @@ class OpenComponent:
         self.units: list[Unit] = self.contents.units()
         # Files whose stored safetensors header has been checked against the table.
         self._checked: set[int] = set()
-        self._check_lock = threading.Lock()
+        # Re-entrant: a read nested on the same thread (a signal handler's) may need
+        # the file that the read it interrupted is checking (see buffers.own_scratch).
+        self._check_lock = threading.RLock()
         self._largest = max((s.stored for s in comp.segments), default=0)
         # The run segments' largest: what the "decode.run" scratch grows to.
         self._largest_run = max(
@@ -74,10 +76,14 @@ class OpenComponent:
 
     def after_fork(self) -> None:
         """Fresh lock in a forked child (another thread may have held it at the fork)."""
-        self._check_lock = threading.Lock()
+        self._check_lock = threading.RLock()
 
     def decode_into(self, seg: int, out: memoryview) -> None:
         """Read, digest-check, decrypt and decode segment ``seg`` into ``out``."""
+        with own_scratch():
+            self._decode_into(seg, out)
+
+    def _decode_into(self, seg: int, out: memoryview) -> None:
         segment = self.component.segments[seg]
         if len(out) != segment.plain:
             raise ValueError("output buffer has the wrong size")
@@ -113,11 +119,12 @@ class OpenComponent:
         for skip, out in pieces:
             if skip + len(out) > plain:
                 raise ValueError("a piece reaches past its segment")
-        # Its own name: decode_into uses the other scratch buffers meanwhile.
-        whole = scratch("decode.run", plain, self._largest_run)
-        self.decode_into(seg, whole)
-        for skip, out in pieces:
-            out[:] = whole[skip : skip + len(out)]
+        with own_scratch():
+            # Its own name: the decode uses the other scratch buffers meanwhile.
+            whole = scratch("decode.run", plain, self._largest_run)
+            self._decode_into(seg, whole)
+            for skip, out in pieces:
+                out[:] = whole[skip : skip + len(out)]
 
     def check_headers(self) -> None:
         """:meth:`check_file` for every file of the component."""

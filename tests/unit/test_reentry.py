@@ -1,0 +1,163 @@
+"""A load that starts on a thread while the same thread is in the middle of
+another one: a signal handler that reads the package (the handler runs between
+two bytecodes of the interrupted read), or any callback that runs inside a
+decode. The inner read gets scratch buffers of its own, so it cannot change the
+bytes the outer one is decoding, and no lock on the way is one the outer read
+already holds in a way that makes the inner one wait for ever."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from helpers import Tensor, write_safetensors
+
+import secpack
+from secpack.api.keyfiles import load_recipient, load_signing_key
+from secpack.api.seal import seal
+from secpack.codec import segment as codec
+
+ROOT = Path(__file__).resolve().parents[2]
+KEYS = ROOT / "keys-example"
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["plain", "encrypted"])
+def sealed(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("reentry") / "m"
+    root.mkdir()
+    rng = np.random.default_rng(9)
+    arrays = {f"w{i}": rng.standard_normal((256, 128 + 8 * i)).astype(np.float32) for i in range(6)}
+    write_safetensors(
+        root / "model.safetensors",
+        {n: Tensor("F32", a.shape, a.tobytes()) for n, a in arrays.items()},
+    )
+    (root / "notes.txt").write_bytes(bytes(range(256)) * 4096)  # 1 MiB, one file
+    pkg = root.parent / "m.spk"
+    seal(
+        str(root),
+        str(pkg),
+        sign_keys=[load_signing_key(str(KEYS / "signing-ed25519.key"))],
+        recipients=[(None, load_recipient(str(KEYS / "recipient-x25519.key.pub")))]
+        if request.param
+        else [],
+        encrypt=request.param,
+        segment_size=1 << 20,
+    )
+    return root, pkg
+
+
+def _open(pkg: Path) -> secpack.Package:
+    return secpack.open_package(
+        pkg,
+        identity=str(KEYS / "recipient-x25519.key"),
+        trust=[str(KEYS / "signing-ed25519.key.pub")],
+        threads=1,
+    )
+
+
+def _run(body: Any, timeout: float = 60.0) -> Any:
+    """``body()`` on a thread of its own, so that a deadlock fails the test
+    instead of hanging it."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = body()
+        except BaseException as exc:  # handed to the test
+            box["error"] = exc
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        pytest.fail("the nested read waits for ever")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+@pytest.mark.parametrize("outer", ["read_file", "tensor", "state_dict"])
+def test_a_read_nested_inside_a_decode_leaves_both_reads_exact(
+    sealed: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, outer: str
+) -> None:
+    """Each time a segment's payload is about to be decoded (its digest checked,
+    it decrypted), another read of the same package runs first on the same
+    thread: the first time inside the header check (which holds the file's check
+    lock), then inside the outer read's own segments."""
+    root, pkg = sealed
+    notes = (root / "notes.txt").read_bytes()
+    model = (root / "model.safetensors").read_bytes()
+    real_decode = codec.decode
+    nested: list[bytes] = []
+    depth = [0]
+
+    with _open(pkg) as p:
+
+        def decode_with_a_read_in_between(*args: Any, **kwargs: Any) -> None:
+            if depth[0] == 0 and len(nested) < 8:
+                depth[0] += 1
+                try:
+                    # Alternately a tensor, whose read checks the model file's
+                    # header (the first one inside the outer read's check of that
+                    # header, under its lock), and a whole file.
+                    if len(nested) % 2:
+                        nested.append(p.read_file("files", "notes.txt"))
+                    else:
+                        nested.append(p.tensor("w3").tobytes())
+                finally:
+                    depth[0] -= 1
+            real_decode(*args, **kwargs)
+
+        monkeypatch.setattr(codec, "decode", decode_with_a_read_in_between)
+        if outer == "read_file":
+            got = _run(lambda: p.read_file("weights", "model.safetensors"))
+            assert got == model
+        elif outer == "tensor":
+            got = _run(lambda: p.tensor("w5"))
+            assert got.tobytes() == _tensor_bytes(model, "w5")
+        else:
+            sd = _run(lambda: p.state_dict("weights"))
+            for name, array in sd.items():
+                assert array.tobytes() == _tensor_bytes(model, name), name
+    assert len(nested) >= 2
+    w3 = _tensor_bytes(model, "w3")
+    assert all(n == (w3 if i % 2 == 0 else notes) for i, n in enumerate(nested))
+
+
+def _tensor_bytes(file: bytes, name: str) -> bytes:
+    import json
+
+    n = int.from_bytes(file[:8], "little")
+    begin, end = json.loads(file[8 : 8 + n])[name]["data_offsets"]
+    return file[8 + n + begin : 8 + n + end]
+
+
+def test_a_signal_handler_that_reads_gets_exact_bytes_and_so_does_the_read_it_interrupts(
+    sealed: tuple[Path, Path],
+) -> None:
+    """Real signals, on the main thread, as a server's handler would get them."""
+    assert threading.current_thread() is threading.main_thread()  # where handlers run
+    root, pkg = sealed
+    notes = (root / "notes.txt").read_bytes()
+    model = (root / "model.safetensors").read_bytes()
+    seen: list[bool] = []
+    with _open(pkg) as p:
+
+        def handler(_signum: int, _frame: Any) -> None:
+            seen.append(p.read_file("files", "notes.txt") == notes)
+
+        old = signal.signal(signal.SIGALRM, handler)
+        signal.setitimer(signal.ITIMER_REAL, 0.002, 0.002)
+        try:
+            for _ in range(20):
+                assert p.read_file("weights", "model.safetensors") == model
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0, 0)
+            signal.signal(signal.SIGALRM, old)
+    assert seen and all(seen)
