@@ -605,7 +605,7 @@ class Package:
             for i, record in enumerate(records):
                 buffer = buffers[i] = hostmem.host_buffer(record.length)
                 work = self._tensor_into(comp, record, buffer)
-                if run and not (record.run and record.skip):
+                if run and not (record.run and record.skip and record.first == run[0][1]):
                     yield _job(run, i - 1)
                     run = []
                 if record.run:

@@ -256,6 +256,11 @@ def _check_tensors(
                 checked[k] = dataclasses.replace(t, run=True, skip=t.offset - start)
         if seg != f.first + f.count or offset != f.size:
             raise TensorError("tensor.invalid", f"{f.path}: tensors leave bytes unaccounted for")
+    # A run is in a row of the whole table, not only of its file's tensors: a
+    # reader may take the table's order as the order to decode in.
+    for k, t in checked.items():
+        if t.skip and (tensors[k - 1].file != t.file or tensors[k - 1].first != t.first):
+            raise TensorError("tensor.invalid", f"tensor {t.name!r} is apart from its run")
     return tuple(checked.get(k, t) for k, t in enumerate(tensors))
 
 

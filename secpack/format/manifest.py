@@ -303,6 +303,16 @@ def parse_manifest(obj: Any, limits: Limits) -> Manifest:
         raise fail("manifest", f"more than {limits.max_segments} segments")
     if sum(c.size for c in components) > limits.max_total_plain:
         raise fail("manifest", f"more than {limits.max_total_plain} plaintext bytes")
+    # Every component's table, decompressed, within the manifest cap in all, as when
+    # they were all stored in the manifest as they are: a few kilobytes of zstd
+    # each must not add up to gigabytes over a thousand components.
+    tables = sum(
+        len(c.contents) if c.contents_size is None else c.contents_size for c in components
+    )
+    if tables > limits.max_manifest_bytes:
+        raise fail(
+            "manifest", f"contents of {tables} bytes in all, more than {limits.max_manifest_bytes}"
+        )
     offsets = _check_blob_layout(components, blobs)
     return Manifest(name, version, created, expires, metadata, components, blobs, offsets)
 
@@ -375,10 +385,15 @@ def _parse_component(obj: Any, where: str, limits: Limits) -> Component:
         raise fail(f"{where}.size", "does not equal the sum of its segments")
     contents_size = None
     if "contents_codec" in c:
-        codec = as_map(c["contents_codec"], f"{where}.contents_codec", ("id", "size"))
-        codec_id = as_text(codec["id"], f"{where}.contents_codec.id", 32)
+        codec = c["contents_codec"]
+        if not isinstance(codec, dict) or "id" not in codec:
+            raise fail(f"{where}.contents_codec", "expected a codec map with an id")
+        # The id first, as for segment codecs: a later codec with other parameters
+        # is one this reader does not know, not a malformed one.
+        codec_id = as_text(codec["id"], f"{where}.contents_codec.id", 16)
         if codec_id != "zstd":
             raise SchemaError("schema.unsupported", f"{where}: contents codec {codec_id!r}")
+        codec = as_map(codec, f"{where}.contents_codec", ("id", "size"))
         # The decompressed contents are held to the same cap as stored ones.
         contents_size = as_uint(
             codec["size"], f"{where}.contents_codec.size", 1, limits.max_manifest_bytes

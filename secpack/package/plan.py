@@ -43,9 +43,10 @@ BLOB_TARGET = 16 * MiB
 BLOB_MAX = 64 * MiB
 
 # Tensors smaller than this share a segment with their small neighbours (a run,
-# FORMAT §5). Each segment costs about 300 bytes of manifest (digest, salt, GCM
-# tag, codec record), more than coding saves on a bias or a norm's weights of a
-# few hundred bytes, and too few values for an entropy coder's tables to pay.
+# FORMAT §5). Each segment costs 200-350 bytes of package (its record, digest,
+# salt and GCM tag; most for the float codecs' records), more than coding saves
+# on a bias or a norm's weights of a few hundred bytes, and too few values for
+# an entropy coder's tables to pay.
 RUN_TENSOR = 64 * 1024
 # A run closes before it would pass this, so that reading one small tensor
 # decodes at most this much. Not above MIN_SEGMENT: a run is one segment.

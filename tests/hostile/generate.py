@@ -739,12 +739,17 @@ def _packed_contents(
     *,
     encrypt: bool,
     codec_id: str = "zstd",
+    extra: dict[str, Any] | None = None,
+    also: str | None = None,
 ) -> bytes:
+    """The weights' table (and ``also`` that component's) compressed by ``frame``,
+    declared as ``size`` bytes."""
     p = b.pkg(encrypt)
-    c = p.comp("weights")
-    table = enc(c.contents)
-    c.contents_raw = frame(table)
-    c.contents_codec = {"id": codec_id, "size": size(len(table))}
+    for name in ("weights", also) if also else ("weights",):
+        c = p.comp(name)
+        table = enc(c.contents)
+        c.contents_raw = frame(table)
+        c.contents_codec = {"id": codec_id, "size": size(len(table)), **(extra or {})}
     return build(p).data
 
 
@@ -770,6 +775,8 @@ PACKED_CASES: list[tuple[str, str, str, Callable[..., bytes]]] = [
     ("bomb", "128 MiB of zeros declared as such, above the manifest cap", "schema.invalid", lambda b, encrypt: _packed_contents(b, lambda t: _zstd(bytes(128 * MiB)), lambda n: 128 * MiB, encrypt=encrypt)),
     ("zero", "declared size 0", "schema.invalid", lambda b, encrypt: _packed_contents(b, _zstd, lambda n: 0, encrypt=encrypt)),
     ("unknown-codec", "contents codec 'lz4'", "schema.unsupported", lambda b, encrypt: _packed_contents(b, _zstd, encrypt=encrypt, codec_id="lz4")),
+    ("unknown-codec-params", "contents codec 'brotli' with a parameter of its own", "schema.unsupported", lambda b, encrypt: _packed_contents(b, _zstd, encrypt=encrypt, codec_id="brotli", extra={"quality": 11})),
+    ("total", "two tables of 40 MiB declared: each under the 64 MiB cap, together over it", "schema.invalid", lambda b, encrypt: _packed_contents(b, _zstd, lambda n: 40 * MiB, encrypt=encrypt, also="files")),
 ]
 # fmt: on
 

@@ -186,7 +186,7 @@ def test_open_writes_the_file_back_byte_for_byte(
 
 def test_runs_make_a_model_of_tiny_tensors_cost_few_segments(tmp_path: Path) -> None:
     """300 biases of 256 bytes: a few segments, not 300, each of which would cost
-    about 300 bytes of manifest: more than the tensors' own 75 KiB compress by."""
+    200-350 bytes of package: more than the tensors' own 75 KiB compress by."""
     rng = np.random.default_rng(3)
     arrays = {f"b{k:03d}": rng.standard_normal(64).astype(np.float32) for k in range(300)}
     root = tmp_path / "tiny"
@@ -303,3 +303,40 @@ def test_a_tensor_table_is_stored_compressed_where_that_is_smaller(
         assert comps["config"].contents_size is None
         # What the loader serves came out of the compressed table.
         assert p.tensor_names("weights") == list(model[1])
+
+
+def test_a_run_apart_in_the_table_is_refused() -> None:
+    """Two files, each with a run of two, their records listed a0, b0, b1, a1: each
+    file's own tensors are in order, but a1 is not next to a0. FORMAT §5: a run is
+    in a row of the table (a reader decodes in the table's order)."""
+    plains = [16, 16, 16, 16]
+
+    def file(path: str, first: int) -> dict[str, Any]:
+        return {
+            "path": path,
+            "size": 32,
+            "mode": 0o644,
+            "format": "safetensors",
+            "segments": [first, 2],
+            "header": 16,
+        }
+
+    def tensor(name: str, file: int, offset: int, segment: int) -> dict[str, Any]:
+        return {
+            "name": name,
+            "dtype": "F32",
+            "shape": [2],
+            "file": file,
+            "offset": offset,
+            "length": 8,
+            "segments": [segment, 1],
+        }
+
+    a0, a1 = tensor("a0", 0, 16, 1), tensor("a1", 0, 24, 1)
+    b0, b1 = tensor("b0", 1, 16, 3), tensor("b1", 1, 24, 3)
+    files = [file("a.safetensors", 0), file("b.safetensors", 2)]
+    in_a_row = parse_contents({"files": files, "tensors": [a0, a1, b0, b1]}, plains, DEFAULT_LIMITS)
+    assert [t.skip for t in in_a_row.tensors] == [0, 8, 0, 8]
+    with pytest.raises(SecpackError) as err:
+        parse_contents({"files": files, "tensors": [a0, b0, b1, a1]}, plains, DEFAULT_LIMITS)
+    assert err.value.code == "tensor.invalid"
