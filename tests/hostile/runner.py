@@ -136,20 +136,35 @@ def _open(corpus: Path, rec: dict[str, Any], out: Path) -> None:
 
 
 def _load(corpus: Path, rec: dict[str, Any], out: Path) -> None:
+    """Every component's tensors and files through ``state_dict``, and again, on a
+    package opened afresh (a file's checks are made once per package), through
+    ``iter_tensors``: the two ways decode in different orders and batches, and
+    must come to the same outcome."""
     import secpack
 
-    with secpack.open_package(
-        corpus / rec["package"],
-        identity=str(corpus / rec["identity"]),
-        policy=_policy(corpus, rec),
-        expected_name=rec["name"],
-    ) as pkg:
-        for info in pkg.components:
-            files = pkg.files(info.name)
-            if info.kind in ("weights", "adapter"):
-                pkg.state_dict(info.name)
-            for f in files:
-                pkg.read_file(info.name, f.path)
+    def read(iterate: bool) -> None:
+        with secpack.open_package(
+            corpus / rec["package"],
+            identity=str(corpus / rec["identity"]),
+            policy=_policy(corpus, rec),
+            expected_name=rec["name"],
+        ) as pkg:
+            for info in pkg.components:
+                files = pkg.files(info.name)
+                if info.kind in ("weights", "adapter"):
+                    if iterate:
+                        for _ in pkg.iter_tensors(info.name):
+                            pass
+                    else:
+                        pkg.state_dict(info.name)
+                for f in files:
+                    pkg.read_file(info.name, f.path)
+
+    whole = _outcome(lambda: read(False))
+    iterated = _outcome(lambda: read(True))
+    if whole != iterated:
+        raise AssertionError(f"state_dict gives {whole}, iter_tensors {iterated}")
+    read(False)  # the outcome itself, as the caller records it
 
 
 CALLS = {"verify": _verify, "open": _open, "load": _load}
