@@ -52,16 +52,15 @@ def own_scratch() -> Iterator[None]:
     code it interrupted goes on."""
     state = _local.__dict__
     depth = state.get("depth", 0)
-    saved = state.get("buffers") if depth else None
-    if depth:
-        state["buffers"] = {}
-    state["depth"] = depth + 1
-    try:
+    saved = state.setdefault("buffers", {})  # the dict scratch() fills, made here
+    try:  # from here on, anything raised (an interrupt too) puts both back
+        if depth:
+            state["buffers"] = {}
+        state["depth"] = depth + 1
         yield
     finally:
         state["depth"] = depth
-        if depth:
-            state["buffers"] = saved
+        state["buffers"] = saved
 
 
 def scratch(name: str, size: int, at_least: int = 0) -> memoryview:

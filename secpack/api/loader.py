@@ -25,7 +25,7 @@ import struct
 import threading
 import warnings
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from types import TracebackType
@@ -51,7 +51,7 @@ from secpack.errors import NotFoundError, SecpackError, TensorError, resource_li
 from secpack.format.contents import FileEntry, TensorRecord
 from secpack.format.manifest import Manifest
 from secpack.package.decode import OpenComponent
-from secpack.package.parallel import ordered_batched, worker_pool
+from secpack.package.parallel import InlineExecutor, ordered_batched, worker_pool
 from secpack.package.reader import largest_segment
 from secpack.sign.policy import Policy, Signer
 from secpack.tensors.variants import VARIANTS, VARIANTS_ASKED, VARIANTS_ONLY
@@ -195,6 +195,7 @@ def _out_of_resources() -> Iterator[None]:
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
+_T = TypeVar("_T")
 
 
 def _loading(
@@ -207,10 +208,42 @@ def _loading(
 
     @functools.wraps(method)
     def wrapper(self: Package, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
-        with self._load_errors():
+        with self._load_errors(), _in_load():
             return method(self, *args, **kwargs)
 
     return wrapper
+
+
+# How many loads this thread is inside: more than one when a load starts while
+# another is under way on the same thread (a signal handler that reads).
+_thread = threading.local()
+
+
+@contextlib.contextmanager
+def _in_load() -> Iterator[None]:
+    depth = getattr(_thread, "depth", 0)
+    try:  # from here on, anything raised (an interrupt too) puts it back
+        _thread.depth = depth + 1
+        yield
+    finally:
+        _thread.depth = depth
+
+
+def _stepped(steps: Generator[_T, None, None]) -> Iterator[_T]:
+    """``steps``, each of its steps inside _in_load, and none of the consumer's
+    code between them: a load made between two tensors is not nested."""
+    try:
+        while True:
+            with _in_load():
+                try:
+                    item = next(steps)
+                except StopIteration:
+                    return
+            yield item
+    finally:
+        # A consumer that stops early closes this; ``steps`` then cancels the
+        # decodes it has queued, at once rather than when it is collected.
+        steps.close()
 
 
 class Package:
@@ -401,6 +434,12 @@ class Package:
     # --- decoding ------------------------------------------------------------------
 
     def _executor(self) -> Executor:
+        if getattr(_thread, "depth", 0) > 1:
+            # A load nested inside another on this thread works in the thread,
+            # without the pool: the load it interrupted may hold the pool's own
+            # locks (ThreadPoolExecutor.submit's, which are not re-entrant), and
+            # waits for nothing from it meanwhile.
+            return InlineExecutor()
         with self._lock:
             if self._closed:
                 raise ValueError(f"{self._src.path}: the package is closed")
@@ -539,11 +578,11 @@ class Package:
         """
         # Not itself a generator: the argument is checked at the call.
         forms = None if prefer is None else _prefer_list(prefer)
-        return self._iter_tensors(component, forms)
+        return _stepped(self._iter_tensors(component, forms))
 
     def _iter_tensors(
         self, component: str, prefer: list[str] | None
-    ) -> Iterator[tuple[str, np.ndarray]]:
+    ) -> Generator[tuple[str, np.ndarray], None, None]:
         with self._load_errors():  # as _loading does for the other reads
             if prefer is None:
                 yield from self._iter_stored(component)

@@ -161,3 +161,122 @@ def test_a_signal_handler_that_reads_gets_exact_bytes_and_so_does_the_read_it_in
             signal.setitimer(signal.ITIMER_REAL, 0, 0)
             signal.signal(signal.SIGALRM, old)
     assert seen and all(seen)
+
+
+def test_a_use_nested_before_the_outer_takes_a_buffer_leaves_the_threads_own() -> None:
+    """The nested use comes before the use it interrupted has taken any buffer
+    (a thread's first decode): afterwards the thread still has one set of buffers
+    of its own, kept from use to use, and the depth is back to none."""
+    from secpack import buffers
+
+    seen: dict[str, Any] = {}
+
+    def fresh_thread() -> None:
+        with buffers.own_scratch():
+            with buffers.own_scratch():
+                inner = buffers.scratch("t.x", 64)
+            outer = buffers.scratch("t.x", 64)
+            seen["distinct"] = inner.obj is not outer.obj
+        with buffers.own_scratch():
+            seen["kept"] = buffers.scratch("t.x", 64).obj is outer.obj
+        seen["depth"] = buffers._local.__dict__["depth"]
+
+    _run(fresh_thread)
+    assert seen == {"distinct": True, "kept": True, "depth": 0}
+
+
+def test_a_nested_use_that_raises_puts_the_threads_buffers_back() -> None:
+    from secpack import buffers
+
+    seen: dict[str, Any] = {}
+
+    def fresh_thread() -> None:
+        with buffers.own_scratch():
+            mine = buffers.scratch("t.y", 64)
+            with pytest.raises(KeyboardInterrupt), buffers.own_scratch():
+                buffers.scratch("t.y", 64)
+                raise KeyboardInterrupt
+            seen["same"] = buffers.scratch("t.y", 64).obj is mine.obj
+        seen["depth"] = buffers._local.__dict__["depth"]
+
+    _run(fresh_thread)
+    assert seen == {"same": True, "depth": 0}
+
+
+def test_a_load_nested_while_the_pool_is_being_submitted_to_works_in_the_thread(
+    sealed: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """threads=2: the nested load comes while the interrupted one is inside
+    ThreadPoolExecutor.submit, holding the pool's lock (not re-entrant), and then
+    while the pool is being made. It must not touch the pool: it decodes in its
+    own thread, makes no second pool, and both loads return exact bytes."""
+    import concurrent.futures.thread as cft
+
+    from secpack.api import loader
+
+    root, pkg = sealed
+    model = (root / "model.safetensors").read_bytes()
+    nested: list[bytes] = []
+    pools: list[object] = []
+    real_submit, real_pool = cft.ThreadPoolExecutor.submit, loader.worker_pool
+
+    with secpack.open_package(
+        pkg,
+        identity=str(KEYS / "recipient-x25519.key"),
+        trust=[str(KEYS / "signing-ed25519.key.pub")],
+        threads=2,
+    ) as p:
+
+        def worker_pool(*args: Any, **kwargs: Any) -> Any:
+            if not pools:  # the first pool: a load comes while it is being made
+                nested.append(p.read_file("weights", "model.safetensors"))
+            pools.append(real_pool(*args, **kwargs))
+            return pools[-1]
+
+        def submit(self: Any, *args: Any, **kwargs: Any) -> Any:
+            if len(nested) == 1:
+                with self._shutdown_lock:  # as submit holds it
+                    nested.append(p.read_file("weights", "model.safetensors"))
+            return real_submit(self, *args, **kwargs)
+
+        monkeypatch.setattr(loader, "worker_pool", worker_pool)
+        monkeypatch.setattr(cft.ThreadPoolExecutor, "submit", submit)
+        sd = _run(lambda: p.state_dict("weights"))
+        for name, array in sd.items():
+            assert array.tobytes() == _tensor_bytes(model, name), name
+    # Reads of several segments each, which a load that is not nested hands to
+    # the pool.
+    assert nested == [model, model]
+    assert len(pools) == 1
+    assert getattr(loader._thread, "depth", 0) == 0
+
+
+def test_a_load_between_two_tensors_of_an_iteration_is_not_nested(
+    sealed: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The consumer's own code between two tensors of iter_tensors is outside any
+    load: a load it makes there uses the pool as any other does."""
+    from secpack.api import loader
+
+    _, pkg = sealed
+    depths: list[int] = []
+    real = loader.Package._executor
+
+    def executor(self: Any) -> Any:
+        depths.append(loader._thread.depth)
+        return real(self)
+
+    monkeypatch.setattr(loader.Package, "_executor", executor)
+    with secpack.open_package(
+        pkg,
+        identity=str(KEYS / "recipient-x25519.key"),
+        trust=[str(KEYS / "signing-ed25519.key.pub")],
+        threads=2,
+    ) as p:
+        for name, _ in p.iter_tensors("weights"):
+            depths.append(-1)  # the consumer's turn
+            p.read_file("files", "notes.txt")
+            if name == "w2":
+                break
+    assert depths and all(d in (-1, 1) for d in depths), depths
+    assert getattr(loader._thread, "depth", 0) == 0
