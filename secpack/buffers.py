@@ -16,9 +16,8 @@ from __future__ import annotations
 import contextlib
 import mmap
 import threading
-from collections.abc import Iterator
 
-__all__ = ["HUGE", "huge_block", "own_scratch", "scratch"]
+__all__ = ["HUGE", "huge_block", "in_use", "own_scratch", "scratch"]
 
 # The smallest mapping that can hold a huge page (2 MiB on x86-64 and arm64).
 HUGE = 2 << 20
@@ -42,25 +41,40 @@ def huge_block(nbytes: int) -> mmap.mmap | None:
     return region
 
 
-@contextlib.contextmanager
-def own_scratch() -> Iterator[None]:
+class own_scratch:  # lower case: used as a function, ``with own_scratch():``
     """Around one use of this thread's scratch buffers (a segment's decode). A use
     that begins while another is under way on the same thread (a signal handler
     that reads a package, run between two bytecodes of a read) gets buffers of its
     own for its duration, so that it cannot change the bytes the interrupted use
-    is working on. It is safe at any point: a handler runs to its end before the
-    code it interrupted goes on."""
-    state = _local.__dict__
-    depth = state.get("depth", 0)
-    saved = state.setdefault("buffers", {})  # the dict scratch() fills, made here
-    try:  # from here on, anything raised (an interrupt too) puts both back
-        if depth:
+    is working on. A handler runs to its end before the code it interrupted goes
+    on, so the two never run at once.
+
+    A class, not a generator: an interrupt that lands as the block ends, before
+    ``__exit__`` runs, then leaves the thread marked as in a use (every later use
+    gets fresh buffers: slower, never wrong), where a generator's ``finally``
+    would run whenever the generator is collected, in the middle of some later
+    use, and unmark it there."""
+
+    __slots__ = ("_depth", "_saved")
+
+    def __enter__(self) -> None:
+        state = _local.__dict__
+        self._depth = state.get("depth", 0)
+        self._saved = state.setdefault("buffers", {})  # the dict scratch() fills
+        if self._depth:
             state["buffers"] = {}
-        state["depth"] = depth + 1
-        yield
-    finally:
-        state["depth"] = depth
-        state["buffers"] = saved
+        state["depth"] = self._depth + 1
+
+    def __exit__(self, *exc: object) -> None:
+        state = _local.__dict__
+        state["buffers"] = self._saved
+        state["depth"] = self._depth
+
+
+def in_use() -> bool:
+    """Whether this thread is in the middle of a use of its scratch buffers (a
+    decode): a load started there now is nested in it."""
+    return bool(_local.__dict__.get("depth", 0))
 
 
 def scratch(name: str, size: int, at_least: int = 0) -> memoryview:

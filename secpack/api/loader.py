@@ -44,6 +44,7 @@ import secpack.api.keyfiles
 import secpack.audit.log
 import secpack.codec.segment
 import secpack.transport.atomic  # noqa: F401
+from secpack import buffers
 from secpack.api import hostmem
 from secpack.api.auditing import audited, package_facts
 from secpack.api.trust import establish_trust, remember_version
@@ -219,14 +220,20 @@ def _loading(
 _thread = threading.local()
 
 
-@contextlib.contextmanager
-def _in_load() -> Iterator[None]:
-    depth = getattr(_thread, "depth", 0)
-    try:  # from here on, anything raised (an interrupt too) puts it back
-        _thread.depth = depth + 1
-        yield
-    finally:
-        _thread.depth = depth
+class _in_load:  # lower case: used as a function, ``with _in_load():``
+    """Marks this thread as inside a load for the block. A class, for the reason
+    given in secpack.buffers.own_scratch: an interrupt as the block ends leaves
+    the mark on (later loads of the thread then work without the pool), never
+    takes it off in the middle of another load."""
+
+    __slots__ = ("_depth",)
+
+    def __enter__(self) -> None:
+        self._depth = getattr(_thread, "depth", 0)
+        _thread.depth = self._depth + 1
+
+    def __exit__(self, *exc: object) -> None:
+        _thread.depth = self._depth
 
 
 def _stepped(steps: Generator[_T, None, None]) -> Iterator[_T]:
@@ -434,11 +441,12 @@ class Package:
     # --- decoding ------------------------------------------------------------------
 
     def _executor(self) -> Executor:
-        if getattr(_thread, "depth", 0) > 1:
-            # A load nested inside another on this thread works in the thread,
-            # without the pool: the load it interrupted may hold the pool's own
-            # locks (ThreadPoolExecutor.submit's, which are not re-entrant), and
-            # waits for nothing from it meanwhile.
+        if getattr(_thread, "depth", 0) > 1 or buffers.in_use():
+            # A load nested inside another on this thread (or inside a decode, on
+            # a worker of the pool) works in the thread, without the pool: the
+            # load it interrupted may hold the pool's own locks
+            # (ThreadPoolExecutor.submit's, which are not re-entrant), or occupy
+            # its workers.
             return InlineExecutor()
         with self._lock:
             if self._closed:

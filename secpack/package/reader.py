@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from secpack.buffers import scratch
+from secpack.buffers import own_scratch, scratch
 from secpack.errors import FreshnessError, IntegrityError, PolicyError, SecpackError
 from secpack.format import cbor, container
 from secpack.format.limits import Limits
@@ -178,7 +178,8 @@ def verify_segments(
 
     def check(c: int, s: int) -> int:
         size = header.manifest.components[c].segments[s].stored
-        read_segment_into(src, header, c, s, scratch("verify.stored", size))
+        with own_scratch():  # a verify nested on this thread reads into its own
+            read_segment_into(src, header, c, s, scratch("verify.stored", size))
         return size
 
     jobs = [

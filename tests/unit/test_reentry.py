@@ -280,3 +280,58 @@ def test_a_load_between_two_tensors_of_an_iteration_is_not_nested(
                 break
     assert depths and all(d in (-1, 1) for d in depths), depths
     assert getattr(loader._thread, "depth", 0) == 0
+
+
+def test_a_verify_nested_inside_a_verify_passes_both(
+    sealed: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """threads=1: between the outer verify's read of its largest segment and the
+    check of its digest, a whole verify of the same package runs on the same thread.
+    Both pass: the nested one reads into buffers of its own."""
+    import hashlib
+    import types
+
+    from secpack.api.verify import verify
+    from secpack.package import reader
+    from secpack.sign.policy import policy_from_keys
+
+    _, pkg = sealed
+    policy = policy_from_keys([("k", (KEYS / "signing-ed25519.key.pub").read_bytes())])
+    nested: list[str] = []
+    report = verify(str(pkg), policy, threads=1)
+    largest = max(s.stored for c in report.manifest.components for s in c.segments)
+
+    def sha256(data: Any = b"") -> Any:
+        # At the check of the largest segment: the buffer has then grown to it, so
+        # the nested verify's reads all land in it rather than in a new one.
+        if len(data) == largest and not nested:
+            nested.append("started")
+            verify(str(pkg), policy, threads=1)
+            nested.append("passed")
+        return hashlib.sha256(data)
+
+    monkeypatch.setattr(reader, "hashlib", types.SimpleNamespace(sha256=sha256))
+    monkeypatch.setenv("SECPACK_AUDIT", "off")
+    _run(lambda: verify(str(pkg), policy, threads=1))
+    assert nested == ["started", "passed"]
+
+
+def test_a_use_whose_end_was_never_run_leaves_later_uses_apart() -> None:
+    """An interrupt that lands as a use ends, before it is unmarked, leaves the
+    thread marked as in a use: later uses then each get buffers of their own,
+    slower but never shared with the one they interrupt."""
+    from secpack import buffers
+
+    seen: dict[str, Any] = {}
+
+    def fresh_thread() -> None:
+        buffers.own_scratch().__enter__()  # its __exit__ never runs
+        with buffers.own_scratch():
+            outer = buffers.scratch("t.z", 64)
+            with buffers.own_scratch():
+                seen["apart"] = buffers.scratch("t.z", 64).obj is not outer.obj
+            seen["outer kept"] = buffers.scratch("t.z", 64).obj is outer.obj
+        seen["in use"] = buffers.in_use()
+
+    _run(fresh_thread)
+    assert seen == {"apart": True, "outer kept": True, "in use": True}
