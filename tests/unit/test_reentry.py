@@ -52,12 +52,12 @@ def sealed(
     return root, pkg
 
 
-def _open(pkg: Path) -> secpack.Package:
+def _open(pkg: Path, threads: int = 1) -> secpack.Package:
     return secpack.open_package(
         pkg,
         identity=str(KEYS / "recipient-x25519.key"),
         trust=[str(KEYS / "signing-ed25519.key.pub")],
-        threads=1,
+        threads=threads,
     )
 
 
@@ -220,12 +220,7 @@ def test_a_load_nested_while_the_pool_is_being_submitted_to_works_in_the_thread(
     pools: list[object] = []
     real_submit, real_pool = cft.ThreadPoolExecutor.submit, loader.worker_pool
 
-    with secpack.open_package(
-        pkg,
-        identity=str(KEYS / "recipient-x25519.key"),
-        trust=[str(KEYS / "signing-ed25519.key.pub")],
-        threads=2,
-    ) as p:
+    with _open(pkg, threads=2) as p:
 
         def worker_pool(*args: Any, **kwargs: Any) -> Any:
             if not pools:  # the first pool: a load comes while it is being made
@@ -267,12 +262,7 @@ def test_a_load_between_two_tensors_of_an_iteration_is_not_nested(
         return real(self)
 
     monkeypatch.setattr(loader.Package, "_executor", executor)
-    with secpack.open_package(
-        pkg,
-        identity=str(KEYS / "recipient-x25519.key"),
-        trust=[str(KEYS / "signing-ed25519.key.pub")],
-        threads=2,
-    ) as p:
+    with _open(pkg, threads=2) as p:
         for name, _ in p.iter_tensors("weights"):
             depths.append(-1)  # the consumer's turn
             p.read_file("files", "notes.txt")
