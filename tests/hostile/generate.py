@@ -927,14 +927,17 @@ def s_salt_plain(b: Base) -> bytes:
     )
 
 
-# Segment 11 of weights is the F64 tensor "double" (bg, 8 planes of 64 bytes);
-# segment 1 is embed.weight (bgx fp32: H, L, B1, B0, X), segment 8 cols.weight
-# (bgx fp32 with column offsets: H, L, B1, B0, X, O), segment 10 noise.bf16 (bgx
-# bf16 whose L plane is p5).
-BG_SEG, BGX_SEG, BGX_COLS_SEG, BGX_P5_SEG = 11, 1, 8, 10
-# Segment 12 is skew.weight (bgx fp32 whose H plane is "ans": 5121 symbols);
-# segment 13 is fp8.weight (4099 F8_E4M3 bytes, the whole segment one "ans" plane).
-BGX_ANS_SEG, ANS_SEG = 12, 13
+# Segment 8 of weights is the F64 tensor "double" (bg, 8 planes of 64 bytes);
+# segment 1 is embed.weight (bgx fp32: H, L, B1, B0, X), segment 5 cols.weight
+# (bgx fp32 with column offsets: H, L, B1, B0, X, O), segment 7 noise.bf16 (bgx
+# bf16 whose L plane is p5). (Segment 3 is the run of norm.f16, pos.ids, scale
+# and mask, of four types: coded as bytes.)
+BG_SEG, BGX_SEG, BGX_COLS_SEG, BGX_P5_SEG = 8, 1, 5, 7
+# Segment 9 is skew.weight (bgx fp32 whose H plane is "ans": 5121 symbols);
+# segment 10 is fp8.weight (4099 F8_E4M3 bytes, the whole segment one "ans" plane).
+BGX_ANS_SEG, ANS_SEG = 9, 10
+# Segment 4 is "pruned" (const); segment 11 the run of run.bias, run.norm, run.head.
+CONST_SEG, RUN_SEG = 4, 11
 
 
 @case("schema", "bg-plane-count", "bg codec of width 8 with 7 planes", "schema.invalid")
@@ -1057,7 +1060,7 @@ for _name, _what, _change in [
 @case("schema", "const-width-3", "const codec of width 3", "schema.invalid")
 def s_const3(b: Base) -> bytes:
     return hooked(
-        b, lambda m: comp_of(m, "weights")["segments"][7]["codec"].__setitem__("width", 3)
+        b, lambda m: comp_of(m, "weights")["segments"][CONST_SEG]["codec"].__setitem__("width", 3)
     )
 
 
@@ -2274,14 +2277,14 @@ TENSOR_CASES: list[tuple[str, str, Callable[[Comp], None], bool]] = [
     ("names-nfc-duplicate", "tensors 'caf\\u00e9' and 'cafe\\u0301'", lambda c: (c.tensor("embed.weight").update(name="caf\u00e9"), c.tensor("embed.bf16").update(name="cafe\u0301")), True),
     ("name-empty", "a tensor named ''", retensor("mask", name=""), False),
     ("file-index", "a tensor in file 1 of a 1-file component", retensor("mask", file=1), False),
-    ("segments-past-file", "pos.ids covering two segments", retensor("pos.ids", segments=[4, 2]), False),
+    ("segments-past-file", "pos.ids covering two segments", retensor("pos.ids", segments=[3, 2]), False),
     ("header-split", "safetensors header 4 bytes longer than its segment", lambda c: c.contents["files"][0].update(header=1228), False),
     ("name-metadata", "a tensor named '__metadata__'", retensor("mask", name="__metadata__"), False),
-    # The run (segment 14: run.bias, run.norm, run.head share it, FORMAT §5).
-    ("run-alias", "run.norm names fp8.weight's segment [13, 1]", retensor("run.norm", segments=[13, 1]), True),
-    ("run-two-segments", "run.norm as [14, 2], over the run's segment and past it", retensor("run.norm", segments=[14, 2]), True),
+    # The run (segment 11: run.bias, run.norm, run.head share it, FORMAT §5).
+    ("run-alias", "run.norm names fp8.weight's segment [10, 1]", retensor("run.norm", segments=[ANS_SEG, 1]), True),
+    ("run-two-segments", "run.norm as [11, 2], over the run's segment and past it", retensor("run.norm", segments=[RUN_SEG, 2]), True),
     ("run-empty-member", "run.head of shape [0] (no bytes) still in the run's segment", retensor("run.head", shape=[0]), True),
-    ("run-left", "run.norm leaves the run (segments [15, 0]): run.bias alone is shorter than the segment", retensor("run.norm", segments=[15, 0]), True),
+    ("run-left", "run.norm leaves the run (segments [12, 0]): run.bias alone is shorter than the segment", retensor("run.norm", segments=[RUN_SEG + 1, 0]), True),
     ("run-short", "run.head of shape [3]: the run's tensors end 4 bytes before its segment", retensor("run.head", shape=[3]), True),
     # The table and the file's stored safetensors header must agree: the loader serves
     # the one, open writes the other.

@@ -19,7 +19,7 @@ from secpack.api.seal import seal
 from secpack.errors import SecpackError
 from secpack.format.contents import parse_contents
 from secpack.format.limits import DEFAULT_LIMITS
-from secpack.package.plan import RUN_BYTES, RUN_TENSOR
+from secpack.package.plan import MIXED_BELOW, RUN_BYTES, RUN_TENSOR
 from secpack.sign.policy import policy_from_keys
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -110,20 +110,34 @@ def _runs(p: secpack.Package) -> list[list[str]]:
     return list(by_segment.values())
 
 
-def test_the_writer_puts_small_neighbours_of_one_type_in_runs(
+def test_the_writer_puts_small_neighbours_in_runs(
     sealed: Path, model: tuple[Path, dict[str, np.ndarray]]
 ) -> None:
+    """Runs of one type where they hold MIXED_BELOW bytes or more, coded as that
+    type; below, small neighbours of every type together, coded as bytes."""
     _, arrays = model
     with _open(sealed) as p:
         runs = _runs(p)
         comp = next(c for c in p.manifest.components if c.name == "weights")
         for i in range(4):
-            # ln.bias and ln.weight are neighbours of one dtype; the fp16 gate ends
-            # the run, and mlp.bias, between the gate and the ids, is alone.
-            assert [f"l{i}.ln.bias", f"l{i}.ln.weight"] in runs
-            assert not p.tensor_info(f"l{i}.mlp.bias").run
+            # Everything small between two layers' matrices: a norm's pair of
+            # fp32 tensors, the fp16 gate, a bias, the int64 ids, the bool mask,
+            # and the next layer's first bias: no stretch of one type reaches 1 KiB.
+            tail = [f"l{i + 1}.attn.bias"] if i < 3 else []
+            assert [
+                f"l{i}.ln.bias",
+                f"l{i}.ln.weight",
+                f"l{i}.gate",
+                f"l{i}.mlp.bias",
+                f"l{i}.ids",
+                f"l{i}.mask",
+                *tail,
+            ] in runs
             assert not p.tensor_info(f"l{i}.attn.weight").run  # RUN_TENSOR and above
-        assert ["tail.a", "tail.b"] in runs  # after an empty tensor, which is in none
+        assert not p.tensor_info("l0.attn.bias").run  # alone before the first matrix
+        # After an empty tensor, which is in none; the ids end it, as the 48 KiB
+        # tensors after them are a run of their own type.
+        assert ["tail.a", "tail.b", "tail.ids"] in runs
         assert not p.tensor_info("tail.empty").run
         zz = [r for r in runs if r[0].startswith("zz.")]
         assert [n for r in zz for n in r] == sorted(n for n in arrays if n.startswith("zz."))
@@ -135,9 +149,39 @@ def test_the_writer_puts_small_neighbours_of_one_type_in_runs(
             assert segment.plain == sum(i.length for i in info) <= RUN_BYTES
             assert [i.skip for i in info] == list(np.cumsum([0] + [i.length for i in info[:-1]]))
             assert all(0 < i.length < RUN_TENSOR for i in info)
-            # Coded as the floats they are, not as opaque bytes.
-            if len(members) > 2:
+            if len({i.dtype for i in info}) == 1:  # one type, of MIXED_BELOW or more
+                assert segment.plain >= MIXED_BELOW
                 assert segment.codec.id in ("bgx", "bg"), segment.codec
+            else:  # coded as the bytes they are
+                assert segment.codec.id in ("zstd", "raw"), segment.codec
+
+
+def test_small_tensors_of_alternating_types_share_segments(tmp_path: Path) -> None:
+    """A quantized checkpoint's layout: each 64-byte fp32 scale beside its
+    128-byte int8 codes, 200 times. Runs of one type would leave each tensor a
+    segment; the writer joins them, one segment for all 400."""
+    rng = np.random.default_rng(5)
+    tensors = {}
+    for k in range(200):
+        tensors[f"q{k:03d}.codes"] = Tensor(
+            "I8", (128,), rng.integers(-127, 128, 128).astype(np.int8).tobytes()
+        )
+        tensors[f"q{k:03d}.scale"] = Tensor(
+            "F32", (16,), (rng.random(16) / 100).astype(np.float32).tobytes()
+        )
+    root = tmp_path / "q"
+    root.mkdir()
+    write_safetensors(root / "model.safetensors", tensors)
+    pkg = tmp_path / "q.spk"
+    _seal(root, pkg)
+    with _open(pkg) as p:
+        comp = next(c for c in p.manifest.components if c.name == "weights")
+        # The header, and one run of all 400 (37.5 KiB): every one of them is a
+        # run of one type below MIXED_BELOW.
+        assert len(comp.segments) == 2
+        assert [p.tensor_info(n).run for n in ("q000.codes", "q199.scale")] == [True, True]
+        for name in ("q000.codes", "q123.scale", "q199.codes"):
+            assert p.tensor(name).tobytes() == tensors[name].data
 
 
 @pytest.mark.parametrize("threads", [1, 2])
