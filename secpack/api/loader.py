@@ -44,10 +44,10 @@ import secpack.api.keyfiles
 import secpack.audit.log
 import secpack.codec.segment
 import secpack.transport.atomic  # noqa: F401
-from secpack import buffers
 from secpack.api import hostmem
 from secpack.api.auditing import audited, package_facts
 from secpack.api.trust import establish_trust, remember_version
+from secpack.buffers import in_use as decoding_here
 from secpack.errors import NotFoundError, SecpackError, TensorError, resource_limit
 from secpack.format.contents import FileEntry, TensorRecord
 from secpack.format.manifest import Manifest
@@ -441,7 +441,7 @@ class Package:
     # --- decoding ------------------------------------------------------------------
 
     def _executor(self) -> Executor:
-        if getattr(_thread, "depth", 0) > 1 or buffers.in_use():
+        if getattr(_thread, "depth", 0) > 1 or decoding_here():
             # A load nested inside another on this thread (or inside a decode, on
             # a worker of the pool) works in the thread, without the pool: the
             # load it interrupted may hold the pool's own locks
