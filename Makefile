@@ -43,7 +43,7 @@ test: lint typecheck unit
 bench: setup
 	$(BIN)/python bench/run.py
 
-# Coverage-guided fuzzing of the reader: make fuzz TARGET=header|manifest|cbor|bgx|ans|open SECONDS=600
+# Coverage-guided fuzzing of the reader: make fuzz TARGET=header|manifest|cbor|bgx|ans|ans32|open SECONDS=600
 TARGET  ?= open
 SECONDS ?= 600
 fuzz: setup

@@ -67,8 +67,8 @@ def _bgx_seeds() -> list[bytes]:
     return out
 
 
-def _ans_seeds() -> list[bytes]:
-    """Valid cases for the ``ans`` target: a symbol count, then a plane the writer
+def _ans_seeds(wide: bool = False) -> list[bytes]:
+    """Valid cases for the ``ans`` (``wide``: ``ans32``) target: a symbol count, then a plane the writer
     codes (no minimum size), for a few distributions."""
     import numpy as np
 
@@ -82,7 +82,7 @@ def _ans_seeds() -> list[bytes]:
     rng = np.random.default_rng(2)
     for n, spread in ((1, 3.0), (5, 3.0), (64, 0.5), (700, 6.0), (2048, 30.0)):
         symbols = np.clip(rng.normal(128, spread, n), 0, 255).astype(np.uint8).tobytes()
-        out.append((n - 1).to_bytes(2, "little") + ans.code(symbols))
+        out.append((n - 1).to_bytes(2, "little") + ans.code(symbols, wide))
     return out
 
 
@@ -96,6 +96,7 @@ def main() -> None:
         "cbor": [b"\x00" + m for m in map(_manifest, packages) if m],
         "bgx": _bgx_seeds(),
         "ans": _ans_seeds(),
+        "ans32": _ans_seeds(wide=True),
     }
     for target, items in seeds.items():
         folder = OUT / target

@@ -13,6 +13,8 @@ anything else (or a hang, or runaway memory) is a finding.
   against the plain-Python decoder: same symbols or both refuse, output zeroed),
   and every plane that decodes must be exactly what the encoder writes for those
   symbols with that table.
+- ``ans32``: the same for ans32 planes, with the C helper's AVX2 loop (where the
+  CPU has AVX2) and its plain loop both against Python.
 - ``open``: a whole package through the loader with the public test keys. The
   input's manifest is re-signed with the test signing key before loading, so
   mutations are not all stopped by the signature and the checks behind it
@@ -299,6 +301,15 @@ def target_bgx(data: bytes) -> None:
 
 def target_ans(data: bytes) -> None:
     """Two bytes of symbol count (1..2048: the Python twin is slow), then a plane."""
+    _ans_differential(data, wide=False)
+
+
+def target_ans32(data: bytes) -> None:
+    """As ``ans``, for ans32 planes; the C helper runs with and without AVX2."""
+    _ans_differential(data, wide=True)
+
+
+def _ans_differential(data: bytes, wide: bool) -> None:
     from secpack.codec import ans, planes
 
     native = planes.native_module()
@@ -307,24 +318,35 @@ def target_ans(data: bytes) -> None:
     n = 1 + int.from_bytes(data[:2], "little") % 2048
     plane = memoryview(data[2:])
     try:
-        freqs, pos = ans.parse_table(plane)
+        freqs, pos = ans.parse_table(plane, wide)
     except ValueError:
         return
+    simd = native.simd()
+    decoders = []
+    for mode in [simd, False] if wide else [simd]:
+        decoders.append((mode, native.ans32_decode if wide else native.ans_decode))
     results: list[bytes | None] = []
-    for decode in (native.ans_decode, ans.decode_python):
-        out = bytearray(b"\xaa" * n)
-        try:
-            decode(freqs, plane[pos:], memoryview(out))
-            results.append(bytes(out))
-        except ValueError:
-            if any(out):
-                raise AssertionError("a refused plane left output behind") from None
-            results.append(None)
-    if results[0] != results[1]:
+    try:
+        for mode, decode in [*decoders, (simd, ans.decode_python)]:
+            native.simd(mode)
+            out = bytearray(b"\xaa" * n)
+            try:
+                if decode is ans.decode_python:
+                    ans.decode_python(freqs, plane[pos:], memoryview(out), wide)
+                else:
+                    decode(freqs, plane[pos:], memoryview(out))
+                results.append(bytes(out))
+            except ValueError:
+                if any(out):
+                    raise AssertionError("a refused plane left output behind") from None
+                results.append(None)
+    finally:
+        native.simd(simd)
+    if len(set(results)) != 1:
         raise AssertionError("the C helper and Python disagree")
     if results[0] is not None:
-        coded = bytearray(4 * n + 64)
-        start = native.ans_encode(freqs, results[0], coded)
+        coded = bytearray(4 * n + 256)
+        start = (native.ans32_encode if wide else native.ans_encode)(freqs, results[0], coded)
         if bytes(coded[start:]) != bytes(plane[pos:]):
             raise AssertionError("a plane the encoder would not write decodes")
 
@@ -335,5 +357,6 @@ TARGETS = {
     "cbor": target_cbor,
     "bgx": target_bgx,
     "ans": target_ans,
+    "ans32": target_ans32,
     "open": target_open,
 }

@@ -106,9 +106,9 @@ def _store(
         return Plane("raw", len(src)), src
     packed = zstd.compress_plane(src)
     if exponents:
-        coded = ans.encode(src, min(len(packed), len(src)))
-        if coded is not None:
-            return Plane("ans", len(coded)), coded
+        found = ans.encode(src, min(len(packed), len(src)))
+        if found is not None:
+            return Plane(found[0], len(found[1])), found[1]
     if packed5 is not None and len(packed5) <= len(packed) and len(packed5) < len(src):
         return Plane("p5", len(packed5)), packed5
     if len(packed) < len(src):
@@ -172,8 +172,8 @@ def decode(codec: Codec, payload: memoryview, out: memoryview, max_window: int) 
             planes.append(chunk)
         elif plane.id == "p5":
             planes.append(_unpack5(chunk, size))
-        elif plane.id == "ans":
-            planes.append(_ans_decode(chunk, size))
+        elif plane.id in ("ans", "ans32"):
+            planes.append(_ans_decode(chunk, size, plane.id == "ans32"))
         else:
             planes.append(zstd.decompress(chunk, size, max_window))
     wide = kind.width == 4
@@ -192,11 +192,11 @@ def decode(codec: Codec, payload: memoryview, out: memoryview, max_window: int) 
         raise CodecError("codec.invalid", f"bgx: {exc}") from None
 
 
-def _ans_decode(chunk: memoryview, count: int) -> memoryview:
-    """The ``count`` symbols of an ans plane, in a per-thread buffer."""
+def _ans_decode(chunk: memoryview, count: int, wide: bool) -> memoryview:
+    """The ``count`` symbols of an ans (``wide``: ans32) plane, in a per-thread buffer."""
     out = scratch("bgx.ans", count)
     try:
-        ans.decode(chunk, out)
+        ans.decode(chunk, out, wide)
     except ValueError as exc:
         raise CodecError("codec.invalid", f"bgx: {exc}") from None
     return out

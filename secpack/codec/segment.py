@@ -57,6 +57,11 @@ def _is_constant(buf: memoryview, width: int) -> bool:
 # level 1 on such files, so a wider gap is never closed. (Level 19 can take far
 # more, so the max profile always redoes it.)
 _GUESS_MARGIN = 0.05
+# The max profile redoes at level 19 a float segment that does not look like it
+# repeats (bgx coded its H plane best with ans) when level 1 comes within this of
+# the smallest form: level 19 takes 2-10 % more off level 1 on weights, so a
+# wider gap is not worth its time (about 2 MB/s).
+_MAX_MARGIN = 0.10
 # How much larger than bgx's ratio bg at level 3 may code the first eighth of a
 # guessed segment and still be tried on all of it. Where it won (ONNX, TFLite),
 # it was ahead on the eighth; on weight matrices it is 1-3 % behind (MiniLM in a
@@ -108,10 +113,11 @@ def encode(
     and fp16 use bgx, except with the fast profile. ``guessed`` says that the
     dtype is codec.probe's guess for a file of unknown format, whose segments may
     hold anything: plain zstd, and bg at zstd level 3 where it looks ahead, are
-    then tried as well. The balanced profile also
-    codes the segment with plain zstd when bgx's H plane came out smaller with
-    zstd than with ans (the segment repeats itself); the max profile always
-    tries bg and plain zstd as well. The smallest is kept.
+    then tried as well. The balanced and max profiles also code the segment
+    with plain zstd at their level when bgx's H plane came out smaller with zstd
+    than with ans (the segment repeats itself); the max profile also tries bg,
+    and plain zstd at level 19 where level 1 comes within _MAX_MARGIN of the
+    smallest form. The smallest is kept.
     """
     view = memoryview(data).cast("B")
     n = len(view)
@@ -148,17 +154,27 @@ def encode(
             unrotated = _encode_grouped(view, w, rotate=False)
             if unrotated is not None:
                 candidates.append(unrotated)
-        if found is None or found[0].planes[0].id != "ans" or level >= LEVELS["max"] or guessed:
-            # zstd's matches beat the exponents' symbol statistics on H (or bgx
-            # did not shrink the segment at all): the segment may repeat itself,
-            # as tables do (sinusoidal position encodings, STFT bases: plain zstd
-            # is 27-45 % smaller there), and zstd of the whole segment can use
-            # that in the mantissas too. Most weight matrices code H better with
-            # ans and never pay for this trial; for the rest (some embedding
-            # tables) it runs at zstd's fastest level, and only a trial that wins
-            # is redone at the profile's level.
+        # bgx's H plane coded smaller by zstd than by ans (or bgx not shrinking the
+        # segment at all) says the segment repeats itself, as tables do
+        # (sinusoidal position encodings, STFT bases: plain zstd is 27-72 %
+        # smaller there), and zstd of the whole segment can use that in the
+        # mantissas too. Most weight matrices code H better with ans and never
+        # pay for this.
+        repeats = found is None or found[0].planes[0].id not in ("ans", "ans32")
+        best = min((len(c.payload) for c in candidates), default=n)
+        if repeats and not guessed:
+            # Such a segment is coded at the profile's level outright: zstd's
+            # fastest level is a poor guide to it. On an STFT basis (264 KB)
+            # level 1 gave 218 KB, above bgx's 213 KB, where level 3 gives 117 KB
+            # and level 19 60 KB.
+            packed = zstd.compress(view, level)
+            if len(packed) < best:  # best is the plaintext's size when nothing shrank it
+                candidates.append(Encoded(Codec("zstd", size=len(packed)), packed))
+        elif level >= LEVELS["max"] or guessed:
+            # The rest, with the max profile (and files of unknown format, whose
+            # segments may hold anything): a trial at zstd's fastest level, redone
+            # at the profile's level where it comes close.
             trial = zstd.compress(view, LEVELS["fast"])
-            best = min((len(c.payload) for c in candidates), default=n)
             # A guessed layout (codec.probe) is also held to the profile's own
             # zstd level where the trial comes close to it, and always with the
             # max profile: the probe's samples said the file holds floats, not
@@ -167,7 +183,8 @@ def encode(
             # otherwise have got; and zstd -19's optimal parser finds far more in
             # some such files than level 1 suggests (dlib's .dat: 0.63 of the
             # original, against 0.79 at level 3).
-            close = guessed and (level >= LEVELS["max"] or len(trial) < best * (1 + _GUESS_MARGIN))
+            margin = _MAX_MARGIN if level >= LEVELS["max"] else _GUESS_MARGIN
+            close = (guessed and level >= LEVELS["max"]) or len(trial) < best * (1 + margin)
             if len(trial) < best or close:
                 packed = zstd.compress(view, level) if level != LEVELS["fast"] else trial
                 if len(trial) < len(packed):
@@ -192,7 +209,7 @@ def encode(
             # trial wins, so a segment that does repeat still gets it.
             coded = ans.encode(view, min(zstd.trial_size(view), n))
             if coded is not None:
-                return Encoded(Codec("ans", size=len(coded)), coded)
+                return Encoded(Codec(coded[0], size=len(coded[1])), coded[1])
         packed = zstd.compress(view, level)
         if level > LEVELS["fast"]:
             # zstd's fastest level is not always its largest: on int8-quantized ONNX
@@ -205,7 +222,7 @@ def encode(
         if dtype in ANS_DTYPES and level > LEVELS["fast"]:
             coded = ans.encode(view, min(len(packed), n))
             if coded is not None:
-                return Encoded(Codec("ans", size=len(coded)), coded)
+                return Encoded(Codec(coded[0], size=len(coded[1])), coded[1])
         if len(packed) < n:
             return Encoded(Codec("zstd", size=len(packed)), packed)
     return Encoded(Codec("raw"), bytes(view))
@@ -287,9 +304,9 @@ def decode(codec: Codec, payload: bytes | memoryview, out: memoryview, max_windo
         _decode_grouped(codec, payload, out, max_window)
     elif codec.id == "bgx":
         bgx.decode(codec, memoryview(payload), out, max_window)
-    elif codec.id == "ans":
+    elif codec.id in ("ans", "ans32"):
         try:
-            ans.decode(memoryview(payload), out)
+            ans.decode(memoryview(payload), out, codec.id == "ans32")
         except ValueError as exc:
             raise CodecError("codec.invalid", f"ans: {exc}") from None
     else:  # pragma: no cover - the schema refuses unknown codec ids

@@ -18,6 +18,7 @@ from secpack.format.limits import Limits
 from secpack.format.schema import as_bytes, as_list, as_map, as_text, as_uint, fail
 
 __all__ = [
+    "ANS32_MIN_SIZE",
     "ANS_MIN_SIZE",
     "BGX_FLOATS",
     "BGX_MAX_SPAN",
@@ -53,7 +54,7 @@ TAG_LEN = 16  # AES-GCM tag
 HPKE_ENC_LEN = 32  # X25519 encapsulated key
 DEK_LEN = 32
 WRAPPED_LEN = DEK_LEN + TAG_LEN
-CODEC_IDS = ("raw", "zstd", "bg", "bgx", "const", "ans")
+CODEC_IDS = ("raw", "zstd", "bg", "bgx", "const", "ans", "ans32")
 # bgx float layouts: (element width in bytes, exponent bits).
 BGX_FLOATS = {"fp32": (4, 8), "bf16": (2, 8), "fp16": (2, 5)}
 # The widest bgx exponent window: H codes 8 * span common values and 255 escapes.
@@ -62,10 +63,14 @@ PLANE_IDS = ("raw", "zstd")
 # bgx planes may also be "p5": 5-bit values packed, ceil(5n / 8) bytes; only the
 # planes whose values are below 32 by construction (fp32 B0, bf16 L).
 # H (plane 0) may also be "ans", static rANS (FORMAT.md 6.1.1), which needs at
-# least ANS_MIN_SIZE bytes: a 32-byte bitmap, one frequency and four states. A
-# whole segment may be one ans plane too (codec "ans"), under the same minimum.
-BGX_PLANE_IDS = ("raw", "zstd", "p5", "ans")
+# least ANS_MIN_SIZE bytes: a 32-byte bitmap, one frequency and four states; or
+# "ans32" (6.1.2), the same with 32 states, so at least ANS32_MIN_SIZE. A whole
+# segment may be one such plane too (codec "ans" or "ans32"), under the same minimum.
+BGX_PLANE_IDS = ("raw", "zstd", "p5", "ans", "ans32")
 ANS_MIN_SIZE = 32 + 1 + 16
+ANS32_MIN_SIZE = 32 + 1 + 128
+# The smallest plane each rANS codec id allows.
+ANS_MINIMUM = {"ans": ANS_MIN_SIZE, "ans32": ANS32_MIN_SIZE}
 WIDTHS = (1, 2, 4, 8)
 
 
@@ -83,7 +88,7 @@ class Codec:
     """How a segment's payload decodes to its plaintext (docs/FORMAT.md, "Codecs")."""
 
     id: str
-    size: int = 0  # zstd: frame length; ans: plane length
+    size: int = 0  # zstd: frame length; ans, ans32: plane length
     width: int = 0  # bg / const: element width in bytes
     rot: int = 0  # bg: 1 when each element was rotated left by one bit before grouping
     planes: tuple[Plane, ...] = ()
@@ -97,7 +102,7 @@ class Codec:
         """Length of the codec payload (before encryption) for ``plain`` bytes of output."""
         if self.id == "raw":
             return plain
-        if self.id in ("zstd", "ans"):
+        if self.id in ("zstd", "ans", "ans32"):
             return self.size
         if self.id == "const":
             return self.width
@@ -106,7 +111,7 @@ class Codec:
     def to_cbor(self) -> dict[str, Any]:
         if self.id == "raw":
             return {"id": "raw"}
-        if self.id in ("zstd", "ans"):
+        if self.id in ("zstd", "ans", "ans32"):
             return {"id": self.id, "size": self.size}
         if self.id == "const":
             return {"id": "const", "width": self.width}
@@ -450,11 +455,12 @@ def _parse_codec(obj: Any, where: str, plain: int, limits: Limits) -> Codec:
     if cid == "zstd":
         z = as_map(obj, where, ("id", "size"))
         return Codec("zstd", size=as_uint(z["size"], f"{where}.size", 1, limits.max_segment_bytes))
-    if cid == "ans":
+    if cid in ANS_MINIMUM:
         a = as_map(obj, where, ("id", "size"))
-        if plain < ANS_MIN_SIZE:
-            raise fail(f"{where}.size", "segment too short for an ans plane")
-        return Codec("ans", size=as_uint(a["size"], f"{where}.size", ANS_MIN_SIZE, plain))
+        least = ANS_MINIMUM[cid]
+        if plain < least:
+            raise fail(f"{where}.size", f"segment too short for an {cid} plane")
+        return Codec(cid, size=as_uint(a["size"], f"{where}.size", least, plain))
     if cid == "const":
         k = as_map(obj, where, ("id", "width"))
         width = as_uint(k["width"], f"{where}.width", 1, 8)
@@ -538,8 +544,8 @@ def _parse_bgx(obj: Any, where: str, plain: int) -> Codec:
         psize = as_uint(p["size"], pw + ".size", 1, size)
         if pid == "p5" and (i not in bgx_p5_planes(kind) or psize != p5_size(size)):
             raise fail(pw, "p5 is only for B0 of fp32 and L of bf16, ceil(5n/8) bytes")
-        if pid == "ans" and (i != 0 or psize < ANS_MIN_SIZE):
-            raise fail(pw, "ans is only for H, and at least 49 bytes")
+        if pid in ANS_MINIMUM and (i != 0 or psize < ANS_MINIMUM[pid]):
+            raise fail(pw, f"{pid} is only for H, and at least {ANS_MINIMUM[pid]} bytes")
         # The offsets O are always raw: their size is the period itself.
         if (pid == "raw" or (i == len(sizes) - 1 and period)) and (pid, psize) != ("raw", size):
             raise fail(pw + ".size", "raw plane must have its decoded size")

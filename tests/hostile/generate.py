@@ -934,10 +934,11 @@ def s_salt_plain(b: Base) -> bytes:
 # and mask, of four types: coded as bytes.)
 BG_SEG, BGX_SEG, BGX_COLS_SEG, BGX_P5_SEG = 8, 1, 5, 7
 # Segment 9 is skew.weight (bgx fp32 whose H plane is "ans": 5121 symbols);
-# segment 10 is fp8.weight (4099 F8_E4M3 bytes, the whole segment one "ans" plane).
-BGX_ANS_SEG, ANS_SEG = 9, 10
-# Segment 4 is "pruned" (const); segment 11 the run of run.bias, run.norm, run.head.
-CONST_SEG, RUN_SEG = 4, 11
+# segment 10 is fp8.weight (4099 F8_E4M3 bytes, the whole segment one "ans" plane);
+# segments 11 and 12 the same with "ans32" (wide.weight and fp8.wide, 65,543 each).
+BGX_ANS_SEG, ANS_SEG, BGX_ANS32_SEG, ANS32_SEG = 9, 10, 11, 12
+# Segment 4 is "pruned" (const); segment 13 the run of run.bias, run.norm, run.head.
+CONST_SEG, RUN_SEG = 4, 13
 
 
 @case("schema", "bg-plane-count", "bg codec of width 8 with 7 planes", "schema.invalid")
@@ -1019,6 +1020,18 @@ for _name, _what, _change, _seg in [
         BGX_ANS_SEG,
     ),
     (
+        "bgx-ans32-on-l",
+        "bgx L plane marked ans32",
+        lambda c: c["planes"][1].__setitem__("id", "ans32"),
+        BGX_ANS32_SEG,
+    ),
+    (
+        "bgx-ans32-size-160",
+        "bgx ans32 plane of 160 bytes, below its smallest possible size",
+        lambda c: c["planes"][0].__setitem__("size", 160),
+        BGX_ANS32_SEG,
+    ),
+    (
         "bgx-p5-on-h",
         "bgx H plane marked p5",
         lambda c: c["planes"][0].__setitem__("id", "p5"),
@@ -1054,6 +1067,22 @@ for _name, _what, _change in [
 ]:
     case("schema", _name, _what, "schema.invalid")(
         lambda b, _c=_change: hooked(b, _bgx_record(_c, ANS_SEG))
+    )
+
+for _name, _what, _change in [
+    (
+        "ans32-size-160",
+        "ans32 codec of 160 bytes, below its smallest plane",
+        lambda c: c.__setitem__("size", 160),
+    ),
+    (
+        "ans32-size-above-plain",
+        "ans32 codec larger than its plaintext",
+        lambda c: c.__setitem__("size", 65544),
+    ),
+]:
+    case("schema", _name, _what, "schema.invalid")(
+        lambda b, _c=_change: hooked(b, _bgx_record(_c, ANS32_SEG))
     )
 
 
@@ -2068,10 +2097,14 @@ def bgx_planes(
         )
     change(decoded, codec)
     # Recompressed (raw planes would make the segment larger than its plaintext,
-    # which the schema refuses before any decoding).
-    packed = [zstandard.ZstdCompressor(level=3).compress(d) for d in decoded]
-    codec["planes"] = [{"id": "zstd", "size": len(z)} for z in packed]
-    seg.payload = b"".join(packed)
+    # which the schema refuses before any decoding), except a plane that zstd
+    # does not shrink (the few bytes of X), which the schema wants raw.
+    planes = []
+    for d in decoded:
+        z = zstandard.ZstdCompressor(level=3).compress(d)
+        planes.append(("zstd", z) if len(z) < len(d) else ("raw", d))
+    codec["planes"] = [{"id": kind, "size": len(data)} for kind, data in planes]
+    seg.payload = b"".join(data for _, data in planes)
     return build(p).data
 
 
@@ -2142,14 +2175,16 @@ both(
 )
 
 
-def bgx_ans(b: Base, change: Callable[[bytes], bytes], *, encrypt: bool) -> bytes:
-    """Replace the ans H plane of skew.weight with ``change(plane)``, its record's
-    size following: a plane a writer never produces, behind a valid signature,
-    digest and AEAD."""
+def bgx_ans(
+    b: Base, change: Callable[[bytes], bytes], *, encrypt: bool, wide: bool = False
+) -> bytes:
+    """Replace the ans H plane of skew.weight (``wide``: the ans32 one of
+    wide.weight) with ``change(plane)``, its record's size following: a plane a
+    writer never produces, behind a valid signature, digest and AEAD."""
     p = b.pkg(encrypt)
-    seg = p.comp("weights").segs[BGX_ANS_SEG]
+    seg = p.comp("weights").segs[BGX_ANS32_SEG if wide else BGX_ANS_SEG]
     codec = seg.codec
-    assert codec["id"] == "bgx" and codec["planes"][0]["id"] == "ans"
+    assert codec["id"] == "bgx" and codec["planes"][0]["id"] == ("ans32" if wide else "ans")
     size = codec["planes"][0]["size"]
     plane = change(seg.payload[:size])
     codec["planes"][0]["size"] = len(plane)
@@ -2206,12 +2241,28 @@ ANS_DAMAGES: dict[str, tuple[str, Callable[[bytes], bytes]]] = {
 }
 
 
-def ans_codec(b: Base, change: Callable[[bytes], bytes], *, encrypt: bool) -> bytes:
-    """Replace the ans plane that is the whole of fp8.weight's segment with
-    ``change(plane)``, its record's size following."""
+# Damages to an ans32 plane, each breaking one rule of FORMAT.md §6.1.2 (its table
+# is an ans table: those damages above apply unchanged).
+ANS32_DAMAGES: dict[str, tuple[str, Callable[[bytes], bytes]]] = {
+    "sum": ANS_DAMAGES["sum"],
+    "state-low": ("a state below 2^16", lambda pl: _ans_state(pl, (1 << 16) - 1)),
+    "odd": ("a stream of an odd number of bytes", lambda pl: pl[:-1]),
+    "truncated": ("a stream one word short", lambda pl: pl[:-2]),
+    "trailing": ("a stream with one word left over", lambda pl: pl + b"\x00\x00"),
+    "flipped": ANS_DAMAGES["flipped"],
+}
+
+
+def ans_codec(
+    b: Base, change: Callable[[bytes], bytes], *, encrypt: bool, wide: bool = False
+) -> bytes:
+    """Replace the ans plane that is the whole of fp8.weight's segment (``wide``:
+    the ans32 plane of fp8.wide's) with ``change(plane)``, its record's size
+    following."""
     p = b.pkg(encrypt)
-    seg = p.comp("weights").segs[ANS_SEG]
-    assert seg.codec["id"] == "ans" and seg.codec["size"] == len(seg.payload)
+    seg = p.comp("weights").segs[ANS32_SEG if wide else ANS_SEG]
+    kind = "ans32" if wide else "ans"
+    assert seg.codec["id"] == kind and seg.codec["size"] == len(seg.payload)
     seg.payload = change(seg.payload)
     seg.codec["size"] = len(seg.payload)
     return build(p).data
@@ -2219,26 +2270,52 @@ def ans_codec(b: Base, change: Callable[[bytes], bytes], *, encrypt: bool) -> by
 
 # Every damage on bgx's H plane; on the ans codec, which decodes through the same
 # plane decoder, the table, a state and the stream's end.
-for _prefix, _where, _build, _keys in [
-    ("bgx-ans", "bgx H plane as ans with", bgx_ans, list(ANS_DAMAGES)),
+for _prefix, _where, _build, _keys, _wide in [
+    ("bgx-ans", "bgx H plane as ans with", bgx_ans, list(ANS_DAMAGES), False),
     (
         "ans-codec",
         "ans codec with",
         ans_codec,
         ["sum", "state-low", "truncated", "trailing", "flipped"],
+        False,
     ),
+    ("bgx-ans32", "bgx H plane as ans32 with", bgx_ans, list(ANS32_DAMAGES), True),
+    ("ans32-codec", "ans32 codec with", ans_codec, list(ANS32_DAMAGES), True),
 ]:
     for _key in _keys:
-        _what, _change = ANS_DAMAGES[_key]
+        _what, _change = (ANS32_DAMAGES if _wide else ANS_DAMAGES)[_key]
         both(
             "compression",
             f"{_prefix}-{_key}",
             f"{_where} {_what}",
             "codec.invalid",
-            lambda b, encrypt, _c=_change, _f=_build: _f(b, _c, encrypt=encrypt),
+            lambda b, encrypt, _c=_change, _f=_build, _w=_wide: _f(b, _c, encrypt=encrypt, wide=_w),
             verify=OK,
             why=BEHIND,
         )
+
+
+def relabelled(b: Base, *, encrypt: bool, plane: bool) -> bytes:
+    """An ans32 plane (wide.weight's H, or fp8.wide's whole segment) relabelled
+    "ans": the schema allows the size, and the bytes no longer decode."""
+    p = b.pkg(encrypt)
+    seg = p.comp("weights").segs[BGX_ANS32_SEG if plane else ANS32_SEG]
+    record = seg.codec["planes"][0] if plane else seg.codec
+    assert record["id"] == "ans32"
+    record["id"] = "ans"
+    return build(p).data
+
+
+for _plane in (True, False):
+    both(
+        "compression",
+        "bgx-ans32-as-ans" if _plane else "ans32-codec-as-ans",
+        "an ans32 " + ("H plane" if _plane else "codec") + " relabelled ans",
+        "codec.invalid",
+        lambda b, encrypt, _p=_plane: relabelled(b, encrypt=encrypt, plane=_p),
+        verify=OK,
+        why=BEHIND,
+    )
 
 
 # === tensor table (weights contents, behind a valid signature and AEAD) ======================

@@ -1,6 +1,7 @@
-"""The ans plane coder (docs/FORMAT.md §6.1.1): exact round trips, the C helper
-and the plain-Python decoder agreeing on every input, valid or not, and strict
-refusal (with zeroed output) of every plane a writer cannot produce."""
+"""The ans and ans32 plane coders (docs/FORMAT.md §6.1.1, §6.1.2): exact round
+trips, the C helper (with and without AVX2, for ans32) and the plain-Python
+decoder agreeing on every input, valid or not, and strict refusal (with zeroed
+output) of every plane a writer cannot produce."""
 
 from __future__ import annotations
 
@@ -13,51 +14,70 @@ from secpack.buffers import scratch
 from secpack.codec import ans, planes, segment, zstd
 from secpack.errors import CodecError, SchemaError
 from secpack.format.limits import Limits
-from secpack.format.manifest import _parse_codec
+from secpack.format.manifest import Plane, _parse_codec
 
 needs_native = pytest.mark.skipif(not planes.NATIVE, reason="ans encoding needs the C helper")
 L = 1 << 23
+L32 = 1 << 16
+BOTH = pytest.mark.parametrize("wide", [False, True], ids=["ans", "ans32"])
 
 
 def _freqs(q: np.ndarray) -> bytes:
     return q.astype("<u2").tobytes()
 
 
-def _code(symbols: bytes) -> tuple[bytes, bytes, bytes]:
+def _code(symbols: bytes, wide: bool = False) -> tuple[bytes, bytes, bytes]:
     """(plane, frequency table as uint16, states + stream) for ``symbols``, as
     the writer codes them (no minimum size, no size limit)."""
-    plane = ans.code(symbols)
-    freqs, states = ans.parse_table(memoryview(plane))
+    plane = ans.code(symbols, wide)
+    freqs, states = ans.parse_table(memoryview(plane), wide)
     return plane, freqs, plane[states:]
 
 
-def _decode_both(freqs: bytes, body: bytes, n: int) -> tuple[bytes | str, bytes | str]:
+def _decode_both(
+    freqs: bytes, body: bytes, n: int, wide: bool = False
+) -> tuple[bytes | str, bytes | str]:
     """Decode with the C helper and with Python: the output, or the error text.
-    A failed decode must leave its output zeroed."""
+    A failed decode must leave its output zeroed. For ans32 the C helper runs
+    with and without its AVX2 loop (where the CPU has AVX2), which must agree."""
     results: list[bytes | str] = []
     native = planes.native_module()
     assert native is not None
-    for fn in (native.ans_decode, ans.decode_python):
-        out = bytearray(b"\xaa" * n)
-        try:
-            fn(freqs, memoryview(body), memoryview(out))
-            results.append(bytes(out))
-        except ValueError as exc:
-            assert out == bytes(n)
-            results.append(str(exc))
+    simd = native.simd()
+
+    def python(freqs: bytes, body: memoryview, out: memoryview) -> None:
+        ans.decode_python(freqs, body, out, wide)
+
+    try:
+        for mode in [simd, False] if wide else [simd]:
+            native.simd(mode)
+            for fn in [native.ans32_decode if wide else native.ans_decode, python]:
+                out = bytearray(b"\xaa" * n)
+                try:
+                    fn(freqs, memoryview(body), memoryview(out))
+                    results.append(bytes(out))
+                except ValueError as exc:
+                    assert out == bytes(n)
+                    results.append(str(exc))
+    finally:
+        native.simd(simd)
+    assert all(r == results[0] for r in results[::2])  # every C run alike
     return results[0], results[1]
 
 
 @needs_native
-@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 7, 8, 63, 4096, 4097, 4098, 4099, 100_003])
-def test_round_trip_every_lane_count(n: int) -> None:
+@BOTH
+@pytest.mark.parametrize(
+    "n", [1, 2, 3, 4, 5, 7, 8, 31, 32, 33, 63, 64, 95, 4096, 4097, 4099, 4127, 100_003]
+)
+def test_round_trip_every_lane_count(n: int, wide: bool) -> None:
     rng = np.random.default_rng(n)
     symbols = np.clip(rng.normal(120, 7, n), 0, 255).astype(np.uint8).tobytes()
-    plane, freqs, body = _code(symbols)
-    c_out, py_out = _decode_both(freqs, body, n)
+    plane, freqs, body = _code(symbols, wide)
+    c_out, py_out = _decode_both(freqs, body, n, wide)
     assert c_out == py_out == symbols
     out = bytearray(n)
-    ans.decode(memoryview(plane), memoryview(out))
+    ans.decode(memoryview(plane), memoryview(out), wide)
     assert bytes(out) == symbols
 
 
@@ -71,21 +91,22 @@ def test_round_trip_every_lane_count(n: int) -> None:
         bytes([1] * 4095 + [2]),  # one very rare symbol: frequency 1
     ],
 )
-def test_round_trip_edge_distributions(symbols: bytes) -> None:
-    plane, freqs, body = _code(symbols)
-    c_out, py_out = _decode_both(freqs, body, len(symbols))
+@BOTH
+def test_round_trip_edge_distributions(symbols: bytes, wide: bool) -> None:
+    plane, freqs, body = _code(symbols, wide)
+    c_out, py_out = _decode_both(freqs, body, len(symbols), wide)
     assert c_out == py_out == symbols
     out = bytearray(len(symbols))
-    ans.decode(memoryview(plane), memoryview(out))  # the table as written, parsed back
+    ans.decode(memoryview(plane), memoryview(out), wide)  # the table as written, parsed back
     assert bytes(out) == symbols
 
 
 @needs_native
 @settings(max_examples=150, deadline=None)
-@given(st.binary(min_size=1, max_size=3000))
-def test_any_bytes_round_trip(symbols: bytes) -> None:
-    _plane, freqs, body = _code(symbols)
-    assert _decode_both(freqs, body, len(symbols)) == (symbols, symbols)
+@given(st.binary(min_size=1, max_size=3000), st.booleans())
+def test_any_bytes_round_trip(symbols: bytes, wide: bool) -> None:
+    _plane, freqs, body = _code(symbols, wide)
+    assert _decode_both(freqs, body, len(symbols), wide) == (symbols, symbols)
 
 
 @needs_native
@@ -96,9 +117,10 @@ def test_damaged_planes_both_decoders_agree_and_valid_means_canonical(data: st.D
     whatever decodes re-encodes to exactly the same bytes (one encoding per
     table), so nothing but the writer's own output is ever accepted."""
     n = data.draw(st.integers(min_value=1, max_value=600))
+    wide = data.draw(st.booleans())
     rng = np.random.default_rng(n)
     symbols = np.clip(rng.normal(60, 3, n), 0, 255).astype(np.uint8).tobytes()
-    _plane, freqs, body = _code(symbols)
+    _plane, freqs, body = _code(symbols, wide)
     damaged = bytearray(body)
     action = data.draw(st.sampled_from(["flip", "drop", "add", "set"]))
     at = data.draw(st.integers(min_value=0, max_value=len(damaged)))
@@ -110,13 +132,13 @@ def test_damaged_planes_both_decoders_agree_and_valid_means_canonical(data: st.D
         damaged.insert(at, data.draw(st.integers(min_value=0, max_value=255)))
     elif at < len(damaged):
         damaged[at] = data.draw(st.integers(min_value=0, max_value=255))
-    c_out, py_out = _decode_both(freqs, bytes(damaged), n)
+    c_out, py_out = _decode_both(freqs, bytes(damaged), n, wide)
     assert c_out == py_out
     if isinstance(c_out, bytes):
         native = planes.native_module()
         assert native is not None
-        out = bytearray(4 * n + 64)
-        start = native.ans_encode(freqs, c_out, out)
+        out = bytearray(4 * n + 256)
+        start = (native.ans32_encode if wide else native.ans_encode)(freqs, c_out, out)
         assert bytes(out[start:]) == bytes(damaged)
 
 
@@ -140,20 +162,46 @@ def test_malformed_streams_are_refused(change, message: str) -> None:  # type: i
     assert isinstance(py_out, str) and message in py_out
 
 
-def test_the_final_state_must_be_where_the_encoder_started() -> None:
-    # One symbol of frequency 4096 never changes a state and reads no byte: a
-    # state other than 2^23 decodes "fine" and is refused only by the end check.
+@needs_native
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda b: (L32 - 1).to_bytes(4, "little") + b[4:], "state out of range"),
+        (lambda b: b[:124] + (L32 - 1).to_bytes(4, "little") + b[128:], "state out of range"),
+        (lambda b: b[:-2], "ends early"),
+        (lambda b: b + b"\x00\x00", "left over"),
+        (lambda b: b[:-1], "whole 16-bit words"),
+        (lambda b: b + b"\x00", "whole 16-bit words"),
+        (lambda b: b[:127], "shorter than its states"),
+    ],
+)
+@pytest.mark.parametrize("n", [9999, 100_000])  # the AVX2 loop runs on the larger
+def test_malformed_ans32_streams_are_refused(change, message: str, n: int) -> None:  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(1)
+    symbols = np.clip(rng.normal(100, 5, n), 0, 255).astype(np.uint8).tobytes()
+    _plane, freqs, body = _code(symbols, wide=True)
+    c_out, py_out = _decode_both(freqs, change(body), len(symbols), wide=True)
+    assert isinstance(c_out, str) and message in c_out
+    assert isinstance(py_out, str) and message in py_out
+
+
+@BOTH
+def test_the_final_state_must_be_where_the_encoder_started(wide: bool) -> None:
+    # One symbol of frequency 4096 never changes a state and reads nothing: a
+    # state other than the first decodes "fine" and is refused only by the end check.
     freqs = _freqs(np.array([4096] + [0] * 255))
-    body = (L + 5).to_bytes(4, "little") + L.to_bytes(4, "little") * 3
-    out = bytearray(b"\x01" * 10)
+    low, lanes = (L32, 32) if wide else (L, 4)
+    body = (low + 5).to_bytes(4, "little") + low.to_bytes(4, "little") * (lanes - 1)
+    out = bytearray(b"\x01" * 100)
     with pytest.raises(ValueError, match="final state"):
-        ans.decode_python(freqs, memoryview(body), memoryview(out))
-    assert out == bytes(10)
+        ans.decode_python(freqs, memoryview(body), memoryview(out), wide)
+    assert out == bytes(100)
     if planes.NATIVE:
         native = planes.native_module()
         assert native is not None
         with pytest.raises(ValueError, match="final state"):
-            native.ans_decode(freqs, body, out)
+            (native.ans32_decode if wide else native.ans_decode)(freqs, body, out)
+        assert out == bytes(100)
 
 
 def _table(entries: dict[int, bytes]) -> bytes:
@@ -164,6 +212,7 @@ def _table(entries: dict[int, bytes]) -> bytes:
 
 
 STATES = (L.to_bytes(4, "little")) * 4
+STATES32 = (L32.to_bytes(4, "little")) * 32
 
 
 @pytest.mark.parametrize(
@@ -186,13 +235,25 @@ def test_malformed_tables_are_refused_and_zero_the_output(table: bytes, message:
     assert out == bytes(64)
 
 
-def test_a_hand_made_plane_decodes() -> None:
+def test_malformed_ans32_tables_are_refused() -> None:
+    out = bytearray(b"\x55" * 64)
+    for table, message in (
+        (_table({3: bytes([0x80, 0x20])}) + STATES32[:127], "shorter"),
+        (_table({3: bytes([0x80, 0x1F]), 9: b"\x7e"}) + STATES32, "sum"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            ans.decode(memoryview(table), memoryview(out), wide=True)
+        assert out == bytes(64)
+
+
+@pytest.mark.parametrize(("wide", "states"), [(False, STATES), (True, STATES32)])
+def test_a_hand_made_plane_decodes(wide: bool, states: bytes) -> None:
     # Symbol 3 alone, frequency 4096 as two-byte LEB128 (0x80 0x20), and the
-    # four states at 2^23 with no stream: any number of 3s.
-    plane = _table({3: bytes([0x80, 0x20])}) + STATES
-    out = bytearray(9)
-    ans.decode(memoryview(plane), memoryview(out))
-    assert out == bytes([3]) * 9
+    # states where the encoder starts, with no stream: any number of 3s.
+    plane = _table({3: bytes([0x80, 0x20])}) + states
+    out = bytearray(99)
+    ans.decode(memoryview(plane), memoryview(out), wide)
+    assert out == bytes([3]) * 99
 
 
 def test_quantized_frequencies_sum_to_4096_and_keep_every_symbol() -> None:
@@ -245,11 +306,17 @@ def test_native_quantize_refuses_counts_it_cannot_take() -> None:
 @needs_native
 def test_encode_keeps_to_its_limit_and_minimum() -> None:
     rng = np.random.default_rng(4)
-    symbols = np.clip(rng.normal(100, 4, 50_000), 0, 255).astype(np.uint8).tobytes()
-    coded = ans.encode(symbols, len(symbols))
-    assert coded is not None and len(coded) < len(symbols)
-    assert ans.encode(symbols, len(coded)) is None  # must be strictly shorter
-    assert ans.encode(symbols, len(coded) + 1) == coded
+    symbols = np.clip(rng.normal(100, 4, 70_000), 0, 255).astype(np.uint8).tobytes()
+    for part, kind in ((symbols[: ans.WIDE_MIN_SYMBOLS - 1], "ans"), (symbols, "ans32")):
+        found = ans.encode(part, len(part))
+        assert found is not None and found[0] == kind
+        coded = found[1]
+        assert len(coded) < len(part)
+        assert ans.encode(part, len(coded)) is None  # must be strictly shorter
+        assert ans.encode(part, len(coded) + 1) == found
+        out = bytearray(len(part))
+        ans.decode(memoryview(coded), memoryview(out), kind == "ans32")
+        assert out == part
     assert ans.encode(symbols[:4095], 10**6) is None  # below the minimum: zstd's
 
 
@@ -258,10 +325,15 @@ def test_skewed_exponents_take_ans_and_beat_zstd() -> None:
     """Weights-like data whose H plane a whole-bit code fits badly: bgx stores H
     as ans, smaller than zstd, and a damaged ans plane is codec.invalid."""
     rng = np.random.default_rng(9)
-    x = (rng.standard_normal(200_000) * 0.03).astype(np.float32).tobytes()
+    for n, kind in ((20_000, "ans"), (200_000, "ans32")):
+        _skewed_exponents(rng, n, kind)
+
+
+def _skewed_exponents(rng: np.random.Generator, n: int, kind: str) -> None:
+    x = (rng.standard_normal(n) * 0.03).astype(np.float32).tobytes()
     enc = segment.encode(x, 4, True, 3, "F32", 0)
-    assert enc.codec.id == "bgx" and enc.codec.planes[0].id == "ans"
-    h = scratch("bgx.H", 200_000)  # the H plane the encoder just wrote
+    assert enc.codec.id == "bgx" and enc.codec.planes[0].id == kind
+    h = scratch("bgx.H", n)  # the H plane the encoder just wrote
     zstd_size = len(zstd.compress_plane(h))
     assert enc.codec.planes[0].size < zstd_size
     out = bytearray(len(x))
@@ -286,14 +358,20 @@ def _record(h: dict[str, object]) -> dict[str, object]:
     }
 
 
-def test_ans_parses_only_on_h_and_at_least_49_bytes() -> None:
-    codec = _parse_codec(_record({"id": "ans", "size": 49}), "c", 128, Limits())
-    assert codec.planes[0].id == "ans"
-    on_l = _record({"id": "raw", "size": 64})
-    on_l["planes"] = [{"id": "raw", "size": 64}, {"id": "ans", "size": 60}]
-    for bad in (_record({"id": "ans", "size": 48}), on_l):
+@pytest.mark.parametrize(("kind", "least"), [("ans", 49), ("ans32", 161)])
+def test_ans_parses_only_on_h_and_at_least_its_smallest_plane(kind: str, least: int) -> None:
+    def record(h: dict[str, object], n: int) -> dict[str, object]:
+        r = _record(h)
+        r["planes"] = [h, {"id": "raw", "size": n}]
+        return r
+
+    codec = _parse_codec(record({"id": kind, "size": least}, 200), "c", 400, Limits())
+    assert codec.planes[0] == Plane(kind, least)
+    on_l = record({"id": "raw", "size": 200}, 200)
+    on_l["planes"] = [{"id": "raw", "size": 200}, {"id": kind, "size": 190}]
+    for bad in (record({"id": kind, "size": least - 1}, 200), on_l):
         with pytest.raises(SchemaError) as err:
-            _parse_codec(bad, "c", 128, Limits())
+            _parse_codec(bad, "c", 400, Limits())
         assert err.value.code == "schema.invalid"
 
 
@@ -313,7 +391,7 @@ def test_one_byte_numbers_take_the_ans_codec_when_it_beats_zstd(dtype: str) -> N
     data = _int8_weights(100_003, 11)
     levels = segment.LEVELS
     enc = segment.encode(data, 1, dtype.startswith("F8"), levels["balanced"], dtype)
-    assert enc.codec.id == "ans" and enc.codec.size == len(enc.payload)
+    assert enc.codec.id == "ans32" and enc.codec.size == len(enc.payload)
     assert len(enc.payload) < len(zstd.compress(memoryview(data), levels["balanced"]))
     out = bytearray(len(data))
     segment.decode(enc.codec, enc.payload, memoryview(out), 1 << 24)
@@ -324,10 +402,13 @@ def test_one_byte_numbers_take_the_ans_codec_when_it_beats_zstd(dtype: str) -> N
 
 
 @needs_native
-def test_a_build_without_the_c_helper_reads_the_ans_codec(monkeypatch: pytest.MonkeyPatch) -> None:
-    data = _int8_weights(50_001, 13)
+@pytest.mark.parametrize(("n", "kind"), [(50_001, "ans"), (70_001, "ans32")])
+def test_a_build_without_the_c_helper_reads_the_ans_codecs(
+    monkeypatch: pytest.MonkeyPatch, n: int, kind: str
+) -> None:
+    data = _int8_weights(n, 13)
     enc = segment.encode(data, 1, False, segment.LEVELS["balanced"], "I8")
-    assert enc.codec.id == "ans"
+    assert enc.codec.id == kind
     monkeypatch.setattr(planes, "_native", None)
     out = bytearray(len(data))
     segment.decode(enc.codec, enc.payload, memoryview(out), 1 << 24)
@@ -337,10 +418,11 @@ def test_a_build_without_the_c_helper_reads_the_ans_codec(monkeypatch: pytest.Mo
 
 
 @needs_native
-def test_a_damaged_ans_segment_is_refused_with_no_output() -> None:
-    data = _int8_weights(20_000, 12)
+@pytest.mark.parametrize(("n", "kind"), [(20_000, "ans"), (100_000, "ans32")])
+def test_a_damaged_ans_segment_is_refused_with_no_output(n: int, kind: str) -> None:
+    data = _int8_weights(n, 12)
     enc = segment.encode(data, 1, False, segment.LEVELS["balanced"], "I8")
-    assert enc.codec.id == "ans"
+    assert enc.codec.id == kind
     for damaged in (
         enc.payload[:-1] + bytes([enc.payload[-1] ^ 0x01]),  # final states disagree
         bytes([enc.payload[0] ^ 0x01]) + enc.payload[1:],  # a symbol left out of the bitmap
@@ -352,15 +434,16 @@ def test_a_damaged_ans_segment_is_refused_with_no_output() -> None:
         assert out == bytes(len(out))
 
 
-def test_the_ans_codec_record_is_bounded_by_its_plaintext() -> None:
-    codec = _parse_codec({"id": "ans", "size": 49}, "c", 4096, Limits())
-    assert (codec.id, codec.size, codec.payload_len(4096)) == ("ans", 49, 49)
-    assert codec.to_cbor() == {"id": "ans", "size": 49}
+@pytest.mark.parametrize(("kind", "least"), [("ans", 49), ("ans32", 161)])
+def test_the_ans_codec_record_is_bounded_by_its_plaintext(kind: str, least: int) -> None:
+    codec = _parse_codec({"id": kind, "size": least}, "c", 4096, Limits())
+    assert (codec.id, codec.size, codec.payload_len(4096)) == (kind, least, least)
+    assert codec.to_cbor() == {"id": kind, "size": least}
     for record, plain in (
-        ({"id": "ans", "size": 48}, 4096),  # below the smallest plane
-        ({"id": "ans", "size": 4097}, 4096),  # larger than the plaintext
-        ({"id": "ans", "size": 49}, 48),  # a segment too short for any plane
-        ({"id": "ans", "size": 49, "width": 1}, 4096),  # a key the codec does not have
+        ({"id": kind, "size": least - 1}, 4096),  # below the smallest plane
+        ({"id": kind, "size": 4097}, 4096),  # larger than the plaintext
+        ({"id": kind, "size": least}, least - 1),  # a segment too short for any plane
+        ({"id": kind, "size": least, "width": 1}, 4096),  # a key the codec does not have
     ):
         with pytest.raises(SchemaError) as err:
             _parse_codec(record, "c", plain, Limits())
@@ -385,7 +468,7 @@ def test_max_skips_zstds_slowest_level_where_ans_beats_its_fastest(
     codes = np.clip(np.round(rng.standard_normal(1 << 18) * 30), -127, 127).astype(np.int8)
     top = segment.LEVELS["max"]
     enc = segment.encode(memoryview(codes.tobytes()), 1, False, top, "I8")
-    assert enc.codec.id == "ans" and top not in levels
+    assert enc.codec.id == "ans32" and top not in levels
     balanced = segment.encode(
         memoryview(codes.tobytes()), 1, False, segment.LEVELS["balanced"], "I8"
     )

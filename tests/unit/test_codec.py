@@ -193,6 +193,42 @@ def test_a_table_that_repeats_itself_gets_the_smaller_of_bgx_and_plain_zstd(
         assert bgx_alone is not None and plain < 0.75 * len(bgx_alone[1])
 
 
+def _stft_basis(n_fft: int) -> np.ndarray:
+    """The windowed Fourier basis of an STFT layer (voice-activity models keep one
+    as a tensor), shaped as a convolution's weights: cosines, then sines."""
+    t = np.arange(n_fft)
+    k = np.arange(n_fft // 2 + 1)[:, None]
+    window = np.hanning(n_fft + 1)[:-1]
+    angle = 2 * np.pi * k * t / n_fft
+    return np.concatenate([np.cos(angle) * window, -np.sin(angle) * window])[:, None, :]
+
+
+@pytest.mark.skipif(not segment.bgx.available(), reason="bgx needs the C helper")
+def test_a_repeating_segment_is_coded_at_the_profiles_zstd_level_not_judged_by_level_1() -> None:
+    """On an STFT basis zstd's fastest level is a poor guide: it comes out larger
+    than bgx, while level 3 is about half of bgx and level 19 a third. bgx's H
+    plane codes better with zstd than with ans there (the segment repeats
+    itself), so balanced and max code the segment at their own zstd level."""
+    data = _stft_basis(256).astype(np.float32).tobytes()
+    bgx_alone = segment.bgx.encode(memoryview(data), "fp32", 256)
+    assert bgx_alone is not None and bgx_alone[0].planes[0].id == "zstd"
+    sizes = {lvl: len(zstandard.ZstdCompressor(level=lvl).compress(data)) for lvl in (1, 3, 19)}
+    assert sizes[1] > len(bgx_alone[1]) > 1.5 * sizes[3] > 2.5 * sizes[19]  # the trap
+    for name, level in (("balanced", 3), ("max", 19)):
+        enc = _coded(data, "F32", 4, 256, segment.LEVELS[name])
+        assert (enc.codec.id, len(enc.payload)) == ("zstd", sizes[level]), name
+
+
+@pytest.mark.parametrize("level", ["balanced", "max"])
+def test_float_bytes_nothing_shrinks_stay_raw(level: str) -> None:
+    """Random bits declared F32: bgx does not shrink them, so plain zstd is tried
+    at the profile's level, and does not either; raw is kept, never a form
+    larger than the plaintext (which the schema refuses)."""
+    data = np.random.default_rng(8).integers(0, 256, 1 << 16, dtype=np.uint8).tobytes()
+    enc = _coded(data, "F32", 4, 0, segment.LEVELS[level])
+    assert enc.codec.id == "raw" and enc.payload == data
+
+
 @pytest.mark.skipif(not segment.bgx.available(), reason="bgx needs the C helper")
 @pytest.mark.parametrize(("dtype", "np_dtype"), [("F32", np.float32), ("F16", np.float16)])
 @pytest.mark.parametrize("guessed", [False, True])

@@ -163,8 +163,10 @@ def _zstd(frame: bytes, size: int) -> bytes:
 _BGX = {"fp32": (4, 8, 23, 13), "bf16": (2, 8, 7, 0), "fp16": (2, 5, 10, 0)}
 
 
-def _ans(plane: bytes, n: int) -> bytes:
-    """An ans plane, symbol by symbol, from FORMAT.md §6.1.1."""
+def _ans(plane: bytes, n: int, wide: bool = False) -> bytes:
+    """An ans plane, symbol by symbol, from FORMAT.md §6.1.1; ``wide``: an ans32
+    plane (§6.1.2): 32 states from 2^16, 16-bit little-endian words."""
+    lanes, low, unit = (32, 2**16, 2) if wide else (4, 2**23, 1)
     present = [s for s in range(256) if plane[s // 8] >> (s % 8) & 1]
     assert present
     freq, at = {}, 32
@@ -179,21 +181,26 @@ def _ans(plane: bytes, n: int) -> bytes:
     starts, total = {}, 0
     for s in present:
         starts[s], total = total, total + freq[s]
-    states = [int.from_bytes(plane[at + 4 * k : at + 4 * k + 4], "little") for k in range(4)]
-    assert all(2**23 <= x < 2**31 for x in states)
-    stream = iter(plane[at + 16 :])
+    states = [int.from_bytes(plane[at + 4 * k : at + 4 * k + 4], "little") for k in range(lanes)]
+    assert all(low <= x < (2**32 if wide else 2**31) for x in states)
+    data = plane[at + 4 * lanes :]
+    assert len(data) % unit == 0
+    words = iter([int.from_bytes(data[j : j + unit], "little") for j in range(0, len(data), unit)])
+    slots = [
+        next(s for s in present if starts[s] <= slot < starts[s] + freq[s]) for slot in range(4096)
+    ]
     out = bytearray()
     for i in range(n):
-        x = states[i % 4]
+        x = states[i % lanes]
         slot = x % 4096
-        s = next(s for s in present if starts[s] <= slot < starts[s] + freq[s])
+        s = slots[slot]
         out.append(s)
         x = freq[s] * (x // 4096) + slot - starts[s]
-        while x < 2**23:
-            x = x * 256 + next(stream)  # StopIteration: the stream ended early
-        states[i % 4] = x
-    assert next(stream, None) is None
-    assert states == [2**23] * 4
+        while x < low:
+            x = x * 256**unit + next(words)  # StopIteration: the stream ended early
+        states[i % lanes] = x
+    assert next(words, None) is None
+    assert states == [low] * lanes
     return bytes(out)
 
 
@@ -215,9 +222,9 @@ def _decode_bgx(codec: dict[str, Any], payload: bytes, plain: int) -> bytes:
             value = int.from_bytes(chunk, "little")
             assert value >> (5 * n) == 0  # padding bits are zero
             planes[name] = bytes((value >> (5 * i)) & 31 for i in range(n))
-        elif p["id"] == "ans":
-            assert name == "H" and p["size"] >= 49
-            planes[name] = _ans(chunk, n)
+        elif p["id"] in ("ans", "ans32"):
+            assert name == "H" and p["size"] >= (49 if p["id"] == "ans" else 161)
+            planes[name] = _ans(chunk, n, p["id"] == "ans32")
         else:
             planes[name] = chunk if p["id"] == "raw" else _zstd(chunk, sizes[name])
         assert len(planes[name]) == sizes[name]
@@ -254,8 +261,8 @@ def _decode(codec: dict[str, Any], payload: bytes, plain: int) -> bytes:
         return payload * (plain // codec["width"])
     if codec["id"] == "bgx":
         return _decode_bgx(codec, payload, plain)
-    if codec["id"] == "ans":
-        return _ans(payload, plain)
+    if codec["id"] in ("ans", "ans32"):
+        return _ans(payload, plain, codec["id"] == "ans32")
     w, n = codec["width"], plain // codec["width"]
     planes, pos = [], 0
     for p in codec["planes"]:
@@ -409,7 +416,7 @@ def test_golden_vectors_exercise_every_codec() -> None:
         manifest = cbor2.loads(data[32 : 32 + m_len])
         for comp in manifest["components"]:
             seen.update(seg["codec"]["id"] for seg in comp["segments"])
-    assert seen == {"raw", "zstd", "bg", "bgx", "const", "ans"}
+    assert seen == {"raw", "zstd", "bg", "bgx", "const", "ans", "ans32"}
     # And a run: tensors that share one segment (FORMAT §5).
     for vector in (gen.PLAIN,):
         data = (VECTORS / vector).read_bytes()
@@ -440,6 +447,6 @@ def test_golden_vectors_exercise_every_codec() -> None:
                         forms.add(f"escapes:{seg['codec']['float']}")
     # Every bgx float layout with an escapes plane (X), not just its planes: the
     # writer codes periodic test data in plain zstd, so the data must not repeat.
-    assert forms >= {"raw", "zstd", "p5", "ans", "period", "escapes"} | {
+    assert forms >= {"raw", "zstd", "p5", "ans", "ans32", "period", "escapes"} | {
         f"escapes:{kind}" for kind in ("fp32", "bf16", "fp16")
     }

@@ -78,13 +78,26 @@ def _skewed_f32(count: int) -> bytes:
     return bytes(out)
 
 
-def _skewed_f8(count: int) -> bytes:
+def _wide_f32(count: int) -> bytes:
+    """``count`` fp32 values in two binades, 85 % in the upper one, with sign and
+    mantissa zero: an H plane of two symbols (ans32 from 65,536 of them), and
+    other planes of zeros that zstd makes almost nothing of, so that the vectors
+    stay small."""
+    out = bytearray()
+    for i in range(count):
+        k = 0 if hashlib.sha256(b"wide" + i.to_bytes(4, "big")).digest()[0] < 218 else 1
+        out += struct.pack("<I", (126 - k) << 23)
+    return bytes(out)
+
+
+def _skewed_f8(count: int, tag: bytes = b"fp8") -> bytes:
     """``count`` e4m3 bytes, four values with probabilities 0.8, 0.1, 0.06 and 0.04
-    in hash order: a one-byte tensor that the writer codes as one ans plane."""
+    in hash order: a one-byte tensor that the writer codes as one ans plane (ans32
+    from 65,536 bytes)."""
     values = [(0x38, 205), (0xB8, 230), (0x30, 245), (0x40, 256)]  # (byte, cumulative /256)
     out = bytearray()
     for i in range(count):
-        r = hashlib.sha256(b"fp8" + i.to_bytes(4, "big")).digest()[0]
+        r = hashlib.sha256(tag + i.to_bytes(4, "big")).digest()[0]
         out.append(next(v for v, bound in values if r < bound))
     return bytes(out)
 
@@ -100,7 +113,9 @@ def build_model(target: Path) -> None:
     target.mkdir(parents=True, exist_ok=False)
     # A multiplicative hash orders the values: a short period would repeat itself,
     # and the writer would then rightly code plain zstd instead of bgx.
-    weights = _f32([(_mix(i) % 97 - 48) / 16.0 for i in range(64 * 16)])
+    # 251 distinct values: with fewer, zstd level 3 finds the values' repeats and
+    # codes the segment smaller than bgx does.
+    weights = _f32([(_mix(i) % 251 - 125) / 16.0 for i in range(64 * 16)])
     # More distinct values for bf16, whose 7 mantissa bits would otherwise leave
     # too few symbols for bgx to beat plain zstd (zeros among them: escapes).
     spread = _f32([(_mix(i + 7) % 4001 - 2000) / 64.0 for i in range(64 * 16)])
@@ -139,6 +154,10 @@ def build_model(target: Path) -> None:
         ("skew.weight", "F32", [5121], _skewed_f32(5121)),
         # 4099 fp8 values, coded as one ans plane (the "ans" codec).
         ("fp8.weight", "F8_E4M3", [4099], _skewed_f8(4099)),
+        # 65,543 of each: an H plane stored "ans32", and the "ans32" codec. 65,543
+        # is not a multiple of the 32 coder states.
+        ("wide.weight", "F32", [65543], _wide_f32(65543)),
+        ("fp8.wide", "F8_E4M3", [65543], _skewed_f8(65543, b"fp8 wide")),
         # A run of three small fp32 tensors in one segment, coded as one array.
         ("run.bias", "F32", [16], _f32([(_mix(i + 3) % 61 - 30) / 32.0 for i in range(16)])),
         ("run.norm", "F32", [2, 16], _f32([1.0 + (_mix(i + 5) % 9) / 64.0 for i in range(32)])),
