@@ -17,7 +17,7 @@ from typing import Any
 
 from secpack.errors import SecpackError
 
-__all__ = ["audited", "package_facts"]
+__all__ = ["audited", "package_facts", "record_late_error"]
 
 log = logging.getLogger("secpack")
 
@@ -44,6 +44,22 @@ def _record(action: str, outcome: str, code: str | None, facts: dict[str, Any]) 
         if mode == "required":
             raise
         log.warning("audit record not written: %s", exc)
+
+
+def record_late_error(action: str, exc: SecpackError, package: dict[str, Any]) -> None:
+    """One more record, of outcome "error", for a fault that a verb finds after
+    its own record was written: a library load records itself when the package
+    opens, and its reads find a tampered segment only later. Once per error,
+    however many layers it is raised through; a record that cannot be written
+    (or a signing key that cannot be loaded) is a warning, never in place of
+    ``exc``, which the caller raises."""
+    if getattr(exc, "_audit_recorded", False) or os.environ.get("SECPACK_AUDIT", "on") == "off":
+        return
+    exc._audit_recorded = True  # type: ignore[attr-defined]
+    try:
+        _record(action, "error", exc.code, {"package": package, "audit_key": _audit_key()})
+    except Exception as err:  # the load's own error is what the caller must see
+        log.warning("audit record not written: %s", err)
 
 
 def _audit_key() -> Any:

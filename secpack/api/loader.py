@@ -45,7 +45,7 @@ import secpack.audit.log
 import secpack.codec.segment
 import secpack.transport.atomic  # noqa: F401
 from secpack.api import hostmem
-from secpack.api.auditing import audited, package_facts
+from secpack.api.auditing import audited, package_facts, record_late_error
 from secpack.api.trust import establish_trust, remember_version
 from secpack.buffers import in_use as decoding_here
 from secpack.errors import NotFoundError, SecpackError, TensorError, resource_limit
@@ -197,6 +197,11 @@ def _out_of_resources() -> Iterator[None]:
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 _T = TypeVar("_T")
+
+
+# Errors a read raises for what its caller asked, not for anything in the package:
+# no audit record of their own (Package._load_errors).
+_CALLER_CODES = frozenset({"tensor.unknown", "component.unknown", "file.unknown"})
 
 
 def _loading(
@@ -480,12 +485,26 @@ class Package:
         try:
             with _out_of_resources():
                 yield
+        except SecpackError as exc:
+            # A fault a read found (a segment that fails its digest or its tag, a
+            # codec or table the signer never wrote, a limit) is recorded, as the
+            # refusal of a verb is: the load's record, written when the package
+            # opened, says only that it opened. Asking for a name it does not
+            # have is the caller's mistake, not the package's.
+            if exc.code not in _CALLER_CODES:
+                record_late_error("load", exc, self._audit_package())
+            raise
         except RuntimeError:
             if self._closed:
                 raise ValueError(
                     f"{self._src.path}: the package was closed during a load"
                 ) from None
             raise
+
+    def _audit_package(self) -> dict[str, Any]:
+        """The package, as the audit record of its opening named it."""
+        facts = package_facts(self.name, self.version, self.manifest_digest)
+        return {"path": self._src.path, **facts}
 
     @staticmethod
     def _segments_into(

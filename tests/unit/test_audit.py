@@ -524,3 +524,55 @@ def test_required_audit_takes_back_an_open_interrupted_while_recorded(
     # The empty directory it replaced is back as it was: empty, and still 0700.
     assert out.is_dir() and list(out.iterdir()) == []
     assert out.stat().st_mode & 0o777 == 0o700
+
+
+def test_a_fault_a_library_read_finds_after_the_open_is_recorded_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A load records itself when the package opens; a segment that fails its
+    digest is found only when it is read, and adds a record of its own, once per
+    failing call. Asking for a tensor the package does not have adds none."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    import secpack
+    from secpack.api.seal import seal
+
+    log = tmp_path / "audit.jsonl"
+    monkeypatch.setenv("SECPACK_AUDIT_LOG", str(log))
+    model = tmp_path / "m"
+    model.mkdir()
+    rng = np.random.default_rng(3)
+    save_file({"w": rng.standard_normal(1 << 18).astype(np.float32)}, str(model / "w.safetensors"))
+    pkg = tmp_path / "m.spk"
+    seal(
+        str(model),
+        str(pkg),
+        encrypt=False,
+        sign_keys=[load_signing_key(str(KEYS / "signing-ed25519.key"))],
+    )
+    trust = [str(KEYS / "signing-ed25519.key.pub")]
+    with secpack.open_package(pkg, trust=trust) as opened:
+        with pytest.raises(SecpackError) as unknown:
+            opened.tensor("nothing")
+        assert unknown.value.code == "tensor.unknown"
+        # The weights' one segment is most of the file: flip a byte in its middle.
+        with open(pkg, "r+b") as f:
+            f.seek(pkg.stat().st_size // 2)
+            byte = f.read(1)
+            f.seek(-1, os.SEEK_CUR)
+            f.write(bytes([byte[0] ^ 0x01]))
+        for read in (lambda: opened.state_dict("weights"), lambda: list(opened.iter_tensors())):
+            with pytest.raises(SecpackError) as err:
+                read()
+            assert err.value.code == "integrity"
+    records = [json.loads(raw) for _, raw in read_log(str(log))]
+    assert [(r["action"], r["outcome"], r["code"]) for r in records] == [
+        ("seal", "ok", None),
+        ("load", "ok", None),
+        ("load", "error", "integrity"),
+        ("load", "error", "integrity"),
+    ]
+    assert records[2]["package"] == records[1]["package"]
+    assert records[2]["package"]["name"] == "m" and records[2]["package"]["path"] == str(pkg)
+    assert verify_log(str(log)) is None
