@@ -41,12 +41,12 @@ WORK_BYTES = 2_000_000_000
 _RULES: list[tuple[str, re.Pattern[str]]] = [
     (name, re.compile(pattern))
     for name, pattern in [
-        ("ans (C)", r"^ans_(de|en)code"),
+        ("ans (C)", r"^ans(32)?_(de|en)code|^ans32_(steps|rounds_avx2)"),
         (
             "bgx merge / split (C)",
             r"^(bgx_)?(merge|split)(_range|_pass|_loop|_fp32|_bf16|_fp16)?\b",
         ),
-        ("p5 (C)", r"^(un)?pack5"),
+        ("p5 (C)", r"^(un)?pack5"),  # unpack5_avx2 too
         ("histogram / entropy (C)", r"^(histogram|entropy) "),
         ("zstd", r"ZSTD|HUF_|FSE_|zstd"),
         ("SHA-256", r"(?i)sha256|sha2_|_hashlib"),

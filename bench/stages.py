@@ -85,6 +85,7 @@ def decode_stages(pkg: Path, identity: Any, trust: Path) -> None:
 
     package = secpack.open_package(pkg, identity=identity, trust=[trust], threads=1)
     labels = {"bgx_merge": "  bgx merge (C)", "ans_decode": "  ans decode (C)"}
+    labels |= {"ans32_decode": "  ans32 decode (C)"}
     labels |= {"unpack5": "  p5 unpack (C)", "merge": "  bg merge (C)"}
     TIMES.clear()
     total, nbytes = 0.0, 0
@@ -132,6 +133,7 @@ def encode_stages(model: Path) -> None:
     from secpack.codec import ans, bgx, segment, zstd
 
     labels = {"bgx_split": "  bgx split (C)", "ans_encode": "    ans encode (C)"}
+    labels |= {"ans32_encode": "    ans32 encode (C)"}
     labels |= {
         "bgx_analyze": "  window + column offsets (C)",
         "ans_quantize": "    quantize (C)",

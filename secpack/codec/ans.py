@@ -6,8 +6,8 @@ zstd codes a plane of high-entropy symbols with Huffman codes, whose lengths are
 whole bits: on the exponent planes of real weights that is 0.5-1 % above the
 order-0 entropy. rANS codes at the entropy to within the 12-bit rounding of its
 frequencies: on the benchmark models that took 0.0010-0.0021 off the package's
-size ratio, at about 3.6 ns per symbol to decode against zstd's 1 (see
-bench/stages.py).
+size ratio. It decodes at 0.73 ns per symbol with AVX2 (ans32, below), 1.7-1.8
+without, against zstd's 0.5 on the same plane (see bench/stages.py).
 
 An ``ans`` plane is its frequency table, four 32-bit coder states and one byte
 stream. An ``ans32`` plane has the same table, 32 states and a stream of 16-bit

@@ -370,7 +370,9 @@ def _p5_definition(values: bytes) -> bytes:
 
 
 @needs_native
-@pytest.mark.parametrize("count", [*range(0, 42), 1000, 1 << 16, (1 << 16) + 3])
+@pytest.mark.parametrize(
+    "count", [*range(0, 42), 63, 64, 65, 95, 96, 97, 1000, 1 << 16, (1 << 16) + 3]
+)
 def test_p5_packing_matches_the_definition_at_every_length(count: int) -> None:
     native = planes.native_module()
     assert native is not None
@@ -378,9 +380,22 @@ def test_p5_packing_matches_the_definition_at_every_length(count: int) -> None:
     packed = bytearray((5 * count + 7) // 8)
     native.pack5(values, packed)
     assert bytes(packed) == _p5_definition(values)
-    back = bytearray(count)
-    native.unpack5(bytes(packed), back)
-    assert bytes(back) == values
+    saved = native.simd()
+    try:
+        for on in _simd_paths():  # unpack5 has an AVX2 loop too
+            native.simd(on)
+            back = bytearray(count)
+            native.unpack5(bytes(packed), back)
+            assert bytes(back) == values
+            if count % 8:  # a padding bit set after the last value: refused, zeroed
+                padded = bytearray(packed)
+                padded[-1] |= 0x80
+                back = bytearray(b"\x01" * count)
+                with pytest.raises(ValueError, match="padding"):
+                    native.unpack5(bytes(padded), back)
+                assert back == bytes(count)
+    finally:
+        native.simd(int(saved))
     # A value of 32 or more is refused wherever it is: in a whole group, or the last.
     for at in {0, count // 2, count - 1} if count else set():
         bad = bytearray(values)
