@@ -481,3 +481,75 @@ def test_max_skips_zstds_slowest_level_where_ans_beats_its_fastest(
         enc = segment.encode(memoryview(tiled.tobytes()), 1, False, top, "I8")
         assert enc.codec.id == "zstd" and top in levels
         assert len(enc.payload) < len(tiled) // 3
+
+
+@needs_native
+@pytest.mark.parametrize(
+    "symbols",
+    [
+        np.clip(np.random.default_rng(1).normal(120, 7, 100_003), 0, 255)
+        .astype(np.uint8)
+        .tobytes(),
+        bytes([7]) * 70_000,  # frequency 4096: never a word
+        bytes([1] * 69_999 + [2]),  # frequency 1 beside 4095
+        bytes(range(256)) * 300,  # every symbol, every lane
+        np.random.default_rng(2).integers(0, 256, 4096 + 31, dtype=np.uint8).tobytes(),
+    ],
+)
+def test_the_ans32_encoder_writes_the_same_plane_with_and_without_avx2(symbols: bytes) -> None:
+    """The encoder's AVX2 rounds and its plain loop write the same bytes, also
+    where the room runs out (both then give -1, and write nothing below the
+    buffer they were given: it is a slice of a larger one, checked around)."""
+    native = planes.native_module()
+    assert native is not None
+    freqs = _freqs(ans.quantize(np.bincount(np.frombuffer(symbols, np.uint8), minlength=256)))
+    saved = native.simd()
+    try:
+        planes_written = []
+        for mode in _simd_modes():
+            native.simd(mode)
+            out = bytearray(4 * len(symbols) + 256)
+            start = native.ans32_encode(freqs, symbols, out)
+            planes_written.append(bytes(out[start:]))
+            # Too little room by one byte: refused, and nothing outside the slice.
+            room = len(planes_written[-1]) - 1
+            big = bytearray(b"\x5a" * (room + 64))
+            assert native.ans32_encode(freqs, symbols, memoryview(big)[32 : 32 + room]) == -1
+            assert big[:32] == b"\x5a" * 32 and big[32 + room :] == b"\x5a" * 32
+        assert all(p == planes_written[0] for p in planes_written)
+        out = bytearray(len(symbols))
+        native.ans32_decode(freqs, planes_written[0], out)
+        assert out == symbols
+    finally:
+        native.simd(saved)
+
+
+def _simd_modes() -> list[bool]:
+    """The encoder and decoder loops this machine can run: plain, and AVX2 if any."""
+    native = planes.native_module()
+    assert native is not None
+    saved = native.simd()
+    modes = [False, True] if native.simd(1) else [False]
+    native.simd(saved)
+    return modes
+
+
+@needs_native
+@pytest.mark.parametrize("wide", [False, True], ids=["ans", "ans32"])
+@pytest.mark.parametrize("at", [0, 5_000, 99_999])  # the first, a middle and the last symbol
+def test_an_encoder_refuses_a_symbol_its_table_leaves_out(wide: bool, at: int) -> None:
+    native = planes.native_module()
+    assert native is not None
+    symbols = bytearray(np.random.default_rng(3).integers(0, 4, 100_000, dtype=np.uint8))
+    symbols[at] = 9  # not in the table below
+    freqs = _freqs(np.array([1024] * 4 + [0] * 252))
+    saved = native.simd()
+    try:
+        for mode in _simd_modes():
+            native.simd(mode)
+            with pytest.raises(ValueError, match="frequency 0"):
+                (native.ans32_encode if wide else native.ans_encode)(
+                    freqs, bytes(symbols), bytearray(4 * len(symbols) + 256)
+                )
+    finally:
+        native.simd(saved)
