@@ -52,16 +52,17 @@ def _is_constant(buf: memoryview, width: int) -> bool:
     return bool(np.all(x == x[0]))
 
 
-# How much larger than the float layout zstd's fastest level may code a guessed
-# segment and still be redone at the balanced level: level 3 takes 0.5-2 % off
-# level 1 on such files, so a wider gap is never closed. (Level 19 can take far
-# more, so the max profile always redoes it.)
-_GUESS_MARGIN = 0.05
-# The max profile redoes at level 19 a float segment that does not look like it
-# repeats (bgx coded its H plane best with ans) when level 1 comes within this of
-# the smallest form: level 19 takes 2-10 % more off level 1 on weights, so a
-# wider gap is not worth its time (about 2 MB/s).
-_MAX_MARGIN = 0.10
+# How much larger than the float layout zstd may code a guessed segment (at its
+# fastest level) or the probe of a segment that may repeat itself (at level 3,
+# scaled to the segment) and still be redone at the profile's level: level 3
+# takes 0.5-2 % off level 1 on such files, and level 19 a little more off level
+# 3 on weights, so a wider gap is rarely closed; trained fp16 weights stay about
+# 8 % above bgx at level 3. (The max profile always redoes a guessed layout.)
+_CLOSE_MARGIN = 0.05
+# The probe of a segment that may repeat itself: zstd level 3 on this much of it,
+# a sixteenth of a 4 MiB segment (about 1.5 ms), where the old trial of the whole
+# segment at level 1 took about 8 ms.
+_PROBE_BYTES = 256 << 10
 # How much larger than bgx's ratio bg at level 3 may code the first eighth of a
 # guessed segment and still be tried on all of it. Where it won (ONNX, TFLite),
 # it was ahead on the eighth; on weight matrices it is 1-3 % behind (MiniLM in a
@@ -115,9 +116,10 @@ def encode(
     hold anything: plain zstd, and bg at zstd level 3 where it looks ahead, are
     then tried as well. The balanced and max profiles also code the segment
     with plain zstd at their level when bgx's H plane came out smaller with zstd
-    than with ans (the segment repeats itself); the max profile also tries bg,
-    and plain zstd at level 19 where level 1 comes within _MAX_MARGIN of the
-    smallest form. The smallest is kept.
+    than with ans (the segment may repeat itself) and zstd level 3 on its first
+    _PROBE_BYTES beats bgx or comes within _CLOSE_MARGIN; the max profile also
+    tries bg, and plain zstd where zstd's fastest level beats the rest. The
+    smallest is kept.
     """
     view = memoryview(data).cast("B")
     n = len(view)
@@ -155,41 +157,46 @@ def encode(
             if unrotated is not None:
                 candidates.append(unrotated)
         # bgx's H plane coded smaller by zstd than by ans (or bgx not shrinking the
-        # segment at all) says the segment repeats itself, as tables do
+        # segment at all) says the segment may repeat itself, as tables do
         # (sinusoidal position encodings, STFT bases: plain zstd is 27-72 %
         # smaller there), and zstd of the whole segment can use that in the
         # mantissas too. Most weight matrices code H better with ans and never
-        # pay for this.
+        # pay for this. The rest (also some embedding tables, whose H zstd's
+        # per-block tables fit better) get a probe: zstd level 3 on the first
+        # _PROBE_BYTES, and the whole segment at the profile's level where the
+        # probe beats the smallest form so far or comes close. Not zstd's
+        # fastest level: it is a poor guide to such segments. On an STFT basis
+        # (264 KB) it gave 218 KB, above bgx's 213 KB, where level 3 gives
+        # 117 KB and level 19 60 KB.
         repeats = found is None or found[0].planes[0].id not in ("ans", "ans32")
         best = min((len(c.payload) for c in candidates), default=n)
         if repeats and not guessed:
-            # Such a segment is coded at the profile's level outright: zstd's
-            # fastest level is a poor guide to it. On an STFT basis (264 KB)
-            # level 1 gave 218 KB, above bgx's 213 KB, where level 3 gives 117 KB
-            # and level 19 60 KB.
-            packed = zstd.compress(view, level)
-            if len(packed) < best:  # best is the plaintext's size when nothing shrank it
-                candidates.append(Encoded(Codec("zstd", size=len(packed)), packed))
+            sample = view[:_PROBE_BYTES]
+            probe = zstd.compress(sample, LEVELS["balanced"])
+            if len(probe) * n < best * len(sample) * (1 + _CLOSE_MARGIN):
+                whole = len(sample) == n and level == LEVELS["balanced"]
+                packed = probe if whole else zstd.compress(view, level)
+                if len(packed) < best:  # best is the plaintext's size when nothing shrank it
+                    candidates.append(Encoded(Codec("zstd", size=len(packed)), packed))
         elif level >= LEVELS["max"] or guessed:
             # The rest, with the max profile (and files of unknown format, whose
-            # segments may hold anything): a trial at zstd's fastest level, redone
-            # at the profile's level where it comes close.
+            # segments may hold anything): a trial at zstd's fastest level,
+            # redone at the profile's level where it wins. A guessed layout
+            # (codec.probe) is also redone where the trial comes within
+            # _CLOSE_MARGIN, and always with the max profile: the probe's samples
+            # said the file holds floats, not that every segment does; a float
+            # layout a little smaller than zstd's fastest level can still be
+            # larger than what the file would otherwise have got; and zstd -19's
+            # optimal parser finds far more in some such files than level 1
+            # suggests (dlib's .dat: 0.63 of the original, against 0.79 at level 3).
             trial = zstd.compress(view, LEVELS["fast"])
-            # A guessed layout (codec.probe) is also held to the profile's own
-            # zstd level where the trial comes close to it, and always with the
-            # max profile: the probe's samples said the file holds floats, not
-            # that every segment does; a float layout a little smaller than
-            # zstd's fastest level can still be larger than what the file would
-            # otherwise have got; and zstd -19's optimal parser finds far more in
-            # some such files than level 1 suggests (dlib's .dat: 0.63 of the
-            # original, against 0.79 at level 3).
-            margin = _MAX_MARGIN if level >= LEVELS["max"] else _GUESS_MARGIN
-            close = (guessed and level >= LEVELS["max"]) or len(trial) < best * (1 + margin)
+            close = guessed and (level >= LEVELS["max"] or len(trial) < best * (1 + _CLOSE_MARGIN))
             if len(trial) < best or close:
                 packed = zstd.compress(view, level) if level != LEVELS["fast"] else trial
                 if len(trial) < len(packed):
                     packed = trial
-                candidates.append(Encoded(Codec("zstd", size=len(packed)), packed))
+                if len(packed) < best:
+                    candidates.append(Encoded(Codec("zstd", size=len(packed)), packed))
         if candidates:
             return min(candidates, key=lambda c: len(c.payload))
     elif grouped and w > 1:
