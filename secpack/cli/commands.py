@@ -90,7 +90,7 @@ def seal(
         str,
         typer.Option(
             metavar="fast|balanced|max",
-            help="Compression profile: fast (bg planes, quickest), balanced (bgx planes, "
+            help="Compression profile: fast (bg planes, quickest to seal), balanced (bgx planes, "
             "smaller), max (the smaller of both per segment, zstd -19 elsewhere).",
         ),
     ] = "balanced",

@@ -935,7 +935,7 @@ def s_salt_plain(b: Base) -> bytes:
 BG_SEG, BGX_SEG, BGX_COLS_SEG, BGX_P5_SEG = 8, 1, 5, 7
 # Segment 9 is skew.weight (bgx fp32 whose H plane is "ans": 5121 symbols);
 # segment 10 is fp8.weight (4099 F8_E4M3 bytes, the whole segment one "ans" plane);
-# segments 11 and 12 the same with "ans32" (wide.weight and fp8.wide, 65,543 each).
+# segments 11 and 12 the same with "ans32" (wide.weight and fp8.wide, 131,079 each).
 BGX_ANS_SEG, ANS_SEG, BGX_ANS32_SEG, ANS32_SEG = 9, 10, 11, 12
 # Segment 4 is "pruned" (const); segment 13 the run of run.bias, run.norm, run.head.
 CONST_SEG, RUN_SEG = 4, 13
@@ -1078,7 +1078,7 @@ for _name, _what, _change in [
     (
         "ans32-size-above-plain",
         "ans32 codec larger than its plaintext",
-        lambda c: c.__setitem__("size", 65544),
+        lambda c: c.__setitem__("size", 131080),
     ),
 ]:
     case("schema", _name, _what, "schema.invalid")(

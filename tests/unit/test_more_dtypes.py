@@ -96,7 +96,7 @@ def test_every_tensor_is_tabled_coded_for_its_kind_and_loads_in_its_dtype(
             return {s.codec.id for s in comp.segments[rec.first : rec.first + rec.count]}
 
         # One-byte numbers (the scales are too few bytes for ans; ans32 from
-        # 65,536 bytes), and complex64 as the float32 pairs it is.
+        # 131,072 bytes), and complex64 as the float32 pairs it is.
         for name, kind in (("q.weight", "ans32"), ("k.weight", "ans"), ("v.weight", "ans")):
             assert codecs(name) == {kind}, name
         assert codecs("freqs") == {"bgx"}

@@ -80,7 +80,7 @@ def _skewed_f32(count: int) -> bytes:
 
 def _wide_f32(count: int) -> bytes:
     """``count`` fp32 values in two binades, 85 % in the upper one, with sign and
-    mantissa zero: an H plane of two symbols (ans32 from 65,536 of them), and
+    mantissa zero: an H plane of two symbols (ans32 from 131,072 of them), and
     other planes of zeros that zstd makes almost nothing of, so that the vectors
     stay small."""
     out = bytearray()
@@ -93,7 +93,7 @@ def _wide_f32(count: int) -> bytes:
 def _skewed_f8(count: int, tag: bytes = b"fp8") -> bytes:
     """``count`` e4m3 bytes, four values with probabilities 0.8, 0.1, 0.06 and 0.04
     in hash order: a one-byte tensor that the writer codes as one ans plane (ans32
-    from 65,536 bytes)."""
+    from 131,072 bytes)."""
     values = [(0x38, 205), (0xB8, 230), (0x30, 245), (0x40, 256)]  # (byte, cumulative /256)
     out = bytearray()
     for i in range(count):
@@ -154,10 +154,10 @@ def build_model(target: Path) -> None:
         ("skew.weight", "F32", [5121], _skewed_f32(5121)),
         # 4099 fp8 values, coded as one ans plane (the "ans" codec).
         ("fp8.weight", "F8_E4M3", [4099], _skewed_f8(4099)),
-        # 65,543 of each: an H plane stored "ans32", and the "ans32" codec. 65,543
+        # 131,079 of each: an H plane stored "ans32", and the "ans32" codec. 131,079
         # is not a multiple of the 32 coder states.
-        ("wide.weight", "F32", [65543], _wide_f32(65543)),
-        ("fp8.wide", "F8_E4M3", [65543], _skewed_f8(65543, b"fp8 wide")),
+        ("wide.weight", "F32", [131079], _wide_f32(131079)),
+        ("fp8.wide", "F8_E4M3", [131079], _skewed_f8(131079, b"fp8 wide")),
         # A run of three small fp32 tensors in one segment, coded as one array.
         ("run.bias", "F32", [16], _f32([(_mix(i + 3) % 61 - 30) / 32.0 for i in range(16)])),
         ("run.norm", "F32", [2, 16], _f32([1.0 + (_mix(i + 5) % 9) / 64.0 for i in range(32)])),
