@@ -129,7 +129,8 @@ def main() -> None:
     lines += [
         "",
         "`balanced` codes each segment of one-byte numbers with zstd and as one "
-        "`ans` plane (docs/FORMAT.md §6.1) and keeps the smaller; `fast` keeps to "
+        "`ans` plane (`ans32` from 131,072 bytes; docs/FORMAT.md §6.1) and keeps the "
+        "smaller; `fast` keeps to "
         "zstd level 1.",
     ]
     text = "\n".join(lines) + "\n"
