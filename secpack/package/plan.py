@@ -362,10 +362,12 @@ def _split_weights(
 
 
 def _component_part(text: str) -> str:
-    """``text`` as the rest of a component name: lower case, and ``-`` for every
-    character a name cannot hold, dots included (a name ending in ``.int8`` would
-    read as a precision variant's)."""
+    """``text`` as the rest of a component name: lower case, and one ``-`` for
+    every run of characters a name cannot hold, dots included (a name ending in
+    ``.int8`` would read as a precision variant's); ``sub dir/ñested`` is
+    ``sub-dir-ested``, not ``sub-dir--ested``."""
     cleaned = "".join(c if c.isascii() and (c.isalnum() or c == "-") else "-" for c in text.lower())
+    cleaned = re.sub("-{2,}", "-", cleaned)
     return cleaned.strip("-")[: _ADAPTER_NAME_MAX - len("weights-")].rstrip("-") or "part"
 
 

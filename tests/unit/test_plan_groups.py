@@ -231,6 +231,22 @@ def test_a_pipelines_parts_get_components_named_after_their_folders() -> None:
     }
 
 
+def test_folder_names_a_component_cannot_hold_leave_one_dash_per_gap() -> None:
+    # Three checkpoints of the same tensors, two in folders of spaces, accents and
+    # kanji: what a name cannot hold becomes one dash, and names that come out
+    # alike are numbered.
+    groups = _named(
+        {
+            "model.safetensors": {"a"},
+            "sub dir/ñested/深い/model.safetensors": {"a"},
+            "sub dir/ñested/浅い/model.safetensors": {"a"},
+        }
+    )
+    assert set(groups) == {"weights", "weights-sub-dir-ested", "weights-sub-dir-ested-2"}
+    for name in groups:
+        assert COMPONENT_NAME_RE.fullmatch(name) and "--" not in name
+
+
 def test_weights_without_a_shared_name_stay_together_and_rules_are_kept() -> None:
     files = {
         "model-00001-of-00002.safetensors": {"a"},
