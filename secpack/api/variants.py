@@ -198,9 +198,15 @@ def _drop_variant(build: VariantBuild, variant: str, comp: str, rels: list[str])
         os.unlink(build.files.pop(rel))
         build.errors.get(variant, {}).pop(rel, None)
     build.overrides = [o for o in build.overrides if o[1] not in rels]
+    why = (
+        "its float tensors are of one dimension (biases and norms stay exact), fp8, "
+        "too narrow for their scales to pay, or kept exact for the reasons above"
+        if variant == "int8"
+        else f"its float tensors are {variant} already, or kept exact for the reasons above"
+    )
     build.notes.append(
-        f"{variant} variant of {comp!r} not made: no tensor in it changes (its floats are "
-        f"{variant} already, or too small for {variant} to gain); the exact weights serve it"
+        f"{variant} variant of {comp!r} not made: no tensor in it changes ({why}); "
+        "the exact weights serve it"
     )
 
 

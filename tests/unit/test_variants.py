@@ -835,13 +835,29 @@ def _bits(arr: np.ndarray) -> np.ndarray:
     return arr.view(np.uint16)
 
 
+def test_an_int8_variant_of_vectors_only_says_why_it_is_not_made(tmp_path: Path) -> None:
+    """int8 keeps one-dimensional tensors exact (biases, norms): a model of those
+    alone gets no int8 variant, and seal's note names that reason."""
+    root = tmp_path / "m"
+    root.mkdir()
+    rng = np.random.default_rng(5)
+    _write_st(
+        root / "model.safetensors",
+        {"bias": rng.standard_normal(4096).astype(np.float32), "ids": np.arange(9)},
+        {},
+    )
+    notes = _seal_variant(root, tmp_path / "v.spk", ["int8"])
+    (note,) = [n for n in notes if "int8 variant of 'weights' not made" in n]
+    assert "of one dimension" in note
+
+
 def test_a_variant_that_changes_nothing_is_not_stored(tmp_path: Path) -> None:
     """A bf16 variant of bf16 weights would duplicate them: it is not made, seal
     says so, and the loader serves the exact weights for it."""
     root = tmp_path / "m"
     bf16 = _bf16_model(root, seed=8)
     notes = _seal_variant(root, tmp_path / "v.spk", ["bf16"])
-    assert any("bf16 variant of 'weights' not made" in n for n in notes)
+    assert any("bf16 variant of 'weights' not made" in n and "are bf16 already" in n for n in notes)
     with _open(tmp_path / "v.spk") as p:
         # Asked for and served: by the exact weights, which are that variant.
         assert p.variants("weights") == ["exact", "bf16"]
