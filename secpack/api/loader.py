@@ -199,9 +199,18 @@ _R = TypeVar("_R")
 _T = TypeVar("_T")
 
 
-# Errors a read raises for what its caller asked, not for anything in the package:
-# no audit record of their own (Package._load_errors).
-_CALLER_CODES = frozenset({"tensor.unknown", "component.unknown", "file.unknown"})
+# Errors a read raises for a fault of the package itself, which get an audit record
+# of their own (Package._load_errors): bytes that fail their digest or tag, a
+# codec, table or structure the signer never wrote, a path inside the package
+# that is unsafe to write, and a component this identity cannot decrypt. What the
+# caller asked for (a name the package lacks, an output path that exists, a full
+# disk, memory) is not the package's fault, and is not recorded.
+_PACKAGE_FAULTS = frozenset({"integrity", "codec.invalid", "tensor.invalid", "output.unsafe"})
+_PACKAGE_FAULT_CLASSES = ("container.", "cbor.", "schema.", "key.no-recipient")
+
+
+def _package_fault(code: str) -> bool:
+    return code in _PACKAGE_FAULTS or code.startswith(_PACKAGE_FAULT_CLASSES)
 
 
 def _loading(
@@ -486,12 +495,10 @@ class Package:
             with _out_of_resources():
                 yield
         except SecpackError as exc:
-            # A fault a read found (a segment that fails its digest or its tag, a
-            # codec or table the signer never wrote, a limit) is recorded, as the
-            # refusal of a verb is: the load's record, written when the package
-            # opened, says only that it opened. Asking for a name it does not
-            # have is the caller's mistake, not the package's.
-            if exc.code not in _CALLER_CODES:
+            # A fault of the package that a read found is recorded, as the refusal
+            # of a verb is: the load's record, written when the package opened,
+            # says only that it opened (_PACKAGE_FAULTS).
+            if _package_fault(exc.code):
                 record_late_error("load", exc, self._audit_package())
             raise
         except RuntimeError:

@@ -531,7 +531,8 @@ def test_a_fault_a_library_read_finds_after_the_open_is_recorded_too(
 ) -> None:
     """A load records itself when the package opens; a segment that fails its
     digest is found only when it is read, and adds a record of its own, once per
-    failing call. Asking for a tensor the package does not have adds none."""
+    failing call. Asking for a tensor the package does not have, or exporting to
+    a path that exists, adds none."""
     import numpy as np
     from safetensors.numpy import save_file
 
@@ -552,10 +553,16 @@ def test_a_fault_a_library_read_finds_after_the_open_is_recorded_too(
         sign_keys=[load_signing_key(str(KEYS / "signing-ed25519.key"))],
     )
     trust = [str(KEYS / "signing-ed25519.key.pub")]
+    taken = tmp_path / "taken.safetensors"
+    taken.write_bytes(b"x")
     with secpack.open_package(pkg, trust=trust) as opened:
+        # The caller's own mistakes: a name the package lacks, an output that exists.
         with pytest.raises(SecpackError) as unknown:
             opened.tensor("nothing")
         assert unknown.value.code == "tensor.unknown"
+        with pytest.raises(SecpackError) as exists:
+            opened.export_safetensors(path=str(taken))
+        assert exists.value.code == "output.exists"
         # The weights' one segment is most of the file: flip a byte in its middle.
         with open(pkg, "r+b") as f:
             f.seek(pkg.stat().st_size // 2)
