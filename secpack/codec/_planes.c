@@ -733,6 +733,7 @@ static PyObject *unpack5(PyObject *self, PyObject *args) {
     PyObject *result = NULL;
     Py_ssize_t n = dst.len;
     if (src.len != p5_size(n)) {
+        memset(dst.buf, 0, (size_t)dst.len);
         PyErr_SetString(PyExc_ValueError, "p5 plane size disagrees with its values");
         goto done;
     }

@@ -63,6 +63,9 @@ _CLOSE_MARGIN = 0.05
 # a sixteenth of a 4 MiB segment (about 1.5 ms), where the old trial of the whole
 # segment at level 1 took about 8 ms.
 _PROBE_BYTES = 256 << 10
+# The glance at a segment whose H plane did not say it repeats: zstd level 1 on
+# this much, where a whole-segment coding that wins by half or more shows.
+_GLANCE_BYTES = 16 << 10
 # How much larger than bgx's ratio bg at level 3 may code the first eighth of a
 # guessed segment and still be tried on all of it. Where it won (ONNX, TFLite),
 # it was ahead on the eighth; on weight matrices it is 1-3 % behind (MiniLM in a
@@ -115,11 +118,13 @@ def encode(
     dtype is codec.probe's guess for a file of unknown format, whose segments may
     hold anything: plain zstd, and bg at zstd level 3 where it looks ahead, are
     then tried as well. The balanced and max profiles also code the segment
-    with plain zstd at their level when bgx's H plane came out smaller with zstd
-    than with ans (the segment may repeat itself) and zstd level 3 on its first
-    _PROBE_BYTES beats bgx or comes within _CLOSE_MARGIN; the max profile also
-    tries bg, and plain zstd where zstd's fastest level beats the rest. The
-    smallest is kept.
+    with plain zstd at their level when it may repeat itself (bgx's H plane came
+    out smaller with zstd than with ans, or zstd's fastest level on its first
+    _GLANCE_BYTES wins by half) and zstd level 3 on its first _PROBE_BYTES,
+    scaled to the segment, beats bgx or comes within _CLOSE_MARGIN (or comes to
+    almost nothing); the max profile also tries bg, and, for the other float
+    segments, plain zstd where zstd's fastest level beats the rest. The smallest
+    is kept.
     """
     view = memoryview(data).cast("B")
     n = len(view)
@@ -170,10 +175,24 @@ def encode(
         # 117 KB and level 19 60 KB.
         repeats = found is None or found[0].planes[0].id not in ("ans", "ans32")
         best = min((len(c.payload) for c in candidates), default=n)
+        if not repeats and not guessed:
+            # H's own coder can miss repeats that span whole rows (the plane
+            # compressor's small hash table is tuned for weights, which have
+            # none): a tensor tiled from one 1 KiB block had H coded by ans, and
+            # bgx left it at 17 % of its size where zstd makes it 0.1 %. A glance
+            # at its first _GLANCE_BYTES with zstd's fastest level (about 40 us)
+            # catches such a segment, which then takes the probe below.
+            head = view[:_GLANCE_BYTES]
+            repeats = len(zstd.compress(head, LEVELS["fast"])) * n < best * len(head) / 2
         if repeats and not guessed:
             sample = view[:_PROBE_BYTES]
             probe = zstd.compress(sample, LEVELS["balanced"])
-            if len(probe) * n < best * len(sample) * (1 + _CLOSE_MARGIN):
+            # Scaled to the segment; or the sample comes to almost nothing: a
+            # segment that repeats one block codes to about the same thousand
+            # bytes whatever its length, which scaling up from the sample
+            # overstates (and zstd codes such a segment at several GB/s).
+            scaled = len(probe) * n < best * len(sample) * (1 + _CLOSE_MARGIN)
+            if scaled or len(probe) * 64 < len(sample):
                 whole = len(sample) == n and level == LEVELS["balanced"]
                 packed = probe if whole else zstd.compress(view, level)
                 if len(packed) < best:  # best is the plaintext's size when nothing shrank it
