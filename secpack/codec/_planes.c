@@ -851,6 +851,28 @@ static int ans_table(const Py_buffer *freqs, uint32_t *f, uint32_t *start) {
     return 1;
 }
 
+/* The decoder's slot table: slot -> symbol | (slot - start) << 8 | (f - 1) << 20,
+ * one 16 KB lookup per symbol (the new state is f * (x >> 12) + (slot - start)). */
+static void ans_slots(const uint32_t *f, const uint32_t *start, uint32_t *table) {
+    for (int sym = 0; sym < 256; sym++)
+        for (uint32_t k = 0; k < f[sym]; k++)
+            table[start[sym] + k] = (uint32_t)sym | (k << 8) | ((f[sym] - 1) << 20);
+}
+
+/* An encoder's last step: its final states, little-endian, in front of the
+ * stream at *pp (the caller has checked the room). */
+static void ans_put_states(uint8_t **pp, const uint32_t *x, int lanes) {
+    uint8_t *p = *pp;
+    for (int k = lanes - 1; k >= 0; k--) {
+        p -= 4;
+        p[0] = (uint8_t)x[k];
+        p[1] = (uint8_t)(x[k] >> 8);
+        p[2] = (uint8_t)(x[k] >> 16);
+        p[3] = (uint8_t)(x[k] >> 24);
+    }
+    *pp = p;
+}
+
 /* ans_encode(freqs, src, out) -> offset: codes src into the end of out (states,
  * then the byte stream), returning where the coded plane starts in out; -1 when
  * it does not fit (the caller then keeps another form). ValueError for a
@@ -922,13 +944,7 @@ static PyObject *ans_encode(PyObject *self, PyObject *args) {
 #undef ANS_PUT
     put_stop:
         if (i == 0 && !missing && p - base >= 4 * ANS_LANES) {
-            for (int k = ANS_LANES - 1; k >= 0; k--) {
-                p -= 4;
-                p[0] = (uint8_t)x[k];
-                p[1] = (uint8_t)(x[k] >> 8);
-                p[2] = (uint8_t)(x[k] >> 16);
-                p[3] = (uint8_t)(x[k] >> 24);
-            }
+            ans_put_states(&p, x, ANS_LANES);
             offset = p - base;
         }
         Py_END_ALLOW_THREADS;
@@ -970,12 +986,8 @@ static PyObject *ans_decode(PyObject *self, PyObject *args) {
         Py_ssize_t n = dst.len;
         const char *problem = NULL;
         Py_BEGIN_ALLOW_THREADS;
-        /* slot -> symbol | (slot - start) << 8 | (f - 1) << 20: one 16 KB lookup
-         * per symbol, and the new state is f * (x >> 12) + (slot - start). */
         uint32_t table[ANS_M];
-        for (int sym = 0; sym < 256; sym++)
-            for (uint32_t k = 0; k < f[sym]; k++)
-                table[start[sym] + k] = (uint32_t)sym | (k << 8) | ((f[sym] - 1) << 20);
+        ans_slots(f, start, table);
         uint32_t x[ANS_LANES];
         for (int k = 0; k < ANS_LANES; k++) {
             x[k] = (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) |
@@ -1220,13 +1232,7 @@ static PyObject *ans32_encode(PyObject *self, PyObject *args) {
     put_stop:
         missing = absent != 0;
         if (i == 0 && !missing && p - base >= 4 * ANS32_LANES) {
-            for (int k = ANS32_LANES - 1; k >= 0; k--) {
-                p -= 4;
-                p[0] = (uint8_t)x[k];
-                p[1] = (uint8_t)(x[k] >> 8);
-                p[2] = (uint8_t)(x[k] >> 16);
-                p[3] = (uint8_t)(x[k] >> 24);
-            }
+            ans_put_states(&p, x, ANS32_LANES);
             offset = p - base;
         }
         Py_END_ALLOW_THREADS;
@@ -1373,11 +1379,8 @@ static PyObject *ans32_decode(PyObject *self, PyObject *args) {
         const char *problem = NULL;
         int wide = use_avx2;
         Py_BEGIN_ALLOW_THREADS;
-        /* As ans_decode's: slot -> symbol | (slot - start) << 8 | (f - 1) << 20. */
         uint32_t table[ANS_M];
-        for (int sym = 0; sym < 256; sym++)
-            for (uint32_t k = 0; k < f[sym]; k++)
-                table[start[sym] + k] = (uint32_t)sym | (k << 8) | ((f[sym] - 1) << 20);
+        ans_slots(f, start, table);
         uint32_t x[ANS32_LANES];
         for (int k = 0; k < ANS32_LANES; k++, p += 4) {
             x[k] = LOAD32(p);
