@@ -95,8 +95,14 @@ def seal(
         ),
     ] = "balanced",
     segment_mib: Annotated[
-        int, typer.Option("--segment-size", metavar="MIB", help="Segment size in MiB (1-16).")
-    ] = 4,
+        int | None,
+        typer.Option(
+            "--segment-size",
+            metavar="MIB",
+            help="Segment size in MiB (1-16). Default 4; with --level max, 16 for files "
+            "that are not safetensors.",
+        ),
+    ] = None,
     threads: ThreadsOpt = 0,
     passphrase_env: PassEnvOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing output.")] = False,
@@ -154,7 +160,7 @@ def seal(
 
         # Checked before any key is read, so that a usage mistake is reported as
         # one; and in the option's own unit, where the library's bound is in bytes.
-        if not MIN_SEGMENT >> 20 <= segment_mib <= MAX_SEGMENT >> 20:
+        if segment_mib is not None and not MIN_SEGMENT >> 20 <= segment_mib <= MAX_SEGMENT >> 20:
             raise ValueError(
                 f"--segment-size must be from {MIN_SEGMENT >> 20} to {MAX_SEGMENT >> 20} "
                 f"(MiB), not {segment_mib}"
@@ -191,7 +197,7 @@ def seal(
                 version=version,
                 expires=expires,
                 components=overrides,
-                segment_size=segment_mib << 20,
+                segment_size=None if segment_mib is None else segment_mib << 20,
                 model_signing=model_signing,
                 require_model_signing=required,
                 variants=variant or (),

@@ -407,11 +407,14 @@ class _Builder:
         period: int = 0,
         lead: int = 0,
         guessed: bool = False,
+        segment_size: int = 0,
     ) -> tuple[int, int]:
-        """Cut a unit into segments. ``lead`` > 0 puts its first ``lead`` bytes in a
+        """Cut a unit into segments, of ``segment_size`` bytes where given and the
+        builder's otherwise. ``lead`` > 0 puts its first ``lead`` bytes in a
         segment of their own, so that the segments after it start on the element
         boundaries of ``width``; bytes past the last whole element get one too.
         Those two are coded as opaque bytes. (A tensor has neither.)"""
+        step = segment_size or self.segment_size
         first = len(self.segments)
         if length == 0:
             return first, 0
@@ -421,10 +424,7 @@ class _Builder:
         lead = min(lead, length)
         end = length - (length - lead) % width
         cuts = [(0, lead)] if lead else []
-        cuts += [
-            (start, min(self.segment_size, end - start))
-            for start in range(lead, end, self.segment_size)
-        ]
+        cuts += [(start, min(step, end - start)) for start in range(lead, end, step)]
         whole = len(cuts)
         if end < length:
             cuts.append((end, length - end))
@@ -463,18 +463,21 @@ def make_plan(
     limits: Limits | None = None,
     root_name: str = "",
     probe_floats: bool = False,
+    file_segment: int = 0,
 ) -> Plan:
     """Plan the components, units, segments and blobs for sealing ``tree``
     (``root_name``: see assign_components). ``probe_floats`` samples each file that
     is not safetensors for float arrays (codec.probe), and cuts and marks the
-    segments of those where a float layout pays."""
+    segments of those where a float layout pays. ``file_segment``, when given,
+    is the segment size for the files that are not safetensors."""
     limits = limits or Limits()
     # Multiples of 64 keep every segment boundary on an element boundary for all dtypes.
-    if not MIN_SEGMENT <= segment_size <= MAX_SEGMENT or segment_size % 64:
-        raise InputError(
-            "input.invalid",
-            f"segment size must be a multiple of 64 in [{MIN_SEGMENT}, {MAX_SEGMENT}]",
-        )
+    for size in {segment_size, file_segment or segment_size}:
+        if not MIN_SEGMENT <= size <= MAX_SEGMENT or size % 64:
+            raise InputError(
+                "input.invalid",
+                f"segment size must be a multiple of 64 in [{MIN_SEGMENT}, {MAX_SEGMENT}]",
+            )
     if not tree.files:
         raise InputError("input.invalid", "nothing to seal: the input holds no files")
     if len(tree.files) > limits.max_files:
@@ -563,6 +566,7 @@ def make_plan(
                     dtype,
                     lead=phase,
                     guessed=guess is not None,
+                    segment_size=file_segment,
                 )
                 fmt, header = FORMAT_RAW, 0
             entries.append(

@@ -13,6 +13,7 @@ from safetensors.numpy import save_file
 from secpack.api.keyfiles import load_signing_key
 from secpack.api.seal import seal
 from secpack.errors import SecpackError
+from secpack.format.limits import Limits
 
 ROOT = Path(__file__).resolve().parents[2]
 KEYS = ROOT / "keys-example"
@@ -476,3 +477,46 @@ def test_the_default_package_name_is_made_valid(tmp_path: Path, given: str, expe
     with pytest.raises(SecpackError) as err:
         seal(str(source), str(out), encrypt=False, name=given, overwrite=True)
     assert err.value.code == "input.invalid"
+
+
+def test_max_gives_files_it_does_not_parse_segments_of_16_mib(tmp_path: Path) -> None:
+    """With --level max and no --segment-size, a file that is not safetensors is
+    cut into 16 MiB segments (zstd -19 then reaches further), tensors stay at
+    4 MiB; an explicit segment size holds for both; balanced keeps 4 MiB. Each
+    package opens to the same bytes."""
+    from secpack.api.extract import extract
+    from secpack.package.reader import read_header
+    from secpack.sign.policy import policy_from_keys
+    from secpack.transport.spkfile import FileSource
+
+    root = tmp_path / "model"
+    root.mkdir()
+    rng = np.random.default_rng(3)
+    words = [
+        bytes(rng.integers(97, 123, int(rng.integers(2, 9)), dtype=np.uint8)) for _ in range(5000)
+    ]
+    text = b"\n".join(words[i] for i in rng.integers(0, len(words), 800_000))
+    assert 4 << 20 < len(text) < 16 << 20
+    (root / "vocab.txt").write_bytes(text)
+    save_file(
+        {"w": rng.standard_normal(5 << 18).astype(np.float32)}, str(root / "model.safetensors")
+    )
+    policy = policy_from_keys([("k", (KEYS / "signing-ed25519.key.pub").read_bytes())])
+    for case, kwargs, text_segment in (
+        ("max", {"level": "max"}, len(text)),
+        ("max4", {"level": "max", "segment_size": 4 << 20}, 4 << 20),
+        ("balanced", {}, 4 << 20),
+    ):
+        out = tmp_path / f"{case}.spk"
+        _seal(root, out, None, **kwargs)
+        src = FileSource(str(out))
+        try:
+            manifest = read_header(src, Limits()).manifest
+        finally:
+            src.close()
+        largest = {c.name: max(s.plain for s in c.segments) for c in manifest.components}
+        assert largest.pop("weights") == 4 << 20, case
+        assert max(largest.values()) == text_segment, case
+        extract(str(out), str(tmp_path / case), identities=[], policy=policy)
+        for name in ("vocab.txt", "model.safetensors"):
+            assert (tmp_path / case / name).read_bytes() == (root / name).read_bytes()
