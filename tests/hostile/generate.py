@@ -1052,37 +1052,40 @@ for _name, _what, _change, _seg in [
     )(lambda b, _c=_change, _s=_seg: hooked(b, _bgx_record(_c, _s)))
 
 
-for _name, _what, _change in [
+for _name, _what, _change, _seg in [
     (
         "ans-size-48",
         "ans codec of 48 bytes, below its smallest plane",
         lambda c: c.__setitem__("size", 48),
+        ANS_SEG,
     ),
     (
         "ans-size-above-plain",
         "ans codec larger than its plaintext",
         lambda c: c.__setitem__("size", 4100),
+        ANS_SEG,
     ),
-    ("ans-extra-key", "ans codec record with a width", lambda c: c.__setitem__("width", 1)),
-]:
-    case("schema", _name, _what, "schema.invalid")(
-        lambda b, _c=_change: hooked(b, _bgx_record(_c, ANS_SEG))
-    )
-
-for _name, _what, _change in [
+    (
+        "ans-extra-key",
+        "ans codec record with a width",
+        lambda c: c.__setitem__("width", 1),
+        ANS_SEG,
+    ),
     (
         "ans32-size-160",
         "ans32 codec of 160 bytes, below its smallest plane",
         lambda c: c.__setitem__("size", 160),
+        ANS32_SEG,
     ),
     (
         "ans32-size-above-plain",
         "ans32 codec larger than its plaintext",
         lambda c: c.__setitem__("size", 131080),
+        ANS32_SEG,
     ),
 ]:
     case("schema", _name, _what, "schema.invalid")(
-        lambda b, _c=_change: hooked(b, _bgx_record(_c, ANS32_SEG))
+        lambda b, _c=_change, _s=_seg: hooked(b, _bgx_record(_c, _s))
     )
 
 
