@@ -60,6 +60,19 @@ class _Job:
     last: bool  # last segment of its file: the consumer closes the file after it
 
 
+@dataclass(frozen=True)
+class _RunJob:
+    """One file run's segment (FORMAT §5), and its members to write: each is
+    created, written and closed by the job itself, so that a run of many small
+    files holds one output file open at a time."""
+
+    comp: OpenComponent
+    seg: int
+    tree: OutputTree
+    members: tuple[tuple[FileEntry, str], ...]
+    last = False  # the job closed its files itself
+
+
 def _selection(manifest: Manifest, names: Sequence[str] | None, emit: bool) -> list[int]:
     """All components but the model_signing signature, unless it is asked for; that one
     is only valid next to every other file, so it is never written with a subset."""
@@ -140,6 +153,27 @@ def _decode_job(tree: OutputTree, job: _Job) -> _Job:
     out = job.comp.decode(job.seg)
     tree.pwrite(job.fd, job.offset, out, job.path)
     return job
+
+
+def _run_job(job: _RunJob) -> _RunJob:
+    out = memoryview(job.comp.decode(job.seg))
+    for f, path in job.members:
+        fd = job.tree.create(path, f.size, f.mode)
+        job.tree.pwrite(fd, 0, out[f.skip : f.skip + f.size], path)
+        job.tree.finish(fd, path)
+    return job
+
+
+def _grouped(chosen: Sequence[tuple[FileEntry, str]]) -> Iterator[list[tuple[FileEntry, str]]]:
+    """The chosen files, with the members of one file run side by side together."""
+    group: list[tuple[FileEntry, str]] = []
+    for f, path in chosen:
+        if group and not (f.run and group[0][0].run and f.first == group[0][0].first):
+            yield group
+            group = []
+        group.append((f, path))
+    if group:
+        yield group
 
 
 def _take_back(output: str, was_dir: bool) -> None:
@@ -224,10 +258,15 @@ def extract(
         with AtomicDirectory(output) as target:
             with OutputTree(target.tmp) as tree:
 
-                def jobs() -> Iterator[tuple[int, functools.partial[_Job]]]:
+                def jobs() -> Iterator[tuple[int, Callable[[], _Job | _RunJob]]]:
                     for comp, chosen in zip(opened, layout, strict=True):
                         plains = [s.plain for s in comp.component.segments]
-                        for f, path in chosen:
+                        for group in _grouped(chosen):
+                            f, path = group[0]
+                            if f.run:
+                                run = _RunJob(comp, f.first, tree, tuple(group))
+                                yield plains[f.first], functools.partial(_run_job, run)
+                                continue
                             fd = tree.create(path, f.size, f.mode)
                             if f.count == 0:
                                 tree.finish(fd, path)
@@ -253,7 +292,7 @@ def extract(
                     batch = max(1, _OPEN_FILES // (window + 2))
                     for done in ordered_batched(pool, jobs(), window, batch):
                         progress.advance(done.comp.component.segments[done.seg].plain)
-                        if done.last:
+                        if isinstance(done, _Job) and done.last:
                             tree.finish(done.fd, done.path)
                 tree.close()
             # Recorded before the output appears: a kill in between errs on the side

@@ -868,6 +868,8 @@ class Package:
         for index, entry in enumerate(comp.contents.files):
             if entry.path == path:
                 comp.check_file(index)  # a safetensors file's header is what it claims
+                if entry.run:  # its slice of the file run's one segment
+                    return bytes(comp.decode(entry.first)[entry.skip : entry.skip + entry.size])
                 buffer = hostmem.host_buffer(entry.size)
                 if entry.count:
                     self._decode_many(self._segments_into(comp, entry.first, entry.count, buffer))

@@ -29,6 +29,7 @@ from secpack.package import assemble
 from secpack.package.plan import (
     DEFAULT_SEGMENT,
     MAX_SEGMENT,
+    RUN_FILES_MAX,
     VARIANT_SUFFIXES,
     InputTree,
     make_plan,
@@ -194,6 +195,7 @@ def seal(
     variants: Sequence[str] = (),
     variants_only: bool = False,
     follow_symlinks: bool = False,
+    file_runs: bool = True,
     progress: Progress | None = None,
 ) -> SealReport:
     """Seal ``source`` (a model directory or one file) into the package ``output``.
@@ -201,6 +203,11 @@ def seal(
     ``segment_size`` defaults to 4 MiB; with ``level="max"`` and no
     ``segment_size``, files that are not safetensors get segments of 16 MiB,
     whose longer reach lets zstd -19 find more (tokenizers, GGUF, ONNX).
+
+    ``file_runs`` lets small neighbouring files that share content (one model
+    exported to several formats, a tokenizer's vocabulary in two files) share one
+    segment, of at most 16 MiB (``segment_size`` where given), coded as one
+    stream: smaller, where reading one of them decodes the whole run.
 
     Raises ``input.*`` for unusable input or options, ``key.*`` for unusable keys,
     ``output.*`` when the package cannot be written. Nothing is left at ``output``
@@ -309,6 +316,7 @@ def seal(
             # keep 4 MiB: bgx and ans gain nothing from longer segments, and a
             # random read of one decodes less.
             file_segment=MAX_SEGMENT if level == "max" and segment_size is None else 0,
+            run_cap=(segment_size or RUN_FILES_MAX) if file_runs else 0,
         )
         created = source_date_epoch()
         settings = SealSettings(

@@ -109,6 +109,7 @@ def encode(
     period: int = 0,
     *,
     guessed: bool = False,
+    wide: bool = False,
 ) -> Encoded:
     """Pick and apply the smallest codec for one segment's plaintext.
 
@@ -125,7 +126,8 @@ def encode(
     scaled to the segment, beats bgx or comes within _CLOSE_MARGIN (or comes to
     almost nothing); the max profile also tries bg, and, for the other float
     segments, plain zstd where zstd's fastest level beats the rest. The smallest
-    is kept.
+    is kept. ``wide`` (a file run's segment, bytes) codes with zstd's window over
+    all of the segment (zstd.compress_wide), where its files repeat each other.
     """
     view = memoryview(data).cast("B")
     n = len(view)
@@ -237,13 +239,14 @@ def encode(
             coded = ans.encode(view, min(zstd.trial_size(view), n))
             if coded is not None:
                 return Encoded(Codec(coded[0], size=len(coded[1])), coded[1])
-        packed = zstd.compress(view, level)
+        squeeze = zstd.compress_wide if wide else zstd.compress
+        packed = squeeze(view, level)
         if level > LEVELS["fast"]:
             # zstd's fastest level is not always its largest: on int8-quantized ONNX
             # files it came out 5-6 % smaller than levels 3 and 19, which left the
             # balanced and max profiles behind the fast one. It costs about half
             # a level-3 pass, on data that is rarely most of a model.
-            quick = zstd.compress(view, LEVELS["fast"])
+            quick = squeeze(view, LEVELS["fast"])
             if len(quick) < len(packed):
                 packed = quick
         if dtype in ANS_DTYPES and level > LEVELS["fast"]:

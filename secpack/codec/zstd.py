@@ -14,7 +14,7 @@ import zstandard
 
 from secpack.errors import CodecError, LimitError
 
-__all__ = ["compress", "compress_plane", "decompress"]
+__all__ = ["RunTrial", "compress", "compress_plane", "compress_wide", "decompress", "trial_size"]
 
 # Little-endian zstd frame magic. Skippable frames (0x184D2A5?) and legacy formats
 # are refused by requiring exactly this value at the start of the payload.
@@ -75,6 +75,66 @@ def trial_size(data: bytes | memoryview) -> int:
     frame is only measured, never stored (its window may pass the readers' cap)."""
     try:
         return len(_trial_cctx().compress(data))
+    except zstandard.ZstdError as exc:
+        raise _compress_failed(exc) from None
+
+
+class RunTrial:
+    """zstd's fastest level with long-distance matching (as trial_size), fed file
+    by file as one stream: what each file costs after the ones before it. Its own
+    compressor: a stream holds its compressor for as long as it runs."""
+
+    def __init__(self) -> None:
+        params = zstandard.ZstdCompressionParameters.from_level(
+            1, window_log=_WIDE_WINDOW_LOG, enable_ldm=1, write_checksum=0
+        )
+        try:
+            self._cctx = zstandard.ZstdCompressor(compression_params=params)
+            self._stream = self._cctx.compressobj()
+        except (zstandard.ZstdError, MemoryError) as exc:
+            raise LimitError("limit.exceeded", f"out of memory for zstd: {exc}") from None
+
+    def restart(self) -> None:
+        """Forget what was fed: the next file starts a new stream."""
+        try:
+            self._stream = self._cctx.compressobj()
+        except (zstandard.ZstdError, MemoryError) as exc:
+            raise LimitError("limit.exceeded", f"out of memory for zstd: {exc}") from None
+
+    def add(self, data: bytes | memoryview) -> int:
+        """Bytes of coded stream that ``data`` adds after what came before it."""
+        try:
+            out = self._stream.compress(data)
+            return len(out) + len(self._stream.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK))
+        except MemoryError as exc:
+            raise LimitError("limit.exceeded", f"out of memory for zstd: {exc}") from None
+        except zstandard.ZstdError as exc:
+            raise _compress_failed(exc) from None
+
+
+# A file run's window: all of its segment, at most the readers' cap (FORMAT §11).
+_WIDE_WINDOW_LOG = 24
+
+
+def compress_wide(data: bytes | memoryview, level: int) -> bytes:
+    """``compress`` with a window over all of ``data`` (up to 16 MiB) and
+    long-distance matching: for a file run's segment, whose files repeat each
+    other's content megabytes apart, beyond the levels' own windows (2 MiB at
+    level 3). The frame's window is the content size, within the readers' cap."""
+    cache: dict[int, zstandard.ZstdCompressor] = _local.__dict__.setdefault("wide", {})
+    ctx = cache.get(level)
+    if ctx is None:
+        params = zstandard.ZstdCompressionParameters.from_level(
+            level,
+            window_log=_WIDE_WINDOW_LOG,
+            enable_ldm=1,
+            write_content_size=1,
+            write_checksum=0,
+        )
+        ctx = zstandard.ZstdCompressor(compression_params=params)
+        cache[level] = ctx
+    try:
+        return ctx.compress(data)
     except zstandard.ZstdError as exc:
         raise _compress_failed(exc) from None
 

@@ -36,6 +36,12 @@ class FileEntry:
     first: int  # first segment index (within the component)
     count: int  # number of segments
     header: int = 0  # safetensors: bytes before the data region (8-byte prefix + JSON)
+    # Derived from the list (parse_contents, or the writer's plan), never stored:
+    # whether the file is a member of a file run (several small raw files sharing
+    # one segment, docs/FORMAT.md §5), and how many bytes of that segment come
+    # before it.
+    run: bool = False
+    skip: int = 0
 
     def to_cbor(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -82,7 +88,7 @@ class TensorRecord:
 class Unit:
     """What one segment belongs to; bound into its AEAD associated data."""
 
-    label: tuple[str, str]  # ("file"|"header", path), ("tensor"|"run", name)
+    label: tuple[str, str]  # ("file"|"file-run"|"header", path), ("tensor"|"run", name)
     part: int  # index of the segment within its unit
     last: bool  # whether it is the unit's final segment
 
@@ -110,7 +116,10 @@ class Contents:
             by_file.setdefault(t.file, []).append(t)
         for index, f in enumerate(self.files):
             if f.format == FORMAT_RAW:
-                add(("file", f.path), f.count)
+                if not f.run:
+                    add(("file", f.path), f.count)
+                elif not f.skip:  # a file run's unit is named after its first file
+                    add(("file-run", f.path), 1)
                 continue
             tensors = by_file.get(index, [])
             header_count = f.count - sum(t.count for t in tensors if not t.skip)
@@ -140,19 +149,58 @@ def parse_contents(obj: Any, plains: Sequence[int], limits: Limits) -> Contents:
         for i, t in enumerate(as_list(c["tensors"], "contents.tensors", limits.max_tensors))
     )
     _check_paths(files)
-    # Files tile the segment list: in order, back to back, with nothing left over.
-    cursor = 0
+    files = _check_tiling(files, plains)
+    return Contents(files, _check_tensors(files, tensors, plains))
+
+
+def _joins_run(prev: FileEntry, f: FileEntry) -> bool:
+    """Whether ``f`` continues the file run (or the one-segment raw file) ``prev``:
+    both raw, not empty, and naming the same one segment."""
+    return (
+        prev.format == f.format == FORMAT_RAW
+        and prev.count == f.count == 1
+        and prev.first == f.first
+        and prev.size > 0
+        and f.size > 0
+    )
+
+
+def _check_tiling(files: tuple[FileEntry, ...], plains: Sequence[int]) -> tuple[FileEntry, ...]:
+    """Files tile the segment list: in order, back to back, with nothing left over;
+    a file run's members share their one segment, whose plaintext is exactly their
+    bytes back to back. Returns the files with their run fields."""
+    # Units of the file list: each a list of file indices, a run where it has two
+    # or more (a file with one segment opens a group, the next ones naming the
+    # same segment join it).
+    groups: list[list[int]] = []
     for i, f in enumerate(files):
+        if groups and _joins_run(files[groups[-1][-1]], f):
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    cursor = 0
+    out = list(files)
+    for group in groups:
+        i = group[0]
+        f = files[i]
         if f.first != cursor:
             raise fail(f"contents.files[{i}].segments", "not contiguous with the previous file")
         cursor = f.first + f.count
         if cursor > len(plains):
             raise fail(f"contents.files[{i}].segments", "past the component's segments")
-        if sum(plains[f.first : cursor]) != f.size:
-            raise fail(f"contents.files[{i}].size", "does not equal its segments")
+        if len(group) == 1:
+            if sum(plains[f.first : cursor]) != f.size:
+                raise fail(f"contents.files[{i}].size", "does not equal its segments")
+            continue
+        if plains[f.first] != sum(files[k].size for k in group):
+            raise fail(f"contents.files[{i}].size", "a file run does not equal its segment")
+        skip = 0
+        for k in group:
+            out[k] = dataclasses.replace(files[k], run=True, skip=skip)
+            skip += files[k].size
     if cursor != len(plains):
         raise fail("contents.files", "segments not covered by any file")
-    return Contents(files, _check_tensors(files, tensors, plains))
+    return tuple(out)
 
 
 def _check_paths(files: tuple[FileEntry, ...]) -> None:

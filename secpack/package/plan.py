@@ -14,8 +14,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from secpack.codec import probe
-from secpack.errors import InputError
+from secpack.codec import probe, zstd
+from secpack.errors import InputError, LimitError
 from secpack.format.contents import (
     FORMAT_RAW,
     FORMAT_SAFETENSORS,
@@ -61,6 +61,26 @@ MIXED_BELOW = 1024
 
 # At most this many files are probed for float arrays (codec.probe), the largest.
 MAX_PROBED = 4096
+
+# File runs (FORMAT §5): neighbouring raw files that share content, such as one
+# model exported to ONNX, TorchScript and TFLite side by side, share one segment,
+# so that zstd codes each against the ones before it. Alone, each file is coded
+# on its own: silero-vad's seven exports of one network came to 10.3 MB so,
+# where zstd -19 of the folder as one tar is 4.5 MB. A file joins the run before
+# it when zstd's fastest level (long-distance matching on) codes it after the
+# run in under RUN_GAIN of what it costs alone, a segment's bytes of package
+# (RUN_SEGMENT_COST) included. RUN_GAIN leaves room for what the float codecs
+# gain on a file of weights coded alone (6-10 % over zstd on ONNX and TFLite
+# files, docs/BENCHMARKS-opaque.md), which a run gives up.
+RUN_GAIN = 0.85
+# A segment's record, digest, salt and GCM tag: about 200 bytes of package for a
+# segment coded raw or by zstd.
+RUN_SEGMENT_COST = 200
+# A file run holds at most this much (one segment), unless a smaller segment
+# size is asked for: runs of files of a few megabytes each need room for several.
+# Its members are at most half of it each: a larger file is cut into segments
+# of its own anyway.
+RUN_FILES_MAX = MAX_SEGMENT
 
 CONFIG_NAMES = frozenset(
     {
@@ -131,6 +151,9 @@ class PlannedSegment:
     # The dtype is codec.probe's guess for a file secpack cannot parse, not a
     # declared tensor dtype: the writer also tries plain zstd on every segment.
     guessed: bool = False
+    # A file run's segment: (path, size) of each member, whose bytes, back to
+    # back, are the segment's plaintext (``path`` and ``offset`` name the first).
+    members: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -451,6 +474,27 @@ class _Builder:
             self.blob_fill += size
         return first, len(cuts)
 
+    def add_run(self, files: Sequence[InputFile]) -> int:
+        """One file run's segment (FORMAT §5): its index."""
+        length = sum(f.size for f in files)
+        if self.blob_fill >= BLOB_TARGET or self.blob_fill + length > BLOB_MAX:
+            self.blob += 1
+            self.blob_fill = 0
+        self.segments.append(
+            PlannedSegment(
+                files[0].path,
+                0,
+                length,
+                1,
+                False,
+                Unit(("file-run", files[0].path), 0, True),
+                self.blob,
+                members=tuple((f.path, f.size) for f in files),
+            )
+        )
+        self.blob_fill += length
+        return len(self.segments) - 1
+
     @property
     def next_blob(self) -> int:
         return self.blob + 1
@@ -464,12 +508,14 @@ def make_plan(
     root_name: str = "",
     probe_floats: bool = False,
     file_segment: int = 0,
+    run_cap: int = RUN_FILES_MAX,
 ) -> Plan:
     """Plan the components, units, segments and blobs for sealing ``tree``
     (``root_name``: see assign_components). ``probe_floats`` samples each file that
     is not safetensors for float arrays (codec.probe), and cuts and marks the
     segments of those where a float layout pays. ``file_segment``, when given,
-    is the segment size for the files that are not safetensors."""
+    is the segment size for the files that are not safetensors. ``run_cap`` bounds
+    a file run's segment (see RUN_GAIN); 0 makes none."""
     limits = limits or Limits()
     # Multiples of 64 keep every segment boundary on an element boundary for all dtypes.
     for size in {segment_size, file_segment or segment_size}:
@@ -508,7 +554,21 @@ def make_plan(
         builder = _Builder(next_blob, segment_size)
         entries: list[FileEntry] = []
         tensors: list[TensorRecord] = []
+        runs = _file_runs(tree, [f if layouts.get(f) is None else None for f in files], run_cap)
+        members: set[str] = set()
         for f in files:
+            if f.path in members:
+                continue
+            file_run = runs.get(f.path)
+            if file_run is not None:
+                seg, skip = builder.add_run(file_run), 0
+                for m in file_run:
+                    entries.append(
+                        FileEntry(m.path, m.size, m.mode, FORMAT_RAW, seg, 1, run=True, skip=skip)
+                    )
+                    members.add(m.path)
+                    skip += m.size
+                continue
             first = len(builder.segments)
             layout = layouts.get(f)
             if layout is not None:
@@ -585,6 +645,58 @@ def make_plan(
         )
         next_blob = builder.next_blob
     return Plan(tuple(components), next_blob, tuple(notes))
+
+
+def _file_runs(
+    tree: InputTree, files: Sequence[InputFile | None], cap: int
+) -> dict[str, list[InputFile]]:
+    """The file runs among ``files`` (None for a file that cannot be in one), by
+    the path of each run's first file: neighbours of at most ``cap`` // 2 bytes
+    each and ``cap`` in all, where each but the first codes in under RUN_GAIN of
+    its own cost after the ones before it (zstd's fastest level with long-distance
+    matching over the whole run, which is how the run is trialled)."""
+    try:
+        return _trial_runs(tree, files, cap)
+    except LimitError:
+        # The trial's compressor (a 16 MiB window) did not fit in the memory the
+        # process may have: a package without runs is as valid, and the seal's
+        # own work then reports what asks for less, where it runs out.
+        return {}
+
+
+def _trial_runs(
+    tree: InputTree, files: Sequence[InputFile | None], cap: int
+) -> dict[str, list[InputFile]]:
+    out: dict[str, list[InputFile]] = {}
+    run: list[InputFile] = []
+    total = 0
+    trial = zstd.RunTrial()
+    fits = [f is not None and 0 < f.size <= cap // 2 for f in files] + [False]
+    for k, f in enumerate([*files, None]):
+        if f is None or not fits[k] or (not run and not fits[k + 1]):
+            # (A file that fits, between two that do not, is never read.)
+            if len(run) > 1:
+                out[run[0].path] = run
+            run, total = [], 0
+            continue
+        data = tree.read_at(f.path, 0, f.size)
+        if len(data) != f.size:
+            raise InputError("input.changed", f"{f.path} changed while it was being read")
+        if run and total + f.size <= cap:
+            cost = trial.add(data)
+            # Alone, it costs at most its size and a segment: no need to code it
+            # alone when it does not beat that.
+            bound = RUN_GAIN * (f.size + RUN_SEGMENT_COST)
+            if cost < bound and cost < RUN_GAIN * (zstd.trial_size(data) + RUN_SEGMENT_COST):
+                run.append(f)
+                total += f.size
+                continue
+        if len(run) > 1:
+            out[run[0].path] = run
+        trial.restart()
+        trial.add(data)
+        run, total = [f], f.size
+    return out
 
 
 def _runs(tensors: Sequence[safetensors.TensorEntry]) -> list[list[safetensors.TensorEntry]]:

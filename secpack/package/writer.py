@@ -106,10 +106,23 @@ def _seal_one(
 ) -> _Result:
     # One read buffer per worker thread, sized once for the largest segment.
     plain = scratch("writer.plain", seg.length, pool.size)
-    if tree.read_into(seg.path, seg.offset, plain) != seg.length:
+    if seg.members:  # a file run: its files back to back
+        pos = 0
+        for path, size in seg.members:
+            if tree.read_into(path, 0, plain[pos : pos + size]) != size:
+                raise InputError("input.changed", f"{path} changed while it was being sealed")
+            pos += size
+    elif tree.read_into(seg.path, seg.offset, plain) != seg.length:
         raise InputError("input.changed", f"{seg.path} changed while it was being sealed")
     enc = codec.encode(
-        plain, seg.width, seg.grouped, level, seg.dtype, seg.period, guessed=seg.guessed
+        plain,
+        seg.width,
+        seg.grouped,
+        level,
+        seg.dtype,
+        seg.period,
+        guessed=seg.guessed,
+        wide=bool(seg.members),
     )
     salt, buf = None, None
     if dek is None:

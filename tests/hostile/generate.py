@@ -1683,6 +1683,101 @@ def multi(p: Pkg, b: Base) -> Comp:
     return c
 
 
+def file_run(p: Pkg, b: Base, label: tuple[str, str] = ("file-run", "tokenizer.json")) -> Comp:
+    """Make the tokenizer's two files (tokenizer.json, vocab.txt) one file run
+    (FORMAT §5): one raw segment of their bytes back to back, which both name as
+    [0, 1]. A valid package, as a writer makes it where the files share content;
+    ``label`` is the unit its AAD binds."""
+    c = p.comp("tokenizer")
+    paths = [f["path"] for f in c.contents["files"]]
+    assert paths == ["tokenizer.json", "vocab.txt"], paths
+    data = b"".join(b.file_bytes(path) for path in paths)
+    c.segs = [
+        Seg(
+            len(data),
+            {"id": "raw"},
+            data,
+            (*label, 0, True),
+            salt=rand("salt/tokenizer/run", 16),
+        )
+    ]
+    for f in c.contents["files"]:
+        f["segments"] = [0, 1]
+    return c
+
+
+def valid_run(b: Base, encrypt: bool = True) -> bytes:
+    p = b.pkg(encrypt)
+    file_run(p, b)
+    return build(p).data
+
+
+def _run_contents(b: Base, change: Callable[[list[Any]], Any], encrypt: bool) -> bytes:
+    p = b.pkg(encrypt)
+    change(file_run(p, b).contents["files"])
+    return build(p).data
+
+
+both(
+    "schema",
+    "file-run-size",
+    "a file run's first member one byte larger than its share of the segment",
+    "schema.invalid",
+    lambda b, encrypt: _run_contents(
+        b, lambda fs: fs[0].__setitem__("size", fs[0]["size"] + 1), encrypt
+    ),
+    plain=False,
+    verify=OK,
+    why=BEHIND,
+)
+both(
+    "schema",
+    "file-run-two-segments",
+    "a file run's second member as [0, 2], over the run's segment and past it",
+    "schema.invalid",
+    lambda b, encrypt: _run_contents(b, lambda fs: fs[1].__setitem__("segments", [0, 2]), encrypt),
+    plain=False,
+    verify=OK,
+    why=BEHIND,
+)
+both(
+    "schema",
+    "file-run-empty-member",
+    "an empty file named as a member of a file run ([0, 1], size 0)",
+    "schema.invalid",
+    lambda b, encrypt: _run_contents(
+        b, lambda fs: fs.insert(1, {**fs[1], "path": "added.txt", "size": 0}), encrypt
+    ),
+    plain=False,
+    verify=OK,
+    why=BEHIND,
+)
+
+
+@case(
+    "crypto",
+    "file-run-as-file",
+    "a file run's segment sealed as the unit 'file' of its first member",
+    "integrity",
+    verify=OK,
+    why=BEHIND,
+)
+def k_run_as_file(b: Base) -> Built:
+    return crypto(b, lambda p: file_run(p, b, ("file", "tokenizer.json")))
+
+
+@case(
+    "crypto",
+    "file-run-named-last",
+    "a file run's segment sealed under the name of its last member",
+    "integrity",
+    verify=OK,
+    why=BEHIND,
+)
+def k_run_named_last(b: Base) -> Built:
+    return crypto(b, lambda p: file_run(p, b, ("file-run", "vocab.txt")))
+
+
 def refile(c: Comp) -> None:
     f = c.file("sub/deep/notes.md")
     f["segments"] = [0, len(c.segs)]
@@ -2752,6 +2847,8 @@ def control_signatures_60(b: Base) -> bytes:
 CONTROLS: dict[str, Callable[[Base], bytes]] = {
     "valid-enc": lambda b: valid(b, True),
     "valid-plain": lambda b: valid(b, False),
+    "file-run-enc": lambda b: valid_run(b, True),
+    "file-run-plain": lambda b: valid_run(b, False),
     "signatures-60": control_signatures_60,
 }
 

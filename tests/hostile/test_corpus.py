@@ -196,7 +196,7 @@ def _trust(corpus: Path) -> list[str]:
     return ["--trust", str(corpus / hostile.TRUST_KEY)]
 
 
-@pytest.mark.parametrize("name", ["valid-enc", "valid-plain"])
+@pytest.mark.parametrize("name", ["valid-enc", "valid-plain", "file-run-enc", "file-run-plain"])
 def test_forged_baseline_opens(corpus: Path, scratch: Path, name: str) -> None:
     """Every case is one defect away from these: they verify and open, byte for byte."""
     from helpers import assert_same_tree

@@ -288,10 +288,34 @@ def _units(contents: dict[str, Any]) -> list[tuple[str, str, int, bool]]:
     def add(kind: str, name: str, count: int) -> None:
         units.extend((kind, name, i, i == count - 1) for i in range(count))
 
-    for index, f in enumerate(contents["files"]):
+    files = contents["files"]
+    for index, f in enumerate(files):
         count = f["segments"][1]
         if f["format"] == "raw":
-            add("file", f["path"], count)
+            # A file run: two or more raw files in a row with the same [s, 1]; one
+            # unit, "file-run", named after its first file.
+            def member(k: int) -> bool:
+                return (
+                    files[k]["format"] == "raw"
+                    and files[k]["segments"][1] == 1
+                    and files[k]["size"] > 0
+                )
+
+            joins_prev = (
+                index
+                and member(index)
+                and member(index - 1)
+                and files[index - 1]["segments"] == f["segments"]
+            )
+            if joins_prev:
+                continue
+            joined_next = (
+                index + 1 < len(files)
+                and member(index)
+                and member(index + 1)
+                and files[index + 1]["segments"] == f["segments"]
+            )
+            add("file-run" if joined_next else "file", f["path"], count)
             continue
         tensors = [t for t in contents["tensors"] if t["file"] == index]
         # A run: two or more tensors in a row with the same [s, 1]; one unit,
@@ -384,9 +408,16 @@ def spec_read(
                 key = _hkdf(dek, seg["salt"], b"secpack/1 segment key")
                 payload = AESGCM(key).decrypt(bytes(12), chunk, aad)
             plain_segments.append(_decode(seg["codec"], payload, seg["plain"]))
+        # A file run's members take its segment's bytes in turn.
+        taken: dict[int, int] = {}
         for f in contents["files"]:
             first, count = f["segments"]
-            files[f["path"]] = b"".join(plain_segments[first : first + count])
+            body = b"".join(plain_segments[first : first + count])
+            if count == 1 and len(body) > f["size"]:
+                start = taken.get(first, 0)
+                body = body[start : start + f["size"]]
+                taken[first] = start + f["size"]
+            files[f["path"]] = body
             assert len(files[f["path"]]) == f["size"]
     return files
 

@@ -1,0 +1,180 @@
+"""File runs (docs/FORMAT.md §5): small neighbouring raw files that share content
+share one segment, coded as one stream. The writer makes them only where they
+pay; every reader path serves each member's exact bytes; the contents rules
+refuse any run that is not one segment holding exactly its members."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import secpack
+from secpack.api.extract import extract
+from secpack.api.keyfiles import load_identity, load_recipient, load_signing_key
+from secpack.api.seal import seal
+from secpack.errors import SecpackError
+from secpack.format.contents import parse_contents
+from secpack.format.limits import DEFAULT_LIMITS
+from secpack.sign.policy import policy_from_keys
+
+ROOT = Path(__file__).resolve().parents[2]
+KEYS = ROOT / "keys-example"
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two exports of one network (the second a copy with 1 % of its bytes
+    changed), an unrelated file of random bytes, and a text file."""
+    rng = random.Random(5)
+    root = tmp_path_factory.mktemp("file-runs") / "m"
+    root.mkdir()
+    a = bytearray(rng.randbytes(300_000))
+    b = bytearray(a)
+    for i in rng.sample(range(len(b)), 3_000):
+        b[i] ^= 0x5A
+    (root / "a.onnx").write_bytes(bytes(a))
+    (root / "b.onnx").write_bytes(bytes(b))
+    (root / "c.bin").write_bytes(rng.randbytes(200_000))
+    (root / "notes.txt").write_text("".join(f"line {i}: weights exported\n" for i in range(2000)))
+    return root
+
+
+def _seal(root: Path, pkg: Path, *, encrypt: bool = True, **kw: Any) -> int:
+    seal(
+        str(root),
+        str(pkg),
+        sign_keys=[load_signing_key(str(KEYS / "signing-ed25519.key"))],
+        recipients=[(None, load_recipient(str(KEYS / "recipient-x25519.key.pub")))]
+        if encrypt
+        else [],
+        encrypt=encrypt,
+        **kw,
+    )
+    return pkg.stat().st_size
+
+
+def _open(pkg: Path) -> secpack.Package:
+    return secpack.open_package(
+        pkg,
+        identity=str(KEYS / "recipient-x25519.key"),
+        trust=[str(KEYS / "signing-ed25519.key.pub")],
+    )
+
+
+@pytest.mark.parametrize("encrypt", [True, False], ids=["encrypted", "plain"])
+def test_files_that_share_content_share_a_segment_and_open_exactly(
+    model: Path, tmp_path: Path, encrypt: bool
+) -> None:
+    pkg = tmp_path / "m.spk"
+    _seal(model, pkg, encrypt=encrypt)
+    with _open(pkg) as p:
+        entries = {f.path: f for f in p.files("files")}
+        # The two exports share one segment; the random file and the text, which
+        # share nothing with them, keep their own.
+        assert entries["a.onnx"].run and entries["b.onnx"].run
+        assert entries["a.onnx"].first == entries["b.onnx"].first
+        assert (entries["a.onnx"].skip, entries["b.onnx"].skip) == (0, 300_000)
+        assert not entries["c.bin"].run and not entries["notes.txt"].run
+        for name in ("a.onnx", "b.onnx", "c.bin", "notes.txt"):
+            assert p.read_file("files", name) == (model / name).read_bytes()
+    out = tmp_path / "out"
+    extract(
+        str(pkg),
+        str(out),
+        identities=[load_identity(str(KEYS / "recipient-x25519.key"))],
+        policy=policy_from_keys([("trust", (KEYS / "signing-ed25519.key.pub").read_bytes())]),
+    )
+    assert sorted(q.name for q in out.iterdir()) == ["a.onnx", "b.onnx", "c.bin", "notes.txt"]
+    for q in out.iterdir():
+        assert q.read_bytes() == (model / q.name).read_bytes()
+
+
+def test_a_run_makes_the_second_export_almost_free(model: Path, tmp_path: Path) -> None:
+    together = _seal(model, tmp_path / "runs.spk")
+    apart = _seal(model, tmp_path / "apart.spk", file_runs=False)
+    # b.onnx is a.onnx with 1 % of its bytes changed: alone it costs its 300 KB
+    # (random bytes), after a.onnx a few tens of kilobytes.
+    assert apart - together > 200_000, (apart, together)
+    with _open(tmp_path / "apart.spk") as p:
+        assert not any(f.run for f in p.files("files"))
+
+
+def test_a_smaller_segment_size_bounds_a_run(model: Path, tmp_path: Path) -> None:
+    # 1 MiB segments: the exports (300 KB each) still fit in one run.
+    _seal(model, tmp_path / "small.spk", segment_size=1 << 20)
+    with _open(tmp_path / "small.spk") as p:
+        entries = {f.path: f for f in p.files("files")}
+        assert entries["a.onnx"].run and entries["b.onnx"].run
+        assert entries["a.onnx"].first == entries["b.onnx"].first
+    big = tmp_path / "big"
+    big.mkdir()
+    data = random.Random(9).randbytes(600_000)
+    (big / "x.bin").write_bytes(data)
+    (big / "y.bin").write_bytes(data)
+    # Each is over half of 1 MiB: neither can be in a run, though they are equal.
+    _seal(big, tmp_path / "big.spk", segment_size=1 << 20)
+    with _open(tmp_path / "big.spk") as p:
+        assert not any(f.run for f in p.files("files"))
+
+
+def _file(path: str, size: int, first: int, count: int, fmt: str = "raw") -> dict[str, Any]:
+    out: dict[str, Any] = {"path": path, "size": size, "mode": 0o644, "format": fmt}
+    out["segments"] = [first, count]
+    if fmt == "safetensors":
+        out["header"] = 10
+    return out
+
+
+def test_a_valid_file_run_gets_its_members_offsets_and_one_unit() -> None:
+    contents = parse_contents(
+        {
+            "files": [
+                _file("a", 5, 0, 1),
+                _file("b", 7, 0, 1),
+                _file("c", 3, 0, 1),
+                _file("d", 4, 1, 1),
+                _file("e", 0, 2, 0),
+            ],
+            "tensors": [],
+        },
+        [15, 4],
+        DEFAULT_LIMITS,
+    )
+    runs = [(f.path, f.run, f.skip) for f in contents.files]
+    assert runs == [
+        ("a", True, 0),
+        ("b", True, 5),
+        ("c", True, 12),
+        ("d", False, 0),
+        ("e", False, 0),
+    ]
+    assert [(u.label, u.part, u.last) for u in contents.units()] == [
+        (("file-run", "a"), 0, True),
+        (("file", "d"), 0, True),
+    ]
+
+
+@pytest.mark.parametrize(
+    "files,plains",
+    [
+        # The segment holds a byte more than its members.
+        ([_file("a", 5, 0, 1), _file("b", 7, 0, 1)], [13]),
+        # An empty file cannot be a member: it would sit inside the run's segment.
+        ([_file("a", 5, 0, 1), _file("b", 0, 0, 1), _file("c", 7, 0, 1)], [12]),
+        # Nor can a safetensors file, nor a file of more than one segment.
+        ([_file("a", 5, 0, 1), _file("b", 12, 0, 1, "safetensors")], [17]),
+        ([_file("a", 5, 0, 1), _file("b", 7, 0, 2)], [12, 0]),
+        # A run's member apart from it: the file between does not join.
+        ([_file("a", 5, 0, 1), _file("x", 4, 1, 1), _file("b", 7, 0, 1)], [12, 4]),
+    ],
+    ids=["plain-mismatch", "empty-member", "safetensors-member", "two-segments", "apart"],
+)
+def test_a_file_run_that_is_not_exactly_its_members_is_refused(
+    files: list[dict[str, Any]], plains: list[int]
+) -> None:
+    with pytest.raises(SecpackError) as err:
+        parse_contents({"files": files, "tensors": []}, plains, DEFAULT_LIMITS)
+    assert err.value.code == "schema.invalid"
