@@ -151,6 +151,28 @@ COMPONENT_FILES = {
 }
 
 
+EXAMPLE_KEYS = Path(__file__).resolve().parents[1] / "keys-example"
+
+
+def seal_example(root: Path, pkg: Path, *, encrypt: bool = True, **kw: Any) -> int:
+    """Seal ``root`` with keys-example's Ed25519 key (and X25519 recipient unless
+    ``encrypt`` is false); return the package's size."""
+    from secpack.api.keyfiles import load_recipient, load_signing_key
+    from secpack.api.seal import seal
+
+    seal(
+        str(root),
+        str(pkg),
+        sign_keys=[load_signing_key(str(EXAMPLE_KEYS / "signing-ed25519.key"))],
+        recipients=[(None, load_recipient(str(EXAMPLE_KEYS / "recipient-x25519.key.pub")))]
+        if encrypt
+        else [],
+        encrypt=encrypt,
+        **kw,
+    )
+    return pkg.stat().st_size
+
+
 def tree_entries(root: Path) -> tuple[set[str], set[str]]:
     """(files, directories) under ``root`` as relative POSIX paths; symlinks fail."""
     files: set[str] = set()

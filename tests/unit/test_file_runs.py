@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import seal_example
 
 import secpack
 from secpack.api.extract import extract
-from secpack.api.keyfiles import load_identity, load_recipient, load_signing_key
-from secpack.api.seal import seal
+from secpack.api.keyfiles import load_identity
 from secpack.errors import SecpackError
 from secpack.format.contents import parse_contents
 from secpack.format.limits import DEFAULT_LIMITS
@@ -42,18 +42,7 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _seal(root: Path, pkg: Path, *, encrypt: bool = True, **kw: Any) -> int:
-    seal(
-        str(root),
-        str(pkg),
-        sign_keys=[load_signing_key(str(KEYS / "signing-ed25519.key"))],
-        recipients=[(None, load_recipient(str(KEYS / "recipient-x25519.key.pub")))]
-        if encrypt
-        else [],
-        encrypt=encrypt,
-        **kw,
-    )
-    return pkg.stat().st_size
+_seal = seal_example
 
 
 def _open(pkg: Path) -> secpack.Package:

@@ -10,12 +10,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import Tensor, write_safetensors
+from helpers import Tensor, seal_example, write_safetensors
 
 import secpack
 from secpack.api.extract import extract
-from secpack.api.keyfiles import load_identity, load_recipient, load_signing_key
-from secpack.api.seal import seal
+from secpack.api.keyfiles import load_identity
 from secpack.errors import SecpackError
 from secpack.format.contents import parse_contents
 from secpack.format.limits import DEFAULT_LIMITS
@@ -67,17 +66,7 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, np.
     return root, arrays
 
 
-def _seal(root: Path, pkg: Path, *, encrypt: bool = True, **kw: Any) -> None:
-    seal(
-        str(root),
-        str(pkg),
-        sign_keys=[load_signing_key(str(KEYS / "signing-ed25519.key"))],
-        recipients=[(None, load_recipient(str(KEYS / "recipient-x25519.key.pub")))]
-        if encrypt
-        else [],
-        encrypt=encrypt,
-        **kw,
-    )
+_seal = seal_example
 
 
 def _open(pkg: Path, threads: int = 0) -> secpack.Package:
