@@ -132,6 +132,14 @@ def seal(
             "(a Hugging Face cache snapshot). Links to directories stay refused.",
         ),
     ] = False,
+    no_file_runs: Annotated[
+        bool,
+        typer.Option(
+            "--no-file-runs",
+            help="Keep every file in segments of its own, even where small files "
+            "side by side share content (by default they share one segment).",
+        ),
+    ] = False,
     require_model_signing: Annotated[
         str | None,
         typer.Option(
@@ -203,6 +211,7 @@ def seal(
                 variants=variant or (),
                 variants_only=variants_only,
                 follow_symlinks=follow_symlinks,
+                file_runs=not no_file_runs,
                 level=level,
                 threads=threads,
                 overwrite=force,

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import seal_example
+from helpers import ok, seal_example
 
 import secpack
 from secpack.api.extract import extract
@@ -167,3 +167,13 @@ def test_a_file_run_that_is_not_exactly_its_members_is_refused(
     with pytest.raises(SecpackError) as err:
         parse_contents({"files": files, "tensors": []}, plains, DEFAULT_LIMITS)
     assert err.value.code == "schema.invalid"
+
+
+def test_the_command_line_can_keep_every_file_apart(model: Path, tmp_path: Path) -> None:
+    keys = ["--sign-key", str(KEYS / "signing-ed25519.key")]
+    keys += ["--recipient", str(KEYS / "recipient-x25519.key.pub")]
+    ok("seal", model, "-o", tmp_path / "runs.spk", *keys)
+    ok("seal", model, "-o", tmp_path / "apart.spk", "--no-file-runs", *keys)
+    for name, runs in (("runs.spk", {"a.onnx", "b.onnx"}), ("apart.spk", set())):
+        with _open(tmp_path / name) as p:
+            assert {f.path for f in p.files("files") if f.run} == runs
