@@ -231,8 +231,10 @@ def write_blobs(
                     if current != len(blob_sizes):
                         raise AssertionError("plan produced blobs out of order")
                 # Bounded: at most `window` segments wait for the hasher; a hashed
-                # segment is written too, so its buffer can be used again.
-                while len(hashing) >= window:
+                # segment is written too, so its buffer can be used again, and goes
+                # back at once: a buffer held until the queue filled up made a
+                # small model take a fresh one for nearly every segment.
+                while hashing and (len(hashing) >= window or hashing[0][0].done()):
                     hashed, buf = hashing.popleft()
                     hashed.result()
                     buffers.give(buf)
