@@ -291,7 +291,10 @@ def extract(
                     # at most _OPEN_FILES.
                     batch = max(1, _OPEN_FILES // (window + 2))
                     for done in ordered_batched(pool, jobs(), window, batch):
-                        progress.advance(done.comp.component.segments[done.seg].plain)
+                        if isinstance(done, _RunJob):  # only the members chosen
+                            progress.advance(sum(f.size for f, _ in done.members))
+                        else:
+                            progress.advance(done.comp.component.segments[done.seg].plain)
                         if isinstance(done, _Job) and done.last:
                             tree.finish(done.fd, done.path)
                 tree.close()

@@ -26,7 +26,7 @@ import numpy as np
 
 from secpack.codec import bgx, zstd
 
-__all__ = ["CHUNK", "MIN_FILE", "float_layout", "sample_offsets"]
+__all__ = ["CHUNK", "MIN_FILE", "float_gain", "float_layout", "sample_offsets"]
 
 # Files below this stay with zstd unprobed: one sample (CHUNK) is all a file
 # must hold. Models kept as many small raw arrays gain from going this low
@@ -77,6 +77,13 @@ def float_layout(samples: Sequence[bytes]) -> tuple[str, int] | None:
     """The (safetensors dtype, phase) that codes ``samples`` (taken at the offsets
     of ``sample_offsets``) smallest, or None when no float layout beats zstd on
     them by the margin, or this build cannot encode bgx."""
+    found = float_gain(samples)
+    return None if found is None else (found[0], found[1])
+
+
+def float_gain(samples: Sequence[bytes]) -> tuple[str, int, float] | None:
+    """``float_layout``'s (dtype, phase), and the size of the samples so coded as
+    a fraction of zstd's: what the float layout saves on the file, about."""
     if not samples or not bgx.available():
         return None
     plain = [min(len(zstd.compress(s, _ZSTD_LEVEL)), len(s)) for s in samples]
@@ -98,7 +105,7 @@ def float_layout(samples: Sequence[bytes]) -> tuple[str, int] | None:
             best = (size, dtype, phase)
     if best is None or best[0] > (1 - _MIN_GAIN) * zstd_total:
         return None
-    return best[1], best[2]
+    return best[1], best[2], best[0] / zstd_total
 
 
 def _candidates(samples: Sequence[bytes]) -> list[tuple[str, str, int, int]]:

@@ -68,11 +68,14 @@ MAX_PROBED = 4096
 # on its own: silero-vad's seven exports of one network came to 10.3 MB so,
 # where zstd -19 of the folder as one tar is 4.5 MB. A file joins the run before
 # it when zstd's fastest level (long-distance matching on) codes it after the
-# run in under RUN_GAIN of what it costs alone, a segment's bytes of package
-# (RUN_SEGMENT_COST) included. RUN_GAIN leaves room for what the float codecs
-# gain on a file of weights coded alone (6-10 % over zstd on ONNX and TFLite
-# files, docs/BENCHMARKS-opaque.md), which a run gives up.
-RUN_GAIN = 0.85
+# run in under RUN_GAIN of what it costs alone: zstd's fastest level, times the
+# float layout's gain where the probe found one (a run member is coded as bytes,
+# and gives that up). The margin is for the trial's own error: its level is not
+# the profile's, and the gain comes from samples. A file that does not join
+# ends the run (members are neighbours), and whatever follows loses the run's
+# content: at 0.85, silero-vad's fp16 export (0.94 of its cost alone) split its
+# seven files in three, 5.56 MB against 4.51 MB in one run.
+RUN_GAIN = 0.95
 # A segment's record, digest, salt and GCM tag: about 200 bytes of package for a
 # segment coded raw or by zstd.
 RUN_SEGMENT_COST = 200
@@ -81,6 +84,9 @@ RUN_SEGMENT_COST = 200
 # Its members are at most half of it each: a larger file is cut into segments
 # of its own anyway.
 RUN_FILES_MAX = MAX_SEGMENT
+# A file that joins a run only for the segment it saves (RUN_SEGMENT_COST: tiny
+# files, whatever their content) keeps the run within RUN_BYTES, as small tensors
+# do: reading one of a thousand small files then decodes at most this much.
 
 CONFIG_NAMES = frozenset(
     {
@@ -554,7 +560,15 @@ def make_plan(
         builder = _Builder(next_blob, segment_size)
         entries: list[FileEntry] = []
         tensors: list[TensorRecord] = []
-        runs = _file_runs(tree, [f if layouts.get(f) is None else None for f in files], run_cap)
+        # Probed first: a run member is coded as bytes, so a float layout is what
+        # it gives up (its gain weighs in the run's trial).
+        guesses = {f.path: _probe(tree, f) for f in files if f.path in probed}
+        runs = _file_runs(
+            tree,
+            [f if layouts.get(f) is None else None for f in files],
+            run_cap,
+            {path: g[2] for path, g in guesses.items() if g is not None},
+        )
         members: set[str] = set()
         for f in files:
             if f.path in members:
@@ -614,8 +628,8 @@ def make_plan(
                         )
                 fmt, header = FORMAT_SAFETENSORS, layout.header_len
             else:
-                guess = _probe(tree, f) if f.path in probed else None
-                dtype, phase = guess or ("", 0)
+                guess = guesses.get(f.path)
+                dtype, phase = guess[:2] if guess else ("", 0)
                 builder.add_unit(
                     ("file", f.path),
                     f.path,
@@ -648,15 +662,13 @@ def make_plan(
 
 
 def _file_runs(
-    tree: InputTree, files: Sequence[InputFile | None], cap: int
+    tree: InputTree, files: Sequence[InputFile | None], cap: int, gains: Mapping[str, float]
 ) -> dict[str, list[InputFile]]:
     """The file runs among ``files`` (None for a file that cannot be in one), by
-    the path of each run's first file: neighbours of at most ``cap`` // 2 bytes
-    each and ``cap`` in all, where each but the first codes in under RUN_GAIN of
-    its own cost after the ones before it (zstd's fastest level with long-distance
-    matching over the whole run, which is how the run is trialled)."""
+    the path of each run's first file (see _trial_runs). ``gains``: what the float
+    layout codes a probed file to, as a fraction of zstd."""
     try:
-        return _trial_runs(tree, files, cap)
+        return _trial_runs(tree, files, cap, gains)
     except LimitError:
         # The trial's compressor (a 16 MiB window) did not fit in the memory the
         # process may have: a package without runs is as valid, and the seal's
@@ -665,37 +677,63 @@ def _file_runs(
 
 
 def _trial_runs(
-    tree: InputTree, files: Sequence[InputFile | None], cap: int
+    tree: InputTree, files: Sequence[InputFile | None], cap: int, gains: Mapping[str, float]
 ) -> dict[str, list[InputFile]]:
+    """Neighbours of at most ``cap`` // 2 bytes each and ``cap`` in all, trialled
+    as one stream (zstd's fastest level with long-distance matching, as the run
+    would be coded, file by file): a file joins the run before it where it costs
+    there under RUN_GAIN of its cost alone (zstd's fastest level, times its float
+    gain), or of that plus a segment while the run stays within RUN_BYTES. A run
+    is kept only where it costs less in all than its files apart, the first one's
+    float coding included."""
     out: dict[str, list[InputFile]] = {}
     run: list[InputFile] = []
+    alone: list[float] = []  # each member's cost alone, where known
+    together = 0  # the run's trial stream so far
+    first: bytes = b""  # the first member's bytes, until a second joins
     total = 0
     trial = zstd.RunTrial()
+
+    def cost_alone(f: InputFile, data: bytes) -> float:
+        return zstd.trial_size(data) * gains.get(f.path, 1.0)
+
+    def close() -> None:
+        # Apart, each member costs itself and a segment; together, the stream and
+        # one segment.
+        if len(run) > 1 and together < sum(alone) + RUN_SEGMENT_COST * (len(run) - 1):
+            out[run[0].path] = list(run)
+
     fits = [f is not None and 0 < f.size <= cap // 2 for f in files] + [False]
     for k, f in enumerate([*files, None]):
         if f is None or not fits[k] or (not run and not fits[k + 1]):
             # (A file that fits, between two that do not, is never read.)
-            if len(run) > 1:
-                out[run[0].path] = run
-            run, total = [], 0
+            close()
+            run, alone, together, first, total = [], [], 0, b"", 0
             continue
         data = tree.read_at(f.path, 0, f.size)
         if len(data) != f.size:
             raise InputError("input.changed", f"{f.path} changed while it was being read")
         if run and total + f.size <= cap:
             cost = trial.add(data)
-            # Alone, it costs at most its size and a segment: no need to code it
-            # alone when it does not beat that.
-            bound = RUN_GAIN * (f.size + RUN_SEGMENT_COST)
-            if cost < bound and cost < RUN_GAIN * (zstd.trial_size(data) + RUN_SEGMENT_COST):
-                run.append(f)
-                total += f.size
-                continue
-        if len(run) > 1:
-            out[run[0].path] = run
+            # Alone, a file costs at most its size and a segment: it need not be
+            # coded alone when it does not beat that.
+            if cost < RUN_GAIN * (f.size + RUN_SEGMENT_COST):
+                own = cost_alone(f, data)
+                shares = cost < RUN_GAIN * own
+                small = total + f.size <= RUN_BYTES
+                if shares or (small and cost < RUN_GAIN * (own + RUN_SEGMENT_COST)):
+                    if first:
+                        alone.append(cost_alone(run[0], first))
+                        first = b""
+                    run.append(f)
+                    alone.append(own)
+                    together += cost
+                    total += f.size
+                    continue
+        close()
         trial.restart()
-        trial.add(data)
-        run, total = [f], f.size
+        together = trial.add(data)
+        run, alone, first, total = [f], [], data, f.size
     return out
 
 
@@ -745,13 +783,13 @@ def _mixed(units: list[list[safetensors.TensorEntry]]) -> list[list[safetensors.
     return out
 
 
-def _probe(tree: InputTree, f: InputFile) -> tuple[str, int] | None:
+def _probe(tree: InputTree, f: InputFile) -> tuple[str, int, float] | None:
     """codec.probe's float layout for file ``f`` (of at least probe.MIN_FILE
-    bytes), from samples of it."""
+    bytes), from samples of it, and its gain over zstd (probe.float_gain)."""
     samples = [tree.read_at(f.path, at, probe.CHUNK) for at in probe.sample_offsets(f.size)]
     if any(len(s) != probe.CHUNK for s in samples):
         raise InputError("input.changed", f"{f.path} changed while it was being sealed")
-    return probe.float_layout(samples)
+    return probe.float_gain(samples)
 
 
 class _Layouts:
