@@ -20,6 +20,17 @@ __all__ = ["RunTrial", "compress", "compress_plane", "compress_wide", "decompres
 # are refused by requiring exactly this value at the start of the payload.
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _local = threading.local()
+# A file run's window: all of its segment, at most the readers' cap (FORMAT §11).
+_WIDE_WINDOW_LOG = 24
+
+
+# From this level up, zstd codes with a window of 16 MiB (_WIDE_WINDOW_LOG, the
+# readers' cap) rather than the level's own 8 MiB: its optimal parser then finds
+# repeats across all of a 16 MiB segment (a file run's files, a file that max
+# cuts into 16 MiB). One context serves compress and compress_wide there: at
+# 16 MiB its tables take about 55 MiB, and a second one per thread for file runs
+# took a max seal from 331 to 558 MiB (llama-cpp-python's vocabularies).
+_WIDE_LEVEL = 19
 
 
 def _cctx(level: int) -> zstandard.ZstdCompressor:
@@ -27,7 +38,15 @@ def _cctx(level: int) -> zstandard.ZstdCompressor:
     cache: dict[int, zstandard.ZstdCompressor] = _local.__dict__.setdefault("cctx", {})
     ctx = cache.get(level)
     if ctx is None:
-        ctx = zstandard.ZstdCompressor(level=level, write_content_size=True, write_checksum=False)
+        if level >= _WIDE_LEVEL:
+            params = zstandard.ZstdCompressionParameters.from_level(
+                level, window_log=_WIDE_WINDOW_LOG, write_content_size=1, write_checksum=0
+            )
+            ctx = zstandard.ZstdCompressor(compression_params=params)
+        else:
+            ctx = zstandard.ZstdCompressor(
+                level=level, write_content_size=True, write_checksum=False
+            )
         cache[level] = ctx
     return ctx
 
@@ -112,29 +131,25 @@ class RunTrial:
             raise _compress_failed(exc) from None
 
 
-# A file run's window: all of its segment, at most the readers' cap (FORMAT §11).
-_WIDE_WINDOW_LOG = 24
-
-
 def compress_wide(data: bytes | memoryview, level: int) -> bytes:
     """``compress`` with a window over all of ``data`` (up to 16 MiB) and
     long-distance matching: for a file run's segment, whose files repeat each
     other's content megabytes apart, beyond the levels' own windows (2 MiB at
     level 3). The frame's window is the content size, within the readers' cap."""
-    cache: dict[int, zstandard.ZstdCompressor] = _local.__dict__.setdefault("wide", {})
-    ctx = cache.get(level)
-    if ctx is None:
-        params = zstandard.ZstdCompressionParameters.from_level(
-            level,
-            window_log=_WIDE_WINDOW_LOG,
-            enable_ldm=1,
-            write_content_size=1,
-            write_checksum=0,
-        )
-        ctx = zstandard.ZstdCompressor(compression_params=params)
-        cache[level] = ctx
+    if level >= _WIDE_LEVEL:
+        # Its optimal parser reaches over the whole window by itself.
+        return compress(data, level)
+    # Below, built for each run (one segment among many), not kept per thread:
+    # long-distance matching finds what the level's small tables would not.
+    params = zstandard.ZstdCompressionParameters.from_level(
+        level,
+        window_log=_WIDE_WINDOW_LOG,
+        enable_ldm=1,
+        write_content_size=1,
+        write_checksum=0,
+    )
     try:
-        return ctx.compress(data)
+        return zstandard.ZstdCompressor(compression_params=params).compress(data)
     except zstandard.ZstdError as exc:
         raise _compress_failed(exc) from None
 

@@ -84,9 +84,10 @@ RUN_SEGMENT_COST = 200
 # Its members are at most half of it each: a larger file is cut into segments
 # of its own anyway.
 RUN_FILES_MAX = MAX_SEGMENT
-# A file that joins a run only for the segment it saves (RUN_SEGMENT_COST: tiny
-# files, whatever their content) keeps the run within RUN_BYTES, as small tensors
-# do: reading one of a thousand small files then decodes at most this much.
+# Files that join a run only for the segment they save (RUN_SEGMENT_COST: tiny
+# files, whatever their content) come to at most RUN_BYTES of it, as small
+# tensors do: reading one of a thousand small files that share nothing then
+# decodes at most this much.
 
 CONFIG_NAMES = frozenset(
     {
@@ -683,7 +684,8 @@ def _trial_runs(
     as one stream (zstd's fastest level with long-distance matching, as the run
     would be coded, file by file): a file joins the run before it where it costs
     there under RUN_GAIN of its cost alone (zstd's fastest level, times its float
-    gain), or of that plus a segment while the run stays within RUN_BYTES. A run
+    gain), or of that plus a segment while such files come to at most RUN_BYTES
+    of the run (a tiny file between two exports of one model joins them). A run
     is kept only where it costs less in all than its files apart, the first one's
     float coding included."""
     out: dict[str, list[InputFile]] = {}
@@ -692,6 +694,7 @@ def _trial_runs(
     together = 0  # the run's trial stream so far
     first: bytes = b""  # the first member's bytes, until a second joins
     total = 0
+    loose = 0  # bytes of the members that joined only for the segment they save
     trial = zstd.RunTrial()
 
     def cost_alone(f: InputFile, data: bytes) -> float:
@@ -708,7 +711,7 @@ def _trial_runs(
         if f is None or not fits[k] or (not run and not fits[k + 1]):
             # (A file that fits, between two that do not, is never read.)
             close()
-            run, alone, together, first, total = [], [], 0, b"", 0
+            run, alone, together, first, total, loose = [], [], 0, b"", 0, 0
             continue
         data = tree.read_at(f.path, 0, f.size)
         if len(data) != f.size:
@@ -720,8 +723,9 @@ def _trial_runs(
             if cost < RUN_GAIN * (f.size + RUN_SEGMENT_COST):
                 own = cost_alone(f, data)
                 shares = cost < RUN_GAIN * own
-                small = total + f.size <= RUN_BYTES
+                small = loose + f.size <= RUN_BYTES
                 if shares or (small and cost < RUN_GAIN * (own + RUN_SEGMENT_COST)):
+                    loose += 0 if shares else f.size
                     if first:
                         alone.append(cost_alone(run[0], first))
                         first = b""
@@ -733,7 +737,7 @@ def _trial_runs(
         close()
         trial.restart()
         together = trial.add(data)
-        run, alone, first, total = [f], [], data, f.size
+        run, alone, first, total, loose = [f], [], data, f.size, 0
     return out
 
 
