@@ -24,12 +24,9 @@ _local = threading.local()
 _WIDE_WINDOW_LOG = 24
 
 
-# From this level up, zstd codes with a window of 16 MiB (_WIDE_WINDOW_LOG, the
-# readers' cap) rather than the level's own 8 MiB: its optimal parser then finds
-# repeats across all of a 16 MiB segment (a file run's files, a file that max
-# cuts into 16 MiB). One context serves compress and compress_wide there: at
-# 16 MiB its tables take about 55 MiB, and a second one per thread for file runs
-# took a max seal from 331 to 558 MiB (llama-cpp-python's vocabularies).
+# From this level up, zstd's optimal parser reaches over its whole window by
+# itself: a file run needs only a window over all of its segment, not
+# long-distance matching.
 _WIDE_LEVEL = 19
 
 
@@ -38,15 +35,7 @@ def _cctx(level: int) -> zstandard.ZstdCompressor:
     cache: dict[int, zstandard.ZstdCompressor] = _local.__dict__.setdefault("cctx", {})
     ctx = cache.get(level)
     if ctx is None:
-        if level >= _WIDE_LEVEL:
-            params = zstandard.ZstdCompressionParameters.from_level(
-                level, window_log=_WIDE_WINDOW_LOG, write_content_size=1, write_checksum=0
-            )
-            ctx = zstandard.ZstdCompressor(compression_params=params)
-        else:
-            ctx = zstandard.ZstdCompressor(
-                level=level, write_content_size=True, write_checksum=False
-            )
+        ctx = zstandard.ZstdCompressor(level=level, write_content_size=True, write_checksum=False)
         cache[level] = ctx
     return ctx
 
@@ -132,13 +121,25 @@ class RunTrial:
 
 
 def compress_wide(data: bytes | memoryview, level: int) -> bytes:
-    """``compress`` with a window over all of ``data`` (up to 16 MiB) and
-    long-distance matching: for a file run's segment, whose files repeat each
-    other's content megabytes apart, beyond the levels' own windows (2 MiB at
-    level 3). The frame's window is the content size, within the readers' cap."""
+    """``compress`` with a window over all of ``data`` (up to 16 MiB), and below
+    level 19 long-distance matching: for a file run's segment, whose files repeat
+    each other's content megabytes apart, beyond the levels' own windows (2 MiB
+    at level 3, 8 MiB at 19). The frame's window is the content size, within the
+    readers' cap."""
     if level >= _WIDE_LEVEL:
-        # Its optimal parser reaches over the whole window by itself.
-        return compress(data, level)
+        if len(data) <= 1 << zstandard.ZstdCompressionParameters.from_level(level).window_log:
+            return compress(data, level)  # the level's own window covers it
+        # The thread's context of this level goes first: at 16 MiB each takes
+        # about 55 MiB, and holding both took a max seal of llama-cpp-python's
+        # vocabularies from 331 to 558 MiB. The next segment builds it again.
+        _local.__dict__.get("cctx", {}).pop(level, None)
+        params = zstandard.ZstdCompressionParameters.from_level(
+            level, window_log=_WIDE_WINDOW_LOG, write_content_size=1, write_checksum=0
+        )
+        try:
+            return zstandard.ZstdCompressor(compression_params=params).compress(data)
+        except zstandard.ZstdError as exc:
+            raise _compress_failed(exc) from None
     # Below, built for each run (one segment among many), not kept per thread:
     # long-distance matching finds what the level's small tables would not.
     params = zstandard.ZstdCompressionParameters.from_level(

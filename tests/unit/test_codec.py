@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import numpy as np
 import pytest
 import zstandard
@@ -304,3 +306,18 @@ def test_zstd_out_of_memory_is_a_limit_not_a_corrupt_frame() -> None:
     assert isinstance(failed, SecpackError) and failed.code == "limit.exceeded"
     other = zstandard.ZstdError("cannot compress: Frame requires too much memory for decoding")
     assert z._compress_failed(other) is other
+
+
+@pytest.mark.parametrize("level", [1, 3, 19])
+def test_a_file_runs_zstd_window_reaches_across_the_whole_segment(level: int) -> None:
+    """A file run's segment (zstd.compress_wide) finds a repeat 8.5 MiB back, past
+    every level's own window (8 MiB at level 19), and stays within the readers'
+    16 MiB window cap."""
+    from secpack.codec import zstd
+
+    block = random.Random(level).randbytes(17 << 19)  # 8.5 MiB of random bytes
+    data = block + block[: 7 << 20]
+    wide = zstd.compress_wide(data, level)
+    assert len(wide) < len(block) + (1 << 20), (len(wide), len(data))
+    assert len(zstd.compress(data, level)) > len(data) - (1 << 20)
+    assert zstd.decompress(wide, len(data), 16 << 20) == data
