@@ -690,15 +690,14 @@ def _trial_runs(
     float coding included."""
     out: dict[str, list[InputFile]] = {}
     run: list[InputFile] = []
-    alone: list[float] = []  # each member's cost alone, where known
+    alone: list[float] = []  # each member's cost alone
     together = 0  # the run's trial stream so far
-    first: bytes = b""  # the first member's bytes, until a second joins
     total = 0
     loose = 0  # bytes of the members that joined only for the segment they save
-    trial = zstd.RunTrial()
-
-    def cost_alone(f: InputFile, data: bytes) -> float:
-        return zstd.trial_size(data) * gains.get(f.path, 1.0)
+    # Two streams: the run's, and a fresh one that codes a file alone, which is
+    # also the start of the next run where the file does not join (so that no
+    # file is coded three times).
+    trial, spare = zstd.RunTrial(), zstd.RunTrial()
 
     def close() -> None:
         # Apart, each member costs itself and a segment; together, the stream and
@@ -711,33 +710,37 @@ def _trial_runs(
         if f is None or not fits[k] or (not run and not fits[k + 1]):
             # (A file that fits, between two that do not, is never read.)
             close()
-            run, alone, together, first, total, loose = [], [], 0, b"", 0, 0
+            run, alone, together, total, loose = [], [], 0, 0, 0
             continue
         data = tree.read_at(f.path, 0, f.size)
         if len(data) != f.size:
             raise InputError("input.changed", f"{f.path} changed while it was being read")
+        gain = gains.get(f.path, 1.0)
         if run and total + f.size <= cap:
             cost = trial.add(data)
             # Alone, a file costs at most its size and a segment: it need not be
             # coded alone when it does not beat that.
             if cost < RUN_GAIN * (f.size + RUN_SEGMENT_COST):
-                own = cost_alone(f, data)
+                spare.restart()
+                fresh = spare.add(data)
+                own = fresh * gain
                 shares = cost < RUN_GAIN * own
                 small = loose + f.size <= RUN_BYTES
                 if shares or (small and cost < RUN_GAIN * (own + RUN_SEGMENT_COST)):
                     loose += 0 if shares else f.size
-                    if first:
-                        alone.append(cost_alone(run[0], first))
-                        first = b""
                     run.append(f)
                     alone.append(own)
                     together += cost
                     total += f.size
                     continue
+                close()  # the spare stream, holding this file alone, goes on
+                trial, spare = spare, trial
+                run, alone, together, total, loose = [f], [own], fresh, f.size, 0
+                continue
         close()
         trial.restart()
         together = trial.add(data)
-        run, alone, first, total, loose = [f], [], data, f.size, 0
+        run, alone, total, loose = [f], [together * gain], f.size, 0
     return out
 
 
