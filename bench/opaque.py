@@ -14,7 +14,7 @@ repository. For each model directory:
   the dtype of bytes it cannot parse, and this gives it the best guess. It gets
   whole elements only (see _zipnn);
 - ``secpack seal`` (balanced, signed, encrypted to one recipient), in-process,
-  as it is and with its float probe turned off (codec.probe.float_layout
+  as it is and with its float probe turned off (codec.probe.float_gain
   answering None: what every earlier version did with such files). Each seal is
   opened again and compared with the input byte for byte.
 
@@ -194,11 +194,12 @@ def _median_seal(source: Path, pkg: Path) -> tuple[int, float]:
 def _probe_off() -> Callable[[], None]:
     from secpack.codec import probe
 
-    original = probe.float_layout
-    probe.float_layout = lambda samples: None  # type: ignore[assignment]
+    # The planner asks float_gain (float_layout asks it too).
+    original = probe.float_gain
+    probe.float_gain = lambda samples: None  # type: ignore[assignment]
 
     def restore() -> None:
-        probe.float_layout = original  # type: ignore[assignment]
+        probe.float_gain = original  # type: ignore[assignment]
 
     return restore
 

@@ -70,7 +70,6 @@ class _RunJob:
     seg: int
     tree: OutputTree
     members: tuple[tuple[FileEntry, str], ...]
-    last = False  # the job closed its files itself
 
 
 def _selection(manifest: Manifest, names: Sequence[str] | None, emit: bool) -> list[int]:

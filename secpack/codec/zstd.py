@@ -62,17 +62,20 @@ def _plane_cctx() -> zstandard.ZstdCompressor:
     return ctx
 
 
+def _trial_params() -> zstandard.ZstdCompressionParameters:
+    # Whether bytes repeat anywhere in a segment (or a run): level 1 finds matches
+    # only within its small window and hash table; long-distance matching over a
+    # 16 MiB window (the largest segment) finds a block that recurs a megabyte
+    # later, at about the same speed.
+    return zstandard.ZstdCompressionParameters.from_level(
+        1, window_log=_WIDE_WINDOW_LOG, enable_ldm=1, write_content_size=1, write_checksum=0
+    )
+
+
 def _trial_cctx() -> zstandard.ZstdCompressor:
     ctx: zstandard.ZstdCompressor | None = _local.__dict__.get("trial")
     if ctx is None:
-        # Whether a segment's bytes repeat anywhere in it: level 1 finds matches
-        # only within its small window and hash table; long-distance matching
-        # over a 16 MiB window (the largest segment) finds a block that recurs a
-        # megabyte later, at about the same speed.
-        params = zstandard.ZstdCompressionParameters.from_level(
-            1, window_log=24, enable_ldm=1, write_content_size=1, write_checksum=0
-        )
-        ctx = zstandard.ZstdCompressor(compression_params=params)
+        ctx = zstandard.ZstdCompressor(compression_params=_trial_params())
         _local.__dict__["trial"] = ctx
     return ctx
 
@@ -93,21 +96,18 @@ class RunTrial:
     compressor: a stream holds its compressor for as long as it runs."""
 
     def __init__(self) -> None:
-        params = zstandard.ZstdCompressionParameters.from_level(
-            1, window_log=_WIDE_WINDOW_LOG, enable_ldm=1, write_checksum=0
-        )
         try:
-            self._cctx = zstandard.ZstdCompressor(compression_params=params)
-            self._stream = self._cctx.compressobj()
+            self._cctx = zstandard.ZstdCompressor(compression_params=_trial_params())
         except (zstandard.ZstdError, MemoryError) as exc:
-            raise LimitError("limit.exceeded", f"out of memory for zstd: {exc}") from None
+            raise _out_of_memory_error(exc) from None
+        self.restart()
 
     def restart(self) -> None:
         """Forget what was fed: the next file starts a new stream."""
         try:
             self._stream = self._cctx.compressobj()
         except (zstandard.ZstdError, MemoryError) as exc:
-            raise LimitError("limit.exceeded", f"out of memory for zstd: {exc}") from None
+            raise _out_of_memory_error(exc) from None
 
     def add(self, data: bytes | memoryview) -> int:
         """Bytes of coded stream that ``data`` adds after what came before it."""
@@ -115,7 +115,7 @@ class RunTrial:
             out = self._stream.compress(data)
             return len(out) + len(self._stream.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK))
         except MemoryError as exc:
-            raise LimitError("limit.exceeded", f"out of memory for zstd: {exc}") from None
+            raise _out_of_memory_error(exc) from None
         except zstandard.ZstdError as exc:
             raise _compress_failed(exc) from None
 
@@ -126,26 +126,21 @@ def compress_wide(data: bytes | memoryview, level: int) -> bytes:
     each other's content megabytes apart, beyond the levels' own windows (2 MiB
     at level 3, 8 MiB at 19). The frame's window is the content size, within the
     readers' cap."""
-    if level >= _WIDE_LEVEL:
+    deep = level >= _WIDE_LEVEL
+    if deep:
         if len(data) <= 1 << zstandard.ZstdCompressionParameters.from_level(level).window_log:
             return compress(data, level)  # the level's own window covers it
         # The thread's context of this level goes first: at 16 MiB each takes
         # about 55 MiB, and holding both took a max seal of llama-cpp-python's
         # vocabularies from 331 to 558 MiB. The next segment builds it again.
         _local.__dict__.get("cctx", {}).pop(level, None)
-        params = zstandard.ZstdCompressionParameters.from_level(
-            level, window_log=_WIDE_WINDOW_LOG, write_content_size=1, write_checksum=0
-        )
-        try:
-            return zstandard.ZstdCompressor(compression_params=params).compress(data)
-        except zstandard.ZstdError as exc:
-            raise _compress_failed(exc) from None
-    # Below, built for each run (one segment among many), not kept per thread:
-    # long-distance matching finds what the level's small tables would not.
+    # Built for the run (one segment among many), not kept per thread. Below
+    # level 19, long-distance matching finds what the level's small tables would
+    # not; from 19 the optimal parser reaches over the window by itself.
     params = zstandard.ZstdCompressionParameters.from_level(
         level,
         window_log=_WIDE_WINDOW_LOG,
-        enable_ldm=1,
+        enable_ldm=0 if deep else 1,
         write_content_size=1,
         write_checksum=0,
     )
@@ -188,10 +183,14 @@ def _out_of_memory(exc: zstandard.ZstdError) -> bool:
     return "allocation error" in text or "not enough memory" in text
 
 
+def _out_of_memory_error(exc: BaseException) -> LimitError:
+    return LimitError("limit.exceeded", f"out of memory for zstd: {exc}")
+
+
 def _compress_failed(exc: zstandard.ZstdError) -> Exception:
     """``limit.exceeded`` where zstd ran out of memory, else ``exc`` itself."""
     if _out_of_memory(exc):
-        return LimitError("limit.exceeded", f"out of memory for zstd: {exc}")
+        return _out_of_memory_error(exc)
     return exc
 
 

@@ -1,7 +1,8 @@
 """Planning a seal: which file goes to which component, how each file is cut
-into units (a safetensors header, one tensor, a whole plain file) and segments,
-and which segments share a blob. Pure except for the reads it asks of the input
-tree: safetensors headers, and the samples of codec.probe.
+into units (a safetensors header, one tensor, a whole plain file, a file run)
+and segments, and which segments share a blob. Pure except for the reads it asks
+of the input tree: safetensors headers, the samples of codec.probe, and the
+small files whose neighbours may share a run with them (_trial_runs).
 """
 
 from __future__ import annotations
@@ -85,9 +86,10 @@ RUN_SEGMENT_COST = 200
 # of its own anyway.
 RUN_FILES_MAX = MAX_SEGMENT
 # Files that join a run only for the segment they save (RUN_SEGMENT_COST: tiny
-# files, whatever their content) come to at most RUN_BYTES of it, as small
-# tensors do: reading one of a thousand small files that share nothing then
-# decodes at most this much.
+# files, whatever their content) come to at most this much of it, as small
+# tensors' runs do: reading one of a thousand small files that share nothing
+# then decodes little more.
+RUN_LOOSE_BYTES = RUN_BYTES
 
 CONFIG_NAMES = frozenset(
     {
@@ -684,8 +686,8 @@ def _trial_runs(
     as one stream (zstd's fastest level with long-distance matching, as the run
     would be coded, file by file): a file joins the run before it where it costs
     there under RUN_GAIN of its cost alone (zstd's fastest level, times its float
-    gain), or of that plus a segment while such files come to at most RUN_BYTES
-    of the run (a tiny file between two exports of one model joins them). A run
+    gain), or of that plus a segment while such files come to at most
+    RUN_LOOSE_BYTES of the run (a tiny file between two exports of one model joins them). A run
     is kept only where it costs less in all than its files apart, the first one's
     float coding included."""
     out: dict[str, list[InputFile]] = {}
@@ -725,7 +727,7 @@ def _trial_runs(
                 fresh = spare.add(data)
                 own = fresh * gain
                 shares = cost < RUN_GAIN * own
-                small = loose + f.size <= RUN_BYTES
+                small = loose + f.size <= RUN_LOOSE_BYTES
                 if shares or (small and cost < RUN_GAIN * (own + RUN_SEGMENT_COST)):
                     loose += 0 if shares else f.size
                     run.append(f)
