@@ -50,6 +50,7 @@ from secpack.transport.inputs import (
     refuse_collisions,
     scan_input,
 )
+from secpack.workers import worker_threads
 
 __all__ = ["SealReport", "seal"]
 
@@ -317,6 +318,9 @@ def seal(
             # random read of one decodes less.
             file_segment=MAX_SEGMENT if level == "max" and segment_size is None else 0,
             run_cap=(segment_size or RUN_FILES_MAX) if file_runs else 0,
+            # The run trial holds its two streams whatever the count: no memory
+            # budget to weigh, only whether there is a second CPU.
+            threads=worker_threads(threads, 0),
         )
         created = source_date_epoch()
         settings = SealSettings(

@@ -247,3 +247,27 @@ def test_reading_a_runs_files_in_turn_decodes_the_run_once(
                 assert p.read_file("files", name) == (model / name).read_bytes()
         run = next(f.first for f in p.files("files") if f.run)
     assert decoded == [run]
+
+
+def test_the_trial_on_two_threads_plans_what_it_plans_on_one(model: Path, tmp_path: Path) -> None:
+    """The second thread only codes each file alone beside the run's trial: the
+    runs must come out the same, whether files join (the exports), do not (the
+    random and the text file) or join for the segment they save (tiny files)."""
+    from secpack.package.plan import make_plan
+    from secpack.transport.inputs import scan_input
+
+    root = tmp_path / "mixed"
+    root.mkdir()
+    for f in model.iterdir():
+        (root / f.name).write_bytes(f.read_bytes())
+    rng = random.Random(9)
+    for k in range(40):
+        (root / f"z{k:02d}.bin").write_bytes(rng.randbytes(700))
+    tree = scan_input(str(root), DEFAULT_LIMITS)
+    plans = [make_plan(tree, probe_floats=True, threads=n) for n in (1, 2)]
+    runs = [[s.members for c in plan.components for s in c.segments if s.members] for plan in plans]
+    # Both kinds of run are there to compare: the exports', and the tiny files'.
+    assert any(("a.onnx", 300_000) in r for r in runs[0]), runs[0]
+    assert any(len(r) > 10 for r in runs[0]), runs[0]
+    assert runs[1] == runs[0]
+    assert plans[1] == plans[0]
