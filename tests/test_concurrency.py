@@ -456,7 +456,7 @@ def test_losing_the_race_for_an_output_directory_is_output_exists(
     from secpack.transport import atomic
 
     dest = tmp_path / "model"
-    target = atomic.AtomicDirectory(str(dest))
+    target = atomic.AtomicDirectory(str(dest)).__enter__()
     (Path(target.tmp) / "mine.txt").write_text("mine")
     real_rename = os.rename
 

@@ -133,14 +133,18 @@ def build_variants(
     # Named like the package's own temporaries, so that a seal killed while it
     # built variants leaves nothing the next seal to that output does not remove.
     workdir = temp_name(near)
-    os.mkdir(workdir, 0o700)
     build = VariantBuild(workdir, {}, [], {}, {}, [], split)
     # int8 tries each of a few column scalings on the whole tensor, and the trials
     # are independent: one worker each, at most. A worker holds one block of rows
     # and numpy's temporaries, about 80 MB.
     workers = min(INT8_TRIALS, worker_threads(threads, 0))
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="secpack-variant")
+    pool: ThreadPoolExecutor | None = None
+    # The directory is made inside the try, so that an interrupt just after it is
+    # made (or a pool that cannot start) still removes it: its name is this run's
+    # own (a random part), so the cleanup is safe whether or not it was made.
     try:
+        os.mkdir(workdir, 0o700)
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="secpack-variant")
         for variant in dict.fromkeys(variants):
             worst = 0.0
             written_for: dict[str, list[str]] = {}  # component -> variant files
@@ -190,7 +194,8 @@ def build_variants(
         build.cleanup()
         raise
     finally:
-        pool.shutdown(cancel_futures=True)
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
 
 
 def _drop_variant(build: VariantBuild, variant: str, comp: str, rels: list[str]) -> None:

@@ -201,10 +201,11 @@ class AtomicFile:
                         "output.unsafe", f"{dest} is not a regular file; not replacing it"
                     )
         self.tmp = temp_name(self.dest)
-        try:
-            self.fd = os.open(self.tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-        except OSError as exc:
-            raise _io_error(f"cannot create a file next to {dest}", exc) from None
+        # Made on entering the with block, not here: an interrupt (the command
+        # line's SIGINT or SIGTERM) between this constructor's return and the
+        # block would leave it behind, with nothing to remove it.
+        self.fd = -1
+        self._entered = False
         self._committed = False
         self._syncer: Syncer | None = None
 
@@ -246,18 +247,29 @@ class AtomicFile:
     def move_range(self, src: int, dst: int, length: int) -> None:
         """Copy ``length`` bytes from ``src`` to ``dst`` via a fresh temporary file
         (the ranges may overlap) and continue with that file."""
-        other = temp_name(self.dest)
-        fd = os.open(other, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, self.mode)
+        other, fd = temp_name(self.dest), -1
         try:
+            fd = os.open(other, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, self.mode)
             _copy_range(self.fd, fd, src, dst, length)
-        except OSError as exc:
-            os.close(fd)
-            os.unlink(other)
-            raise _io_error(f"writing {self.dest}", exc) from None
+        except BaseException as exc:  # an interrupt too (see __enter__)
+            if fd >= 0:
+                os.close(fd)
+            if fd >= 0 or not isinstance(exc, OSError):  # not when os.open failed
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(other)
+            if isinstance(exc, OSError):
+                raise _io_error(f"writing {self.dest}", exc) from None
+            raise
         self._stop_syncer()
-        os.close(self.fd)
-        os.unlink(self.tmp)
+        # The new file is recorded before the old one goes, and the old one goes
+        # even when an interrupt comes between the two steps.
+        old_fd, old_tmp = self.fd, self.tmp
         self.fd, self.tmp = fd, other
+        try:
+            os.close(old_fd)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(old_tmp)
 
     def _stop_syncer(self) -> None:
         if self._syncer is not None:
@@ -291,10 +303,26 @@ class AtomicFile:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.tmp)
+        if self._entered:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.tmp)
 
     def __enter__(self) -> AtomicFile:
+        # From here abort() removes the temporary by its name: an interrupt may
+        # come just after os.open made it and before its descriptor is recorded
+        # (the descriptor is then lost, the file is not). The name is this run's
+        # own (a random part), so removing it is safe whether or not it was made.
+        self._entered = True
+        try:
+            self.fd = os.open(
+                self.tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, self.mode
+            )
+        except OSError as exc:  # os.open's own: nothing was made
+            self._entered = False
+            raise _io_error(f"cannot create a file next to {self.dest}", exc) from None
+        except BaseException:
+            self.abort()
+            raise
         return self
 
     def __exit__(
@@ -376,10 +404,8 @@ class AtomicDirectory:
             if st.st_uid == os.geteuid():
                 self._keep = st
         self.tmp = temp_name(self.dest)
-        try:
-            os.mkdir(self.tmp, 0o700)
-        except OSError as exc:
-            raise _io_error(f"cannot create a directory next to {dest}", exc) from None
+        # Made on entering the with block (see AtomicFile).
+        self._entered = False
         self._committed = False
 
     def _empty_dir(self) -> bool:
@@ -411,9 +437,19 @@ class AtomicDirectory:
     def abort(self) -> None:
         import shutil  # cleanup only: shutil is slow to import
 
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        if self._entered:
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
     def __enter__(self) -> AtomicDirectory:
+        self._entered = True  # (see AtomicFile.__enter__)
+        try:
+            os.mkdir(self.tmp, 0o700)
+        except OSError as exc:  # os.mkdir's own: nothing was made
+            self._entered = False
+            raise _io_error(f"cannot create a directory next to {self.dest}", exc) from None
+        except BaseException:
+            self.abort()
+            raise
         return self
 
     def __exit__(
