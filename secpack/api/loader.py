@@ -55,7 +55,13 @@ from secpack.package.decode import OpenComponent
 from secpack.package.parallel import InlineExecutor, ordered_batched, worker_pool
 from secpack.package.reader import largest_segment
 from secpack.sign.policy import Policy, Signer
-from secpack.tensors.variants import VARIANTS, VARIANTS_ASKED, VARIANTS_ONLY
+from secpack.tensors.variants import (
+    VARIANTS,
+    VARIANTS_ASKED,
+    VARIANTS_ONLY,
+    int8_scale_table,
+    int8_table_problem,
+)
 from secpack.transport.spkfile import FileSource
 from secpack.workers import worker_threads
 
@@ -839,14 +845,12 @@ class Package:
                 raise TensorError("tensor.invalid", f"{entry.path}: no valid int8 scale table")
             scales.update(table)
         # The table's own consistency, checked here so that tensor() and state_dict()
-        # refuse the same tables with the same code (_dequantize checks the arrays).
-        names = {t.name for t in comp.contents.tensors}
-        used = {scale for pair in scales.values() for scale in pair}
-        if used & scales.keys():
-            raise TensorError("tensor.invalid", "an int8 tensor is named as another's scale")
-        for name, pair in scales.items():
-            if name in names and not all(scale in names for scale in pair):
-                raise TensorError("tensor.invalid", f"{name}: its int8 scale tensors are missing")
+        # refuse the same tables with the same code (_dequantize checks the arrays);
+        # seal refuses the same (plan.make_plan).
+        tensors = {t.name: (t.dtype, t.shape) for t in comp.contents.tensors}
+        problem = int8_table_problem(scales, tensors)
+        if problem is not None:
+            raise TensorError("tensor.invalid", problem)
         return scales
 
     def _dtypes(self, component: str) -> dict[str, str]:
@@ -1012,26 +1016,14 @@ def _completes(index: int) -> int:
 
 
 def _scale_table(header: bytes) -> dict[str, list[str]] | None:
-    """The ``secpack.scales`` table of one variant file's safetensors header
-    (docs/FORMAT.md §15): tensor name -> [row-scale tensor, column-scale tensor],
-    or None when it is missing or not of that shape. The header was signed, but a
-    signer's mistake must still end in a typed error, not in a crash."""
+    """The int8 scale table of one variant file's safetensors header, or None
+    (int8_scale_table). The header was signed, but a signer's mistake must still
+    end in a typed error, not in a crash."""
     try:
         meta = json.loads(header)["__metadata__"]
-        table = json.loads(meta["secpack.scales"])
-        changed = json.loads(meta["secpack.errors"])
     except (ValueError, KeyError, TypeError, RecursionError):
         return None
-    # Every tensor the variant changed is int8 codes, which mean nothing without
-    # their scales: one missing would be served as raw codes.
-    if not isinstance(table, dict) or not isinstance(changed, dict) or changed.keys() - table:
-        return None
-    for pair in table.values():
-        if not (
-            isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, str) for p in pair)
-        ):
-            return None
-    return table
+    return int8_scale_table(meta)
 
 
 def _prefer_list(prefer: Sequence[str]) -> list[str]:
@@ -1080,12 +1072,30 @@ def _dequantize(
             or cols.size * rows.size != arr.size
         ):
             raise TensorError("tensor.invalid", f"{name}: int8 scales do not fit the tensor")
+        if not _scales_hold(rows, cols):
+            raise TensorError(
+                "tensor.invalid",
+                f"{name}: int8 scales that are not finite, or so large that a code "
+                "times them passes float32's range",
+            )
         # The column count from the checked scales: -1 cannot be inferred when empty.
         flat = arr.reshape(arr.shape[0], cols.size).astype(np.float32)
         flat *= rows[:, None]
         flat *= cols[None, :]
         out[name] = flat.reshape(arr.shape)
     return out
+
+
+def _scales_hold(rows: np.ndarray, cols: np.ndarray) -> bool:
+    """Whether every code (|q| <= 128) times its row and column scales is a finite
+    float32: a variant never turns a finite value into an infinity or a NaN
+    (FORMAT §15), and a signer's NaN scale must not be served as weights."""
+    if not rows.size or not cols.size:
+        return True
+    with np.errstate(invalid="ignore", over="ignore"):
+        top = float(np.max(np.abs(rows))) * float(np.max(np.abs(cols))) * 128.0
+    # max() of an array holding NaN is NaN, and NaN compares false.
+    return top <= float(np.finfo(np.float32).max)
 
 
 def _to_torch(array: np.ndarray, dtype: str) -> Any:

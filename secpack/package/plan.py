@@ -30,6 +30,7 @@ from secpack.format.limits import Limits
 from secpack.format.manifest import COMPONENT_NAME_RE
 from secpack.tensors import safetensors
 from secpack.tensors.dtypes import DTYPE_SIZES, FLOAT_DTYPES, coded_as
+from secpack.tensors.variants import int8_scale_table, int8_table_problem
 
 __all__ = ["InputFile", "InputTree", "Plan", "PlannedComponent", "PlannedSegment", "make_plan"]
 
@@ -654,6 +655,8 @@ def make_plan(
                 FileEntry(f.path, f.size, f.mode, fmt, first, len(builder.segments) - first, header)
             )
         _check_unique_tensor_names(name, tensors, entries)
+        if name.endswith(".int8"):
+            _check_int8_tables(name, [f for f in files if layouts.get(f) is not None], layouts)
         kind = kind_of(name, bool(tensors))
         components.append(
             PlannedComponent(
@@ -890,6 +893,30 @@ def _read_layout(
         return None
     except InputError as exc:
         raise InputError("input.safetensors", f"{f.path}: {exc.detail}") from None
+
+
+def _check_int8_tables(name: str, files: Sequence[InputFile], layouts: _Layouts) -> None:
+    """Refuse what a loader would refuse of an int8 variant component (FORMAT §15):
+    a file with no valid scale table, or a table its tensors do not fit. Seal's
+    own variants always pass; a folder may hold hand-made or edited ones, which
+    are better refused here than by every inference server that loads them."""
+    scales: dict[str, list[str]] = {}
+    shapes: dict[str, tuple[str, tuple[int, ...]]] = {}
+    for f in files:
+        layout = layouts.get(f)
+        assert layout is not None  # (files with a layout only)
+        table = int8_scale_table(layout.metadata)
+        if table is None:
+            raise InputError(
+                "input.invalid",
+                f"{f.path}: a file of int8 variant {name!r} without a valid secpack.scales "
+                "table for every tensor in its secpack.errors (FORMAT §15)",
+            )
+        scales.update(table)
+        shapes.update((t.name, (t.dtype, t.shape)) for t in layout.tensors)
+    problem = int8_table_problem(scales, shapes)
+    if problem is not None:
+        raise InputError("input.invalid", f"int8 variant {name!r}: {problem} (FORMAT §15)")
 
 
 def _check_unique_tensor_names(

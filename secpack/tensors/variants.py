@@ -9,8 +9,9 @@ embedding matrix of a 4 GiB model is itself 0.5-1 GiB.
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
@@ -26,6 +27,8 @@ __all__ = [
     "ElementReader",
     "ErrorStats",
     "int8_column_scale",
+    "int8_scale_table",
+    "int8_table_problem",
     "int8_values",
     "to_values",
     "transform_blocks",
@@ -52,6 +55,58 @@ _BLOCK_ELEMS = (8 << 20) // 4
 ElementReader = Callable[[int, int], np.ndarray]
 # int8 symmetric range: -127..127 keeps the grid symmetric around zero.
 _QMAX = 127.0
+
+
+def int8_scale_table(metadata: object) -> dict[str, list[str]] | None:
+    """The ``secpack.scales`` table of an int8 variant file's ``__metadata__``
+    (docs/FORMAT.md §15): tensor name -> [row-scale tensor, column-scale tensor].
+    None when it is missing or not of that shape, or when a tensor the variant
+    changed (``secpack.errors``) has no entry: its int8 codes mean nothing
+    without their scales, and would be served as raw codes."""
+    if not isinstance(metadata, dict):
+        return None
+    try:
+        table = json.loads(metadata["secpack.scales"])
+        changed = json.loads(metadata["secpack.errors"])
+    except (ValueError, KeyError, TypeError, RecursionError):
+        return None
+    if not isinstance(table, dict) or not isinstance(changed, dict) or changed.keys() - table:
+        return None
+    for pair in table.values():
+        if not (
+            isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, str) for p in pair)
+        ):
+            return None
+    return table
+
+
+def int8_table_problem(
+    table: Mapping[str, list[str]], tensors: Mapping[str, tuple[str, tuple[int, ...]]]
+) -> str | None:
+    """What makes ``table`` unusable for ``tensors`` (name -> (dtype, shape)), or
+    None. Each entry names a tensor of int8 codes of at least one dimension, with
+    a float32 row scale of one value per row and a column scale of one per column
+    (the rest of the row-major shape); no tensor is both codes and a scale. An
+    entry for a tensor that is not there is left alone (another file's)."""
+    used = {scale for pair in table.values() for scale in pair}
+    if used & table.keys():
+        return "an int8 tensor is named as another's scale"
+    for name, (row, col) in table.items():
+        if name not in tensors:
+            continue
+        if row not in tensors or col not in tensors:
+            return f"{name}: its int8 scale tensors are missing"
+        dtype, shape = tensors[name]
+        count = math.prod(shape)
+        rows = shape[0] if shape else 0
+        if (
+            dtype != "I8"
+            or not shape
+            or tensors[row] != ("F32", (rows,))
+            or tensors[col] != ("F32", (count // rows if rows else 0,))
+        ):
+            return f"{name}: int8 scales do not fit the tensor"
+    return None
 
 
 def wants_transform(dtype: str, shape: tuple[int, ...], variant: str) -> bool:

@@ -541,9 +541,24 @@ def _hand_made_int8(
     return pkg
 
 
+def _signed_anyway(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tensors: dict[str, np.ndarray], scales: str
+) -> Path:
+    """_hand_made_int8 past seal's own check of the table, as a writer with a bug
+    (or another writer) would sign it: what the loader must still refuse."""
+    from secpack.package import plan
+
+    with monkeypatch.context() as m:
+        m.setattr(plan, "_check_int8_tables", lambda *args: None)
+        return _hand_made_int8(tmp_path, tensors, scales)
+
+
 _Q = np.arange(12, dtype=np.int8).reshape(3, 4)
 _ROW = np.ones(3, np.float32)
 _COL = np.ones(4, np.float32)
+
+
+_DATA_ONLY = ("nan", "inf", "overflow")  # cases only the scales' values show
 
 
 @pytest.mark.parametrize(
@@ -563,15 +578,33 @@ _COL = np.ones(4, np.float32)
         ('{"q": ["r", "c"]}', {"q": np.ones((3, 4), np.float32)}),  # values not int8
         ("{}", {}),  # q was changed (secpack.errors) yet has no scales: raw codes
         ('{"q": ["q", "c"]}', {}),  # a tensor that is its own scale
+        pytest.param('{"q": ["r", "c"]}', {"r": np.array([1, np.nan, 1], np.float32)}, id="nan"),
+        pytest.param(
+            '{"q": ["r", "c"]}', {"c": np.array([1, 1, -np.inf, 1], np.float32)}, id="inf"
+        ),
+        # Finite, but 11 x 3e38 is an infinity in float32.
+        pytest.param('{"q": ["r", "c"]}', {"r": np.full(3, 3e38, np.float32)}, id="overflow"),
     ],
 )
 def test_a_malformed_int8_scale_table_is_a_typed_error(
-    tmp_path: Path, scales: str, extra: dict[str, np.ndarray]
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+    scales: str,
+    extra: dict[str, np.ndarray],
 ) -> None:
     """The int8 variant's scale table is signed, but a wrong one (a signer's bug, or
     a hand-made package) must end in ``tensor.invalid``, never in a crash or in
-    silently wrong weights."""
-    pkg = _hand_made_int8(tmp_path, {"q": _Q, "r": _ROW, "c": _COL, **extra}, scales)
+    silently wrong weights. Seal refuses what the headers show, before it signs."""
+    tensors = {"q": _Q, "r": _ROW, "c": _COL, **extra}
+    if request.node.callspec.id not in _DATA_ONLY:
+        with pytest.raises(SecpackError) as err:
+            _hand_made_int8(tmp_path, tensors, scales)
+        assert err.value.code == "input.invalid", err.value
+        assert not (tmp_path / "v.spk").exists()
+        pkg = _signed_anyway(tmp_path, monkeypatch, tensors, scales)
+    else:
+        pkg = _hand_made_int8(tmp_path, tensors, scales)
     with _open(pkg) as p:
         assert p.variants() == ["exact", "int8"]
         with pytest.raises(SecpackError) as err:
