@@ -31,6 +31,14 @@ _SEGMENTS_PER_WORKER = 8
 # libraries (about 70 MB) this keeps seal and open under 512 MiB on any machine:
 # 10 workers at 4 MiB segments, 2 at 16 MiB.
 _BUDGET = 320 << 20
+# What the zstd contexts the seal's workers keep (one per level, per thread)
+# may come to, apart from the segments: level 19's (--level max) is 81 MiB by
+# zstd's own estimate, so that max runs two workers on any machine. Without it,
+# max counted only its segments: with 4 MiB segments, 8 workers (an 8-CPU
+# machine) peaked at 714 MB on khmer-ocr's 37 MB model.pth, and 2 at 227 MB;
+# with 16 MiB segments 2 workers peak at 468-491 MB. Levels 1 and 3 keep about
+# 1 MiB each, which this never limits.
+_CONTEXT_BUDGET = 192 << 20
 # Under a control group's memory limit, the workers get half of what is left
 # after this much for the interpreter, numpy and the libraries (about 70 MB
 # measured) and the main thread's own buffers; the other half stays for the page
@@ -51,10 +59,11 @@ def usable_cpus() -> int:
     return cpus if quota is None else min(cpus, quota)
 
 
-def worker_threads(requested: int, segment_bytes: int) -> int:
+def worker_threads(requested: int, segment_bytes: int, context_bytes: int = 0) -> int:
     """``requested`` when it is positive (the user's explicit choice, memory and
     all); otherwise one worker per usable CPU, at most as many as the budget allows
-    for segments of ``segment_bytes``, and at least one."""
+    for segments of ``segment_bytes`` and, apart, for coding contexts of
+    ``context_bytes`` each, and at least one."""
     # An integer (numpy's too) and not a bool (True is 1 to Python; 2.5 or "4" would
     # fail deep in a pool).
     if (
@@ -71,7 +80,11 @@ def worker_threads(requested: int, segment_bytes: int) -> int:
     if requested > 0:
         return requested
     per_worker = _SEGMENTS_PER_WORKER * max(segment_bytes, 1)
-    return max(1, min(usable_cpus(), memory_budget() // per_worker))
+    budget = memory_budget()
+    count = min(usable_cpus(), budget // per_worker)
+    if context_bytes > 0:
+        count = min(count, min(_CONTEXT_BUDGET, budget) // context_bytes)
+    return max(1, count)
 
 
 def memory_budget() -> int:

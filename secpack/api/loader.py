@@ -871,7 +871,9 @@ class Package:
     @_loading
     def read_file(self, component: str, path: str) -> bytes:
         """The exact bytes of one original file of ``component`` (``file.unknown``,
-        also a ``KeyError``, when it has none at ``path``)."""
+        also a ``KeyError``, when it has none at ``path``). The file is held twice
+        while the bytes are built (decoded, then copied: Python makes no bytes
+        object in place); ``open`` writes a large file a few segments at a time."""
         comp = self._component(component)
         for index, entry in enumerate(comp.contents.files):
             if entry.path == path:

@@ -185,7 +185,8 @@ def write_blobs(
 ) -> Manifest:
     """Seal every segment of ``plan`` into ``sink`` (in blob order); return the manifest."""
     largest = max((s.length for c in plan.components for s in c.segments), default=0)
-    threads = worker_threads(settings.threads, largest)
+    # Each worker keeps a zstd context of the profile's level: at max, 81 MiB.
+    threads = worker_threads(settings.threads, largest, zstd.context_bytes(settings.level))
     window = 2 * threads + 2
     # A stored segment is at most its plaintext (every codec falls back to raw)
     # plus the GCM tag.

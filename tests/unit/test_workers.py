@@ -52,6 +52,33 @@ def test_the_default_is_capped_by_the_memory_budget(
 
 
 @pytest.mark.parametrize(
+    ("level", "segment", "expected"),
+    [
+        (19, 4 * MiB, 2),  # max: two level-19 contexts, whatever the segments
+        (19, 1 * MiB, 2),
+        (19, 16 * MiB, 2),
+        (3, 4 * MiB, 10),  # balanced's context never limits: the segments do
+        (1, 1 * MiB, 40),
+    ],
+)
+def test_the_seals_zstd_contexts_are_budgeted_too(
+    monkeypatch: pytest.MonkeyPatch, level: int, segment: int, expected: int
+) -> None:
+    """Each seal worker keeps a zstd context of the profile's level (81 MiB at max,
+    by zstd's estimate): 8 workers at max peaked at 714 MB before these counted."""
+    from secpack.codec import zstd
+
+    monkeypatch.setattr(workers, "usable_cpus", lambda: 64)
+    monkeypatch.setattr(workers, "memory_limit", lambda: None)
+    assert workers.worker_threads(0, segment, zstd.context_bytes(level)) == expected
+    # Under a container's limit the contexts get no more than the budget.
+    monkeypatch.setattr(workers, "memory_limit", lambda: 256 * MiB)  # budget 64 MiB
+    assert workers.worker_threads(0, segment, zstd.context_bytes(level)) == (
+        1 if level == 19 else max(1, (64 * MiB) // (8 * segment))
+    )
+
+
+@pytest.mark.parametrize(
     ("limit_mib", "budget_mib", "expected"),
     [
         (None, 320, 10),  # no limit: the fixed budget
