@@ -30,6 +30,7 @@ from secpack.package.plan import (
     DEFAULT_SEGMENT,
     MAX_SEGMENT,
     RUN_FILES_MAX,
+    RUN_TRIAL_DEEP,
     VARIANT_SUFFIXES,
     InputTree,
     make_plan,
@@ -321,6 +322,7 @@ def seal(
             # The run trial holds its two streams whatever the count: no memory
             # budget to weigh, only whether there is a second CPU.
             threads=worker_threads(threads, 0),
+            trial_level=RUN_TRIAL_DEEP if level == "max" else 1,
         )
         created = source_date_epoch()
         settings = SealSettings(

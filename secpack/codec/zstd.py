@@ -62,13 +62,13 @@ def _plane_cctx() -> zstandard.ZstdCompressor:
     return ctx
 
 
-def _trial_params() -> zstandard.ZstdCompressionParameters:
+def _trial_params(level: int = 1) -> zstandard.ZstdCompressionParameters:
     # Whether bytes repeat anywhere in a segment (or a run): level 1 finds matches
     # only within its small window and hash table; long-distance matching over a
     # 16 MiB window (the largest segment) finds a block that recurs a megabyte
     # later, at about the same speed.
     return zstandard.ZstdCompressionParameters.from_level(
-        1, window_log=_WIDE_WINDOW_LOG, enable_ldm=1, write_content_size=1, write_checksum=0
+        level, window_log=_WIDE_WINDOW_LOG, enable_ldm=1, write_content_size=1, write_checksum=0
     )
 
 
@@ -91,13 +91,14 @@ def trial_size(data: bytes | memoryview) -> int:
 
 
 class RunTrial:
-    """zstd's fastest level with long-distance matching (as trial_size), fed file
-    by file as one stream: what each file costs after the ones before it. Its own
-    compressor: a stream holds its compressor for as long as it runs."""
+    """zstd at ``level`` (its fastest by default) with long-distance matching and
+    a 16 MiB window, fed file by file as one stream: what each file costs after
+    the ones before it. Its own compressor: a stream holds its compressor for as
+    long as it runs."""
 
-    def __init__(self) -> None:
+    def __init__(self, level: int = 1) -> None:
         try:
-            self._cctx = zstandard.ZstdCompressor(compression_params=_trial_params())
+            self._cctx = zstandard.ZstdCompressor(compression_params=_trial_params(level))
         except (zstandard.ZstdError, MemoryError) as exc:
             raise _out_of_memory_error(exc) from None
         self.restart()

@@ -79,6 +79,14 @@ MAX_PROBED = 4096
 # content: at 0.85, silero-vad's fp16 export (0.94 of its cost alone) split its
 # seven files in three, 5.56 MB against 4.51 MB in one run.
 RUN_GAIN = 0.95
+# The trial's zstd level where the run is coded at level 19 (--level max): 19's
+# search finds short repeats anywhere in its window, which level 1 (hash tables
+# of 16 K entries) and long-distance matching (64 bytes and up) do not. Two
+# vocabularies of one tokenizer family in different orders, whisper's
+# gpt2.tiktoken and multilingual.tiktoken, cost 0.994 of the second's cost alone
+# after the first at level 1, 0.932 at 9 and 0.884 at 19: level 9 sees most of
+# 19's gain, at a tenth of its time (0.17 s for the pair, against 1.9 s).
+RUN_TRIAL_DEEP = 9
 # A segment's record, digest, salt and GCM tag: about 200 bytes of package for a
 # segment coded raw or by zstd.
 RUN_SEGMENT_COST = 200
@@ -521,6 +529,7 @@ def make_plan(
     file_segment: int = 0,
     run_cap: int = RUN_FILES_MAX,
     threads: int = 1,
+    trial_level: int = 1,
 ) -> Plan:
     """Plan the components, units, segments and blobs for sealing ``tree``
     (``root_name``: see assign_components). ``probe_floats`` samples each file that
@@ -528,7 +537,8 @@ def make_plan(
     segments of those where a float layout pays. ``file_segment``, when given,
     is the segment size for the files that are not safetensors. ``run_cap`` bounds
     a file run's segment (see RUN_GAIN); 0 makes none. With ``threads`` above 1
-    the run trial codes each file alone and after its run at the same time."""
+    the run trial codes each file alone and after its run at the same time, at
+    zstd level ``trial_level`` (RUN_TRIAL_DEEP where runs are coded at 19)."""
     limits = limits or Limits()
     # Multiples of 64 keep every segment boundary on an element boundary for all dtypes.
     for size in {segment_size, file_segment or segment_size}:
@@ -576,6 +586,7 @@ def make_plan(
             run_cap,
             {path: g[2] for path, g in guesses.items() if g is not None},
             threads,
+            trial_level,
         )
         members: set[str] = set()
         for f in files:
@@ -677,19 +688,20 @@ def _file_runs(
     cap: int,
     gains: Mapping[str, float],
     threads: int = 1,
+    level: int = 1,
 ) -> dict[str, list[InputFile]]:
     """The file runs among ``files`` (None for a file that cannot be in one), by
     the path of each run's first file (see _trial_runs). ``gains``: what the float
     layout codes a probed file to, as a fraction of zstd."""
     try:
         if threads < 2 or sum(f is not None for f in files) < 2:
-            return _trial_runs(tree, files, cap, gains, None)
+            return _trial_runs(tree, files, cap, gains, None, level)
         # One more thread: it codes each file alone while this one codes it after
         # its run (zstd lets go of the GIL). The seal's workers start only after
         # the plan, so the trial has the CPUs to itself; on mediapipe's 14 TFLite
         # files (28 MB, none joins) it was 0.16 s of a 0.6 s seal on one thread.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="secpack-trial") as pool:
-            return _trial_runs(tree, files, cap, gains, pool)
+            return _trial_runs(tree, files, cap, gains, pool, level)
     except LimitError:
         # The trial's compressor (a 16 MiB window) did not fit in the memory the
         # process may have: a package without runs is as valid, and the seal's
@@ -703,10 +715,12 @@ def _trial_runs(
     cap: int,
     gains: Mapping[str, float],
     pool: ThreadPoolExecutor | None,
+    level: int = 1,
 ) -> dict[str, list[InputFile]]:
     """Neighbours of at most ``cap`` // 2 bytes each and ``cap`` in all, trialled
-    as one stream (zstd's fastest level with long-distance matching, as the run
-    would be coded, file by file): a file joins the run before it where it costs
+    as one stream (zstd's fastest level, or ``level``, with long-distance
+    matching, as the run would be coded, file by file): a file joins the run
+    before it where it costs
     there under RUN_GAIN of its cost alone (zstd's fastest level, times its float
     gain), or of that plus a segment while such files come to at most
     RUN_LOOSE_BYTES of the run (a tiny file between two exports of one model
@@ -722,7 +736,15 @@ def _trial_runs(
     # Two streams: the run's, and a fresh one that codes a file alone, which is
     # also the start of the next run where the file does not join (so that no
     # file is coded three times).
-    trial, spare = zstd.RunTrial(), zstd.RunTrial()
+    trial, spare = zstd.RunTrial(level), zstd.RunTrial(level)
+
+    def cost_alone(fresh: int, data: bytes, gain: float | None) -> float:
+        # The smaller of zstd's and the float layout's (its gain is over zstd's
+        # level 3, applied to the fastest level's cost, as the probe's samples
+        # were measured): a deeper trial level alone may already beat it.
+        if gain is None:
+            return fresh
+        return min(fresh, gain * (fresh if level == 1 else zstd.trial_size(data)))
 
     def close() -> None:
         # Apart, each member costs itself and a segment; together, the stream and
@@ -740,7 +762,7 @@ def _trial_runs(
         data = tree.read_at(f.path, 0, f.size)
         if len(data) != f.size:
             raise InputError("input.changed", f"{f.path} changed while it was being read")
-        gain = gains.get(f.path, 1.0)
+        gain = gains.get(f.path)
         if run and total + f.size <= cap:
             spare.restart()
             pending = pool.submit(spare.add, data) if pool is not None else None
@@ -748,7 +770,7 @@ def _trial_runs(
             # Alone (needed whether it joins or not: if not, the spare stream
             # holding it goes on as the next run's).
             fresh = pending.result() if pending is not None else spare.add(data)
-            own = fresh * gain
+            own = cost_alone(fresh, data, gain)
             shares = cost < RUN_GAIN * own
             small = loose + f.size <= RUN_LOOSE_BYTES
             # Alone, a file costs at most its size and a segment: one that does not
@@ -769,7 +791,7 @@ def _trial_runs(
         close()
         trial.restart()
         together = trial.add(data)
-        run, alone, total, loose = [f], [together * gain], f.size, 0
+        run, alone, total, loose = [f], [cost_alone(together, data, gain)], f.size, 0
     return out
 
 
