@@ -316,3 +316,29 @@ def test_tampered_through_cli(tmp_path: Path, tamper: Tamper, case: str) -> None
     fails(expected, "open", pkg, "-o", out, *ident, *trust, subprocess_=CLI_CASES[case])
     assert os.listdir(out.parent) == []
     assert leftovers(out.parent, "out") == []
+
+
+def test_a_damaged_segment_is_located(tmp_path: Path, tamper: Tamper) -> None:
+    """The code stays the one opaque ``integrity``; the message says which
+    segment of which component holds the damaged byte, and where it lies in the
+    package, so that a bad copy can be found and compared with a good one."""
+    offset = tamper.layout.blobs_off + tamper.layout.blobs_len // 2
+    pkg = tmp_path / "t.spk"
+    pkg.write_bytes(_damaged(tamper, "blob"))
+    with pytest.raises(SecpackError) as err:
+        verify(str(pkg), tamper.policy())
+    assert err.value.code == "integrity"
+    hits = []
+    with FileSource(str(tamper.package)) as src:
+        header = read_header(src, DEFAULT_LIMITS)
+        for c, comp in enumerate(header.manifest.components):
+            for s, seg in enumerate(comp.segments):
+                start = header.segment_offset(c, s)
+                if start <= offset < start + seg.stored:
+                    hits.append((comp.name, s, start, start + seg.stored - 1))
+    assert len(hits) == 1
+    name, seg, first, last = hits[0]
+    assert (
+        f"segment {seg} of component {name!r}, bytes {first}-{last} of the package"
+        in err.value.detail
+    ), err.value.detail

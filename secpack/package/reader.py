@@ -136,10 +136,23 @@ def check_trust(
 def read_segment(src: ByteSource, header: Header, comp: int, seg: int) -> bytes:
     """Step 7 for one segment: its stored bytes, digest-checked."""
     segment = header.manifest.components[comp].segments[seg]
-    data = src.read_at(header.segment_offset(comp, seg), segment.stored)
+    offset = header.segment_offset(comp, seg)
+    data = src.read_at(offset, segment.stored)
     if hashlib.sha256(data).digest() != segment.digest:
-        raise IntegrityError("segment digest does not match the manifest")
+        raise _altered(header, comp, seg, offset)
     return data
+
+
+def _altered(header: Header, comp: int, seg: int, offset: int) -> IntegrityError:
+    # Where, so that a damaged copy can be compared with a good one: the component,
+    # the segment and its bytes in the package (not a file's name, which an
+    # encrypted component's contents would have to be decrypted for).
+    segment = header.manifest.components[comp].segments[seg]
+    return IntegrityError(
+        f"segment digest does not match the manifest: segment {seg} of component "
+        f"{header.manifest.components[comp].name!r}, bytes {offset}-"
+        f"{offset + segment.stored - 1} of the package"
+    )
 
 
 def read_segment_into(
@@ -157,7 +170,7 @@ def read_segment_into(
     else:
         out[:] = src.read_at(offset, segment.stored)
     if hashlib.sha256(out).digest() != segment.digest:
-        raise IntegrityError("segment digest does not match the manifest")
+        raise _altered(header, comp, seg, offset)
 
 
 def largest_segment(manifest: Manifest) -> int:
