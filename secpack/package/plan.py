@@ -718,11 +718,11 @@ def _trial_runs(
     level: int = 1,
 ) -> dict[str, list[InputFile]]:
     """Neighbours of at most ``cap`` // 2 bytes each and ``cap`` in all, trialled
-    as one stream (zstd's fastest level, or ``level``, with long-distance
+    as one stream (zstd at ``level``, its fastest by default, with long-distance
     matching, as the run would be coded, file by file): a file joins the run
-    before it where it costs
-    there under RUN_GAIN of its cost alone (zstd's fastest level, times its float
-    gain), or of that plus a segment while such files come to at most
+    before it where it costs there under RUN_GAIN of its cost alone (zstd's at
+    the same level, or its float layout's where the probe found one and that is
+    smaller), or of that plus a segment while such files come to at most
     RUN_LOOSE_BYTES of the run (a tiny file between two exports of one model
     joins them). A run is kept only where it costs less in all than its files
     apart, the first one's float coding included. ``pool``, where given, codes

@@ -19,6 +19,7 @@ import re
 import secrets
 import stat
 from types import TracebackType
+from typing import Self
 
 from secpack.errors import OutputError
 from secpack.transport.syncer import Syncer
@@ -173,8 +174,53 @@ def _io_error(what: str, exc: OSError) -> OutputError:
     return OutputError("output.io", f"{what}: {exc.strerror or exc}")
 
 
-class AtomicFile:
+class _Temporary:
+    """What AtomicFile and AtomicDirectory share: a temporary beside ``dest``,
+    made on entering the with block (not in the constructor: an interrupt, the
+    command line's SIGINT or SIGTERM, between the constructor's return and the
+    block would leave it behind, with nothing to remove it), and removed on
+    leaving it unless committed."""
+
+    _KIND = ""  # what the temporary is, for the error: "file" or "directory"
+    dest: str
+    tmp: str
+    _entered: bool
+    _committed: bool
+
+    def _make(self) -> None:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        # From here abort() removes the temporary by its name: an interrupt may
+        # come just after the system call made it and before it is recorded (a
+        # file's descriptor is then lost, the file is not). The name is this
+        # run's own (a random part), so removing it is safe whether or not it
+        # was made.
+        self._entered = True
+        try:
+            self._make()
+        except OSError as exc:  # the system call's own: nothing was made
+            self._entered = False
+            raise _io_error(f"cannot create a {self._KIND} next to {self.dest}", exc) from None
+        except BaseException:
+            self.abort()
+            raise
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if not self._committed:
+            self.abort()
+
+
+class AtomicFile(_Temporary):
     """A file that appears at ``dest`` only when :meth:`commit` succeeds."""
+
+    _KIND = "file"
 
     def __init__(
         self, dest: str, overwrite: bool = False, mode: int = 0o644, *, force_option: bool = True
@@ -200,10 +246,7 @@ class AtomicFile:
                     raise OutputError(
                         "output.unsafe", f"{dest} is not a regular file; not replacing it"
                     )
-        self.tmp = temp_name(self.dest)
-        # Made on entering the with block, not here: an interrupt (the command
-        # line's SIGINT or SIGTERM) between this constructor's return and the
-        # block would leave it behind, with nothing to remove it.
+        self.tmp = temp_name(self.dest)  # made on entering the with block
         self.fd = -1
         self._entered = False
         self._committed = False
@@ -307,29 +350,8 @@ class AtomicFile:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.tmp)
 
-    def __enter__(self) -> AtomicFile:
-        # From here abort() removes the temporary by its name: an interrupt may
-        # come just after os.open made it and before its descriptor is recorded
-        # (the descriptor is then lost, the file is not). The name is this run's
-        # own (a random part), so removing it is safe whether or not it was made.
-        self._entered = True
-        try:
-            self.fd = os.open(
-                self.tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, self.mode
-            )
-        except OSError as exc:  # os.open's own: nothing was made
-            self._entered = False
-            raise _io_error(f"cannot create a file next to {self.dest}", exc) from None
-        except BaseException:
-            self.abort()
-            raise
-        return self
-
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if not self._committed:
-            self.abort()
+    def _make(self) -> None:
+        self.fd = os.open(self.tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, self.mode)
 
 
 # The POSIX ACLs Linux keeps as extended attributes: who may enter a directory
@@ -371,12 +393,14 @@ def _unescape_mount(field: str) -> str:
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
-class AtomicDirectory:
+class AtomicDirectory(_Temporary):
     """A directory that appears at ``dest`` only when :meth:`commit` succeeds.
 
     ``dest`` may already exist only as an empty directory, which rename(2)
     replaces atomically; anything else is refused.
     """
+
+    _KIND = "directory"
 
     def __init__(self, dest: str) -> None:
         self.dest = os.path.abspath(dest)
@@ -403,8 +427,7 @@ class AtomicDirectory:
             st = os.stat(self.dest)
             if st.st_uid == os.geteuid():
                 self._keep = st
-        self.tmp = temp_name(self.dest)
-        # Made on entering the with block (see AtomicFile).
+        self.tmp = temp_name(self.dest)  # made on entering the with block
         self._entered = False
         self._committed = False
 
@@ -440,20 +463,5 @@ class AtomicDirectory:
         if self._entered:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
-    def __enter__(self) -> AtomicDirectory:
-        self._entered = True  # (see AtomicFile.__enter__)
-        try:
-            os.mkdir(self.tmp, 0o700)
-        except OSError as exc:  # os.mkdir's own: nothing was made
-            self._entered = False
-            raise _io_error(f"cannot create a directory next to {self.dest}", exc) from None
-        except BaseException:
-            self.abort()
-            raise
-        return self
-
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if not self._committed:
-            self.abort()
+    def _make(self) -> None:
+        os.mkdir(self.tmp, 0o700)
