@@ -43,7 +43,7 @@ from secpack.sign.cose import sign_manifest
 from secpack.sign.modelsig import COMPONENT as MODEL_SIGNING
 from secpack.sign.modelsig import SIGNATURE_NAME, sign_model, verify_model
 from secpack.tensors.variants import VARIANTS_ONLY
-from secpack.transport.atomic import AtomicFile
+from secpack.transport.atomic import AtomicFile, WorkDirectory
 from secpack.transport.inputs import (
     InputDirectory,
     WithExtraFiles,
@@ -271,8 +271,10 @@ def seal(
             metadata[VARIANTS_ONLY] = "true"
         build = None
         if variants:
-            build = build_variants(tree, variants, components, output, threads)
-            cleanup.callback(build.cleanup)
+            # The variant files are written to a scratch directory beside the
+            # output, removed whatever happens (an interrupt included).
+            workdir = cleanup.enter_context(WorkDirectory(output)).tmp
+            build = build_variants(tree, variants, components, workdir, threads)
             # --variants-only leaves out the exact form of each file that has a
             # variant; a file without one (a dtype secpack does not model) stays,
             # and so does every file of a component whose exact weights serve a

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import struct
 from collections.abc import Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -40,7 +39,6 @@ from secpack.tensors.variants import (
     variant_dtype,
     wants_transform,
 )
-from secpack.transport.atomic import temp_name
 from secpack.transport.inputs import InputDirectory
 from secpack.workers import worker_threads
 
@@ -79,9 +77,6 @@ class VariantBuild:
     # keeps such a component's exact files, and the loader serves them for it.
     exact_serves: dict[str, list[str]] = field(default_factory=dict)
 
-    def cleanup(self) -> None:
-        shutil.rmtree(self.workdir, ignore_errors=True)
-
 
 def _error_text(value: float) -> str:
     text = _ERR_FMT.format(value)
@@ -94,11 +89,12 @@ def build_variants(
     tree: InputDirectory,
     variants: Sequence[str],
     overrides: Sequence[tuple[str, str]],
-    near: str,
+    workdir: str,
     threads: int = 0,
 ) -> VariantBuild:
-    """Write every variant file into a scratch directory next to ``near``, with
-    ``threads`` workers (0: one per usable CPU) for int8's trials."""
+    """Write every variant file into ``workdir``, an empty scratch directory the
+    caller made and removes (transport.atomic.WorkDirectory), with ``threads``
+    workers (0: one per usable CPU) for int8's trials."""
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise InputError(
@@ -130,21 +126,13 @@ def build_variants(
     sources = [f for f in tree.files if f.path.endswith(".safetensors") and variant_of(f) is None]
     if not sources:
         raise InputError("input.invalid", "--variant needs safetensors weights in the input")
-    # Named like the package's own temporaries, so that a seal killed while it
-    # built variants leaves nothing the next seal to that output does not remove.
-    workdir = temp_name(near)
     build = VariantBuild(workdir, {}, [], {}, {}, [], split)
     # int8 tries each of a few column scalings on the whole tensor, and the trials
     # are independent: one worker each, at most. A worker holds one block of rows
     # and numpy's temporaries, about 80 MB.
     workers = min(INT8_TRIALS, worker_threads(threads, 0))
-    pool: ThreadPoolExecutor | None = None
-    # The directory is made inside the try, so that an interrupt just after it is
-    # made (or a pool that cannot start) still removes it: its name is this run's
-    # own (a random part), so the cleanup is safe whether or not it was made.
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="secpack-variant")
     try:
-        os.mkdir(workdir, 0o700)
-        pool = ThreadPoolExecutor(workers, thread_name_prefix="secpack-variant")
         for variant in dict.fromkeys(variants):
             worst = 0.0
             written_for: dict[str, list[str]] = {}  # component -> variant files
@@ -190,12 +178,8 @@ def build_variants(
             build.summary[f"variant.{variant}.max_rel_l2"] = f"{worst:.6g}"
         build.summary[VARIANTS_ASKED] = ",".join(dict.fromkeys(variants))
         return build
-    except BaseException:
-        build.cleanup()
-        raise
     finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
+        pool.shutdown(cancel_futures=True)
 
 
 def _drop_variant(build: VariantBuild, variant: str, comp: str, rels: list[str]) -> None:

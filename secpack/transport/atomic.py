@@ -28,8 +28,10 @@ __all__ = [
     "TMP_MARKER",
     "AtomicDirectory",
     "AtomicFile",
+    "WorkDirectory",
     "fsync_dir",
     "remove_stale",
+    "remove_tree",
     "temp_base",
     "temp_name",
     "umask",
@@ -174,6 +176,20 @@ def _io_error(what: str, exc: OSError) -> OutputError:
     return OutputError("output.io", f"{what}: {exc.strerror or exc}")
 
 
+def remove_tree(path: str) -> None:
+    """Remove the directory ``path`` and all in it, if it is there. An interrupt
+    during the removal is let through only once the removal has finished: cut
+    short, it would leave part of a temporary (decrypted files, variant weights)
+    behind."""
+    import shutil  # cleanup only: shutil is slow to import
+
+    try:
+        shutil.rmtree(path, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(path, ignore_errors=True)
+        raise
+
+
 class _Temporary:
     """What AtomicFile and AtomicDirectory share: a temporary beside ``dest``,
     made on entering the with block (not in the constructor: an interrupt, the
@@ -303,7 +319,14 @@ class AtomicFile(_Temporary):
             if isinstance(exc, OSError):
                 raise _io_error(f"writing {self.dest}", exc) from None
             raise
-        self._stop_syncer()
+        try:
+            # Waits for the old file's queued flushes, which may take seconds.
+            self._stop_syncer()
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(other)
+            raise
         # The new file is recorded before the old one goes, and the old one goes
         # even when an interrupt comes between the two steps.
         old_fd, old_tmp = self.fd, self.tmp
@@ -323,8 +346,10 @@ class AtomicFile(_Temporary):
         self._stop_syncer()
         try:
             os.fsync(self.fd)
-            os.close(self.fd)
-            self.fd = -1
+            # Recorded as closed first: an interrupt between the two must not
+            # leave abort() closing the number again (another file's, by then).
+            fd, self.fd = self.fd, -1
+            os.close(fd)
             if self.overwrite:
                 os.replace(self.tmp, self.dest)
             else:
@@ -339,16 +364,20 @@ class AtomicFile(_Temporary):
         self._committed = True
 
     def abort(self) -> None:
-        if self._syncer is not None:
-            # The temporary is deleted next: its queued syncs are dropped, not waited for.
-            syncer, self._syncer = self._syncer, None
-            syncer.abort()
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-        if self._entered:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.tmp)
+        # The temporary goes even when a second interrupt cuts the rest short.
+        try:
+            if self._syncer is not None:
+                # The temporary is deleted next: its queued syncs are dropped, not
+                # waited for.
+                syncer, self._syncer = self._syncer, None
+                syncer.abort()
+            if self.fd >= 0:
+                fd, self.fd = self.fd, -1
+                os.close(fd)
+        finally:
+            if self._entered:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.tmp)
 
     def _make(self) -> None:
         self.fd = os.open(self.tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, self.mode)
@@ -458,10 +487,29 @@ class AtomicDirectory(_Temporary):
         self._committed = True
 
     def abort(self) -> None:
-        import shutil  # cleanup only: shutil is slow to import
-
         if self._entered:
-            shutil.rmtree(self.tmp, ignore_errors=True)
+            remove_tree(self.tmp)
+
+    def _make(self) -> None:
+        os.mkdir(self.tmp, 0o700)
+
+
+class WorkDirectory(_Temporary):
+    """A private (0700) scratch directory beside ``dest``, named as its other
+    temporaries are (so that remove_stale clears one a killed run left), made on
+    entering the with block and removed with all in it on leaving it."""
+
+    _KIND = "directory"
+
+    def __init__(self, dest: str) -> None:
+        self.dest = os.path.abspath(dest)
+        self.tmp = temp_name(self.dest)  # made on entering the with block
+        self._entered = False
+        self._committed = False  # never: it is always removed
+
+    def abort(self) -> None:
+        if self._entered:
+            remove_tree(self.tmp)
 
     def _make(self) -> None:
         os.mkdir(self.tmp, 0o700)

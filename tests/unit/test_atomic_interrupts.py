@@ -55,8 +55,8 @@ def test_constructing_makes_nothing_until_the_block_is_entered(tmp_path: Path) -
 def test_a_second_temporary_interrupted_as_it_is_made_leaves_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """move_range makes a second temporary and copies into it (sign, rewriting a
-    package whose header outgrew its room)."""
+    """move_range makes a second temporary and copies into it (seal, moving the
+    blobs when the manifest outgrew the room kept for it)."""
     with pytest.raises(KeyboardInterrupt), atomic.AtomicFile(str(tmp_path / "x.spk")) as out:
         out.pwrite(0, b"0123456789" * 100)
         monkeypatch.setattr(atomic.os, "open", _interrupt_after(os.open))
@@ -84,7 +84,7 @@ def test_a_name_that_is_taken_is_an_io_error_and_is_left_alone(
     neither used nor removed."""
     from secpack.errors import OutputError
 
-    for make in (atomic.AtomicFile, atomic.AtomicDirectory):
+    for make in (atomic.AtomicFile, atomic.AtomicDirectory, atomic.WorkDirectory):
         target = make(str(tmp_path / "out"))
         Path(target.tmp).write_text("someone else's")
         with pytest.raises(OutputError) as err, target:
@@ -131,7 +131,44 @@ def test_seal_interrupted_as_its_variant_workdir_is_made_leaves_nothing(
     import numpy as np
     from helpers import Tensor, seal_example, write_safetensors
 
-    from secpack.api import variants
+    model = tmp_path / "model"
+    model.mkdir()
+    w = np.random.default_rng(1).standard_normal((16, 16)).astype("<f4")
+    write_safetensors(model / "model.safetensors", {"w": Tensor("F32", (16, 16), w.tobytes())})
+    out = tmp_path / "out"
+    out.mkdir()
+    monkeypatch.setattr(atomic.os, "mkdir", _interrupt_after(os.mkdir))
+    with pytest.raises(KeyboardInterrupt):
+        seal_example(model, out / "m.spk", encrypt=False, variants=["int8"])
+    assert os.listdir(out) == []
+
+
+def _once(real: Callable[..., Any], before: bool = False) -> Callable[..., Any]:
+    """``real``, except that its first call is interrupted: after it ran, or
+    ``before`` it."""
+    calls = []
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1 and before:
+            raise KeyboardInterrupt
+        result = real(*args, **kwargs)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return result
+
+    return call
+
+
+def test_an_interrupted_removal_of_the_variant_workdir_finishes_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The seal's last step removes its variant files: an interrupt there must not
+    leave part of them (the package itself is complete by then)."""
+    import shutil
+
+    import numpy as np
+    from helpers import Tensor, seal_example, write_safetensors
 
     model = tmp_path / "model"
     model.mkdir()
@@ -139,7 +176,54 @@ def test_seal_interrupted_as_its_variant_workdir_is_made_leaves_nothing(
     write_safetensors(model / "model.safetensors", {"w": Tensor("F32", (16, 16), w.tobytes())})
     out = tmp_path / "out"
     out.mkdir()
-    monkeypatch.setattr(variants.os, "mkdir", _interrupt_after(os.mkdir))
+    real = shutil.rmtree
+
+    def part_then_interrupt(path: str, ignore_errors: bool = False) -> None:
+        # Some of the tree goes, then the interrupt lands.
+        files = [os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs]
+        os.unlink(files[0])
+        monkeypatch.setattr(shutil, "rmtree", real)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shutil, "rmtree", part_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         seal_example(model, out / "m.spk", encrypt=False, variants=["int8"])
-    assert os.listdir(out) == []
+    assert os.listdir(out) == ["m.spk"]
+
+
+def test_an_interrupt_while_move_range_waits_for_the_old_flushes_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(KeyboardInterrupt), atomic.AtomicFile(str(tmp_path / "x.spk")) as out:
+        out.pwrite(0, b"0123456789" * 100)
+        monkeypatch.setattr(out, "_stop_syncer", _once(out._stop_syncer))
+        out.move_range(0, 10, 500)
+    assert os.listdir(tmp_path) == []
+
+
+def test_an_interrupt_as_commit_closes_the_file_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Closed but not yet recorded as closed: abort() must not close the number
+    again (another file's by then) and must still remove the temporary."""
+    with pytest.raises(KeyboardInterrupt), atomic.AtomicFile(str(tmp_path / "x.spk")) as out:
+        out.pwrite(0, b"data")
+        monkeypatch.setattr(atomic.os, "close", _once(os.close))
+        out.commit()
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_second_interrupt_during_abort_still_removes_the_temporary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C twice: the first stops the work, the second lands in abort() while
+    it drops the queued flushes of a large file."""
+    from secpack.transport.syncer import Syncer
+
+    monkeypatch.setattr(Syncer, "abort", _once(Syncer.abort, before=True))
+    with pytest.raises(KeyboardInterrupt), atomic.AtomicFile(str(tmp_path / "x.spk")) as out:
+        out.pwrite(0, bytes(2 << 20))  # 1 MiB and up: flushed by a Syncer
+        assert out._syncer is not None
+        raise KeyboardInterrupt
+    assert os.listdir(tmp_path) == []
