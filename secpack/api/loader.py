@@ -1074,30 +1074,22 @@ def _dequantize(
             or cols.size * rows.size != arr.size
         ):
             raise TensorError("tensor.invalid", f"{name}: int8 scales do not fit the tensor")
-        if not _scales_hold(rows, cols):
-            raise TensorError(
-                "tensor.invalid",
-                f"{name}: int8 scales that are not finite, or so large that a code "
-                "times them passes float32's range",
-            )
+        # A variant never turns a finite value into an infinity or a NaN (FORMAT
+        # §15): a signer's non-finite scales, or products past float32's range,
+        # must not be served as weights.
+        if not (np.isfinite(rows).all() and np.isfinite(cols).all()):
+            raise TensorError("tensor.invalid", f"{name}: int8 scales that are not all finite")
         # The column count from the checked scales: -1 cannot be inferred when empty.
         flat = arr.reshape(arr.shape[0], cols.size).astype(np.float32)
-        flat *= rows[:, None]
-        flat *= cols[None, :]
+        with np.errstate(over="ignore", invalid="ignore"):
+            flat *= rows[:, None]
+            flat *= cols[None, :]
+        if not np.isfinite(flat).all():
+            raise TensorError(
+                "tensor.invalid", f"{name}: int8 values times their scales pass float32's range"
+            )
         out[name] = flat.reshape(arr.shape)
     return out
-
-
-def _scales_hold(rows: np.ndarray, cols: np.ndarray) -> bool:
-    """Whether every code (|q| <= 128) times its row and column scales is a finite
-    float32: a variant never turns a finite value into an infinity or a NaN
-    (FORMAT §15), and a signer's NaN scale must not be served as weights."""
-    if not rows.size or not cols.size:
-        return True
-    with np.errstate(invalid="ignore", over="ignore"):
-        top = float(np.max(np.abs(rows))) * float(np.max(np.abs(cols))) * 128.0
-    # max() of an array holding NaN is NaN, and NaN compares false.
-    return top <= float(np.finfo(np.float32).max)
 
 
 def _to_torch(array: np.ndarray, dtype: str) -> Any:

@@ -667,7 +667,9 @@ def make_plan(
             )
         _check_unique_tensor_names(name, tensors, entries)
         if name.endswith(".int8"):
-            _check_int8_tables(name, [f for f in files if layouts.get(f) is not None], layouts)
+            _check_int8_tables(
+                tree, name, [f for f in files if layouts.get(f) is not None], layouts
+            )
         kind = kind_of(name, bool(tensors))
         components.append(
             PlannedComponent(
@@ -917,13 +919,17 @@ def _read_layout(
         raise InputError("input.safetensors", f"{f.path}: {exc.detail}") from None
 
 
-def _check_int8_tables(name: str, files: Sequence[InputFile], layouts: _Layouts) -> None:
+def _check_int8_tables(
+    tree: InputTree, name: str, files: Sequence[InputFile], layouts: _Layouts
+) -> None:
     """Refuse what a loader would refuse of an int8 variant component (FORMAT §15):
-    a file with no valid scale table, or a table its tensors do not fit. Seal's
-    own variants always pass; a folder may hold hand-made or edited ones, which
-    are better refused here than by every inference server that loads them."""
+    a file with no valid scale table, a table its tensors do not fit, or scales
+    that are not all finite. Seal's own variants always pass; a folder may hold
+    hand-made or edited ones, which are better refused here than by every
+    inference server that loads them. (Products past float32's range need the
+    codes too: the loader refuses those.)"""
     scales: dict[str, list[str]] = {}
-    shapes: dict[str, tuple[str, tuple[int, ...]]] = {}
+    where: dict[str, tuple[InputFile, int, safetensors.TensorEntry]] = {}
     for f in files:
         layout = layouts.get(f)
         assert layout is not None  # (files with a layout only)
@@ -935,10 +941,39 @@ def _check_int8_tables(name: str, files: Sequence[InputFile], layouts: _Layouts)
                 "table for every tensor in its secpack.errors (FORMAT §15)",
             )
         scales.update(table)
-        shapes.update((t.name, (t.dtype, t.shape)) for t in layout.tensors)
-    problem = int8_table_problem(scales, shapes)
+        where.update((t.name, (f, layout.header_len, t)) for t in layout.tensors)
+    problem = int8_table_problem(scales, {n: (t.dtype, t.shape) for n, (_, _, t) in where.items()})
     if problem is not None:
         raise InputError("input.invalid", f"int8 variant {name!r}: {problem} (FORMAT §15)")
+    for codes, pair in scales.items():
+        if codes not in where:
+            continue
+        for scale in pair:
+            f, data_at, t = where[scale]
+            if not _finite_f32(tree, f, data_at + t.begin, t.end - t.begin):
+                raise InputError(
+                    "input.invalid",
+                    f"{f.path}: {codes}: int8 scales that are not all finite (FORMAT §15)",
+                )
+
+
+# Scale tensors are read in blocks of this many bytes: one row's or one column's
+# scale per value, so usually kilobytes, but a file may make them large.
+_SCALE_BLOCK = 4 << 20
+
+
+def _finite_f32(tree: InputTree, f: InputFile, offset: int, length: int) -> bool:
+    """Whether the float32 values at ``offset`` of file ``f`` are all finite."""
+    import numpy as np
+
+    for at in range(offset, offset + length, _SCALE_BLOCK):
+        n = min(_SCALE_BLOCK, offset + length - at)
+        block = tree.read_at(f.path, at, n)
+        if len(block) != n:
+            raise InputError("input.changed", f"{f.path} changed while it was being sealed")
+        if not np.isfinite(np.frombuffer(block, "<f4")).all():
+            return False
+    return True
 
 
 def _check_unique_tensor_names(

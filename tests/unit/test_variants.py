@@ -558,7 +558,9 @@ _ROW = np.ones(3, np.float32)
 _COL = np.ones(4, np.float32)
 
 
-_DATA_ONLY = ("nan", "inf", "overflow")  # cases only the scales' values show
+# Cases that only the codes times their scales show: seal signs them (it reads
+# no codes), and the loader refuses them.
+_PRODUCTS_ONLY = ("overflow", "overflow-in-row")
 
 
 @pytest.mark.parametrize(
@@ -584,6 +586,12 @@ _DATA_ONLY = ("nan", "inf", "overflow")  # cases only the scales' values show
         ),
         # Finite, but 11 x 3e38 is an infinity in float32.
         pytest.param('{"q": ["r", "c"]}', {"r": np.full(3, 3e38, np.float32)}, id="overflow"),
+        # The product is 1e30, but the code times the row scale comes first.
+        pytest.param(
+            '{"q": ["r", "c"]}',
+            {"r": np.full(3, 3e38, np.float32), "c": np.full(4, 1e-10, np.float32)},
+            id="overflow-in-row",
+        ),
     ],
 )
 def test_a_malformed_int8_scale_table_is_a_typed_error(
@@ -595,9 +603,10 @@ def test_a_malformed_int8_scale_table_is_a_typed_error(
 ) -> None:
     """The int8 variant's scale table is signed, but a wrong one (a signer's bug, or
     a hand-made package) must end in ``tensor.invalid``, never in a crash or in
-    silently wrong weights. Seal refuses what the headers show, before it signs."""
+    silently wrong weights. Seal refuses what the headers and the scales show,
+    before it signs."""
     tensors = {"q": _Q, "r": _ROW, "c": _COL, **extra}
-    if request.node.callspec.id not in _DATA_ONLY:
+    if request.node.callspec.id not in _PRODUCTS_ONLY:
         with pytest.raises(SecpackError) as err:
             _hand_made_int8(tmp_path, tensors, scales)
         assert err.value.code == "input.invalid", err.value
@@ -618,6 +627,28 @@ def test_a_malformed_int8_scale_table_is_a_typed_error(
             assert err.value.code == "tensor.invalid", prefer
         # The exact weights still load.
         assert p.state_dict("weights", prefer=["exact"])["q"].shape == (3, 4)
+
+
+def test_int8_of_values_near_float32s_largest_loads_finite(tmp_path: Path) -> None:
+    """Seal's own variant of values up to about 3.39e38 (float32's largest is
+    3.40e38): every code times its scales stays within range, and loads."""
+    root = tmp_path / "m"
+    w = np.random.default_rng(5).standard_normal((8, 16)).astype(np.float32)
+    w[3, 5] = 3.39e38
+    _write_st(root / "model.safetensors", {"w": w}, {})
+    pkg = tmp_path / "v.spk"
+    seal(
+        str(root),
+        str(pkg),
+        encrypt=False,
+        variants=["int8"],
+        sign_keys=[load_signing_key(str(KEYS / "signing-ed25519.key"))],
+    )
+    with _open(pkg) as p:
+        got = p.state_dict("weights", prefer=["int8"])["w"]
+        assert p.served() == "int8"
+    assert np.isfinite(got).all()
+    assert abs(float(got[3, 5]) - 3.39e38) < 0.01 * 3.39e38
 
 
 def test_a_well_formed_hand_made_int8_variant_dequantizes(tmp_path: Path) -> None:
