@@ -33,7 +33,8 @@ _SEGMENTS_PER_WORKER = 8
 _BUDGET = 320 << 20
 # What the zstd contexts the seal's workers keep (one per level, per thread)
 # may come to, apart from the segments: level 19's (--level max) is 81 MiB by
-# zstd's own estimate, so that max runs two workers on any machine. Without it,
+# zstd's own estimate, so that max runs at most two workers on any machine (one
+# under a container memory limit below about 670 MiB). Without it,
 # max counted only its segments: with 4 MiB segments, 8 workers (an 8-CPU
 # machine) peaked at 714 MB on khmer-ocr's 37 MB model.pth, and 2 at 227 MB;
 # with 16 MiB segments 2 workers peak at 468-491 MB. Levels 1 and 3 keep about
@@ -83,7 +84,8 @@ def worker_threads(requested: int, segment_bytes: int, context_bytes: int = 0) -
     budget = memory_budget()
     count = min(usable_cpus(), budget // per_worker)
     if context_bytes > 0:
-        count = min(count, min(_CONTEXT_BUDGET, budget) // context_bytes)
+        # Under a container's limit the contexts' budget shrinks with the segments'.
+        count = min(count, _CONTEXT_BUDGET * budget // _BUDGET // context_bytes)
     return max(1, count)
 
 

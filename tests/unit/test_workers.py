@@ -71,7 +71,12 @@ def test_the_seals_zstd_contexts_are_budgeted_too(
     monkeypatch.setattr(workers, "usable_cpus", lambda: 64)
     monkeypatch.setattr(workers, "memory_limit", lambda: None)
     assert workers.worker_threads(0, segment, zstd.context_bytes(level)) == expected
-    # Under a container's limit the contexts get no more than the budget.
+    # Under a container's limit the contexts' budget shrinks with the segments':
+    # at 512 MiB (a budget of 192 MiB, 115 for contexts) max runs one worker.
+    monkeypatch.setattr(workers, "memory_limit", lambda: 512 * MiB)
+    assert workers.worker_threads(0, segment, zstd.context_bytes(level)) == (
+        1 if level == 19 else (192 * MiB) // (8 * segment)
+    )
     monkeypatch.setattr(workers, "memory_limit", lambda: 256 * MiB)  # budget 64 MiB
     assert workers.worker_threads(0, segment, zstd.context_bytes(level)) == (
         1 if level == 19 else max(1, (64 * MiB) // (8 * segment))
