@@ -318,7 +318,8 @@ def seal(
             # (llama-cpp-python's vocabulary GGUFs, tokenlearn's 10 MB tokenizer),
             # where 4 MiB left them above zstd -19 of each whole file. Tensors
             # keep 4 MiB: bgx and ans gain nothing from longer segments, and a
-            # random read of one decodes less.
+            # random read of one decodes less; so do files the probe finds float
+            # arrays in (make_plan).
             file_segment=MAX_SEGMENT if level == "max" and segment_size is None else 0,
             run_cap=(segment_size or RUN_FILES_MAX) if file_runs else 0,
             # The run trial holds its two streams whatever the count: no memory

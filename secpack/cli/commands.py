@@ -100,7 +100,8 @@ def seal(
             "--segment-size",
             metavar="MIB",
             help="Segment size in MiB (1-16). Default 4; with --level max, 16 for files "
-            "that are not safetensors; file runs up to 16. Given, it bounds all of them.",
+            "that are not safetensors and hold no float arrays; file runs up to 16. "
+            "Given, it bounds all of them.",
         ),
     ] = None,
     threads: ThreadsOpt = 0,

@@ -659,7 +659,14 @@ def make_plan(
                     dtype,
                     lead=phase,
                     guessed=guess is not None,
-                    segment_size=file_segment,
+                    # The larger segments are for zstd's window (seal's max); a
+                    # float layout gains nothing from them, and a segment that
+                    # spans arrays of other layouts loses. Measured at max on 50
+                    # real folders: 14 smaller (ddddocr's ONNX 38 KB, MiniLM's
+                    # pytorch_model.bin 32-40 KB), 7 larger (spaCy's models 29
+                    # KB, 0.24 %), 292 KB less in all; the highest peak RSS 510
+                    # MiB -> 396 MiB, face_recognition_models 57 -> 32 s.
+                    segment_size=file_segment if guess is None else 0,
                 )
                 fmt, header = FORMAT_RAW, 0
             entries.append(

@@ -479,6 +479,29 @@ def test_the_default_package_name_is_made_valid(tmp_path: Path, given: str, expe
     assert err.value.code == "input.invalid"
 
 
+def test_max_keeps_4_mib_segments_for_a_file_of_float_arrays(tmp_path: Path) -> None:
+    """The 16 MiB segments are for zstd's window: a file the probe finds float
+    arrays in (an ONNX or PyTorch export) is coded by its float layout, which
+    gains nothing from them, and a segment spanning arrays of other layouts
+    loses. Such a file keeps 4 MiB segments at max, and a text file beside it
+    gets 16 MiB."""
+    import secpack
+
+    root = tmp_path / "model"
+    root.mkdir()
+    rng = np.random.default_rng(4)
+    weights = (rng.standard_normal(9 << 18) * 0.05).astype("<f4").tobytes()  # 9 MiB
+    (root / "export.bin").write_bytes(weights)
+    words = [bytes(rng.integers(97, 123, 6, dtype=np.uint8)) for _ in range(3000)]
+    (root / "words.txt").write_bytes(b"\n".join(words[i] for i in rng.integers(0, 3000, 900_000)))
+    out = tmp_path / "max.spk"
+    _seal(root, out, None, level="max")
+    with secpack.open_package(out, trust=[str(KEYS / "signing-ed25519.key.pub")]) as p:
+        counts = {f.path: f.count for f in p.files("files")}
+        assert p.read_file("files", "export.bin") == weights
+    assert counts == {"export.bin": 3, "words.txt": 1}, counts
+
+
 def test_max_gives_files_it_does_not_parse_segments_of_16_mib(tmp_path: Path) -> None:
     """With --level max and no --segment-size, a file that is not safetensors is
     cut into 16 MiB segments (zstd -19 then reaches further), tensors stay at
