@@ -27,20 +27,19 @@ def _interrupt_after(real: Callable[..., Any]) -> Callable[..., Any]:
     return call
 
 
-def test_a_file_interrupted_as_it_is_made_leaves_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("make", "call"),
+    [
+        (atomic.AtomicFile, "open"),
+        (atomic.AtomicDirectory, "mkdir"),
+        (atomic.WorkDirectory, "mkdir"),
+    ],
+)
+def test_a_temporary_interrupted_as_it_is_made_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make: type[Any], call: str
 ) -> None:
-    monkeypatch.setattr(atomic.os, "open", _interrupt_after(os.open))
-    with pytest.raises(KeyboardInterrupt), atomic.AtomicFile(str(tmp_path / "x.spk")):
-        pytest.fail("the block must not run")
-    assert os.listdir(tmp_path) == []
-
-
-def test_a_directory_interrupted_as_it_is_made_leaves_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(atomic.os, "mkdir", _interrupt_after(os.mkdir))
-    with pytest.raises(KeyboardInterrupt), atomic.AtomicDirectory(str(tmp_path / "out")):
+    monkeypatch.setattr(atomic.os, call, _interrupt_after(getattr(os, call)))
+    with pytest.raises(KeyboardInterrupt), make(str(tmp_path / "out")):
         pytest.fail("the block must not run")
     assert os.listdir(tmp_path) == []
 

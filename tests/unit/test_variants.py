@@ -632,18 +632,14 @@ def test_a_malformed_int8_scale_table_is_a_typed_error(
 def test_int8_of_values_near_float32s_largest_loads_finite(tmp_path: Path) -> None:
     """Seal's own variant of values up to about 3.39e38 (float32's largest is
     3.40e38): every code times its scales stays within range, and loads."""
+    from helpers import seal_example
+
     root = tmp_path / "m"
     w = np.random.default_rng(5).standard_normal((8, 16)).astype(np.float32)
     w[3, 5] = 3.39e38
     _write_st(root / "model.safetensors", {"w": w}, {})
     pkg = tmp_path / "v.spk"
-    seal(
-        str(root),
-        str(pkg),
-        encrypt=False,
-        variants=["int8"],
-        sign_keys=[load_signing_key(str(KEYS / "signing-ed25519.key"))],
-    )
+    seal_example(root, pkg, encrypt=False, variants=["int8"])
     with _open(pkg) as p:
         got = p.state_dict("weights", prefer=["int8"])["w"]
         assert p.served() == "int8"
