@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from secpack.errors import SecpackError
+from secpack.errors import SecpackError, out_of_resources
 
 __all__ = ["audited", "package_facts", "record_late_error"]
 
@@ -95,8 +95,17 @@ def audited(action: str) -> Iterator[dict[str, Any]]:
     except SecpackError as exc:
         _record(action, "error", exc.code, facts)
         raise
-    except BaseException:
-        _record(action, "error", "internal", facts)
+    except BaseException as exc:
+        # The codes the command line reports for these (FORMAT §12), so that the
+        # log says what the user was told: an interrupt (which may come after the
+        # output was complete) is not a bug, nor is running out of memory.
+        if isinstance(exc, KeyboardInterrupt):
+            code = "interrupted"
+        elif out_of_resources(exc):
+            code = "limit.exceeded"
+        else:
+            code = "internal"
+        _record(action, "error", code, facts)
         raise
     try:
         _record(action, "ok", None, facts)

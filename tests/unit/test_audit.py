@@ -583,3 +583,28 @@ def test_a_fault_a_library_read_finds_after_the_open_is_recorded_too(
     assert records[2]["package"] == records[1]["package"]
     assert records[2]["package"]["name"] == "m" and records[2]["package"]["path"] == str(pkg)
     assert verify_log(str(log)) is None
+
+
+@pytest.mark.parametrize(
+    ("raised", "code"),
+    [
+        (KeyboardInterrupt(), "interrupted"),
+        (MemoryError(), "limit.exceeded"),
+        (RuntimeError("can't start new thread"), "limit.exceeded"),
+        (ZeroDivisionError(), "internal"),
+    ],
+)
+def test_a_verb_stopped_by_something_not_secpacks_is_recorded_with_the_code_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, raised: BaseException, code: str
+) -> None:
+    """The record's code is the one the command line reports: an interrupt (which
+    may land after the output was complete) is not an internal error, nor is
+    running out of memory or threads."""
+    from secpack.api.auditing import audited
+
+    log = tmp_path / "audit.jsonl"
+    monkeypatch.setenv("SECPACK_AUDIT_LOG", str(log))
+    with pytest.raises(type(raised)), audited("open"):
+        raise raised
+    records = [json.loads(raw) for _, raw in read_log(str(log))]
+    assert [(r["action"], r["outcome"], r["code"]) for r in records] == [("open", "error", code)]
