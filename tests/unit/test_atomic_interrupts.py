@@ -123,17 +123,25 @@ def test_open_interrupted_as_its_output_directory_is_made_leaves_nothing(
     assert os.listdir(out) == []
 
 
+@pytest.fixture
+def model(tmp_path: Path) -> Path:
+    """A folder of one small float32 safetensors file, for seal --variant int8."""
+    import numpy as np
+    from helpers import Tensor, write_safetensors
+
+    root = tmp_path / "model"
+    root.mkdir()
+    w = np.random.default_rng(1).standard_normal((16, 16)).astype("<f4")
+    write_safetensors(root / "model.safetensors", {"w": Tensor("F32", (16, 16), w.tobytes())})
+    return root
+
+
 def test_seal_interrupted_as_its_variant_workdir_is_made_leaves_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model: Path
 ) -> None:
     """seal --variant builds the variant files in a directory next to its output."""
-    import numpy as np
-    from helpers import Tensor, seal_example, write_safetensors
+    from helpers import seal_example
 
-    model = tmp_path / "model"
-    model.mkdir()
-    w = np.random.default_rng(1).standard_normal((16, 16)).astype("<f4")
-    write_safetensors(model / "model.safetensors", {"w": Tensor("F32", (16, 16), w.tobytes())})
     out = tmp_path / "out"
     out.mkdir()
     monkeypatch.setattr(atomic.os, "mkdir", _interrupt_after(os.mkdir))
@@ -160,19 +168,14 @@ def _once(real: Callable[..., Any], before: bool = False) -> Callable[..., Any]:
 
 
 def test_an_interrupted_removal_of_the_variant_workdir_finishes_first(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model: Path
 ) -> None:
     """The seal's last step removes its variant files: an interrupt there must not
     leave part of them (the package itself is complete by then)."""
     import shutil
 
-    import numpy as np
-    from helpers import Tensor, seal_example, write_safetensors
+    from helpers import seal_example
 
-    model = tmp_path / "model"
-    model.mkdir()
-    w = np.random.default_rng(1).standard_normal((16, 16)).astype("<f4")
-    write_safetensors(model / "model.safetensors", {"w": Tensor("F32", (16, 16), w.tobytes())})
     out = tmp_path / "out"
     out.mkdir()
     real = shutil.rmtree
