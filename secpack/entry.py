@@ -14,7 +14,7 @@ import signal
 import sys
 from typing import NoReturn
 
-__all__ = ["interrupt_status", "interrupted", "main"]
+__all__ = ["interrupt_status", "interrupted", "main", "one_malloc_arena"]
 
 # What an interrupt reports, before or after a verb began: nothing is ever left
 # half-written (outputs are built under temporary names and renamed whole).
@@ -57,6 +57,40 @@ def interrupted(as_json: bool) -> NoReturn:
     os._exit(interrupt_status())
 
 
+# glibc's mallopt() parameter for the most malloc arenas (malloc.h: M_ARENA_MAX).
+_M_ARENA_MAX = -8
+
+
+def one_malloc_arena() -> bool:
+    """Under an address-space limit (``ulimit -v``, RLIMIT_AS; some batch
+    schedulers set one), have every thread allocate from glibc's main malloc
+    arena. True where that was done.
+
+    Why: a thread gets an arena of its own on its first malloc, and making one
+    reserves 64 MiB of address space. Near the limit a worker's first small
+    allocations then fail while the segments' large ones still fit, and one
+    that fails inside the OpenSSL bundled with cryptography (4.0.3) recurses
+    until the thread's stack runs out: the process died of SIGSEGV with no
+    message. Sealing a small model under every limit from 40 MiB short of enough
+    to 1 MiB short, twice, crashed so at 19 and at 1 MiB short each time; with
+    one arena every one of those runs said limit.exceeded. Without a limit the
+    arenas only spare threads waiting on each other's malloc, so nothing is
+    changed there."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft == resource.RLIM_INFINITY or not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt  # the process's C library
+    except (OSError, AttributeError):  # a C library without it (not glibc)
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    return bool(mallopt(_M_ARENA_MAX, 1))
+
+
 def main() -> NoReturn:
     # secpack makes no BLAS call worth a thread (numpy's dot of 1-D vectors, for
     # variant errors, runs on one), but OpenBLAS starts one thread per CPU when
@@ -65,6 +99,9 @@ def main() -> NoReturn:
     # workers start (measured with `perf stat`). A value the user set is kept.
     # Only the command line does this: a library must not change its host's BLAS.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    # Before any thread starts; and only the command line: a library must not
+    # change how its host allocates.
+    one_malloc_arena()
     # Only the command line: a library must not take over its host's signals.
     signal.signal(signal.SIGTERM, _terminate)
     try:

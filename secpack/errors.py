@@ -235,8 +235,14 @@ CODES: dict[str, str] = {
 def resource_limit(exc: BaseException, hint: str) -> LimitError | None:
     """``limit.exceeded`` for an ``exc`` that says the process ran out of memory or
     threads (see out_of_resources), naming it and ``hint`` (what asks for less);
-    None for any other error, a SecpackError included."""
-    if isinstance(exc, SecpackError) or not out_of_resources(exc):
+    a ``limit.exceeded`` raised as one (zstd's, a buffer's) again, with ``hint``
+    added; None for any other error (any other SecpackError, and one that says
+    ``hint`` already)."""
+    if isinstance(exc, SecpackError):
+        if exc.code != "limit.exceeded" or hint in exc.detail:
+            return None
+        return LimitError("limit.exceeded", f"{exc.detail}; {hint}")
+    if not out_of_resources(exc):
         return None
     first = next((line for line in str(exc).splitlines() if line.strip()), "")
     said = f"{type(exc).__name__}: {first}" if first else type(exc).__name__

@@ -318,8 +318,10 @@ def test_just_too_little_memory_is_limit_exceeded(
     name (a MemoryError, a thread that would not start, zstd's allocation error),
     or ``output.io`` for a library that could not be mapped. Found by halving the
     address-space limit between one that is enough and one that is not, the run
-    just below enough fails inside secpack's own work: it must say
-    ``limit.exceeded`` and what asks for less, and leave nothing behind."""
+    1 MiB below enough fails inside secpack's own work: it must say
+    ``limit.exceeded`` and what asks for less, and leave nothing behind. (Near
+    there a seal also crashed, SIGSEGV, in cryptography's OpenSSL, at limits that
+    moved with the process's layout: secpack.entry.one_malloc_arena.)"""
     out = tmp_path / "out"
     args: tuple[str | os.PathLike[str], ...]
     if verb == "seal":
@@ -342,7 +344,7 @@ def test_just_too_little_memory_is_limit_exceeded(
         remove()
         return None
 
-    last = just_short(run, 2048, 32)
+    _, last = just_short(run, 2048, 32, within=1)
     assert last.get("error", {}).get("code") == "limit.exceeded", last
     assert "--threads 1" in last["error"]["message"]
     assert list(tmp_path.iterdir()) == []

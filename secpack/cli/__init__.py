@@ -174,6 +174,10 @@ def _stdout_failed(err: StdoutError) -> int:
     return exit_status(err.code)
 
 
+# What a verb out of memory or threads is told to try.
+_LESS = "--threads 1 and a smaller --segment-size need less"
+
+
 def _run(as_json: bool, action: Callable[[], None]) -> None:
     """Run one verb; every failure becomes ``error[code]: message`` and a non-zero exit."""
     try:
@@ -183,7 +187,7 @@ def _run(as_json: bool, action: Callable[[], None]) -> None:
     except SecpackError as err:
         from secpack.cli.render import fail
 
-        fail(err, as_json)
+        fail(resource_limit(err, _LESS) or err, as_json)
         raise typer.Exit(exit_status(err.code)) from None
     except KeyboardInterrupt:
         from secpack.cli.render import fail
@@ -206,7 +210,7 @@ def _run(as_json: bool, action: Callable[[], None]) -> None:
             raise
         # Out of memory or of threads (ulimit -v, a container's limits), here or in a
         # module imported late: a limit of this machine, said as one.
-        limit = resource_limit(exc, "--threads 1 and a smaller --segment-size need less")
+        limit = resource_limit(exc, _LESS)
         if limit is not None:
             fail(limit, as_json)
             raise typer.Exit(exit_status(limit.code)) from None

@@ -28,3 +28,68 @@ def test_the_cli_keeps_openblas_to_one_thread_unless_told(
     with pytest.raises(SystemExit):
         entry.main()
     assert got == [seen]
+
+
+_ARENA_PROBE = """
+import resource, sys, threading
+if sys.argv[1] != "none":
+    resource.setrlimit(resource.RLIMIT_AS, (8 << 30, resource.RLIM_INFINITY))
+from secpack.entry import one_malloc_arena
+done = one_malloc_arena() if sys.argv[1] == "limit" else False
+
+
+def vm():
+    with open("/proc/self/status") as f:
+        return next(int(x.split()[1]) << 10 for x in f if x.startswith("VmSize:"))
+
+
+before, grown = vm(), []
+
+
+def work():
+    block = bytearray(100_000)  # past pymalloc: the thread's first malloc
+    grown.append(vm() - before)
+
+
+thread = threading.Thread(target=work)
+thread.start()
+thread.join()
+print(done, grown[0] >> 20)
+"""
+
+
+@pytest.mark.parametrize(
+    ("case", "done", "most_mib"),
+    [
+        # One arena: a thread costs its stack (8 MiB), not a 64 MiB arena.
+        ("limit", True, 32),
+        # The control: the same limit, left as glibc has it; a thread's first
+        # malloc reserves its arena. (Were it not so, this test could not fail.)
+        ("limit-untouched", False, None),
+        # No limit: nothing to spare, nothing changed.
+        ("none", False, None),
+    ],
+)
+def test_under_an_address_space_limit_threads_share_one_malloc_arena(
+    case: str, done: bool, most_mib: int | None
+) -> None:
+    """Near an address-space limit a thread's own arena (64 MiB reserved) made
+    its first small allocations fail, and one that failed inside cryptography's
+    OpenSSL crashed the process (see entry.one_malloc_arena)."""
+    import subprocess
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("RLIMIT_AS and /proc/self/status are Linux's")
+    res = subprocess.run(
+        [sys.executable, "-c", _ARENA_PROBE, case],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    said, grown = res.stdout.split()
+    assert said == str(done)
+    if most_mib is not None:
+        assert int(grown) <= most_mib, grown
+    else:
+        assert int(grown) >= 64, grown

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from secpack.errors import CODES, SecpackError
+from secpack.errors import CODES, LimitError, SecpackError, resource_limit
 from secpack.format.limits import DEFAULT_LIMITS
 from secpack.transport.files import read_small
 from secpack.transport.inputs import scan_input
@@ -337,3 +337,18 @@ def test_a_file_longer_than_its_size_says_is_read_whole(
     with pytest.raises(SecpackError) as caught:
         read_small(str(key), "key")
     assert caught.value.code == "input.invalid"
+
+
+def test_every_limit_exceeded_says_what_asks_for_less() -> None:
+    """A verb that ran out of memory said what asks for less only where Python had
+    raised the error (a MemoryError); zstd's allocation error, which secpack
+    raises as limit.exceeded itself, came without it."""
+    hint = "--threads 1 needs less"
+    own = resource_limit(LimitError("limit.exceeded", "out of memory for zstd: no"), hint)
+    assert own is not None and own.code == "limit.exceeded"
+    assert own.detail == f"out of memory for zstd: no; {hint}"
+    assert resource_limit(own, hint) is None  # said once
+    raised = resource_limit(MemoryError(), hint)
+    assert raised is not None and raised.detail.endswith(hint)
+    assert resource_limit(SecpackError("integrity"), hint) is None
+    assert resource_limit(ValueError("no"), hint) is None
