@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 
 # The C helpers too: an editable install builds them once, and a .venv made before
 # a change to them would otherwise keep running the old build.
-$(STAMP): pyproject.toml secpack/codec/_planes.c secpack/format/_cbor.c
+$(STAMP): pyproject.toml secpack/codec/_planes.c secpack/format/_cbor.c secpack/_bytesbuf.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'

@@ -5,14 +5,14 @@ secpack.buffers). Smaller buffers cannot hold a huge page and come from numpy.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from secpack.buffers import huge_block
 from secpack.errors import LimitError
 
-__all__ = ["ALIGNMENT", "aligned", "arena", "host_buffer"]
+__all__ = ["ALIGNMENT", "aligned", "arena", "filled_bytes", "host_buffer"]
 
 # Arrays start on a 64-byte boundary: cache-line and AVX-512 aligned, as torch
 # and numpy kernels prefer.
@@ -57,3 +57,32 @@ def arena(sizes: Sequence[int]) -> list[np.ndarray]:
         total += -(-size // ALIGNMENT) * ALIGNMENT
     block = host_buffer(max(total, 1))
     return [block[o : o + s] for o, s in zip(offsets, sizes, strict=True)]
+
+
+def filled_bytes(nbytes: int, fill: Callable[[np.ndarray], None]) -> bytes:
+    """A bytes object of ``nbytes`` that ``fill`` writes, every byte, through the
+    uint8 array it is given (and keeps no view of). With the C helper
+    (secpack/_bytesbuf.c) the array is the bytes object's own memory, so the data
+    is held once; without it, a host buffer copied into the bytes at the end.
+    ``limit.exceeded`` as for host_buffer."""
+    try:
+        from secpack._bytesbuf import BytesBuffer
+    except ImportError:  # built without a C compiler
+        buffer = host_buffer(nbytes)
+        fill(buffer)
+        return buffer.tobytes()
+    try:
+        target = BytesBuffer(nbytes)
+    except MemoryError:
+        raise LimitError("limit.exceeded", f"cannot allocate {nbytes} bytes for a file") from None
+    view = np.frombuffer(memoryview(target), dtype=np.uint8)
+    try:
+        fill(view)
+    finally:
+        del view
+    try:
+        return target.take()
+    except BufferError:
+        # ``fill`` kept a view after all: then a copy, so that no one can change
+        # bytes that are handed out.
+        return bytes(memoryview(target))

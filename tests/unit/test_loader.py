@@ -835,7 +835,17 @@ def test_every_read_out_of_memory_is_a_secpack_error(tmp_path: Path, read: str) 
     write_safetensors(model / "model.safetensors", tensors)
     (model / "config.json").write_text("{}")
     pkg = _seal(model, tmp_path / "p.spk")
-    env = clean_env({"SECPACK_AUDIT": "off", "SECPACK_STATE_DIR": str(tmp_path / "state")})
+    # A fixed mmap threshold: glibc otherwise raises it to the size of a block
+    # once freed, and keeps later blocks of that size (read_file's bytes) in its
+    # heap, within the address space already held; the next read then needs no
+    # more, and no limit below what the process holds makes it run out.
+    env = clean_env(
+        {
+            "SECPACK_AUDIT": "off",
+            "SECPACK_STATE_DIR": str(tmp_path / "state"),
+            "MALLOC_MMAP_THRESHOLD_": str(128 << 10),
+        }
+    )
     probe = f"""
 import resource, sys
 import numpy, secpack
