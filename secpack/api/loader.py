@@ -931,20 +931,34 @@ class Package:
             offset += r.length
         raw = json.dumps(header, separators=(",", ":")).encode()
         raw += b" " * (-len(raw) % 8)
-        body = hostmem.host_buffer(offset)
-        work, pos = [], 0
-        for r in records:
-            work.extend(self._tensor_into(comp, r, body[pos : pos + r.length]))
-            pos += r.length
-        if work:
-            self._decode_many(work)
-        data = struct.pack("<Q", len(raw)) + raw + body.tobytes()
+        head = struct.pack("<Q", len(raw)) + raw
+
+        def fill(body: np.ndarray) -> None:
+            """The tensors' bytes decoded into ``body``, one after another."""
+            work, pos = [], 0
+            for r in records:
+                work.extend(self._tensor_into(comp, r, body[pos : pos + r.length]))
+                pos += r.length
+            if work:
+                self._decode_many(work)
+
+        # The tensors are decoded straight into what is returned or written, so
+        # that the model is held once (it was three times: decoded, copied into
+        # bytes, and copied again behind the header).
         if path is None:
-            return data
+
+            def whole(buffer: np.ndarray) -> None:
+                buffer[: len(head)] = np.frombuffer(head, dtype=np.uint8)
+                fill(buffer[len(head) :])
+
+            return hostmem.filled_bytes(len(head) + offset, whole)
         from secpack.transport.atomic import AtomicFile
 
+        body = hostmem.host_buffer(offset)
+        fill(body)
         with AtomicFile(path, force_option=False) as out:
-            out.pwrite(0, data)
+            out.pwrite(0, head)
+            out.pwrite(len(head), body.data)
             out.commit()
         return None
 
