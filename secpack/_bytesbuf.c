@@ -21,8 +21,12 @@ typedef struct {
     Py_ssize_t exports;
 } BytesBuffer;
 
-/* Mappings this large can hold a huge page (x86-64, arm64). */
-#define HUGE_PAGE (2L << 20)
+/* Allocations from this size up get huge-page advice. glibc's malloc serves
+ * them from a mapping of their own (its mmap threshold never rises above 32 MiB
+ * on 64-bit), so the advice goes with the mapping when the bytes are freed;
+ * given to a smaller block, it would stay on a part of the heap that later
+ * holds other, sparser data. */
+#define ADVISE_FROM (32L << 20)
 #define SMALL_PAGE 4096L
 
 /* Advise huge pages for the page-aligned part of a large allocation: its first
@@ -30,7 +34,7 @@ typedef struct {
  * faster). Advice only: an error, or huge pages turned off, changes nothing. */
 static void advise_huge(char *data, Py_ssize_t n) {
 #ifdef MADV_HUGEPAGE
-    if (n < 2 * HUGE_PAGE) return;
+    if (n < ADVISE_FROM) return;
     uintptr_t start = ((uintptr_t)data + SMALL_PAGE - 1) & ~(uintptr_t)(SMALL_PAGE - 1);
     uintptr_t end = ((uintptr_t)data + (uintptr_t)n) & ~(uintptr_t)(SMALL_PAGE - 1);
     if (end > start) (void)madvise((void *)start, end - start, MADV_HUGEPAGE);
