@@ -75,7 +75,10 @@ def one_malloc_arena() -> bool:
     to 1 MiB short, twice, crashed so at 19 and at 1 MiB short each time; with
     one arena every one of those runs said limit.exceeded. Without a limit the
     arenas only spare threads waiting on each other's malloc, so nothing is
-    changed there."""
+    changed there; nor where the user chose glibc's arena count
+    (``MALLOC_ARENA_MAX``, or ``arena_max`` in ``GLIBC_TUNABLES``)."""
+    if "MALLOC_ARENA_MAX" in os.environ or "arena_max" in os.environ.get("GLIBC_TUNABLES", ""):
+        return False
     import resource
 
     soft, _ = resource.getrlimit(resource.RLIMIT_AS)

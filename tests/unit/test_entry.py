@@ -68,6 +68,8 @@ print(done, grown[0] >> 20)
         ("limit-untouched", False, None),
         # No limit: nothing to spare, nothing changed.
         ("none", False, None),
+        # The user's own arena count is kept, as OPENBLAS_NUM_THREADS is.
+        ("limit-user-arenas", False, None),
     ],
 )
 def test_under_an_address_space_limit_threads_share_one_malloc_arena(
@@ -76,16 +78,21 @@ def test_under_an_address_space_limit_threads_share_one_malloc_arena(
     """Near an address-space limit a thread's own arena (64 MiB reserved) made
     its first small allocations fail, and one that failed inside cryptography's
     OpenSSL crashed the process (see entry.one_malloc_arena)."""
+    import os
     import subprocess
     import sys
 
     if not sys.platform.startswith("linux"):
         pytest.skip("RLIMIT_AS and /proc/self/status are Linux's")
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+    if case == "limit-user-arenas":
+        env["MALLOC_ARENA_MAX"] = "8"
     res = subprocess.run(
-        [sys.executable, "-c", _ARENA_PROBE, case],
+        [sys.executable, "-c", _ARENA_PROBE, case.replace("-user-arenas", "")],
         capture_output=True,
         text=True,
         check=True,
+        env=env,
     )
     said, grown = res.stdout.split()
     assert said == str(done)
