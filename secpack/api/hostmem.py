@@ -74,7 +74,11 @@ def filled_bytes(nbytes: int, fill: Callable[[np.ndarray], None]) -> bytes:
     try:
         target = BytesBuffer(nbytes)
     except MemoryError:
-        raise LimitError("limit.exceeded", f"cannot allocate {nbytes} bytes for a file") from None
+        raise LimitError(
+            "limit.exceeded",
+            f"cannot allocate {nbytes} bytes to hold a whole file (secpack open, or "
+            "secpack.api.extract, writes the original files a few segments at a time)",
+        ) from None
     view = np.frombuffer(memoryview(target), dtype=np.uint8)
     try:
         fill(view)
