@@ -347,6 +347,8 @@ def test_just_too_little_memory_is_limit_exceeded(
     _, last = just_short(run, 2048, 32, within=1)
     assert last.get("error", {}).get("code") == "limit.exceeded", last
     assert "--threads 1" in last["error"]["message"]
+    # Only seal has a segment size to make smaller.
+    assert ("--segment-size" in last["error"]["message"]) == (verb == "seal")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -174,11 +174,14 @@ def _stdout_failed(err: StdoutError) -> int:
     return exit_status(err.code)
 
 
-# What a verb out of memory or threads is told to try.
-_LESS = "--threads 1 and a smaller --segment-size need less"
+# What a verb out of memory or threads is told to try: seal's options, verify's
+# and open's, and what is left to any other verb.
+LESS_SEAL = "--threads 1 and a smaller --segment-size need less"
+LESS_READ = "--threads 1 needs less"
+_LESS_ANY = "the process may use less memory than this needs (ulimit -v, a container's limit)"
 
 
-def _run(as_json: bool, action: Callable[[], None]) -> None:
+def _run(as_json: bool, action: Callable[[], None], less: str = _LESS_ANY) -> None:
     """Run one verb; every failure becomes ``error[code]: message`` and a non-zero exit."""
     try:
         action()
@@ -187,7 +190,7 @@ def _run(as_json: bool, action: Callable[[], None]) -> None:
     except SecpackError as err:
         from secpack.cli.render import fail
 
-        fail(resource_limit(err, _LESS) or err, as_json)
+        fail(resource_limit(err, less) or err, as_json)
         raise typer.Exit(exit_status(err.code)) from None
     except KeyboardInterrupt:
         from secpack.cli.render import fail
@@ -210,7 +213,7 @@ def _run(as_json: bool, action: Callable[[], None]) -> None:
             raise
         # Out of memory or of threads (ulimit -v, a container's limits), here or in a
         # module imported late: a limit of this machine, said as one.
-        limit = resource_limit(exc, _LESS)
+        limit = resource_limit(exc, less)
         if limit is not None:
             fail(limit, as_json)
             raise typer.Exit(exit_status(limit.code)) from None

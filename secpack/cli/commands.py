@@ -7,6 +7,8 @@ from typing import Annotated, Any
 import typer
 
 from secpack.cli import (
+    LESS_READ,
+    LESS_SEAL,
     DowngradeOpt,
     JsonOpt,
     PassEnvOpt,
@@ -257,7 +259,7 @@ def seal(
             quiet,
         )
 
-    _run(as_json, action)
+    _run(as_json, action, LESS_SEAL)
 
 
 def _tune_memory(size: int) -> None:
@@ -350,7 +352,7 @@ def verify(
             quiet,
         )
 
-    _run(as_json, action)
+    _run(as_json, action, LESS_READ)
 
 
 @app.command(
@@ -454,7 +456,7 @@ def open_(
             quiet,
         )
 
-    _run(as_json, action)
+    _run(as_json, action, LESS_READ)
 
 
 @app.command(epilog="Example: secpack inspect model.spk --identity prod.key --trust release.pub")
