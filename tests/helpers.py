@@ -395,15 +395,12 @@ class Meddler:
 T = TypeVar("T")
 
 
-def just_short(
-    run: Callable[[int], T | None], enough: int, short: int, within: int = 8
-) -> tuple[int, T]:
-    """The limit just below the smallest one (MiB of address space, say) that
-    ``run(limit)`` needs, and what ``run`` gave there: ``run`` returns None when
-    the limit was enough, else what the failure said. ``enough`` must be enough;
-    the search halves the gap between it and ``short`` down to ``within``, and
-    returns the failure nearest to enough (with ``within=1``, the limit 1 below
-    the smallest enough)."""
+def just_short(run: Callable[[int], T | None], enough: int, short: int, within: int = 8) -> T:
+    """What ``run(limit)`` gives just below the smallest limit (MiB of address space,
+    say) it needs: ``run`` returns None when the limit was enough, else what the
+    failure said. ``enough`` must be enough; the search halves the gap between it
+    and ``short`` down to ``within``, and returns the failure nearest to enough
+    (with ``within=1``, the one 1 below the smallest enough)."""
     assert run(enough) is None, f"{enough} is not enough"
     last: T | None = None
     while enough - short > within:
@@ -414,4 +411,4 @@ def just_short(
         else:
             short, last = mid, said
     assert last is not None, f"nothing failed above {short}"
-    return short, last
+    return last

@@ -344,7 +344,7 @@ def test_just_too_little_memory_is_limit_exceeded(
         remove()
         return None
 
-    _, last = just_short(run, 2048, 32, within=1)
+    last = just_short(run, 2048, 32, within=1)
     assert last.get("error", {}).get("code") == "limit.exceeded", last
     assert "--threads 1" in last["error"]["message"]
     # Only seal has a segment size to make smaller.
