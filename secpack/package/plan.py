@@ -113,6 +113,8 @@ CONFIG_NAMES = frozenset(
         "config_sentence_transformers.json",
         "modules.json",
         "params.json",
+        # spaCy pipelines keep their whole configuration here.
+        "config.cfg",
     }
 )
 TOKENIZER_NAMES = frozenset(
@@ -133,6 +135,9 @@ TOKENIZER_NAMES = frozenset(
         # CTranslate2 conversions (faster-whisper and others) keep the vocabulary here.
         "vocabulary.txt",
         "vocabulary.json",
+        # spaCy pipelines serialize their tokenizer to a file of this name, with no
+        # suffix.
+        "tokenizer",
     }
 )
 ADAPTER_MARKER = "adapter_config.json"

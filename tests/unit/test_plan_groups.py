@@ -54,6 +54,29 @@ def test_a_ctranslate2_conversion_keeps_its_vocabulary_with_the_tokenizer() -> N
     assert groups["files"] == ["model.bin"]  # not safetensors: sealed as an opaque file
 
 
+def test_a_spacy_pipeline_keeps_its_config_and_tokenizer_apart() -> None:
+    groups = _groups(
+        [
+            "config.cfg",
+            "meta.json",
+            "tokenizer",
+            "ner/model",
+            "ner/cfg",
+            "vocab/strings.json",
+            "vocab/vectors",
+        ]
+    )
+    assert groups["config"] == ["config.cfg"]
+    assert groups["tokenizer"] == ["tokenizer"]
+    assert groups["files"] == [
+        "meta.json",
+        "ner/cfg",
+        "ner/model",
+        "vocab/strings.json",
+        "vocab/vectors",
+    ]
+
+
 def test_an_adapter_in_a_subdirectory_and_an_input_that_is_an_adapter() -> None:
     base = _groups(
         [
