@@ -543,7 +543,9 @@ class Package:
         """Decode one tensor; reads only that tensor's segments, or the one it
         shares with its small neighbours (at most 1 MiB), and for int8 its
         scales. Raises ``tensor.unknown`` (a :class:`SecpackError` that is also
-        a ``KeyError``) when no readable component has it, and
+        a ``KeyError``) when no readable component has it, ``component.unknown``
+        when ``component`` is not given and two components have a tensor of that
+        name (a pipeline's parts, two checkpoints side by side), and
         :class:`SecpackError` on any check.
 
         Without ``prefer`` this is the exact tensor. A package sealed with

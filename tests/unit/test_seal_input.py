@@ -11,9 +11,11 @@ from helpers import Meddler
 from safetensors.numpy import save_file
 
 from secpack.api.keyfiles import load_signing_key
+from secpack.api.loader import open_package
 from secpack.api.seal import seal
 from secpack.errors import SecpackError
 from secpack.format.limits import Limits
+from secpack.sign.policy import policy_from_keys
 
 ROOT = Path(__file__).resolve().parents[2]
 KEYS = ROOT / "keys-example"
@@ -128,13 +130,23 @@ def test_unencrypted_constant_segments_open_with_default_limits(
 def test_tensor_names_shared_by_two_files_name_both_and_the_way_out(tmp_path: Path) -> None:
     # A diffusers-style pipeline: two parts that reuse tensor names.
     root = tmp_path / "pipe"
-    for part in ("unet", "vae"):
+    for k, part in enumerate(("unet", "vae")):
         (root / part).mkdir(parents=True)
         save_file(
-            {"conv_in.weight": np.ones((4, 4), np.float32)}, str(root / part / "m.safetensors")
+            {"conv_in.weight": np.full((4, 4), k, np.float32)}, str(root / part / "m.safetensors")
         )
     # By default each part gets a component of its own (test_plan_groups.py).
     _seal(root, tmp_path / "p.spk", None)
+    # A tensor asked for by a name both parts use must say where it is from.
+    policy = policy_from_keys([("k", (KEYS / "signing-ed25519.key.pub").read_bytes())])
+    with open_package(str(tmp_path / "p.spk"), policy=policy) as pkg:
+        with pytest.raises(SecpackError) as err:
+            pkg.tensor("conv_in.weight")
+        assert err.value.code == "component.unknown"
+        assert "weights-unet" in err.value.detail and "weights-vae" in err.value.detail
+        assert "component=" in err.value.detail
+        assert (pkg.tensor("conv_in.weight", "weights-unet") == 0).all()
+        assert (pkg.tensor("conv_in.weight", "weights-vae") == 1).all()
     # A rule that puts both in one component is refused, naming both files.
     with pytest.raises(SecpackError) as err:
         _seal(root, tmp_path / "q.spk", None, components=[("weights", "*/m.safetensors")])
