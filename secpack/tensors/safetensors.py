@@ -119,6 +119,10 @@ def parse_header(
     normalised: set[str] = set()
     for name, info in doc.items():
         if name == "__metadata__":
+            # safetensors itself reads null as no metadata (its Rust type is an
+            # Option), and real checkpoints carry it.
+            if info is None:
+                continue
             if not isinstance(info, dict) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in info.items()
             ):

@@ -43,6 +43,12 @@ def test_valid_file_with_zero_size_and_scalar() -> None:
     assert layout.metadata == {"k": "v"}
 
 
+def test_null_metadata_is_no_metadata_as_safetensors_reads_it() -> None:
+    layout = _parse(_file({"__metadata__": None, "a": t("F32", [2], 0, 8)}, bytes(8)))
+    assert [e.name for e in layout.tensors] == ["a"]
+    assert layout.metadata == {}
+
+
 def test_zero_size_tensor_at_running_offset_before_neighbour_is_fine() -> None:
     header = {"z": t("F32", [0], 0, 0), "a": t("F32", [1], 0, 4)}
     assert len(_parse(_file(header, bytes(4))).tensors) == 2
@@ -95,6 +101,8 @@ def test_zero_size_tensor_at_running_offset_before_neighbour_is_fine() -> None:
         pytest.param(_file({"a": {**t("U8", [1], 0, 1), "extra": 1}}, bytes(1)), id="extra-field"),
         pytest.param(_file({"a": t("U8", [1], 1, 0)}, bytes(1)), id="reversed-offsets"),
         pytest.param(_file({"__metadata__": {"k": 1}}), id="metadata-not-strings"),
+        pytest.param(_file({"__metadata__": ["k", "v"]}), id="metadata-a-list"),
+        pytest.param(_file({"__metadata__": "k"}), id="metadata-a-string"),
         pytest.param(_file('{"a": NaN}'), id="nan-literal"),
         pytest.param(_file("[1, 2]"), id="not-an-object"),
         pytest.param(_file(' {"a": 1}'), id="leading-space"),

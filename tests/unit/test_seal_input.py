@@ -555,3 +555,29 @@ def test_max_gives_files_it_does_not_parse_segments_of_16_mib(tmp_path: Path) ->
         extract(str(out), str(tmp_path / case), identities=[], policy=policy)
         for name in ("vocab.txt", "model.safetensors"):
             assert (tmp_path / case / name).read_bytes() == (root / name).read_bytes()
+
+
+def test_a_checkpoint_with_null_metadata_seals_opens_and_loads(tmp_path: Path) -> None:
+    # Real checkpoints write "__metadata__": null, which safetensors reads as none.
+    import json
+    import struct
+
+    from secpack.api.extract import extract
+
+    data = np.arange(12, dtype=np.float32)
+    header = json.dumps(
+        {"__metadata__": None, "w": {"dtype": "F32", "shape": [3, 4], "data_offsets": [0, 48]}}
+    ).encode()
+    header += b" " * (-len(header) % 8)
+    blob = struct.pack("<Q", len(header)) + header + data.tobytes()
+    root = tmp_path / "model"
+    root.mkdir()
+    (root / "model.safetensors").write_bytes(blob)
+    out = tmp_path / "p.spk"
+    _seal(root, out, None)
+    policy = policy_from_keys([("k", (KEYS / "signing-ed25519.key.pub").read_bytes())])
+    extract(str(out), str(tmp_path / "out"), identities=[], policy=policy)
+    assert (tmp_path / "out" / "model.safetensors").read_bytes() == blob
+    with open_package(str(out), policy=policy) as pkg:
+        assert pkg.tensor_names("weights") == ["w"]
+        assert (pkg.state_dict("weights")["w"] == data.reshape(3, 4)).all()
