@@ -395,7 +395,10 @@ def _split_weights(
             name = "weights"
         else:
             folder, checkpoint = key
-            parts = [folder.replace("/", "-")] if folder else []
+            # The folder tells parts apart only where they are in more than one
+            # (chess-cv's weights/arrows.safetensors, weights/pieces.safetensors:
+            # weights-arrows, not weights-weights-arrows).
+            parts = [folder.replace("/", "-")] if folder and len(per_folder) > 1 else []
             if per_folder[folder] > 1 or not folder:
                 parts.append(checkpoint)
             name = _numbered("weights-" + _component_part("-".join(parts)), taken)

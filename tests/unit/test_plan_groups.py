@@ -254,6 +254,24 @@ def test_a_pipelines_parts_get_components_named_after_their_folders() -> None:
     }
 
 
+def test_checkpoints_that_share_one_folder_are_named_by_their_files_alone() -> None:
+    # Three checkpoints of the same tensors in one folder (PyPI chess-cv's
+    # weights/*.safetensors): the folder tells none apart, so it is left out.
+    groups = _named(
+        {
+            "weights/arrows.safetensors": {"a"},
+            "weights/pieces.safetensors": {"a"},
+            "weights/snap.safetensors": {"a"},
+            "config.json": set(),
+        }
+    )
+    assert {k: v for k, v in groups.items() if k.startswith("weights")} == {
+        "weights-arrows": ["weights/arrows.safetensors"],
+        "weights-pieces": ["weights/pieces.safetensors"],
+        "weights-snap": ["weights/snap.safetensors"],
+    }
+
+
 def test_folder_names_a_component_cannot_hold_leave_one_dash_per_gap() -> None:
     # Three checkpoints of the same tensors, two in folders of spaces, accents and
     # kanji: what a name cannot hold becomes one dash, and names that come out
