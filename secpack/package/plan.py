@@ -961,8 +961,6 @@ def _check_int8_tables(
     if problem is not None:
         raise InputError("input.invalid", f"int8 variant {name!r}: {problem} (FORMAT §15)")
     for codes, pair in scales.items():
-        if codes not in where:
-            continue
         for scale in pair:
             f, data_at, t = where[scale]
             if not _finite_f32(tree, f, data_at + t.begin, t.end - t.begin):

@@ -87,13 +87,14 @@ def int8_table_problem(
     None. Each entry names a tensor of int8 codes of at least one dimension, with
     a float32 row scale of one value per row and a column scale of one per column
     (the rest of the row-major shape); no tensor is both codes and a scale. An
-    entry for a tensor that is not there is left alone (another file's)."""
+    entry for a tensor that is not there is refused: the tensors it names as
+    scales would be taken for scales, and not served, with nothing to say why."""
     used = {scale for pair in table.values() for scale in pair}
     if used & table.keys():
         return "an int8 tensor is named as another's scale"
     for name, (row, col) in table.items():
         if name not in tensors:
-            continue
+            return f"{name}: the scale table names an int8 tensor that is not there"
         if row not in tensors or col not in tensors:
             return f"{name}: its int8 scale tensors are missing"
         dtype, shape = tensors[name]

@@ -580,6 +580,13 @@ _PRODUCTS_ONLY = ("overflow", "overflow-in-row")
         ('{"q": ["r", "c"]}', {"q": np.ones((3, 4), np.float32)}),  # values not int8
         ("{}", {}),  # q was changed (secpack.errors) yet has no scales: raw codes
         ('{"q": ["q", "c"]}', {}),  # a tensor that is its own scale
+        # An entry for a tensor the file does not hold, naming real tensors as its
+        # scales: they would be taken for scales and never served.
+        pytest.param(
+            '{"q": ["r", "c"], "ghost": ["x", "y"]}',
+            {"x": np.ones(3, np.float32), "y": np.ones(4, np.float32)},
+            id="ghost-entry",
+        ),
         pytest.param('{"q": ["r", "c"]}', {"r": np.array([1, np.nan, 1], np.float32)}, id="nan"),
         pytest.param(
             '{"q": ["r", "c"]}', {"c": np.array([1, 1, -np.inf, 1], np.float32)}, id="inf"
