@@ -296,6 +296,10 @@ class Package:
         self._closed = False
         self._served: dict[str, str] = {}
         self._served_tensors: dict[str, str] = {}
+        # Each int8 component's scale table and the names it uses as scales, once
+        # read and checked: tensor(prefer=["int8"]) would otherwise decode every
+        # variant header again for each tensor. (The package does not change.)
+        self._scale_tables: dict[str, tuple[dict[str, list[str]], frozenset[str]]] = {}
         # The file run read_file decoded last: (component, segment, plaintext).
         # Reading a run's members one after another decodes the run once (a run
         # may hold a thousand small files in up to 16 MiB).
@@ -561,9 +565,9 @@ class Package:
         base = component if component is not None else self._base_of(name)
         for choice, held in self._forms(base, prefer):
             comp = self._component(held)
-            scales = self._scales(held) if choice == "int8" else {}
+            scales, used = self._scale_table(held) if choice == "int8" else ({}, frozenset())
             found = next((t for t in comp.contents.tensors if t.name == name), None)
-            if found is None or name in {s for pair in scales.values() for s in pair}:
+            if found is None or name in used:
                 continue  # a file the variant does not cover, or int8's own scales
             array = self._decode_tensor(comp, found)
             pair = scales.get(name)
@@ -585,8 +589,8 @@ class Package:
     def _holds(self, held: str, name: str) -> bool:
         """Whether component ``held`` serves tensor ``name`` (int8's scales are not
         tensors of the model)."""
-        scales = self._scales(held) if held.endswith(".int8") else {}
-        return name in self._tensor_names(held) and not any(name in p for p in scales.values())
+        used = self._scale_table(held)[1] if held.endswith(".int8") else frozenset()
+        return name in self._tensor_names(held) and name not in used
 
     def _tensor_into(
         self, comp: OpenComponent, record: TensorRecord, buffer: np.ndarray
@@ -648,33 +652,36 @@ class Package:
             )
 
     def _iter_dequantized(self, component: str) -> Iterator[tuple[str, np.ndarray]]:
-        """An int8 variant's tensors as :func:`_dequantize` serves them: each int8
-        tensor held back until its scale tensors have come by (they follow it in
-        the variant's files), the scales themselves not served."""
-        scales = self._scales(component)
-        owners: dict[str, int] = {}  # scale -> how many int8 tensors still need it
-        for pair in scales.values():
-            for scale in pair:
-                owners[scale] = owners.get(scale, 0) + 1
-        held: dict[str, np.ndarray] = {}
+        """An int8 variant's tensors as :func:`_dequantize` serves them, the scales
+        themselves not served. The scales are decoded first, all of them: one
+        float32 per row and one per column, small beside the codes (seal makes
+        int8 only of tensors its scales leave smaller). Each int8 tensor is then
+        served as soon as it is decoded, whatever order the files list tensors
+        in: none is held back, and no time goes to finding what became ready."""
+        scales, used = self._scale_table(component)
+        comp = self._component(component)
+        arrays: dict[str, np.ndarray] = {}
+        if used:
+            records = [t for t in comp.contents.tensors if t.name in used]
+            buffers = [hostmem.host_buffer(r.length) for r in records]
+            # In table order, so that the scales of one run share its one decode.
+            self._decode_many(
+                [
+                    w
+                    for r, b in zip(records, buffers, strict=True)
+                    for w in self._tensor_into(comp, r, b)
+                ]
+            )
+            arrays = {r.name: make_array(b, r) for r, b in zip(records, buffers, strict=True)}
         for name, array in self._iter_stored(component):
-            if name not in owners and name not in scales:
+            if name in used:
+                continue
+            pair = scales.get(name)
+            if pair is None:
                 yield name, array
                 continue
-            held[name] = array
-            ready = [n for n in ([name] if name in scales else held) if n in scales]
-            for codes in ready:
-                pair = scales[codes]
-                if codes not in held or not all(p in held for p in pair):
-                    continue
-                parts = {codes: held.pop(codes), **{p: held[p] for p in pair}}
-                yield codes, _dequantize(parts, {codes: pair})[codes]
-                for p in pair:
-                    owners[p] -= 1
-                    if not owners[p]:
-                        del held[p]
-        if any(n in scales for n in held):
-            raise TensorError("tensor.invalid", "int8 tensors whose scales never came")
+            parts = {name: array, **{p: arrays[p] for p in pair}}
+            yield name, _dequantize(parts, {name: pair})[name]
 
     def _iter_stored(self, component: str) -> Iterator[tuple[str, np.ndarray]]:
         self._check_exact(component)
@@ -815,7 +822,7 @@ class Package:
         for choice, name in self._forms(component, prefer):
             arrays = self._arrays(name)
             if choice == "int8":
-                arrays = _dequantize(arrays, self._scales(name))
+                arrays = _dequantize(arrays, self._scale_table(name)[0])
             self._served[component] = choice
             return arrays
         raise SecpackError(
@@ -823,6 +830,17 @@ class Package:
             f"none of {list(prefer)} is available for {component!r} "
             f"(have {self.variants(component)})",
         )
+
+    def _scale_table(self, component: str) -> tuple[dict[str, list[str]], frozenset[str]]:
+        """_scales, and the names it uses as scales; read once per component."""
+        with self._lock:
+            known = self._scale_tables.get(component)
+        if known is None:
+            scales = self._scales(component)
+            known = (scales, frozenset(s for pair in scales.values() for s in pair))
+            with self._lock:
+                self._scale_tables[component] = known
+        return known
 
     def _scales(self, component: str) -> dict[str, list[str]]:
         """int8 scale-tensor names, from the variant files' safetensors metadata."""

@@ -1344,3 +1344,78 @@ def test_an_opened_variants_only_package_seals_again_as_variants_only(tmp_path: 
     with _open(tmp_path / "full-again.spk") as p:
         assert "variants-only" not in p.manifest.metadata
         assert p.variants("weights") == ["exact", "fp16"]
+
+
+@pytest.mark.parametrize("order", ["codes-first", "interleaved", "scales-first"])
+def test_int8_tensors_load_alike_whatever_order_their_file_lists_them_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, order: str
+) -> None:
+    """Any order of codes and scales is a valid file. Each way of loading serves the
+    same arrays, and the scale table is read once for all of them: iter_tensors
+    used to hold every code tensor back until its scales came (the whole variant
+    when the scales came last), and tensor(prefer=...) read the table anew for
+    each tensor."""
+    from helpers import Tensor, write_safetensors
+
+    from secpack.api import loader
+
+    rng = np.random.default_rng(11)
+    n = 6
+    exact = {f"t{i}": rng.standard_normal((4, 8)).astype(np.float32) for i in range(n)}
+    codes = {
+        f"t{i}": Tensor("I8", (4, 8), rng.integers(-127, 128, 32, np.int8).tobytes())
+        for i in range(n)
+    }
+    rows = {f"t{i}@scale": rng.random(4, np.float32) + 0.5 for i in range(n)}
+    cols = {f"t{i}@colscale": rng.random(8, np.float32) + 0.5 for i in range(n)}
+    scale_t = {k: Tensor("F32", v.shape, v.tobytes()) for k, v in {**rows, **cols}.items()}
+    if order == "codes-first":
+        listed = {**codes, **scale_t}
+    elif order == "scales-first":
+        listed = {**scale_t, **codes}
+    else:
+        listed = {}
+        for i in range(n):
+            for k in (f"t{i}", f"t{i}@scale", f"t{i}@colscale"):
+                listed[k] = codes.get(k) or scale_t[k]
+    root = tmp_path / "m"
+    _write_st(root / "model.safetensors", exact, {})
+    (root / "variants" / "int8").mkdir(parents=True)
+    write_safetensors(
+        root / "variants" / "int8" / "model.safetensors",
+        listed,
+        {
+            "secpack.variant": "int8",
+            "secpack.source": "model.safetensors",
+            "secpack.errors": json.dumps({f"t{i}": ["0", "0"] for i in range(n)}),
+            "secpack.scales": json.dumps(
+                {f"t{i}": [f"t{i}@scale", f"t{i}@colscale"] for i in range(n)}
+            ),
+        },
+    )
+    pkg = tmp_path / "v.spk"
+    seal(
+        str(root),
+        str(pkg),
+        encrypt=False,
+        sign_keys=[load_signing_key(str(KEYS / "signing-ed25519.key"))],
+    )
+    want = {
+        f"t{i}": np.frombuffer(codes[f"t{i}"].data, np.int8).reshape(4, 8).astype(np.float32)
+        * rows[f"t{i}@scale"][:, None]
+        * cols[f"t{i}@colscale"][None, :]
+        for i in range(n)
+    }
+    reads = []
+    real = loader.Package._scales
+    monkeypatch.setattr(loader.Package, "_scales", lambda self, c: reads.append(c) or real(self, c))
+    with _open(pkg) as p:
+        streamed = dict(p.iter_tensors("weights", prefer=["int8"]))
+        assert p.served() == "int8"
+        whole = p.state_dict("weights", prefer=["int8"])
+        one_by_one = {name: p.tensor(name, prefer=["int8"]) for name in want}
+    for got in (streamed, whole, one_by_one):
+        assert sorted(got) == sorted(want)
+        for name, array in want.items():
+            np.testing.assert_array_equal(got[name], array)
+    assert reads == ["weights.int8"]
