@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import x25519
 from secpack.api.common import NullProgress, Progress
 from secpack.api.trust import remember_version, trusted_package
 from secpack.errors import SchemaError, SecpackError
-from secpack.format.contents import FileEntry, check_paths
+from secpack.format.contents import FileEntry, check_dir_count, check_paths
 from secpack.format.manifest import Manifest
 from secpack.package.decode import OpenComponent
 from secpack.package.parallel import ordered_batched
@@ -243,16 +243,18 @@ def extract(
             layout = [[(f, f.path) for f in c.contents.files] for c in opened]
         else:
             layout = _variant_layout(opened, variant)
-        # Every component goes into one tree: their paths must not collide either.
-        check_paths(path for chosen in layout for _, path in chosen)
         total = sum(f.size for chosen in layout for f, _ in chosen)
         files = sum(len(chosen) for chosen in layout)
         if files > policy.limits.max_files:
             # The limit holds per component when a contents table is read; seal
             # writes no more than this in all, and open writes no more either.
+            # (Counted before the paths are checked, which costs more.)
             raise SchemaError(
                 "schema.invalid", f"{files} files in all, more than {policy.limits.max_files}"
             )
+        # Every component goes into one tree: their paths must not collide either,
+        # nor make more directories than one component may.
+        check_dir_count(check_paths(path for chosen in layout for _, path in chosen), policy.limits)
         progress.start(total, "opening")
         with AtomicDirectory(output) as target:
             with OutputTree(target.tmp) as tree:

@@ -7,6 +7,7 @@ component's public segment list before anything is written or decoded.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import unicodedata
 from collections.abc import Iterable, Sequence
@@ -148,7 +149,7 @@ def parse_contents(obj: Any, plains: Sequence[int], limits: Limits) -> Contents:
         _parse_tensor(t, f"contents.tensors[{i}]", limits)
         for i, t in enumerate(as_list(c["tensors"], "contents.tensors", limits.max_tensors))
     )
-    _check_paths(files)
+    _check_paths(files, limits)
     files = _check_tiling(files, plains)
     return Contents(files, _check_tensors(files, tensors, plains))
 
@@ -203,33 +204,52 @@ def _check_tiling(files: tuple[FileEntry, ...], plains: Sequence[int]) -> tuple[
     return tuple(out)
 
 
-def _check_paths(files: tuple[FileEntry, ...]) -> None:
-    check_paths(f.path for f in files)
+def _check_paths(files: tuple[FileEntry, ...], limits: Limits) -> None:
+    dirs = check_paths(f.path for f in files)
+    check_dir_count(dirs, limits)
 
 
-def check_paths(paths: Iterable[str]) -> None:
+def check_dir_count(dirs: int, limits: Limits) -> None:
+    """Refuse more directories than files may be (§11 ``max_files``). Only files are
+    listed, and each may sit 64 levels deep: without this, 100 000 empty files a
+    few hundred kilobytes of package describe would make ``open`` create 6.3
+    million directories."""
+    if dirs > limits.max_files:
+        raise SchemaError("schema.invalid", f"{dirs} directories, more than {limits.max_files}")
+
+
+def check_paths(paths: Iterable[str]) -> int:
     """Refuse two paths that collide (§10) or a file path that is also a directory
-    of another. Directories are (parent, element) nodes, not prefix strings: memory
-    stays linear in the paths' bytes, however deep they go."""
+    of another; return how many directories the paths make.
+
+    Works on the sorted collision keys alone, so that memory stays near the
+    paths' own bytes: a node per directory took 1.2 GB for 100 000 files at the
+    bottom of chains 64 deep (a package of 106 KB). The keys that lie under a
+    directory ``d`` are the ones that start with ``d/``, which sort together: the
+    first key at or after ``k/`` says whether file ``k`` is also a directory, and
+    a key's directories that the key before it does not share are new ones."""
     seen: dict[str, str] = {}
-    dirs: dict[tuple[int, str], int] = {}
-    leaves: dict[tuple[int, str], str] = {}
     for path in paths:
         key = collision_key(path)
         if key in seen:
             raise SchemaError("schema.invalid", f"paths {seen[key]!r} and {path!r} collide")
         seen[key] = path
-        *parents, name = key.split("/")
-        node = 0
-        for element in parents:
-            if (node, element) in leaves:
-                raise SchemaError(
-                    "schema.invalid", f"{leaves[node, element]!r} is both a file and a directory"
-                )
-            node = dirs.setdefault((node, element), len(dirs) + 1)
-        if (node, name) in dirs:
-            raise SchemaError("schema.invalid", f"{path!r} is both a file and a directory")
-        leaves[node, name] = path
+    keys = sorted(seen)
+    dirs = 0
+    before: list[str] = []  # the directories of the key before
+    for i, key in enumerate(keys):
+        under = bisect.bisect_left(keys, key + "/", i + 1)
+        if under < len(keys) and keys[under].startswith(key + "/"):
+            raise SchemaError("schema.invalid", f"{seen[key]!r} is both a file and a directory")
+        parents = key.split("/")[:-1]
+        shared = 0
+        for mine, theirs in zip(parents, before, strict=False):
+            if mine != theirs:
+                break
+            shared += 1
+        dirs += len(parents) - shared
+        before = parents
+    return dirs
 
 
 def _check_tensors(

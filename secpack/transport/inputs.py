@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from secpack.errors import InputError, SchemaError
 from secpack.format.container import MAGIC
 from secpack.format.contents import MODE_MASK, check_paths
-from secpack.format.limits import Limits
+from secpack.format.limits import DEFAULT_LIMITS, Limits
 from secpack.format.paths import path_problem
 from secpack.package.plan import InputFile, InputTree
 from secpack.transport.atomic import TMP_MARKER, temp_base
@@ -293,7 +293,7 @@ def scan_input(
     _walk(root, "", files, fingerprints, limits, targets if follow_symlinks else None, skip)
     # The rules readers apply to the contents (§10), over the whole tree: whatever
     # the components, they are opened into one directory.
-    refuse_collisions(files)
+    refuse_collisions(files, limits=limits)
     name = os.path.basename(os.path.abspath(source).rstrip("/")) or "model"
     return InputDirectory(root, files, name, fingerprints, targets)
 
@@ -345,16 +345,24 @@ def _length_is_size(path: str, size: int) -> bool:
         os.close(fd)
 
 
-def refuse_collisions(files: Iterable[InputFile], context: str = "") -> None:
+def refuse_collisions(
+    files: Iterable[InputFile], context: str = "", limits: Limits = DEFAULT_LIMITS
+) -> None:
     """``input.unsafe`` when the paths of ``files`` break the readers' collision rules
-    (docs/FORMAT.md §10); ``context`` says what else is in the tree."""
+    (docs/FORMAT.md §10); ``context`` says what else is in the tree. More
+    directories than readers take (``max_files``) is ``input.invalid``."""
     try:
-        check_paths(f.path for f in files)
+        dirs = check_paths(f.path for f in files)
     except SchemaError as exc:
         raise InputError(
             "input.unsafe",
             f"{exc.detail}{context} (on case-insensitive or normalising file systems)",
         ) from None
+    if dirs > limits.max_files:
+        raise InputError(
+            "input.invalid",
+            f"files in {dirs} directories{context}, more than readers take ({limits.max_files})",
+        )
 
 
 def _stem(name: str) -> str:
