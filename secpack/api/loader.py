@@ -25,7 +25,7 @@ import struct
 import threading
 import warnings
 import weakref
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Collection, Generator, Iterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from types import TracebackType
@@ -396,16 +396,16 @@ class Package:
             if self._variant_base(component) is None:
                 self._check_exact(component)
             comp = self._component(component)
-            for record in comp.contents.tensors:
-                if record.name == name:
-                    return comp, record
+            record = comp.tensor_named.get(name)
+            if record is not None:
+                return comp, record
             raise NotFoundError("tensor.unknown", f"no tensor {name!r} in {component!r}", name)
         base = self._base_of(name)
         if any(c.name == base for c in self.manifest.components):
             comp = self._component(base)
-            for record in comp.contents.tensors:
-                if record.name == name:
-                    return comp, record
+            record = comp.tensor_named.get(name)
+            if record is not None:
+                return comp, record
         # Only a variant has it (seal --variants-only): not the exact tensor.
         self._check_exact(base)
         raise NotFoundError("tensor.unknown", f"no tensor {name!r} in {base!r}", name)
@@ -442,8 +442,8 @@ class Package:
             raise unreadable
         raise NotFoundError("tensor.unknown", f"no tensor {name!r} in the package", name)
 
-    def _tensor_names(self, component: str) -> set[str]:
-        return {t.name for t in self._component(component).contents.tensors}
+    def _tensor_names(self, component: str) -> Collection[str]:
+        return self._component(component).tensor_named.keys()
 
     # The table is served only once each safetensors file's stored header has been
     # found to agree with it (OpenComponent.check_file), as the tensors themselves.
@@ -566,7 +566,7 @@ class Package:
         for choice, held in self._forms(base, prefer):
             comp = self._component(held)
             scales, used = self._scale_table(held) if choice == "int8" else ({}, frozenset())
-            found = next((t for t in comp.contents.tensors if t.name == name), None)
+            found = comp.tensor_named.get(name)
             if found is None or name in used:
                 continue  # a file the variant does not cover, or int8's own scales
             array = self._decode_tensor(comp, found)
@@ -896,15 +896,16 @@ class Package:
         without its C helpers); ``open`` writes a large file a few segments at a
         time, for files larger than the memory to spare."""
         comp = self._component(component)
-        for index, entry in enumerate(comp.contents.files):
-            if entry.path == path:
-                comp.check_file(index)  # a safetensors file's header is what it claims
-                if entry.run:  # its slice of the file run's one segment
-                    run = self._run_plain(component, comp, entry.first)
-                    return run[entry.skip : entry.skip + entry.size]
-                fill = functools.partial(self._decode_segments, comp, entry.first, entry.count)
-                return hostmem.filled_bytes(entry.size, fill)
-        raise NotFoundError("file.unknown", f"no file {path!r} in {component!r}", path)
+        index = comp.file_at.get(path)
+        if index is None:
+            raise NotFoundError("file.unknown", f"no file {path!r} in {component!r}", path)
+        entry = comp.contents.files[index]
+        comp.check_file(index)  # a safetensors file's header is what it claims
+        if entry.run:  # its slice of the file run's one segment
+            run = self._run_plain(component, comp, entry.first)
+            return run[entry.skip : entry.skip + entry.size]
+        fill = functools.partial(self._decode_segments, comp, entry.first, entry.count)
+        return hostmem.filled_bytes(entry.size, fill)
 
     def _decode_segments(
         self, comp: OpenComponent, first: int, count: int, buffer: np.ndarray

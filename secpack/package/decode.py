@@ -14,7 +14,7 @@ from secpack.buffers import own_scratch, scratch
 from secpack.envelope import dek as envelope
 from secpack.errors import CborError, InputError, SchemaError, TensorError
 from secpack.format import cbor
-from secpack.format.contents import Contents, FileEntry, Unit, parse_contents
+from secpack.format.contents import Contents, FileEntry, TensorRecord, Unit, parse_contents
 from secpack.format.limits import DEFAULT_LIMITS, Limits
 from secpack.format.manifest import TAG_LEN
 from secpack.package.reader import ByteSource, Header, read_segment_into
@@ -63,6 +63,11 @@ class OpenComponent:
             raise SchemaError("schema.invalid", f"{comp.name} contents: {exc.detail}") from None
         self.contents: Contents = parse_contents(obj, [s.plain for s in comp.segments], limits)
         self.units: list[Unit] = self.contents.units()
+        # By path and by name, for reads of one file or tensor: a scan of the
+        # table made reading each of 100 000 files quadratic. (Both are unique:
+        # parse_contents refuses paths that collide and names that repeat.)
+        self.file_at: dict[str, int] = {f.path: i for i, f in enumerate(self.contents.files)}
+        self.tensor_named: dict[str, TensorRecord] = {t.name: t for t in self.contents.tensors}
         # Files whose stored safetensors header has been checked against the table.
         self._checked: set[int] = set()
         # Re-entrant: a read nested on the same thread (a signal handler's) may need
