@@ -253,7 +253,7 @@ def extract(
                 "schema.invalid", f"{files} files in all, more than {policy.limits.max_files}"
             )
         # Every component goes into one tree: their paths must not collide either,
-        # nor make more directories than one component may.
+        # nor make more directories than open creates.
         check_dir_count(check_paths(path for chosen in layout for _, path in chosen), policy.limits)
         progress.start(total, "opening")
         with AtomicDirectory(output) as target:

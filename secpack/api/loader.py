@@ -61,6 +61,7 @@ from secpack.tensors.variants import (
     VARIANTS_ONLY,
     int8_scale_table,
     int8_table_problem,
+    present_entries,
 )
 from secpack.transport.spkfile import FileSource
 from secpack.workers import worker_threads
@@ -871,7 +872,7 @@ class Package:
         problem = int8_table_problem(scales, tensors)
         if problem is not None:
             raise TensorError("tensor.invalid", problem)
-        return scales
+        return present_entries(scales, tensors)
 
     def _dtypes(self, component: str) -> dict[str, str]:
         return {t.name: t.dtype for t in self._component(component).contents.tensors}

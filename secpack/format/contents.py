@@ -149,7 +149,7 @@ def parse_contents(obj: Any, plains: Sequence[int], limits: Limits) -> Contents:
         _parse_tensor(t, f"contents.tensors[{i}]", limits)
         for i, t in enumerate(as_list(c["tensors"], "contents.tensors", limits.max_tensors))
     )
-    _check_paths(files, limits)
+    _check_paths(files)
     files = _check_tiling(files, plains)
     return Contents(files, _check_tensors(files, tensors, plains))
 
@@ -204,30 +204,33 @@ def _check_tiling(files: tuple[FileEntry, ...], plains: Sequence[int]) -> tuple[
     return tuple(out)
 
 
-def _check_paths(files: tuple[FileEntry, ...], limits: Limits) -> None:
-    dirs = check_paths(f.path for f in files)
-    check_dir_count(dirs, limits)
+def _check_paths(files: tuple[FileEntry, ...]) -> None:
+    check_paths(f.path for f in files)
 
 
 def check_dir_count(dirs: int, limits: Limits) -> None:
-    """Refuse more directories than files may be (§11 ``max_files``). Only files are
-    listed, and each may sit 64 levels deep: without this, 100 000 empty files a
-    few hundred kilobytes of package describe would make ``open`` create 6.3
-    million directories."""
-    if dirs > limits.max_files:
-        raise SchemaError("schema.invalid", f"{dirs} directories, more than {limits.max_files}")
+    """Refuse to create more directories than ``max_dirs`` (§11)."""
+    if dirs > limits.max_dirs:
+        raise SchemaError(
+            "schema.invalid",
+            f"{dirs} directories, more than {limits.max_dirs} (a policy's [limits] max_dirs "
+            "raises it)",
+        )
 
 
 def check_paths(paths: Iterable[str]) -> int:
     """Refuse two paths that collide (§10) or a file path that is also a directory
-    of another; return how many directories the paths make.
+    of another; return how many directories writing the paths creates.
 
-    Works on the sorted collision keys alone, so that memory stays near the
-    paths' own bytes: a node per directory took 1.2 GB for 100 000 files at the
-    bottom of chains 64 deep (a package of 106 KB). The keys that lie under a
-    directory ``d`` are the ones that start with ``d/``, which sort together: the
-    first key at or after ``k/`` says whether file ``k`` is also a directory, and
-    a key's directories that the key before it does not share are new ones."""
+    Works on sorted strings alone, so that memory stays near the paths' own
+    bytes: a node per directory took 1.2 GB for 100 000 files at the bottom of
+    chains 64 deep (a package of 106 KB). The strings under a directory ``d`` are
+    the ones that start with ``d/``, which sort together: the first key at or
+    after ``k/`` says whether file ``k`` is also a directory, and a path's
+    directories that the path before it does not share are new ones. The clash
+    is found on collision keys (``A/x`` and ``a`` clash on a case-insensitive file
+    system); the count is of the paths as written (``A/`` and ``a/`` are two
+    directories where case matters)."""
     seen: dict[str, str] = {}
     for path in paths:
         key = collision_key(path)
@@ -235,13 +238,15 @@ def check_paths(paths: Iterable[str]) -> int:
             raise SchemaError("schema.invalid", f"paths {seen[key]!r} and {path!r} collide")
         seen[key] = path
     keys = sorted(seen)
-    dirs = 0
-    before: list[str] = []  # the directories of the key before
     for i, key in enumerate(keys):
         under = bisect.bisect_left(keys, key + "/", i + 1)
         if under < len(keys) and keys[under].startswith(key + "/"):
             raise SchemaError("schema.invalid", f"{seen[key]!r} is both a file and a directory")
-        parents = key.split("/")[:-1]
+    del keys
+    dirs = 0
+    before: list[str] = []  # the directories of the path before
+    for path in sorted(seen.values()):
+        parents = path.split("/")[:-1]
         shared = 0
         for mine, theirs in zip(parents, before, strict=False):
             if mine != theirs:

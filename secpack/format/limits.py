@@ -40,6 +40,11 @@ class Limits:
     max_segments: int = 1_000_000
     max_blobs: int = 1_000_000
     max_files: int = 100_000
+    # Directories that `open` creates (and seal's input may have): only files are
+    # listed, each up to 64 levels deep, so a package of a few hundred KB could
+    # otherwise make `open` create 6.3 million. Real models have far fewer than
+    # files. Readers that create none (verify, the loader) do not check it.
+    max_dirs: int = 100_000
     max_tensors: int = 1_000_000
     max_tensor_ndim: int = 32
     # Safetensors' own reader caps the JSON header at 100 MB; ours is tighter.

@@ -30,7 +30,7 @@ from secpack.format.limits import Limits
 from secpack.format.manifest import COMPONENT_NAME_RE
 from secpack.tensors import safetensors
 from secpack.tensors.dtypes import DTYPE_SIZES, FLOAT_DTYPES, coded_as
-from secpack.tensors.variants import int8_scale_table, int8_table_problem
+from secpack.tensors.variants import int8_scale_table, int8_table_problem, present_entries
 
 __all__ = ["InputFile", "InputTree", "Plan", "PlannedComponent", "PlannedSegment", "make_plan"]
 
@@ -960,7 +960,7 @@ def _check_int8_tables(
     problem = int8_table_problem(scales, {n: (t.dtype, t.shape) for n, (_, _, t) in where.items()})
     if problem is not None:
         raise InputError("input.invalid", f"int8 variant {name!r}: {problem} (FORMAT §15)")
-    for codes, pair in scales.items():
+    for codes, pair in present_entries(scales, where).items():
         for scale in pair:
             f, data_at, t = where[scale]
             if not _finite_f32(tree, f, data_at + t.begin, t.end - t.begin):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
@@ -30,6 +30,7 @@ __all__ = [
     "int8_scale_table",
     "int8_table_problem",
     "int8_values",
+    "present_entries",
     "to_values",
     "transform_blocks",
     "unrepresentable",
@@ -87,14 +88,14 @@ def int8_table_problem(
     None. Each entry names a tensor of int8 codes of at least one dimension, with
     a float32 row scale of one value per row and a column scale of one per column
     (the rest of the row-major shape); no tensor is both codes and a scale. An
-    entry for a tensor that is not there is refused: the tensors it names as
-    scales would be taken for scales, and not served, with nothing to say why."""
+    entry for a tensor that is not there is no problem: readers ignore it
+    (present_entries), so the tensors it names are not taken for scales."""
     used = {scale for pair in table.values() for scale in pair}
     if used & table.keys():
         return "an int8 tensor is named as another's scale"
     for name, (row, col) in table.items():
         if name not in tensors:
-            return f"{name}: the scale table names an int8 tensor that is not there"
+            continue
         if row not in tensors or col not in tensors:
             return f"{name}: its int8 scale tensors are missing"
         dtype, shape = tensors[name]
@@ -108,6 +109,16 @@ def int8_table_problem(
         ):
             return f"{name}: int8 scales do not fit the tensor"
     return None
+
+
+def present_entries(
+    table: Mapping[str, list[str]], tensors: Collection[str]
+) -> dict[str, list[str]]:
+    """The entries of ``table`` for tensors that are there. One for a tensor that
+    is not (a hand-made file's stale entry) names nothing to dequantize; kept, it
+    made the tensors it named count as scales, which are not served: they went
+    missing from every int8 load without an error."""
+    return {name: pair for name, pair in table.items() if name in tensors}
 
 
 def wants_transform(dtype: str, shape: tuple[int, ...], variant: str) -> bool:

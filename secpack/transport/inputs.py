@@ -350,7 +350,7 @@ def refuse_collisions(
 ) -> None:
     """``input.unsafe`` when the paths of ``files`` break the readers' collision rules
     (docs/FORMAT.md §10); ``context`` says what else is in the tree. More
-    directories than readers take (``max_files``) is ``input.invalid``."""
+    directories than ``open`` creates (``max_dirs``) is ``input.invalid``."""
     try:
         dirs = check_paths(f.path for f in files)
     except SchemaError as exc:
@@ -358,10 +358,10 @@ def refuse_collisions(
             "input.unsafe",
             f"{exc.detail}{context} (on case-insensitive or normalising file systems)",
         ) from None
-    if dirs > limits.max_files:
+    if dirs > limits.max_dirs:
         raise InputError(
             "input.invalid",
-            f"files in {dirs} directories{context}, more than readers take ({limits.max_files})",
+            f"files in {dirs} directories{context}, more than open creates ({limits.max_dirs})",
         )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import tracemalloc
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -204,26 +205,44 @@ def test_many_short_deep_paths_are_checked_near_their_own_size() -> None:
         (["a"], 0),
         (["a/b/x", "a/b/y", "a/c/z", "ab/q"], 4),  # a, a/b, a/c, ab
         (["a-b/y", "a/x", "a/z", "a.b/c/d"], 4),  # "-" and "." sort before "/"
-        (["x/A/b", "x/a/c"], 2),  # one directory on a case-insensitive file system
+        # Two directories where case matters, as open creates them.
+        (["x/A/b", "x/a/c"], 3),
+        # Keys that decompose to more elements (U+2100 is "a/c" in NFKD) count as
+        # written.
+        (["\u2100/b", "x/y"], 2),
     ],
 )
 def test_the_directories_paths_make_are_counted_once(paths: list[str], dirs: int) -> None:
     assert check_paths(paths) == dirs
 
 
-def test_contents_of_more_directories_than_files_may_be_are_refused() -> None:
-    limits = dataclasses.replace(DEFAULT_LIMITS, max_files=6)
-    files = [
-        {"path": f"{k}/a/b/c", "size": 1, "mode": 0o644, "format": "raw", "segments": [k, 1]}
-        for k in range(2)
-    ]
-    # Two files in 3 directories each: 6 is the most.
-    assert len(parse_contents({"files": files, "tensors": []}, [1, 1], limits).files) == 2
-    files.append({"path": "2/a/f", "size": 1, "mode": 0o644, "format": "raw", "segments": [2, 1]})
+def test_open_refuses_to_create_more_directories_than_max_dirs(tmp_path: Path) -> None:
+    """Counted by name as written (case apart), over everything open writes; the
+    loader, which creates none, reads the package under the same policy."""
+    from helpers import EXAMPLE_KEYS, seal_example
+
+    import secpack
+    from secpack.api.extract import extract
+    from secpack.sign.policy import policy_from_keys
+
+    root = tmp_path / "m"
+    for k, top in enumerate(("Ab", "aB", "ab")):
+        (root / top / "d").mkdir(parents=True)
+        (root / top / "d" / f"f{k}").write_text(top)
+    pkg = tmp_path / "p.spk"
+    seal_example(root, pkg, encrypt=False)
+    trusted = policy_from_keys([("k", (EXAMPLE_KEYS / "signing-ed25519.key.pub").read_bytes())])
+    tight = dataclasses.replace(trusted, limits=dataclasses.replace(DEFAULT_LIMITS, max_dirs=5))
     with pytest.raises(SchemaError) as err:
-        parse_contents({"files": files, "tensors": []}, [1, 1, 1], limits)
+        extract(str(pkg), str(tmp_path / "out"), identities=[], policy=tight)
     assert err.value.code == "schema.invalid"
-    assert err.value.detail == "8 directories, more than 6"
+    assert err.value.detail.startswith("6 directories, more than 5")
+    assert not (tmp_path / "out").exists()
+    with secpack.open_package(pkg, policy=tight) as p:
+        assert p.read_file("files", "aB/d/f1") == b"aB"
+    exact = dataclasses.replace(trusted, limits=dataclasses.replace(DEFAULT_LIMITS, max_dirs=6))
+    extract(str(pkg), str(tmp_path / "out"), identities=[], policy=exact)
+    assert (tmp_path / "out" / "Ab" / "d" / "f0").read_text() == "Ab"
 
 
 def test_seal_refuses_input_of_more_directories_than_readers_take() -> None:
@@ -232,8 +251,8 @@ def test_seal_refuses_input_of_more_directories_than_readers_take() -> None:
     from secpack.transport.inputs import refuse_collisions
 
     files = [InputFile(f"{k}/a/b/c", 1, 0o644) for k in range(3)]
-    refuse_collisions(files, limits=dataclasses.replace(DEFAULT_LIMITS, max_files=9))
+    refuse_collisions(files, limits=dataclasses.replace(DEFAULT_LIMITS, max_dirs=9))
     with pytest.raises(InputError) as err:
-        refuse_collisions(files, limits=dataclasses.replace(DEFAULT_LIMITS, max_files=8))
+        refuse_collisions(files, limits=dataclasses.replace(DEFAULT_LIMITS, max_dirs=8))
     assert err.value.code == "input.invalid"
     assert "9 directories" in err.value.detail

@@ -580,13 +580,6 @@ _PRODUCTS_ONLY = ("overflow", "overflow-in-row")
         ('{"q": ["r", "c"]}', {"q": np.ones((3, 4), np.float32)}),  # values not int8
         ("{}", {}),  # q was changed (secpack.errors) yet has no scales: raw codes
         ('{"q": ["q", "c"]}', {}),  # a tensor that is its own scale
-        # An entry for a tensor the file does not hold, naming real tensors as its
-        # scales: they would be taken for scales and never served.
-        pytest.param(
-            '{"q": ["r", "c"], "ghost": ["x", "y"]}',
-            {"x": np.ones(3, np.float32), "y": np.ones(4, np.float32)},
-            id="ghost-entry",
-        ),
         pytest.param('{"q": ["r", "c"]}', {"r": np.array([1, np.nan, 1], np.float32)}, id="nan"),
         pytest.param(
             '{"q": ["r", "c"]}', {"c": np.array([1, 1, -np.inf, 1], np.float32)}, id="inf"
@@ -662,6 +655,28 @@ def test_a_well_formed_hand_made_int8_variant_dequantizes(tmp_path: Path) -> Non
         sd = p.state_dict("weights", prefer=["int8"])
         assert p.served() == "int8" and set(sd) == {"q"}
         assert np.array_equal(sd["q"], _Q.astype(np.float32))
+
+
+def test_a_scale_table_entry_for_a_tensor_that_is_not_there_hides_nothing(
+    tmp_path: Path,
+) -> None:
+    """A stale entry names nothing to dequantize, and is ignored: the real tensors it
+    names as its scales are served as themselves (they went missing from every
+    int8 load before), and one that names no real tensor changes nothing."""
+    x, y = np.full(3, 7, np.float32), np.full(4, 9, np.float32)
+    tensors = {"q": _Q, "r": _ROW * 2, "c": _COL * 0.5, "x": x, "y": y}
+    table = '{"q": ["r", "c"], "ghost": ["x", "y"], "gone": ["gone@scale", "gone@colscale"]}'
+    pkg = _hand_made_int8(tmp_path, tensors, table)
+    with _open(pkg) as p:
+        for got in (
+            p.state_dict("weights", prefer=["int8"]),
+            dict(p.iter_tensors("weights", prefer=["int8"])),
+            {n: p.tensor(n, prefer=["int8"]) for n in ("q", "x", "y")},
+        ):
+            assert sorted(got) == ["q", "x", "y"]
+            assert np.array_equal(got["q"], _Q.astype(np.float32))
+            assert np.array_equal(got["x"], x) and np.array_equal(got["y"], y)
+        assert p.served() == "int8"
 
 
 @pytest.mark.parametrize("shape", [(0, 4), (0,), (3, 0)])
