@@ -402,3 +402,52 @@ def test_no_token_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     with pytest.raises(SecpackError) as err:
         identity_token(None, interactive=False)
     assert err.value.code == "sigstore.token"
+
+
+def test_the_keyless_signature_verifies_with_sigstores_own_cli(
+    mock: Path, keyless_package: Path, tmp_path: Path
+) -> None:
+    """The recipe in docs/CI.md: the manifest cut out of the package with od, tail
+    and head, and the exported bundle, checked by the `sigstore` CLI alone. Its
+    statement's subject is the manifest's SHA-256; the manifest holds the digest
+    of every stored byte."""
+    import sys
+
+    from secpack.api.signing import add_keyless_signature
+
+    pkg = tmp_path / "m.spk"
+    shutil.copyfile(keyless_package, pkg)
+    bundle = add_keyless_signature(str(pkg), token=_token(), trust_config=str(mock)).bundle
+    assert bundle
+    (tmp_path / "m.spk.sigstore.json").write_bytes(bundle)
+    cut = subprocess.run(
+        [
+            "sh",
+            "-c",
+            "M=$(od -An -tu1 -j12 -N4 m.spk | awk '{print $1*16777216+$2*65536+$3*256+$4}')"
+            ' && tail -c +33 m.spk | head -c "$M" > m.manifest',
+        ],
+        cwd=tmp_path,
+        check=True,
+    )
+    assert cut.returncode == 0
+    from secpack.api.inspect import inspect
+
+    digest = hashlib.sha256((tmp_path / "m.manifest").read_bytes()).hexdigest()
+    assert inspect(str(pkg)).manifest_digest.hex() == digest
+
+    def sigstore(identity: str, artifact: str = "m.manifest") -> subprocess.CompletedProcess[str]:
+        cli = Path(sys.executable).with_name("sigstore")
+        return subprocess.run(
+            [str(cli), "--trust-config", str(mock), "verify", "identity", artifact,
+             "--bundle", "m.spk.sigstore.json", "--cert-identity", identity,
+             "--cert-oidc-issuer", ACTIONS],
+            cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+
+    done = sigstore(IDENTITY)
+    assert done.returncode == 0, done.stderr
+    assert "OK: m.manifest" in done.stderr + done.stdout
+    assert sigstore(IDENTITY + "x").returncode != 0
+    (tmp_path / "other").write_bytes((tmp_path / "m.manifest").read_bytes() + b"\0")
+    assert sigstore(IDENTITY, "other").returncode != 0
