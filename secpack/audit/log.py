@@ -83,22 +83,39 @@ def _line_hash(line: bytes) -> str:
     return hashlib.sha256(line.rstrip(b"\n")).hexdigest()
 
 
-def _last_line(fd: int) -> bytes | None:
-    size = os.lseek(fd, 0, os.SEEK_END)
-    if size == 0:
+def _last_line(fd: int, path: str) -> bytes | None:
+    """The log's last line (trailing newlines apart), read backwards a block at a
+    time; None for an empty log. A record is a few hundred bytes: a last line
+    past _MAX_RECORD is ``audit.corrupt``, not read whole (each verb reads it)."""
+    end = os.lseek(fd, 0, os.SEEK_END)
+    if end == 0:
         return None
-    chunk = 4096
-    end = size
-    buf = b""
+    parts: list[bytes] = []
+    held = 0
+    trailing = True  # still skipping the newlines at the end
     while end > 0:
-        start = max(0, end - chunk)
-        buf = os.pread(fd, end - start, start) + buf
+        start = max(0, end - _BLOCK)
+        data = os.pread(fd, end - start, start)
         end = start
-        body = buf.rstrip(b"\n")
-        cut = body.rfind(b"\n")
+        if trailing:
+            data = data.rstrip(b"\n")
+            if not data:
+                continue
+            trailing = False
+        cut = data.rfind(b"\n")
+        parts.append(data[cut + 1 :])
+        held += len(parts[-1])
+        if held > _MAX_RECORD:
+            raise SecpackError("audit.corrupt", f"{path}: last record is over {_MAX_RECORD} bytes")
         if cut >= 0:
-            return body[cut + 1 :]
-    return buf.rstrip(b"\n")
+            break
+    return b"".join(reversed(parts))
+
+
+# The tail is read in blocks of this size; a record is far smaller.
+_BLOCK = 4096
+# No record secpack writes comes near this (they are a few hundred bytes).
+_MAX_RECORD = 1 << 20
 
 
 @contextlib.contextmanager
@@ -118,15 +135,20 @@ def _locked_log(path: str) -> Iterator[tuple[int, int, str]]:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise SecpackError("audit.io", f"{path} is not a regular file")
         fcntl.flock(fd, fcntl.LOCK_EX)
-        last = _last_line(fd)
+        last = _last_line(fd, path)
         if last is None:
             seq, prev = 0, GENESIS
         else:
             try:
-                seq = int(json.loads(last)["seq"]) + 1
-            except (ValueError, KeyError, TypeError, RecursionError):
-                raise SecpackError("audit.corrupt", f"{path}: last record is unreadable") from None
-            prev = _line_hash(last)
+                record = json.loads(last)
+            except (ValueError, RecursionError):
+                record = None
+            number = record.get("seq") if isinstance(record, dict) else None
+            # Exactly an integer: 1e999 and Infinity parse as floats, and int() of
+            # them raised OverflowError, which every verb reported as internal.
+            if type(number) is not int or number < 0:
+                raise SecpackError("audit.corrupt", f"{path}: last record is unreadable")
+            seq, prev = number + 1, _line_hash(last)
         yield fd, seq, prev
     except OSError as exc:
         raise SecpackError("audit.io", f"{path}: {exc.strerror}") from None

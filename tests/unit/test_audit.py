@@ -608,3 +608,49 @@ def test_a_verb_stopped_by_something_not_secpacks_is_recorded_with_the_code_repo
         raise raised
     records = [json.loads(raw) for _, raw in read_log(str(log))]
     assert [(r["action"], r["outcome"], r["code"]) for r in records] == [("open", "error", code)]
+
+
+@pytest.mark.parametrize(
+    "last",
+    [
+        b'{"seq": 1e999}',  # a float too large for an int
+        b'{"seq": Infinity}',
+        b'{"seq": -1}',
+        b'{"seq": 1.5}',
+        b'{"seq": true}',
+        b'{"seq": "3"}',
+        b'{"seq": 3' + b" " * (2 << 20) + b"}",  # past what a record can be
+    ],
+)
+def test_a_last_record_without_a_whole_sequence_number_is_corrupt_and_verbs_go_on(
+    tmp_path: Path, last: bytes
+) -> None:
+    """``audit.corrupt`` when the next record is to be appended; a verb run in the
+    default audit mode still does its work and warns (an infinite ``seq`` was an
+    OverflowError, and every verb ended ``internal``)."""
+    from helpers import run_cli
+
+    log = tmp_path / "audit.jsonl"
+    _fill(log, 2)
+    with log.open("ab") as fh:
+        fh.write(last)  # no newline: the tail is read backwards to the one before
+    with pytest.raises(SecpackError) as err:
+        append("verify", outcome="ok", path=str(log))
+    assert err.value.code == "audit.corrupt"
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    sealed = run_cli(
+        "seal",
+        model,
+        "-o",
+        tmp_path / "p.spk",
+        "--sign-key",
+        KEYS / "signing-ed25519.key",
+        "--no-encrypt",
+        env={"SECPACK_AUDIT_LOG": str(log)},
+        subprocess_=True,  # the warning goes to the process's own stderr
+    )
+    assert sealed.returncode == 0, sealed.stderr
+    assert "audit.corrupt" in sealed.stderr
+    assert (tmp_path / "p.spk").is_file()
