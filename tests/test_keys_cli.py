@@ -647,3 +647,37 @@ def test_sign_and_unsign_into_an_existing_file_do_not_advise_a_missing_force(
     res = fails("output.exists", "unsign", sealed, "--key-id", kid, "-o", taken)
     assert "--force" not in res.stderr
     assert taken.read_bytes() == b"keep me"
+
+
+def _near_full_section(sealed: Path) -> list[tuple[str, bytes]]:
+    """Entries of at most 1 MiB each that bring the section to 60 bytes short of
+    the readers' 4 MiB."""
+    from secpack.format.sections import SignatureEntry, build_signature_section
+
+    with FileSource(str(sealed)) as src:
+        own = read_header(src, DEFAULT_LIMITS).signatures
+    extra = [("x-other", b"\0" * (1 << 20))] * 3 + [("x-other", b"")]
+    size = len(build_signature_section([*own, *(SignatureEntry(t, d) for t, d in extra)]))
+    room = DEFAULT_LIMITS.max_signature_bytes - 60 - size
+    extra[-1] = ("x-other", b"\0" * room)  # its length prefix grows by 4 bytes, within the 60
+    return extra
+
+
+@pytest.mark.parametrize("full", ["64-signatures", "4-mib-section"])
+def test_sign_refuses_a_signature_that_readers_would_refuse(
+    tmp_path: Path, sealed: Path, keys: KeyRing, full: str
+) -> None:
+    """A full signature section stays as it was: the signature that would take it
+    past the readers' limits (65 entries, or over 4 MiB) made a package that no
+    verb read, unsign included."""
+    pkg = tmp_path / "full.spk"
+    # With the seal's own signature, 64 entries: the most readers take.
+    entries = [("x-other", b"")] * 63 if full == "64-signatures" else _near_full_section(sealed)
+    _with_entries(sealed, pkg, entries)
+    before = pkg.read_bytes()
+    ok("signatures", pkg)
+    qa = keys.signing("qa", "ecdsa-p256")
+    res = fails("input.invalid", "sign", pkg, "--key", qa.private)
+    assert "secpack unsign" in res.stderr
+    assert pkg.read_bytes() == before
+    ok("signatures", pkg)

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 from secpack.api.auditing import audited, package_facts
 from secpack.api.common import MALFORMED, source_date_epoch
-from secpack.errors import SecpackError
+from secpack.errors import InputError, SecpackError
 from secpack.format.limits import DEFAULT_LIMITS
-from secpack.format.sections import SIG_TYPE_COSE_SIGN1, SignatureEntry
+from secpack.format.sections import SIG_TYPE_COSE_SIGN1, SignatureEntry, build_signature_section
 from secpack.package import assemble
 from secpack.package.reader import Header, read_header, verify_segments
 from secpack.recipes.keys import SigningPrivateKey, key_id
@@ -165,8 +165,24 @@ def _append(
                 # an entry no reader accepts would make the whole package unreadable.
                 cose.parse_sign1(entry.data)
             entries.append(entry)
+            _fits_readers(entries)
             _rewrite(src, header, entries, output or package, in_place=output is None)
             return SignReport(output or package, kid, True, len(entries)), entry.data
+
+
+def _fits_readers(entries: list[SignatureEntry]) -> None:
+    """Refuse a signature section that readers would refuse (docs/FORMAT.md §8,
+    §11): written in place, it would leave a valid package that no verb reads,
+    unsign included."""
+    limits = DEFAULT_LIMITS
+    size = len(build_signature_section(entries))
+    if len(entries) > limits.max_signatures or size > limits.max_signature_bytes:
+        raise InputError(
+            "input.invalid",
+            f"with this signature the package would have {len(entries)} signatures in "
+            f"{size} bytes, and readers take at most {limits.max_signatures} in "
+            f"{limits.max_signature_bytes}: remove one first (secpack unsign)",
+        )
 
 
 def add_signature(
