@@ -159,7 +159,14 @@ def compress_plane(data: bytes | memoryview) -> bytes:
         raise _compress_failed(exc) from None
 
 
+# The largest window libzstd decodes (ZSTD_WINDOWLOG_MAX on 64-bit builds). A policy
+# may set max_zstd_window higher; passed on as it is, libzstd refused every frame,
+# those of valid packages too ("does not decode cleanly").
+_WINDOW_MAX = 1 << 31
+
+
 def _dctx(max_window: int) -> zstandard.ZstdDecompressor:
+    max_window = min(max_window, _WINDOW_MAX)
     cache: dict[int, zstandard.ZstdDecompressor] = _local.__dict__.setdefault("dctx", {})
     ctx = cache.get(max_window)
     if ctx is None:

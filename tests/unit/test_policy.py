@@ -200,3 +200,33 @@ def test_a_key_file_holds_one_key(tmp_path: Path) -> None:
     params = b"-----BEGIN EC PARAMETERS-----\nBggqhkjOPQMBBw==\n-----END EC PARAMETERS-----\n"
     (tmp_path / "ec.pem").write_bytes(params + pem)
     assert isinstance(load_signing_key(str(tmp_path / "ec.pem")), ec.EllipticCurvePrivateKey)
+
+
+@pytest.mark.parametrize("window", [1 << 31, (1 << 31) + 1, 1 << 40])
+def test_a_zstd_window_limit_past_what_zstd_decodes_still_reads_packages(
+    tmp_path: Path, window: int
+) -> None:
+    """libzstd decodes windows of up to 2 GiB; a policy that allows more (any
+    positive integer is a valid limit) made every frame fail to decode."""
+    import dataclasses
+
+    import numpy as np
+    from helpers import EXAMPLE_KEYS, seal_example
+    from safetensors.numpy import save_file
+
+    import secpack
+    from secpack.sign.policy import policy_from_keys
+
+    root = tmp_path / "m"
+    root.mkdir()
+    (root / "config.json").write_text('{"a": 1}' * 100)
+    save_file({"w": np.arange(4096, dtype=np.float32)}, str(root / "model.safetensors"))
+    pkg = tmp_path / "p.spk"
+    seal_example(root, pkg, encrypt=False)
+    policy = policy_from_keys([("k", (EXAMPLE_KEYS / "signing-ed25519.key.pub").read_bytes())])
+    wide = dataclasses.replace(
+        policy, limits=dataclasses.replace(policy.limits, max_zstd_window=window)
+    )
+    with secpack.open_package(pkg, policy=wide) as p:
+        assert p.read_file("config", "config.json") == b'{"a": 1}' * 100
+        assert (p.state_dict("weights")["w"] == np.arange(4096, dtype=np.float32)).all()
