@@ -681,3 +681,32 @@ def test_sign_refuses_a_signature_that_readers_would_refuse(
     assert "secpack unsign" in res.stderr
     assert pkg.read_bytes() == before
     ok("signatures", pkg)
+
+
+def test_sign_replaces_its_own_signature_where_that_no_longer_verifies(
+    tmp_path: Path, sealed: Path, keys: KeyRing
+) -> None:
+    """Signing again with a key whose signature in the package is damaged replaces
+    that signature: sign used to say "already signed" and leave the package
+    failing verify."""
+    from secpack.format.sections import SignatureEntry
+
+    qa = keys.signing("qa", "ecdsa-p256")
+    pkg = tmp_path / "p.spk"
+    ok("sign", sealed, "--key", qa.private, "-o", pkg, "-q")
+    ok("verify", pkg, "--trust", qa.public)
+    with FileSource(str(pkg)) as src:
+        header = read_header(src, DEFAULT_LIMITS)
+    own, theirs = header.signatures
+    damaged = theirs.data[:-1] + bytes([theirs.data[-1] ^ 1])  # the signature's last byte
+    broken = tmp_path / "broken.spk"
+    from secpack.api.signing import _rewrite
+
+    with FileSource(str(pkg)) as src:
+        _rewrite(src, header, [own, SignatureEntry(theirs.type, damaged)], str(broken), False)
+    fails("integrity", "verify", broken, "--trust", qa.public)
+    res = ok("sign", broken, "--key", qa.private, "--json").json()
+    assert res["added"] is True and res["signatures"] == 2
+    ok("verify", broken, "--trust", qa.public)
+    # Signed and valid: a second sign adds nothing.
+    assert ok("sign", broken, "--key", qa.private, "--json").json()["added"] is False

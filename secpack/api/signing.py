@@ -141,8 +141,12 @@ def _append(
     package: str,
     output: str | None,
     make: Callable[[Header], tuple[SignatureEntry, bytes]],
-    same_signer: Callable[[SignatureEntry], bool],
+    same_signer: Callable[[SignatureEntry, Header], bool | None],
 ) -> tuple[SignReport, bytes | None]:
+    """Add ``make``'s entry unless ``same_signer`` finds this signer's valid
+    signature already there (True). An entry of this signer that does not verify
+    (None: damaged, or over another manifest) is replaced, not kept: it made the
+    package fail verify, and sign said it was already signed."""
     package = _in_place_path(package, output)
     with audited("sign") as audit:
         audit["package"] = {"path": package}
@@ -152,13 +156,16 @@ def _append(
                 package_facts(header.manifest.name, header.manifest.version, header.digest)
             )
             verify_segments(src, header)
-            entries = list(header.signatures)
-            if any(same_signer(e) for e in entries):
+            found = [same_signer(e, header) for e in header.signatures]
+            entries = [
+                e for e, same in zip(header.signatures, found, strict=True) if same is not None
+            ]
+            if any(found):
                 # Already signed by this key: nothing to add; a requested copy is
                 # still written, unchanged.
                 if output is not None:
-                    _rewrite(src, header, entries, output, in_place=False)
-                return SignReport(output or package, b"", False, len(entries)), None
+                    _rewrite(src, header, list(header.signatures), output, in_place=False)
+                return SignReport(output or package, b"", False, len(header.signatures)), None
             entry, kid = make(header)
             if entry.type == SIG_TYPE_COSE_SIGN1:
                 # What every reader will parse, parsed before it replaces the package:
@@ -200,13 +207,16 @@ def add_signature(
         data = cose.sign_manifest(key, header.manifest_bytes, source_date_epoch())
         return SignatureEntry(SIG_TYPE_COSE_SIGN1, data), kid
 
-    def same(entry: SignatureEntry) -> bool:
+    def same(entry: SignatureEntry, header: Header) -> bool | None:
         if entry.type != SIG_TYPE_COSE_SIGN1:
             return False
         try:
-            return cose.parse_sign1(entry.data).kid == kid
+            sig = cose.parse_sign1(entry.data)
         except SecpackError:  # a malformed entry is no one's signature
             return False
+        if sig.kid != kid:
+            return False
+        return True if cose.verify_sign1(sig, key.public_key(), header.manifest_bytes) else None
 
     report, _ = _append(package, output, make, same)
     return SignReport(report.path, kid, report.added, report.signatures)
@@ -237,7 +247,7 @@ def add_keyless_signature(
         data = sign_keyless(header.manifest_bytes, header.manifest, identity, config)
         return SignatureEntry(SIG_TYPE_SIGSTORE, data), _keyless_identity(data)[0]
 
-    report, bundle = _append(package, output, make, lambda entry: False)
+    report, bundle = _append(package, output, make, lambda entry, header: False)
     name = _keyless_identity(bundle)[1] if bundle else None
     return SignReport(report.path, report.key_id, report.added, report.signatures, name, bundle)
 
