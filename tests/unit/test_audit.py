@@ -654,3 +654,36 @@ def test_a_last_record_without_a_whole_sequence_number_is_corrupt_and_verbs_go_o
     assert sealed.returncode == 0, sealed.stderr
     assert "audit.corrupt" in sealed.stderr
     assert (tmp_path / "p.spk").is_file()
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"seq": 2, "package": [1]},
+        {"seq": 2, "actor": "me"},
+        {"seq": {}, "action": None},
+        {},
+    ],
+)
+def test_audit_show_prints_records_of_any_shape(tmp_path: Path, record: dict[str, object]) -> None:
+    """A well-formed JSON object with fields of other types (hand-edited, or another
+    writer's) is shown as it is; judging it is audit verify's part. It was an
+    internal error or input.invalid."""
+    from helpers import run_cli
+
+    log = tmp_path / "audit.jsonl"
+    _fill(log, 2)
+    with log.open("a") as fh:
+        fh.write(json.dumps(record) + "\n")
+    shown = run_cli("audit", "show", "--log", log)
+    assert shown.returncode == 0, shown.stderr
+    assert len(shown.stdout.splitlines()) == 3
+    assert run_cli("audit", "verify", "--log", log).error_code == "audit.tampered"
+
+
+def test_audit_verbs_refuse_a_log_named_that_is_not_there(tmp_path: Path) -> None:
+    from helpers import run_cli
+
+    for verb in ("verify", "show", "export"):
+        res = run_cli("audit", verb, "--log", tmp_path / "nowhere.jsonl")
+        assert res.error_code == "input.missing", (verb, res.stdout, res.stderr)
