@@ -710,3 +710,24 @@ def test_sign_replaces_its_own_signature_where_that_no_longer_verifies(
     ok("verify", broken, "--trust", qa.public)
     # Signed and valid: a second sign adds nothing.
     assert ok("sign", broken, "--key", qa.private, "--json").json()["added"] is False
+
+
+def test_an_empty_output_path_is_refused_not_taken_for_the_working_directory(
+    tmp_path: Path, sealed: Path, release_key: KeyPair, keys: KeyRing
+) -> None:
+    # os.path.abspath("") is the working directory: `-o "$UNSET"` said it "exists",
+    # and open into an empty working directory would have written there.
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    qa = keys.signing("qa", "ecdsa-p256")
+    plain = tmp_path / "plain.spk"
+    ok("seal", model, "-o", plain, "--sign-key", release_key.private, "--no-encrypt", "-q")
+    for args in (
+        ("seal", model, "-o", "", "--sign-key", release_key.private, "--no-encrypt"),
+        ("open", plain, "-o", "", "--trust", release_key.public),
+        ("sign", sealed, "--key", qa.private, "-o", ""),
+        ("keygen", "signing", "-o", ""),
+    ):
+        res = fails("input.invalid", *args)
+        assert "output path is empty" in res.stderr, args

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.asymmetric import x25519
 
-from secpack.errors import KeyUseError, OutputError, PolicyError
+from secpack.errors import InputError, KeyUseError, OutputError, PolicyError
 from secpack.recipes.keys import (
     SigningPrivateKey,
     generate_recipient,
@@ -136,6 +136,8 @@ def keygen(
     overwrite: bool = False,
 ) -> bytes:
     """Write ``path`` (private, 0600) and ``path.pub``; return the public PEM."""
+    if not path:
+        raise InputError("input.invalid", "the output path is empty")
     for target in (path, path + ".pub"):
         if not overwrite and os.path.lexists(target):
             raise OutputError("output.exists", f"{target} exists (use --force to replace it)")

@@ -66,6 +66,8 @@ def _in_place_path(package: str, output: str | None) -> str:
     link (``current.spk`` to ``releases/v7.spk``) must lead to the signed package
     afterwards; replacing the link by a copy would leave its target unsigned, and
     the lock would be on one file while the other is replaced."""
+    if output == "":  # -o "$UNSET": not a request to rewrite in place
+        raise InputError("input.invalid", "the output path is empty")
     return os.path.realpath(package) if output is None else package
 
 

@@ -21,7 +21,7 @@ import stat
 from types import TracebackType
 from typing import Self
 
-from secpack.errors import OutputError
+from secpack.errors import InputError, OutputError
 from secpack.transport.syncer import Syncer
 
 __all__ = [
@@ -233,6 +233,14 @@ class _Temporary:
             self.abort()
 
 
+def _named(dest: str) -> str:
+    """``dest``, refused when empty: os.path.abspath("") is the working directory,
+    which ``-o ''`` (an unset shell variable) never meant."""
+    if not dest:
+        raise InputError("input.invalid", "the output path is empty")
+    return dest
+
+
 class AtomicFile(_Temporary):
     """A file that appears at ``dest`` only when :meth:`commit` succeeds."""
 
@@ -243,7 +251,7 @@ class AtomicFile(_Temporary):
     ) -> None:
         """``force_option``: the caller's command has a --force that sets ``overwrite``
         (seal, keygen), so an existing ``dest`` is reported with that advice."""
-        self.dest = os.path.abspath(dest)
+        self.dest = os.path.abspath(_named(dest))
         self.overwrite = overwrite
         self.mode = mode
         parent = os.path.dirname(self.dest)
@@ -432,7 +440,7 @@ class AtomicDirectory(_Temporary):
     _KIND = "directory"
 
     def __init__(self, dest: str) -> None:
-        self.dest = os.path.abspath(dest)
+        self.dest = os.path.abspath(_named(dest))
         parent = os.path.dirname(self.dest)
         if not os.path.isdir(parent):
             raise OutputError("output.io", f"directory {parent} does not exist")
@@ -502,7 +510,7 @@ class WorkDirectory(_Temporary):
     _KIND = "directory"
 
     def __init__(self, dest: str) -> None:
-        self.dest = os.path.abspath(dest)
+        self.dest = os.path.abspath(_named(dest))
         self.tmp = temp_name(self.dest)  # made on entering the with block
         self._entered = False
         self._committed = False  # never: it is always removed
