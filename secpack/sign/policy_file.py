@@ -6,6 +6,7 @@ Reading the files a policy names is the caller's job, through the ``read_key`` a
 
 from __future__ import annotations
 
+import os
 import tomllib
 from collections.abc import Callable
 from dataclasses import fields, replace
@@ -94,7 +95,13 @@ def _from_doc(
             for entry in _expect(trust, "sigstore", list, "trust")
         )
     if "trusted_root" in trust:
-        kwargs["trusted_root"] = resolve(_expect(trust, "trusted_root", str, "trust"))
+        root = resolve(_expect(trust, "trusted_root", str, "trust"))
+        # Checked here, not only when a keyless signature is met: a policy with a
+        # misspelt root would otherwise load, and fail on the first such package.
+        # (Parsing it imports sigstore, which a key-only verify never needs.)
+        if not os.path.isfile(root):
+            raise PolicyError("policy.invalid", f"{name}: trust.trusted_root {root} is not a file")
+        kwargs["trusted_root"] = root
     if "threshold" in trust:
         kwargs["threshold"] = _expect(trust, "threshold", int, "trust")
     if "algorithms" in trust:

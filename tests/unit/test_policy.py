@@ -56,6 +56,9 @@ def test_default_policy_without_its_key_is_an_error() -> None:
         "version = 1\n[trust]\nkeys = ['keys/a.pub']\n[limits]\nmax_signatures = -1",
         "version = 1\n[trust]\nkeys = ['keys/a.pub']\n[limits]\nmax_everything = 1",
         "version = 1\n[trust]\nkeys = ['keys/a.pub']\n[freshness]\nmax_age = 'soon'",
+        # A trusted root that is not there, or not a file.
+        "version = 1\n[trust]\nkeys = ['keys/a.pub']\ntrusted_root = 'missing.json'",
+        "version = 1\n[trust]\nkeys = ['keys/a.pub']\ntrusted_root = 'keys'",
         "version = 1\n[trust\n",
         "version = true\n[trust]\nkeys = ['keys/a.pub']",
         "version = 1.0\n[trust]\nkeys = ['keys/a.pub']",
