@@ -731,3 +731,14 @@ def test_an_empty_output_path_is_refused_not_taken_for_the_working_directory(
     ):
         res = fails("input.invalid", *args)
         assert "output path is empty" in res.stderr, args
+
+
+@pytest.mark.parametrize("kid", ["e0ad", "sha256:1234567", "zzzzzzzz", ""])
+def test_unsign_says_a_key_id_too_short_or_not_hex_is_one(
+    tmp_path: Path, sealed: Path, kid: str
+) -> None:
+    pkg = tmp_path / "p.spk"
+    pkg.write_bytes(sealed.read_bytes())
+    res = fails("input.invalid", "unsign", pkg, "--key-id", kid)
+    assert "at least 8 hex digits" in res.stderr
+    assert pkg.read_bytes() == sealed.read_bytes()

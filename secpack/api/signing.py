@@ -330,6 +330,16 @@ def remove_signature(
         raise SecpackError(
             "input.invalid", "give exactly one of a key id (--key-id) and malformed (--malformed)"
         )
+    if key_id_text is not None:
+        text = key_id_text.lower().removeprefix("sha256:")
+        if len(text) < 8 or any(c not in "0123456789abcdef" for c in text):
+            # Said as what it is, not as "no such signature": a short prefix could
+            # name more than one signer.
+            raise InputError(
+                "input.invalid",
+                f"--key-id {key_id_text!r}: give at least 8 hex digits of the key id "
+                "(secpack signatures lists them)",
+            )
     package = _in_place_path(package, output)
     with audited("unsign") as audit:
         audit["package"] = {"path": package}
