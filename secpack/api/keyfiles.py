@@ -49,7 +49,9 @@ def passphrase_from_env(var: str | None) -> bytes | None:
         # An empty passphrase would mean "no encryption" to PEM writers: refuse it
         # rather than silently write a plaintext key the user asked to protect.
         raise KeyUseError("key.passphrase", f"environment variable {var} is empty")
-    return value.encode("utf-8")
+    # The variable's own bytes, whatever their encoding: a passphrase that is not
+    # UTF-8 was a UnicodeEncodeError, reported with Python's codec message.
+    return os.fsencode(value)
 
 
 def load_signing_key(path: str, passphrase: bytes | None = None) -> SigningPrivateKey:

@@ -233,3 +233,24 @@ def test_a_zstd_window_limit_past_what_zstd_decodes_still_reads_packages(
     with secpack.open_package(pkg, policy=wide) as p:
         assert p.read_file("config", "config.json") == b'{"a": 1}' * 100
         assert (p.state_dict("weights")["w"] == np.arange(4096, dtype=np.float32)).all()
+
+
+def test_a_passphrase_that_is_not_utf8_is_the_variables_own_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Taken as the bytes the environment holds: it was a UnicodeEncodeError,
+    reported with Python's codec message, and such a key could not be used."""
+    import os
+
+    from secpack.api.keyfiles import load_signing_key, passphrase_from_env
+    from secpack.recipes.keys import private_pem
+
+    secret = b"\xff\xfe-not-utf8"
+    monkeypatch.setenv("SECPACK_TEST_PASS", os.fsdecode(secret))
+    assert passphrase_from_env("SECPACK_TEST_PASS") == secret
+    key = generate_signing("ed25519")
+    path = tmp_path / "k.pem"
+    path.write_bytes(private_pem(key, secret))
+    path.chmod(0o600)
+    loaded = load_signing_key(str(path), passphrase_from_env("SECPACK_TEST_PASS"))
+    assert public_pem(loaded.public_key()) == public_pem(key.public_key())
