@@ -742,3 +742,25 @@ def test_unsign_says_a_key_id_too_short_or_not_hex_is_one(
     res = fails("input.invalid", "unsign", pkg, "--key-id", kid)
     assert "at least 8 hex digits" in res.stderr
     assert pkg.read_bytes() == sealed.read_bytes()
+
+
+def test_a_full_signature_section_is_refused_before_anything_is_signed(
+    tmp_path: Path, sealed: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A keyless signature leaves a certificate and a public log entry behind: with
+    no room for it, nothing is signed at all."""
+    from secpack.api.signing import add_signature
+    from secpack.errors import SecpackError
+    from secpack.recipes.keys import generate_signing
+    from secpack.sign import cose
+
+    pkg = tmp_path / "full.spk"
+    _with_entries(sealed, pkg, [("x-other", b"")] * 63)
+
+    def never(*args: object) -> bytes:
+        raise AssertionError("signed although the section was full")
+
+    monkeypatch.setattr(cose, "sign_manifest", never)
+    with pytest.raises(SecpackError) as err:
+        add_signature(str(pkg), generate_signing("ed25519"))
+    assert err.value.code == "input.invalid"

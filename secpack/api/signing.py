@@ -168,6 +168,9 @@ def _append(
                 if output is not None:
                     _rewrite(src, header, list(header.signatures), output, in_place=False)
                 return SignReport(output or package, b"", False, len(header.signatures)), None
+            # Before a signature is made: a keyless one leaves a certificate and a
+            # public log entry behind even when it is then refused.
+            _fits_readers([*entries, SignatureEntry(SIG_TYPE_COSE_SIGN1, b"")])
             entry, kid = make(header)
             if entry.type == SIG_TYPE_COSE_SIGN1:
                 # What every reader will parse, parsed before it replaces the package:

@@ -186,11 +186,11 @@ def append(
             "v": FORMAT,
             "seq": seq,
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "actor": _actor(),
+            "actor": _bounded(_actor()),
             "action": action,
             "outcome": outcome,
             "code": code,
-            "package": package,
+            "package": _bounded(package),
             "prev": prev,
         }
         # The record's own digest: an edited record is caught at its own line, before
@@ -206,6 +206,10 @@ def append(
                 "value": base64.b64encode(signing.sign(sign, _canonical(record))).decode(),
             }
         line = _canonical(record) + b"\n"
+        if len(line) > _MAX_RECORD:
+            # Never written: as the last line it would make every later append
+            # audit.corrupt (_last_line). _bounded keeps real records far below.
+            raise SecpackError("audit.io", f"{path}: a record of {len(line)} bytes is too large")
         end = os.lseek(fd, 0, os.SEEK_END)
         try:
             view = memoryview(line)
@@ -226,6 +230,24 @@ def append(
                 os.fsync(fd)
             raise
         return record
+
+
+# The most characters of one text field a record keeps (a path, a CI variable):
+# PATH_MAX is 4096. Longer ones are cut, saying how much, so that a record stays
+# far below _MAX_RECORD even with every byte escaped (a non-UTF-8 byte is 6).
+_MAX_FIELD = 4096
+
+
+def _bounded(value: Any) -> Any:
+    """``value`` with every string over _MAX_FIELD characters cut (the caller's
+    path and the CI's variables are not secpack's to size)."""
+    if isinstance(value, str) and len(value) > _MAX_FIELD:
+        return f"{value[:_MAX_FIELD]}...({len(value) - _MAX_FIELD} more characters)"
+    if isinstance(value, dict):
+        return {k: _bounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_bounded(v) for v in value]
+    return value
 
 
 def _head_names(path: str, seq: int, digest: str) -> bool:

@@ -30,7 +30,9 @@ def _given(path: str | None) -> None:
 
     from secpack.errors import InputError
 
-    if path is not None and not os.path.lexists(path):
+    # exists(), not lexists(): a dangling link is no log either. An empty --log
+    # names the default log, as it always has.
+    if path and not os.path.exists(path):
         raise InputError("input.missing", f"{path} does not exist")
 
 

@@ -687,3 +687,25 @@ def test_audit_verbs_refuse_a_log_named_that_is_not_there(tmp_path: Path) -> Non
     for verb in ("verify", "show", "export"):
         res = run_cli("audit", verb, "--log", tmp_path / "nowhere.jsonl")
         assert res.error_code == "input.missing", (verb, res.stdout, res.stderr)
+
+
+def test_a_record_of_huge_fields_is_cut_and_the_log_goes_on(tmp_path: Path) -> None:
+    """A caller's path, or a CI variable, of a megabyte: the record keeps 4096
+    characters of it, saying how much was cut. Written whole, it was over what the
+    next append reads back as a record, and the log stopped taking records."""
+    log = tmp_path / "audit.jsonl"
+    _fill(log, 1)
+    record = append("verify", outcome="ok", package={"path": "p/" * 600_000}, path=str(log))
+    assert record["package"]["path"].endswith("...(1195904 more characters)")
+    assert len(log.read_bytes().splitlines()[-1]) < 8192
+    assert append("verify", outcome="ok", path=str(log))["seq"] == record["seq"] + 1
+    assert verify_log(str(log)) is None
+
+
+def test_audit_verbs_refuse_a_dangling_link_as_the_log(tmp_path: Path) -> None:
+    from helpers import run_cli
+
+    link = tmp_path / "audit.jsonl"
+    link.symlink_to(tmp_path / "gone.jsonl")
+    for verb in ("verify", "show", "export"):
+        assert run_cli("audit", verb, "--log", link).error_code == "input.missing", verb
