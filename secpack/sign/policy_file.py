@@ -1,7 +1,9 @@
 """Trust policies as TOML files (schema in docs/POLICY.md).
 
 Reading the files a policy names is the caller's job, through the ``read_key`` and
-``resolve`` callbacks, so this module does no I/O of its own.
+``resolve`` callbacks. The one look of its own at the file system is whether a
+``trusted_root`` is a file, so that a misspelt one fails when the policy loads; it
+is parsed (which imports sigstore) only when a keyless signature is checked.
 """
 
 from __future__ import annotations
