@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.asymmetric import x25519
 
-from secpack.errors import InputError, KeyUseError, OutputError, PolicyError
+from secpack.errors import KeyUseError, OutputError, PolicyError
 from secpack.recipes.keys import (
     SigningPrivateKey,
     generate_recipient,
@@ -20,6 +20,7 @@ from secpack.recipes.keys import (
     public_pem,
 )
 from secpack.sign.policy import Policy, policy_from_keys
+from secpack.transport.atomic import named_output
 from secpack.transport.files import read_small, write_key_pair
 
 if TYPE_CHECKING:
@@ -138,8 +139,7 @@ def keygen(
     overwrite: bool = False,
 ) -> bytes:
     """Write ``path`` (private, 0600) and ``path.pub``; return the public PEM."""
-    if not path:
-        raise InputError("input.invalid", "the output path is empty")
+    named_output(path)
     for target in (path, path + ".pub"):
         if not overwrite and os.path.lexists(target):
             raise OutputError("output.exists", f"{target} exists (use --force to replace it)")

@@ -27,7 +27,7 @@ from secpack.recipes.signing import COSE_ALGS
 from secpack.sign import cose
 from secpack.sign.keyless import SIG_TYPE_SIGSTORE
 from secpack.sign.policy import Policy
-from secpack.transport.atomic import AtomicFile
+from secpack.transport.atomic import AtomicFile, named_output
 from secpack.transport.spkfile import FileSource
 
 __all__ = [
@@ -66,8 +66,8 @@ def _in_place_path(package: str, output: str | None) -> str:
     link (``current.spk`` to ``releases/v7.spk``) must lead to the signed package
     afterwards; replacing the link by a copy would leave its target unsigned, and
     the lock would be on one file while the other is replaced."""
-    if output == "":  # -o "$UNSET": not a request to rewrite in place
-        raise InputError("input.invalid", "the output path is empty")
+    if output is not None:
+        named_output(output)  # -o "$UNSET" is not a request to rewrite in place
     return os.path.realpath(package) if output is None else package
 
 

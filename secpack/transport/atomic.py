@@ -30,6 +30,7 @@ __all__ = [
     "AtomicFile",
     "WorkDirectory",
     "fsync_dir",
+    "named_output",
     "remove_stale",
     "remove_tree",
     "temp_base",
@@ -233,7 +234,7 @@ class _Temporary:
             self.abort()
 
 
-def _named(dest: str) -> str:
+def named_output(dest: str) -> str:
     """``dest``, refused when empty: os.path.abspath("") is the working directory,
     which ``-o ''`` (an unset shell variable) never meant."""
     if not dest:
@@ -251,7 +252,7 @@ class AtomicFile(_Temporary):
     ) -> None:
         """``force_option``: the caller's command has a --force that sets ``overwrite``
         (seal, keygen), so an existing ``dest`` is reported with that advice."""
-        self.dest = os.path.abspath(_named(dest))
+        self.dest = os.path.abspath(named_output(dest))
         self.overwrite = overwrite
         self.mode = mode
         parent = os.path.dirname(self.dest)
@@ -440,7 +441,7 @@ class AtomicDirectory(_Temporary):
     _KIND = "directory"
 
     def __init__(self, dest: str) -> None:
-        self.dest = os.path.abspath(_named(dest))
+        self.dest = os.path.abspath(named_output(dest))
         parent = os.path.dirname(self.dest)
         if not os.path.isdir(parent):
             raise OutputError("output.io", f"directory {parent} does not exist")
@@ -510,7 +511,7 @@ class WorkDirectory(_Temporary):
     _KIND = "directory"
 
     def __init__(self, dest: str) -> None:
-        self.dest = os.path.abspath(_named(dest))
+        self.dest = os.path.abspath(named_output(dest))
         self.tmp = temp_name(self.dest)  # made on entering the with block
         self._entered = False
         self._committed = False  # never: it is always removed
