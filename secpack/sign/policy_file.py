@@ -27,7 +27,7 @@ def policy_from_toml(
     text: str, read_key: Callable[[str], bytes], resolve: Callable[[str], str], name: str
 ) -> Policy:
     """Parse a policy; key files are read with ``read_key`` and other paths (the
-    trusted root) made absolute with ``resolve``, both relative to the policy file."""
+    trusted root, the state directory) made absolute with ``resolve``, both relative to the policy file."""
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -139,7 +139,12 @@ def _from_doc(
     if "protect" in rollback:
         kwargs["rollback"] = _expect(rollback, "protect", bool, "rollback")
     if "state_dir" in rollback:
-        kwargs["state_dir"] = _expect(rollback, "state_dir", str, "rollback")
+        state_dir = _expect(rollback, "state_dir", str, "rollback")
+        if not state_dir:
+            raise PolicyError("policy.invalid", f"{name}: rollback.state_dir is empty")
+        # Relative to the policy file, like its keys and trusted root: the same
+        # policy must name the same state whatever directory a verb runs in.
+        kwargs["state_dir"] = resolve(state_dir)
     kwargs["limits"] = _limits(doc.get("limits", {}), name)
     return Policy(**kwargs)
 

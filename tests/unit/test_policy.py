@@ -56,6 +56,9 @@ def test_default_policy_without_its_key_is_an_error() -> None:
         "version = 1\n[trust]\nkeys = ['keys/a.pub']\n[limits]\nmax_signatures = -1",
         "version = 1\n[trust]\nkeys = ['keys/a.pub']\n[limits]\nmax_everything = 1",
         "version = 1\n[trust]\nkeys = ['keys/a.pub']\n[freshness]\nmax_age = 'soon'",
+        # Past 4300 digits int() fails with Python's own message; past 12 it is refused.
+        "version = 1\n[trust]\nkeys = ['keys/a.pub']\n[freshness]\nmax_age = '" + "9" * 5000 + "d'",
+        "version = 1\n[trust]\nkeys = ['keys/a.pub']\n[rollback]\nstate_dir = ''",
         # A trusted root that is not there, or not a file.
         "version = 1\n[trust]\nkeys = ['keys/a.pub']\ntrusted_root = 'missing.json'",
         "version = 1\n[trust]\nkeys = ['keys/a.pub']\ntrusted_root = 'keys'",
@@ -74,6 +77,32 @@ def test_bad_policies(tmp_path: Path, text: str) -> None:
     with pytest.raises(PolicyError) as err:
         resolve_policy([], str(tmp_path / "p.toml"))
     assert err.value.code == "policy.invalid"
+
+
+def test_a_long_duration_is_refused_in_the_policy_s_words(tmp_path: Path) -> None:
+    _keys(tmp_path, "a.pub")
+    number = "9" * 5000
+    (tmp_path / "p.toml").write_text(
+        f"version = 1\n[trust]\nkeys = ['keys/a.pub']\n[freshness]\nmax_age = '{number}d'"
+    )
+    with pytest.raises(PolicyError) as err:
+        resolve_policy([], str(tmp_path / "p.toml"))
+    assert "freshness.max_age" in err.value.detail and "at most 12 digits" in err.value.detail
+    assert len(err.value.detail) < 400  # the value is cut, not echoed whole
+
+
+def test_a_relative_state_dir_is_relative_to_the_policy_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _keys(tmp_path, "a.pub")
+    (tmp_path / "p.toml").write_text(
+        "version = 1\n[trust]\nkeys = ['keys/a.pub']\n[rollback]\nstate_dir = 'state'"
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    policy = resolve_policy([], str(tmp_path / "p.toml"))
+    assert policy.state_dir == str(tmp_path / "state")
 
 
 def test_no_trust_anchor(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -117,7 +146,8 @@ def test_empty_policy_is_misuse() -> None:
 @pytest.mark.parametrize(("text", "seconds"), [("90d", 7776000), ("12h", 43200), ("2w", 1209600)])
 def test_durations(text: str, seconds: int) -> None:
     assert parse_duration(text) == seconds
-    for bad in ("0d", " 1d", "1d ", "\uff11d", "1 d", "d", "1y"):
+    assert parse_duration("999999999999w") == 999999999999 * 604800
+    for bad in ("0d", " 1d", "1d ", "\uff11d", "1 d", "d", "1y", "1" * 13 + "s"):
         with pytest.raises(ValueError):
             parse_duration(bad)
 
