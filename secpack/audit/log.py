@@ -29,7 +29,15 @@ from typing import Any, BinaryIO
 
 from secpack.errors import SecpackError
 
-__all__ = ["AUDIT_ENV", "AuditProblem", "append", "default_log_path", "read_log", "verify_log"]
+__all__ = [
+    "AUDIT_ENV",
+    "AuditProblem",
+    "append",
+    "default_log_path",
+    "read_log",
+    "read_records",
+    "verify_log",
+]
 
 AUDIT_ENV = "SECPACK_AUDIT_LOG"
 FORMAT = 1
@@ -286,6 +294,43 @@ def read_log(path: str | None = None) -> Iterator[tuple[int, bytes]]:
         return
     with fh:
         yield from enumerate(fh, start=1)
+
+
+def read_records(path: str | None = None) -> Iterator[dict[str, Any]]:
+    """Each record of the log as a dict, oldest first, in constant memory.
+
+    The whole log is checked before the first record is given, so that a caller
+    that prints as it goes never prints half a log and then an error: every line
+    must be a JSON object, or ``audit.corrupt``. Then the same open file is read
+    again up to where the check ended (records appended meanwhile are left out).
+    """
+    path = path or default_log_path()
+    try:
+        fh = _open_regular(path)
+    except FileNotFoundError:
+        return
+    with fh:
+        checked = 0
+        for number, raw in enumerate(fh, start=1):
+            _parsed(raw, number)
+            checked = number
+        fh.seek(0)
+        for number, raw in enumerate(fh, start=1):
+            if number > checked:
+                break
+            # Parsed again, not kept from the check: that would hold the log. A line
+            # edited in place between the passes still fails here, part-way.
+            yield _parsed(raw, number)
+
+
+def _parsed(raw: bytes, number: int) -> dict[str, Any]:
+    try:
+        record = json.loads(raw)
+    except (ValueError, RecursionError):  # nesting past the parser's stack
+        raise SecpackError("audit.corrupt", f"line {number} is not JSON") from None
+    if not isinstance(record, dict):
+        raise SecpackError("audit.corrupt", f"line {number} is not a JSON object")
+    return record
 
 
 def _open_regular(path: str) -> BinaryIO:

@@ -1,6 +1,7 @@
 """``secpack audit show|verify|export``."""
 
 import json
+from collections.abc import Iterable, Iterator
 from typing import Annotated, Any
 
 import typer
@@ -36,21 +37,38 @@ def _given(path: str | None) -> None:
         raise InputError("input.missing", f"{path} does not exist")
 
 
-def _records(path: str | None) -> list[dict[str, Any]]:
-    from secpack.audit.log import read_log
-    from secpack.errors import SecpackError
+def _records(path: str | None) -> Iterator[dict[str, Any]]:
+    """The log's records, checked whole before the first is given (a log of
+    millions of records is never held in memory: one verb's log grows for years)."""
+    from secpack.audit.log import read_records
 
     _given(path)
-    out = []
-    for number, raw in read_log(path):
-        try:
-            record = json.loads(raw)
-        except (ValueError, RecursionError):
-            raise SecpackError("audit.corrupt", f"line {number} is not JSON") from None
-        if not isinstance(record, dict):
-            raise SecpackError("audit.corrupt", f"line {number} is not a JSON object")
-        out.append(record)
-    return out
+    return read_records(path)
+
+
+def _write_chunked(pieces: Iterable[str]) -> None:
+    """Write ``pieces`` in chunks of about 1 MiB: one write per record is slow, and
+    one write of them all holds the whole output."""
+    from secpack.cli.render import write_out
+
+    chunk: list[str] = []
+    size = 0
+    for piece in pieces:
+        chunk.append(piece)
+        size += len(piece)
+        if size >= 1 << 20:
+            write_out("".join(chunk))
+            chunk, size = [], 0
+    if chunk:
+        write_out("".join(chunk))
+
+
+def _json_document(records: Iterator[dict[str, Any]], sort_keys: bool) -> Iterator[str]:
+    """``json.dumps({"ok": True, "records": [...]})``, byte for byte, a record at a time."""
+    yield '{"ok": true, "records": ['
+    for i, record in enumerate(records):
+        yield (", " if i else "") + json.dumps(record, sort_keys=sort_keys)
+    yield "]}\n"
 
 
 @audit_app.command("show", epilog="Example: secpack audit show --json")
@@ -58,24 +76,31 @@ def show(log: LogOpt = None, as_json: JsonOpt = False, quiet: QuietOpt = False) 
     """Print the records, oldest first."""
 
     def action() -> None:
-        from secpack.cli.render import out
+        from secpack.cli.render import printable
 
         records = _records(log)
-        lines = []
-        for r in records:
-            # Records of any shape are shown as they are (a hand-edited or foreign
-            # line is for `audit verify` to judge), never a crash on a field's type.
-            pkg = r.get("package")
-            pkg = pkg if isinstance(pkg, dict) else {}
-            actor = r.get("actor")
-            who = str(actor.get("user", "?")) if isinstance(actor, dict) else "?"
-            what = f"{pkg.get('name', pkg.get('path', '-'))} v{pkg.get('version', '?')}"
-            result = r.get("outcome") if r.get("outcome") == "ok" else f"error[{r.get('code')}]"
-            seq, action_ = str(r.get("seq")), str(r.get("action"))
-            lines.append(f"{seq:>6} {r.get('time')} {who:<10} {action_:<7} {what}  {result}")
-        out({"records": records}, as_json, lines, quiet)
+        if as_json:
+            _write_chunked(_json_document(records, sort_keys=True))
+        elif quiet:
+            for _ in records:  # checked all the same: a corrupt log is still an error
+                pass
+        else:
+            _write_chunked(printable(_line(r)) + "\n" for r in records)
 
     _run(as_json, action)
+
+
+def _line(r: dict[str, Any]) -> str:
+    # Records of any shape are shown as they are (a hand-edited or foreign line is
+    # for `audit verify` to judge), never a crash on a field's type.
+    pkg = r.get("package")
+    pkg = pkg if isinstance(pkg, dict) else {}
+    actor = r.get("actor")
+    who = str(actor.get("user", "?")) if isinstance(actor, dict) else "?"
+    what = f"{pkg.get('name', pkg.get('path', '-'))} v{pkg.get('version', '?')}"
+    result = r.get("outcome") if r.get("outcome") == "ok" else f"error[{r.get('code')}]"
+    seq, action_ = str(r.get("seq")), str(r.get("action"))
+    return f"{seq:>6} {r.get('time')} {who:<10} {action_:<7} {what}  {result}"
 
 
 @audit_app.command("verify", epilog="Example: secpack audit verify --key audit.pub")
@@ -113,7 +138,7 @@ def verify(
         problem = verify_log(log, keys)
         if problem is not None:
             raise SecpackError("audit.tampered", f"line {problem.line}: {problem.reason}")
-        count = len(_records(log))
+        count = sum(1 for _ in _records(log))
         path = log or default_log_path()
         out(
             {"log": path, "records": count},
@@ -139,12 +164,10 @@ def export(
     """Write the records as one JSON document, or as JSON Lines (--jsonl)."""
 
     def action() -> None:
-        from secpack.cli.render import write_out
-
         records = _records(log)
         if as_json:
-            write_out(json.dumps({"ok": True, "records": records}) + "\n")
+            _write_chunked(_json_document(records, sort_keys=False))
         else:
-            write_out("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+            _write_chunked(json.dumps(r, sort_keys=True) + "\n" for r in records)
 
     _run(as_json, action)

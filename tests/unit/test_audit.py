@@ -709,3 +709,75 @@ def test_audit_verbs_refuse_a_dangling_link_as_the_log(tmp_path: Path) -> None:
     link.symlink_to(tmp_path / "gone.jsonl")
     for verb in ("verify", "show", "export"):
         assert run_cli("audit", verb, "--log", link).error_code == "input.missing", verb
+
+
+def _big_log(path: Path, n: int) -> list[dict[str, object]]:
+    # show and export print records as they are (the chain is verify's job), so a
+    # long log can be written directly, without an fsync per record.
+    records: list[dict[str, object]] = [
+        {
+            "seq": i,
+            "time": "2026-01-01T00:00:00Z",
+            "action": "verify",
+            "outcome": "ok",
+            "package": {"name": f"p{i}", "version": i + 1},
+            "pad": "x" * 200,
+        }
+        for i in range(n)
+    ]
+    path.write_bytes(b"".join(json.dumps(r).encode() + b"\n" for r in records))
+    return records
+
+
+def test_show_and_export_of_a_long_log_print_what_they_always_printed(tmp_path: Path) -> None:
+    # Over 1 MiB of output, so that it is written in more than one piece.
+    from helpers import run_cli
+
+    log = tmp_path / "audit.jsonl"
+    records = _big_log(log, 8000)
+    shown = run_cli("audit", "show", "--log", log, "--json")
+    assert shown.stdout == json.dumps({"ok": True, "records": records}, sort_keys=True) + "\n"
+    exported = run_cli("audit", "export", "--log", log)
+    assert exported.stdout == json.dumps({"ok": True, "records": records}) + "\n"
+    lines = run_cli("audit", "export", "--log", log, "--jsonl")
+    assert lines.stdout == "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
+    human = run_cli("audit", "show", "--log", log).stdout.splitlines()
+    assert len(human) == 8000 and human[7999].split()[0] == "7999"
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    assert run_cli("audit", "show", "--log", empty, "--json").stdout == (
+        json.dumps({"ok": True, "records": []}) + "\n"
+    )
+
+
+def test_a_bad_line_at_the_end_of_a_long_log_prints_no_records_first(tmp_path: Path) -> None:
+    from helpers import run_cli
+
+    log = tmp_path / "audit.jsonl"
+    _big_log(log, 8000)
+    with log.open("ab") as fh:
+        fh.write(b"{not json\n")
+    for args in (("show", "--json"), ("show",), ("export",), ("export", "--jsonl")):
+        res = run_cli("audit", *args, "--log", log)
+        assert res.error_code == "audit.corrupt" and "line 8001" in res.stderr, args
+        if args in (("show", "--json"), ("export",)):  # export's default is --json
+            assert json.loads(res.stdout)["ok"] is False  # one JSON object, the error
+        else:
+            assert res.stdout == "", args
+
+
+def test_records_are_read_in_memory_that_does_not_grow_with_the_log(tmp_path: Path) -> None:
+    import tracemalloc
+
+    from secpack.audit.log import read_records
+
+    log = tmp_path / "audit.jsonl"
+    _big_log(log, 40_000)  # about 11 MB of records
+    tracemalloc.start()
+    try:
+        count = sum(1 for _ in read_records(str(log)))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert count == 40_000
+    assert peak < 1 << 20, peak  # a list of them was about 60 MB
