@@ -77,7 +77,18 @@ def _audit_key() -> Any:
 def audited(action: str) -> Iterator[dict[str, Any]]:
     """Wrap one verb: the caller stores ``package_facts(...)`` under ``"package"``
     in the yielded dict as soon as it knows them, and under ``"undo"`` a list of
-    what takes back the output it made, for SECPACK_AUDIT=required."""
+    what takes back the output it made, for SECPACK_AUDIT=required.
+
+    An interrupt that comes once the verb's output is in place waits until its
+    record is written, and comes out of this block (secpack.interrupts)."""
+    from secpack.interrupts import verb
+
+    with verb(deliver=True), _recorded(action) as facts:
+        yield facts
+
+
+@contextlib.contextmanager
+def _recorded(action: str) -> Iterator[dict[str, Any]]:
     facts: dict[str, Any] = {}
     mode = os.environ.get("SECPACK_AUDIT", "on")
     if mode != "off":

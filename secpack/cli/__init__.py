@@ -183,8 +183,13 @@ _LESS_ANY = "the process may use less memory than this needs (ulimit -v, a conta
 
 def _run(as_json: bool, action: Callable[[], None], less: str = _LESS_ANY) -> None:
     """Run one verb; every failure becomes ``error[code]: message`` and a non-zero exit."""
+    from secpack.interrupts import verb
+
     try:
-        action()
+        # An interrupt after the verb's output is in place is held to the verb's
+        # end and dropped: the verb finishes, records and reports its work.
+        with verb(deliver=False):
+            action()
     except StdoutError as err:
         raise typer.Exit(_stdout_failed(err)) from None
     except SecpackError as err:

@@ -22,6 +22,7 @@ from types import TracebackType
 from typing import Self
 
 from secpack.errors import InputError, OutputError
+from secpack.interrupts import held
 from secpack.transport.syncer import Syncer
 
 __all__ = [
@@ -354,23 +355,29 @@ class AtomicFile(_Temporary):
     def commit(self) -> None:
         self._stop_syncer()
         try:
-            os.fsync(self.fd)
-            # Recorded as closed first: an interrupt between the two must not
-            # leave abort() closing the number again (another file's, by then).
-            fd, self.fd = self.fd, -1
-            os.close(fd)
-            if self.overwrite:
-                os.replace(self.tmp, self.dest)
-            else:
-                # link() fails if dest appeared meanwhile: never clobber without --force.
-                os.link(self.tmp, self.dest)
-                os.unlink(self.tmp)
-            fsync_dir(os.path.dirname(self.dest))
-        except FileExistsError:
-            raise OutputError("output.exists", f"{self.dest} appeared while writing") from None
+            os.fsync(self.fd)  # still interruptible: the file may be large
         except OSError as exc:
             raise _io_error(f"finishing {self.dest}", exc) from None
-        self._committed = True
+        # From here the output is as good as in place: an interrupt waits until it
+        # is, and recorded so (secpack.interrupts says why).
+        with held():
+            try:
+                # Recorded as closed first: an interrupt between the two must not
+                # leave abort() closing the number again (another file's, by then).
+                fd, self.fd = self.fd, -1
+                os.close(fd)
+                if self.overwrite:
+                    os.replace(self.tmp, self.dest)
+                else:
+                    # link() fails if dest appeared meanwhile: never clobber without --force.
+                    os.link(self.tmp, self.dest)
+                    os.unlink(self.tmp)
+                fsync_dir(os.path.dirname(self.dest))
+            except FileExistsError:
+                raise OutputError("output.exists", f"{self.dest} appeared while writing") from None
+            except OSError as exc:
+                raise _io_error(f"finishing {self.dest}", exc) from None
+            self._committed = True
 
     def abort(self) -> None:
         # The temporary goes even when a second interrupt cuts the rest short.
@@ -473,27 +480,32 @@ class AtomicDirectory(_Temporary):
         return os.path.isdir(self.dest) and not os.listdir(self.dest)
 
     def commit(self) -> None:
-        try:
-            if os.path.lexists(self.dest) and not self._empty_dir():
-                raise OutputError("output.exists", f"{self.dest} appeared while writing")
-            # Readable by others only once complete: during the write (and after a
-            # kill) the decrypted files sit in a directory only the owner can enter.
-            if self._keep is None:
-                os.chmod(self.tmp, 0o755 & ~umask())
-            else:
-                if self._keep.st_gid != os.getegid():
-                    with contextlib.suppress(PermissionError):  # its group, where we may
-                        os.chown(self.tmp, -1, self._keep.st_gid)
-                os.chmod(self.tmp, stat.S_IMODE(self._keep.st_mode) & ~0o022)
-                _copy_access_acl(self.dest, self.tmp)
-            os.rename(self.tmp, self.dest)
-            fsync_dir(os.path.dirname(self.dest))
-        except OSError as exc:
-            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
-                # Another writer's rename won the race since the check above.
-                raise OutputError("output.exists", f"{self.dest} appeared while writing") from None
-            raise _io_error(f"finishing {self.dest}", exc) from None
-        self._committed = True
+        # The files are written and synced: an interrupt waits until the directory
+        # is in place, and recorded so (secpack.interrupts says why).
+        with held():
+            try:
+                if os.path.lexists(self.dest) and not self._empty_dir():
+                    raise OutputError("output.exists", f"{self.dest} appeared while writing")
+                # Readable by others only once complete: during the write (and after a
+                # kill) the decrypted files sit in a directory only the owner can enter.
+                if self._keep is None:
+                    os.chmod(self.tmp, 0o755 & ~umask())
+                else:
+                    if self._keep.st_gid != os.getegid():
+                        with contextlib.suppress(PermissionError):  # its group, where we may
+                            os.chown(self.tmp, -1, self._keep.st_gid)
+                    os.chmod(self.tmp, stat.S_IMODE(self._keep.st_mode) & ~0o022)
+                    _copy_access_acl(self.dest, self.tmp)
+                os.rename(self.tmp, self.dest)
+                fsync_dir(os.path.dirname(self.dest))
+            except OSError as exc:
+                if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
+                    # Another writer's rename won the race since the check above.
+                    raise OutputError(
+                        "output.exists", f"{self.dest} appeared while writing"
+                    ) from None
+                raise _io_error(f"finishing {self.dest}", exc) from None
+            self._committed = True
 
     def abort(self) -> None:
         if self._entered:

@@ -64,6 +64,7 @@ def write_key_pair(path: str, private: bytes, public: bytes, overwrite: bool = F
     public half."""
     import contextlib
 
+    from secpack.interrupts import held
     from secpack.transport.atomic import AtomicFile
 
     with (
@@ -73,11 +74,14 @@ def write_key_pair(path: str, private: bytes, public: bytes, overwrite: bool = F
         for out, data, mode in ((first, private, 0o600), (second, public, 0o644)):
             os.fchmod(out.fd, mode)  # the umask may have narrowed it; set exactly
             out.pwrite(0, data)
-        first.commit()
-        try:
-            second.commit()
-        except BaseException:
-            if not overwrite:  # the private key did not exist before: take it back
-                with contextlib.suppress(OSError):
-                    os.unlink(path)
-            raise
+        # One hold over both renames: an interrupt between them would leave the
+        # private key without its public half.
+        with held():
+            first.commit()
+            try:
+                second.commit()
+            except BaseException:
+                if not overwrite:  # the private key did not exist before: take it back
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)
+                raise

@@ -1,0 +1,233 @@
+"""An interrupt that comes once a verb's output is in place: the verb finishes, its
+audit record says what it did, and the command line reports its own outcome; a
+library caller gets the interrupt once the output is whole and recorded."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import EXAMPLE_KEYS, assert_same_tree, build_model, ok, run_cli
+
+from secpack.audit.log import read_log
+from secpack.interrupts import held, verb
+from secpack.transport import atomic
+
+
+@pytest.fixture(autouse=True)
+def _handlers_as_they_were() -> Iterator[None]:
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for signum, handler in before.items():
+        signal.signal(signum, handler)
+
+
+def _no_hold_left() -> None:
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_signal_while_held_comes_at_the_end_of_the_block() -> None:
+    steps = []
+    with pytest.raises(KeyboardInterrupt), held():
+        signal.raise_signal(signal.SIGINT)
+        steps.append("after the signal")
+        with held():  # nested: the inner end delivers nothing
+            pass
+        steps.append("after the inner block")
+    assert steps == ["after the signal", "after the inner block"]
+    _no_hold_left()
+
+
+def test_a_held_signal_goes_to_the_handler_that_was_there_before() -> None:
+    came: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: came.append(signum))
+    with held():
+        signal.raise_signal(signal.SIGTERM)
+        signal.raise_signal(signal.SIGTERM)
+        assert came == []
+    assert came == [signal.SIGTERM]  # once, however often it came
+    assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    _no_hold_left()
+
+
+def test_an_ignored_signal_stays_ignored() -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    with held():
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+        signal.raise_signal(signal.SIGTERM)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+
+
+def test_under_a_verb_the_hold_lasts_to_its_end() -> None:
+    steps = []
+    with pytest.raises(KeyboardInterrupt), verb(deliver=True):
+        with held():
+            pass
+        signal.raise_signal(signal.SIGINT)  # after the commit: still held
+        steps.append("the verb's record")
+    assert steps == ["the verb's record"]
+    with verb(deliver=False):  # the command line's: dropped
+        with held():
+            signal.raise_signal(signal.SIGINT)
+        with verb(deliver=True):  # a library verb inside it delivers nothing
+            pass
+        steps.append("the report")
+    assert steps == ["the verb's record", "the report"]
+    _no_hold_left()
+
+
+def test_a_verb_that_never_commits_holds_nothing() -> None:
+    with pytest.raises(KeyboardInterrupt), verb(deliver=False):
+        signal.raise_signal(signal.SIGINT)
+
+
+def test_off_the_main_thread_nothing_is_held() -> None:
+    seen: list[object] = []
+
+    def work() -> None:
+        try:
+            with verb(deliver=True), held():
+                seen.append(signal.getsignal(signal.SIGINT))
+        except BaseException as exc:  # reported through the list
+            seen.append(exc)
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join()
+    assert seen == [signal.default_int_handler]
+
+
+def _then_interrupt(real: Callable[..., Any]) -> Callable[..., Any]:
+    """``real``, then Ctrl-C, as if it came right after the rename put the output
+    in place (Python runs a signal's handler between any two steps)."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        result = real(*args, **kwargs)
+        signal.raise_signal(signal.SIGINT)
+        return result
+
+    return call
+
+
+def _records(log: Path) -> list[tuple[str, str, str | None]]:
+    out = []
+    for _, raw in read_log(str(log)):
+        r = json.loads(raw)
+        out.append((r["action"], r["outcome"], r.get("code")))
+    return out
+
+
+@pytest.mark.parametrize("force", [False, True])  # link() then unlink(), or replace()
+def test_seal_interrupted_once_its_package_is_in_place_reports_its_success(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, force: bool
+) -> None:
+    model = build_model(tmp_path / "m", scale=8)
+    pkg = tmp_path / "m.spk"
+    if force:
+        pkg.write_bytes(b"an older package")
+    log = tmp_path / "audit.jsonl"
+    call = "replace" if force else "link"
+    monkeypatch.setattr(atomic.os, call, _then_interrupt(getattr(os, call)))
+    res = ok(
+        "seal", model, "-o", pkg, "--no-encrypt", "--json",
+        "--sign-key", EXAMPLE_KEYS / "signing-ed25519.key",
+        *(["--force"] if force else []),
+        env={"SECPACK_AUDIT_LOG": str(log)},
+    )  # fmt: skip
+    assert res.json()["ok"] is True
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path)) == ["audit.jsonl", "audit.jsonl.head", "m", "m.spk"]
+    ok("verify", pkg, "--trust", EXAMPLE_KEYS / "signing-ed25519.key.pub")
+    assert _records(log)[0] == ("seal", "ok", None)
+
+
+def test_open_interrupted_once_its_directory_is_in_place_reports_its_success(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = build_model(tmp_path / "m", scale=8)
+    pkg = tmp_path / "m.spk"
+    log = tmp_path / "audit.jsonl"
+    env = {"SECPACK_AUDIT_LOG": str(log)}
+    ok(
+        "seal", model, "-o", pkg, "--sign-key", EXAMPLE_KEYS / "signing-ed25519.key",
+        "--recipient", EXAMPLE_KEYS / "recipient-x25519.key.pub", env=env,
+    )  # fmt: skip
+    monkeypatch.setattr(atomic.os, "rename", _then_interrupt(os.rename))
+    ok(
+        "open", pkg, "-o", tmp_path / "out", "--identity", EXAMPLE_KEYS / "recipient-x25519.key",
+        "--trust", EXAMPLE_KEYS / "signing-ed25519.key.pub", env=env,
+    )  # fmt: skip
+    monkeypatch.undo()
+    assert_same_tree(model, tmp_path / "out")
+    assert _records(log)[-1] == ("open", "ok", None)
+
+
+def test_an_interrupt_before_the_rename_still_stops_the_verb(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = build_model(tmp_path / "m", scale=8)
+    pkg = tmp_path / "m.spk"
+    log = tmp_path / "audit.jsonl"
+
+    real_fsync = os.fsync
+
+    def fsync_then_interrupt(fd: int) -> None:
+        # Ctrl-C during the package's last fsync, before its rename.
+        real_fsync(fd)
+        if ".spk" in os.readlink(f"/proc/self/fd/{fd}"):
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(atomic.os, "fsync", fsync_then_interrupt)
+    res = run_cli(
+        "seal", model, "-o", pkg, "--no-encrypt",
+        "--sign-key", EXAMPLE_KEYS / "signing-ed25519.key",
+        env={"SECPACK_AUDIT_LOG": str(log)},
+    )  # fmt: skip
+    monkeypatch.undo()
+    assert res.returncode == 130 and res.error_code == "interrupted"
+    assert sorted(os.listdir(tmp_path)) == ["audit.jsonl", "audit.jsonl.head", "m"]
+    assert _records(log) == [("seal", "error", "interrupted")]
+
+
+def test_keygen_interrupted_between_its_two_files_writes_both(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    renames = []
+    real_link = os.link
+
+    def link_then_interrupt(src: str, dst: str) -> None:
+        real_link(src, dst)
+        renames.append(dst)
+        if len(renames) == 1:  # the private key is in place, its public half not yet
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(atomic.os, "link", link_then_interrupt)
+    key = tmp_path / "k.key"
+    ok("keygen", "signing", "-o", key)
+    monkeypatch.undo()
+    assert len(renames) == 2 and key.exists() and (tmp_path / "k.key.pub").exists()
+
+
+def test_a_library_caller_gets_its_interrupt_after_the_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from secpack.api.keyfiles import load_signing_key
+    from secpack.api.seal import seal
+
+    model = build_model(tmp_path / "m", scale=8)
+    pkg = tmp_path / "m.spk"
+    log = tmp_path / "audit.jsonl"
+    monkeypatch.setenv("SECPACK_AUDIT_LOG", str(log))
+    monkeypatch.setattr(atomic.os, "link", _then_interrupt(os.link))
+    key = load_signing_key(str(EXAMPLE_KEYS / "signing-ed25519.key"))
+    with pytest.raises(KeyboardInterrupt):
+        seal(model, pkg, sign_keys=[key], encrypt=False)
+    monkeypatch.undo()
+    assert _records(log) == [("seal", "ok", None)]
+    ok("verify", pkg, "--trust", EXAMPLE_KEYS / "signing-ed25519.key.pub")
