@@ -509,6 +509,17 @@ def test_expired_package(
     out = tmp_path / "out"
     fails("fresh.expired", "open", pkg, "-o", out, "--trust", release_key.public)
     assert_no_output(out)
+    # Nor is it signed again: nothing would load it, whoever vouched for it.
+    before = pkg.read_bytes()
+    qa = tmp_path / "qa.key"
+    ok("keygen", "signing", "-o", qa, "-q")
+    fails("fresh.expired", "sign", pkg, "--key", qa)
+    fails("fresh.expired", "sign", pkg, "--key", qa, "-o", tmp_path / "copy.spk")
+    assert pkg.read_bytes() == before and not (tmp_path / "copy.spk").exists()
+    # Its signatures can still be listed and removed.
+    listed = ok("signatures", pkg, "--json").json()["signatures"]
+    ok("unsign", pkg, "--key-id", listed[0]["key_id"], "-q")
+    assert ok("signatures", pkg, "--json").json()["signatures"] == []
 
 
 # --- regressions for bugs found while writing these tests ------------------------------------

@@ -15,9 +15,10 @@ import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from secpack.api import common
 from secpack.api.auditing import audited, package_facts
 from secpack.api.common import MALFORMED, source_date_epoch
-from secpack.errors import InputError, SecpackError
+from secpack.errors import FreshnessError, InputError, SecpackError
 from secpack.format.limits import DEFAULT_LIMITS
 from secpack.format.sections import SIG_TYPE_COSE_SIGN1, SignatureEntry, build_signature_section
 from secpack.package import assemble
@@ -157,6 +158,16 @@ def _append(
             audit["package"].update(
                 package_facts(header.manifest.name, header.manifest.version, header.digest)
             )
+            expires = header.manifest.expires
+            if expires is not None and common.now() >= expires:
+                # Every reader refuses it (fresh.expired), whoever signed it: a new
+                # signature would vouch for a package that nothing will load (and a
+                # keyless one would leave a public log entry for it).
+                raise FreshnessError(
+                    "fresh.expired",
+                    f"package expired at {expires} (now {common.now()}): readers refuse it, "
+                    "signed or not; seal it again with a later --expires",
+                )
             verify_segments(src, header)
             found = [same_signer(e, header) for e in header.signatures]
             entries = [
