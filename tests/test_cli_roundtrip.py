@@ -452,6 +452,19 @@ def test_help_and_verify_start_light(sealed: Path, release_key: KeyPair) -> None
     assert not names & (HEAVY - {"cryptography"}), sorted(names & HEAVY)
 
 
+def test_verify_of_a_package_without_encryption_imports_no_numpy(
+    tmp_path: Path, model_dir: Path, release_key: KeyPair
+) -> None:
+    # Its tables and files are checked (paths, sizes), which decodes zstd, not floats.
+    pkg = tmp_path / "plain.spk"
+    ok("seal", model_dir, "-o", pkg, "--sign-key", release_key.private, "--no-encrypt", "-q")
+    argv = ["secpack", "verify", str(pkg), "--trust", str(release_key.public), "-q"]
+    run = "import sys; from secpack.cli import main; sys.argv = {argv!r}; main()"
+    names = imported_modules(run.format(argv=argv))
+    assert "zstandard" in names  # the tables were decoded
+    assert not names & {"numpy", "rich"}, sorted(names & HEAVY)
+
+
 def test_version_flag() -> None:
     res = ok("--version")
     assert res.stdout.startswith("secpack ")

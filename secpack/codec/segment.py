@@ -20,6 +20,7 @@ import numpy as np
 from secpack.buffers import scratch
 from secpack.codec import ans, bgx, zstd
 from secpack.codec import planes as planes_mod
+from secpack.codec.plain import decode_plain
 from secpack.errors import CodecError
 from secpack.format.limits import DEFAULT_LIMITS
 from secpack.format.manifest import Codec, Plane
@@ -343,14 +344,12 @@ def decode(codec: Codec, payload: bytes | memoryview, out: memoryview, max_windo
     The manifest schema has already tied the payload length to the codec record,
     so every length used here is known to be consistent.
     """
+    if decode_plain(codec, payload, out, max_window):
+        return
     n = len(out)
     if len(payload) != codec.payload_len(n):
         raise CodecError("codec.invalid", "payload length disagrees with the codec record")
-    if codec.id == "raw":
-        out[:] = payload
-    elif codec.id == "zstd":
-        out[:] = zstd.decompress(payload, n, max_window)
-    elif codec.id == "const":
+    if codec.id == "const":
         w = codec.width
         target = np.frombuffer(out, dtype=_UINT[w])
         target[:] = np.frombuffer(payload, dtype=_UINT[w])[0]

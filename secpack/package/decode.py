@@ -92,9 +92,10 @@ class OpenComponent:
         segment = self.component.segments[seg]
         if len(out) != segment.plain:
             raise ValueError("output buffer has the wrong size")
-        # Imported here: numpy and zstandard are only needed once something decodes,
-        # which keeps `secpack verify` (contents checks included) light to start.
-        from secpack.codec import segment as codec
+        # Imported here: zstandard is only needed once something decodes, and numpy
+        # only for float layouts, which keeps `secpack verify` light to start (its
+        # checks of plain contents decode zstd tables only).
+        from secpack.codec.plain import decode_plain
 
         # Per-thread buffers, each grown once to the component's largest segment.
         stored = scratch("decode.stored", segment.stored, self._largest)
@@ -111,7 +112,10 @@ class OpenComponent:
                 return
             payload = scratch("decode.payload", size, self._largest)
             envelope.open_segment_into(self.dek, segment.salt, aad, stored, payload)
-        codec.decode(segment.codec, payload, out, self.limits.max_zstd_window)
+        if not decode_plain(segment.codec, payload, out, self.limits.max_zstd_window):
+            from secpack.codec import segment as codec
+
+            codec.decode(segment.codec, payload, out, self.limits.max_zstd_window)
 
     def decode_pieces(self, seg: int, pieces: Sequence[tuple[int, memoryview]]) -> None:
         """Decode segment ``seg`` and copy its plaintext from byte ``skip`` on into

@@ -563,12 +563,13 @@ def test_expired_package_is_refused(
 class _Tripwire:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         from secpack.api import loader
-        from secpack.codec import segment, zstd
+        from secpack.codec import plain, segment, zstd
         from secpack.recipes import aead
 
         self.calls: list[str] = []
         for module, name in (
             (aead, "open_"),
+            (plain, "decode_plain"),
             (segment, "decode"),
             (zstd, "decompress"),
             (loader, "make_array"),
