@@ -328,6 +328,48 @@ def test_signatures_listing_and_unsign(mock: Path, keyless_package: Path, tmp_pa
     assert err.value.code == "sig.unknown"
 
 
+@pytest.mark.parametrize("signatures", ["two", "none", "empty"])
+def test_an_envelope_without_exactly_one_signature_is_malformed_and_removable(
+    mock: Path, keyless_package: Path, tmp_path: Path, signatures: str
+) -> None:
+    # sigstore refuses such an envelope only when it is first used: this was an
+    # escaping InvalidEnvelope (`internal`) in verify, and unsign --malformed kept it.
+    from helpers import fails, ok
+
+    from secpack.api.verify import verify
+    from secpack.format.limits import DEFAULT_LIMITS
+    from secpack.format.sections import SignatureEntry
+    from secpack.package import assemble
+    from secpack.package.reader import read_header
+    from secpack.transport.spkfile import FileSource
+
+    with FileSource(str(keyless_package)) as src:
+        header = read_header(src, DEFAULT_LIMITS)
+    entries = list(header.signatures)
+    doc = json.loads(entries[1].data)
+    one = doc["dsseEnvelope"]["signatures"]
+    doc["dsseEnvelope"]["signatures"] = {
+        "two": one * 2,
+        "none": [],
+        "empty": [{**one[0], "sig": ""}],
+    }[signatures]
+    entries[1] = SignatureEntry(entries[1].type, json.dumps(doc).encode())
+    bad = tmp_path / "bad.spk"
+    body = keyless_package.read_bytes()[: header.layout.sigs_off]
+    bad.write_bytes(body + assemble.signature_tail(entries))
+    policy = _policy(mock, SigstoreSigner(IDENTITY, ACTIONS))
+    with pytest.raises(SecpackError) as err:
+        verify(str(bad), policy)
+    assert err.value.code == "sig.malformed"
+    listed = ok("signatures", bad, "--json").json()["signatures"]
+    assert [s["alg"] for s in listed] == ["ed25519", "malformed"], listed
+    ok("unsign", bad, "--malformed", "-q")
+    assert [s["type"] for s in ok("signatures", bad, "--json").json()["signatures"]] == [
+        "cose-sign1"
+    ]
+    fails("sig.untrusted", "verify", bad, "--trust", KEYS / "untrusted-ed25519.key.pub")
+
+
 def test_ci_sign_prints_one_line(mock: Path, keyless_package: Path, tmp_path: Path) -> None:
     from helpers import run_cli
 

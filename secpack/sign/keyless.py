@@ -171,11 +171,18 @@ def parse_bundle(data: bytes) -> Any:
     if len(data) > _MAX_BUNDLE:
         raise SignatureError("sig.malformed", "sigstore bundle too large")
     try:
-        return Bundle.from_json(data)
+        bundle = Bundle.from_json(data)
+        # Built on first use, not by from_json: a DSSE envelope of no signature, of
+        # two, or of an empty one is refused only here (sigstore's InvalidEnvelope),
+        # and must be malformed where every entry is parsed (signatures, unsign
+        # --malformed), not an error that escapes a verification later.
+        bundle._dsse_envelope  # noqa: B018
+        bundle.signature  # noqa: B018
     except Exception as exc:  # pydantic validation and sigstore's own checks alike
         raise SignatureError(
             "sig.malformed", f"not a sigstore bundle ({type(exc).__name__})"
         ) from None
+    return bundle
 
 
 def _trusted_root(path: str) -> Any:
