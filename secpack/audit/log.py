@@ -219,6 +219,12 @@ def append(
             # audit.corrupt (_last_line). _bounded keeps real records far below.
             raise SecpackError("audit.io", f"{path}: a record of {len(line)} bytes is too large")
         end = os.lseek(fd, 0, os.SEEK_END)
+        if seq == 0 and not _head_names(path, -1, GENESIS):
+            # A head that names no record yet, before the first is written: a writer
+            # killed between the record and its head then leaves a log one record
+            # past its head (which verifies), not one without a head (which does
+            # not: that is also what deleting the head of a cut log looks like).
+            _write_head(path, -1, GENESIS)
         try:
             view = memoryview(line)
             while view:  # a full disk may take part of the line, then refuse the rest
@@ -358,7 +364,21 @@ def verify_log(path: str | None = None, keys: dict[str, Any] | None = None) -> A
     """Check the chain, sequence numbers, the head file, and (given ``keys``: key id
     hex -> public key) every record's signature. Returns the first problem or None."""
     path = path or default_log_path()
-    prev, expected_seq, last_hash = GENESIS, 0, None
+    # The head first, then the log: records are fsynced before the head names them,
+    # so a log read after its head holds every record the head names, and perhaps
+    # more (appended meanwhile by another process, or one whose writer was killed
+    # before it replaced the head). Records past the head are judged by the chain
+    # like any other; the head is there to catch records cut from the end.
+    try:
+        head: dict[str, Any] | None = _read_head(path)
+        head_missing = False
+    except FileNotFoundError:
+        head, head_missing = None, True
+    named = head.get("seq") if head is not None else None
+    if head is not None and (type(named) is not int or named < -1):
+        return AuditProblem(0, "the head file is unreadable")
+    named_hash = GENESIS if named == -1 else None  # the hash of the record it names
+    prev, expected_seq = GENESIS, 0
     count = 0
     for number, raw in read_log(path):
         count = number
@@ -385,23 +405,22 @@ def verify_log(path: str | None = None, keys: dict[str, Any] | None = None) -> A
             problem = _check_signature(record, keys)
             if problem:
                 return AuditProblem(number, problem)
-        prev = last_hash = _line_hash(raw)
+        prev = _line_hash(raw)
+        if expected_seq == named:
+            named_hash = prev
         expected_seq += 1
-    try:
-        head = _read_head(path)
-    except FileNotFoundError:
+    if head_missing:
         # Without its head file, a log cut short after a record would look whole.
         return AuditProblem(count, "the head file is missing") if count else None
-    if head is None:
+    if head is None or named is None:
         return AuditProblem(count, "the head file is unreadable")
-    if head.get("seq") != expected_seq - 1 or head.get("hash") != last_hash:
-        if isinstance(head.get("seq"), int) and head["seq"] >= expected_seq:
-            return AuditProblem(
-                count + 1,
-                f"log truncated: the head records {head['seq'] + 1} "
-                f"record(s), the log holds {expected_seq}",
-            )
-        return AuditProblem(count, "the last record does not match the head file")
+    if named >= expected_seq:
+        return AuditProblem(
+            count + 1,
+            f"log truncated: the head records {named + 1} record(s), the log holds {expected_seq}",
+        )
+    if head.get("hash") != named_hash:
+        return AuditProblem(named + 1, "the record the head file names does not match it")
     return None
 
 

@@ -781,3 +781,97 @@ def test_records_are_read_in_memory_that_does_not_grow_with_the_log(tmp_path: Pa
         tracemalloc.stop()
     assert count == 40_000
     assert peak < 1 << 20, peak  # a list of them was about 60 MB
+
+
+def test_a_writer_killed_before_it_named_its_record_leaves_a_log_that_verifies(
+    tmp_path: Path,
+) -> None:
+    # SIGKILL between the record's fsync and the head's replacement: the log is one
+    # record past its head. That verifies (the chain covers the record), and the
+    # next append names it; the head still catches a record cut from the end.
+    log = tmp_path / "audit.jsonl"
+    head = Path(f"{log}.head")
+    append("verify", outcome="ok", path=str(log))
+    assert json.loads(head.read_bytes())["seq"] == 0
+    first_head = head.read_bytes()
+    append("verify", outcome="ok", path=str(log))
+    head.write_bytes(first_head)  # as if killed before the second record's head
+    assert verify_log(str(log)) is None
+    append("verify", outcome="ok", path=str(log))
+    assert json.loads(head.read_bytes())["seq"] == 2 and verify_log(str(log)) is None
+    lines = log.read_bytes().splitlines(keepends=True)
+    log.write_bytes(b"".join(lines[:2]))  # the last record cut
+    problem = verify_log(str(log))
+    assert problem is not None and "truncated" in problem.reason
+
+
+def test_a_writer_killed_before_its_first_record_was_named_leaves_a_log_that_verifies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The very first record: a head naming no record is written before it, so a
+    # kill after the record leaves a log past its head, not a log without one.
+    from secpack.audit import log as audit_log
+
+    log = tmp_path / "audit.jsonl"
+    real = audit_log._write_head
+    heads: list[int] = []
+
+    def killed_at_the_record_s_head(path: str, seq: int, digest: str) -> None:
+        heads.append(seq)
+        if seq == 0:
+            raise SystemExit  # stands for the kill: nothing after it runs
+        real(path, seq, digest)
+
+    monkeypatch.setattr(audit_log, "_write_head", killed_at_the_record_s_head)
+    real_names = audit_log._head_names
+
+    def named(path: str, seq: int, digest: str) -> bool:
+        return seq == 0 or real_names(path, seq, digest)  # so no cleanup runs after "kill"
+
+    monkeypatch.setattr(audit_log, "_head_names", named)
+    with pytest.raises(SystemExit):
+        append("verify", outcome="ok", path=str(log))
+    monkeypatch.undo()
+    assert heads == [-1, 0] and len(log.read_bytes().splitlines()) == 1
+    assert verify_log(str(log)) is None
+    head = Path(f"{log}.head")
+    head.unlink()  # but a log of records without a head is still refused
+    problem = verify_log(str(log))
+    assert problem is not None and "missing" in problem.reason
+
+
+def test_a_head_naming_a_changed_record_is_caught(tmp_path: Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    _fill(log, 3)
+    head = Path(f"{log}.head")
+    doc = json.loads(head.read_bytes())
+    head.write_text(json.dumps({"seq": 1, "hash": doc["hash"]}))  # the last hash, too soon
+    problem = verify_log(str(log))
+    assert problem is not None and problem.line == 2 and "names" in problem.reason
+
+
+def _appender(path: str, count: int) -> None:
+    for i in range(count):
+        append("verify", outcome="ok", package={"name": f"p{i}"}, path=path)
+
+
+def test_verify_while_other_processes_append_sees_an_intact_log(tmp_path: Path) -> None:
+    # verify read the log, then the head: an append in between made an intact log
+    # "tampered" (a cron job's false alarm on a busy server).
+    log = str(tmp_path / "audit.jsonl")
+    append("verify", outcome="ok", path=log)
+    ctx = multiprocessing.get_context("spawn")
+    writers = [ctx.Process(target=_appender, args=(log, 150)) for _ in range(2)]
+    for w in writers:
+        w.start()
+    checks, problems = 0, []
+    while any(w.is_alive() for w in writers) or checks == 0:
+        problem = verify_log(log)
+        checks += 1
+        if problem is not None:
+            problems.append(problem)
+    for w in writers:
+        w.join()
+        assert w.exitcode == 0
+    assert problems == [], (checks, problems[:3])
+    assert verify_log(log) is None and len(list(read_log(log))) == 301
