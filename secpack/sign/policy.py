@@ -81,7 +81,10 @@ class Policy:
     name: str = "<command line>"
 
     def __post_init__(self) -> None:
-        signers = len(self.keys) + len(self.sigstore)
+        # Keyless signers count once per (issuer, identity), as their signatures do:
+        # two entries for one identity (say, with different repositories) are one
+        # signer, and a threshold that counted them twice could never be met.
+        signers = len(self.keys) + len({(s.issuer, s.identity) for s in self.sigstore})
         if not signers:
             raise PolicyError("policy.invalid", f"{self.name}: no trusted signers")
         if not 1 <= self.threshold <= signers:

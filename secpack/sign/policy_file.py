@@ -157,4 +157,22 @@ def _limits(table: Any, name: str) -> Limits:
     for key, value in table.items():
         if type(value) is not int or value <= 0:
             raise PolicyError("policy.invalid", f"{name}: limits.{key} must be a positive integer")
+        ceiling = _LIMIT_CEILINGS.get(key, _LIMIT_CEILING)
+        if value > ceiling:
+            # Loaded, a larger one failed every package later, in a decoder's words
+            # (cbor2's OverflowError for a depth past 2^64).
+            raise PolicyError("policy.invalid", f"{name}: limits.{key} must be at most {ceiling}")
     return replace(DEFAULT_LIMITS, **table)
+
+
+# Above any size or count a reader can meet (a signed 64-bit offset), so that
+# arithmetic on a limit never leaves the 64-bit range the decoders take.
+_LIMIT_CEILING = 2**62
+_LIMIT_CEILINGS = {
+    # The schemas nest 6 deep; past a few hundred levels the decoders (cbor2's
+    # recursion among them) would run out of stack before the limit said so.
+    "max_cbor_depth": 256,
+    # numpy makes no array of more dimensions (2.x: "maximum supported dimension
+    # for an ndarray is currently 64"), so the loader could serve none.
+    "max_tensor_ndim": 64,
+}

@@ -95,8 +95,14 @@ class VersionState:
                 if size > _MAX_BYTES:
                     raise ValueError("too large")
                 doc = json.loads(fh.read(size))
-        except (FileNotFoundError, NotADirectoryError):
+        except FileNotFoundError:  # nothing recorded yet
             return {}
+        except NotADirectoryError:
+            # A file where the state directory should be: what open refuses when it
+            # records, verify (which only compares) must not take as "nothing seen".
+            raise SecpackError(
+                "state.io", f"rollback state {self.directory} is not a directory{_WHERE_TO}"
+            ) from None
         except (OSError, ValueError, RecursionError):  # nesting past the parser's stack
             raise SecpackError("state.corrupt", f"{self._path()} cannot be read") from None
         if not isinstance(doc, dict):

@@ -55,6 +55,11 @@ def test_default_policy_without_its_key_is_an_error() -> None:
         "version = 1\n[trust]\nkeys = ['keys/a.pub']\nsurprise = 1",
         "version = 1\n[trust]\nkeys = ['keys/a.pub']\n[limits]\nmax_signatures = -1",
         "version = 1\n[trust]\nkeys = ['keys/a.pub']\n[limits]\nmax_everything = 1",
+        # Loaded, these failed every package later, in a decoder's words.
+        "version = 1\n[trust]\nkeys = ['keys/a.pub']\n[limits]\nmax_cbor_depth = 18446744073709551615",
+        "version = 1\n[trust]\nkeys = ['keys/a.pub']\n[limits]\nmax_cbor_depth = 257",
+        "version = 1\n[trust]\nkeys = ['keys/a.pub']\n[limits]\nmax_tensor_ndim = 65",
+        "version = 1\n[trust]\nkeys = ['keys/a.pub']\n[limits]\nmax_total_plain = 4611686018427387905",
         "version = 1\n[trust]\nkeys = ['keys/a.pub']\n[freshness]\nmax_age = 'soon'",
         # Past 4300 digits int() fails with Python's own message; past 12 it is refused.
         "version = 1\n[trust]\nkeys = ['keys/a.pub']\n[freshness]\nmax_age = '" + "9" * 5000 + "d'",
@@ -169,14 +174,21 @@ def test_a_rollback_state_that_cannot_be_stored_is_state_io(tmp_path: Path) -> N
     blocker.write_text("")
     for directory in (blocker, blocker / "state"):
         state = VersionState(str(directory))
-        # A check that records nothing reads only: an unusable directory holds no state.
-        assert state.check("m", [b"k"], 2, record=False, allow_downgrade=False) is None
-        with pytest.raises(SecpackError) as err:
-            state.check("m", [b"k"], 2, record=True, allow_downgrade=False)
-        assert err.value.code == "state.io"
-        # The refusal says how to get going again (a read-only container meets it first).
-        assert "SECPACK_STATE_DIR" in err.value.detail and "protect = false" in err.value.detail
+        # A check that records nothing (verify) refuses it too: taken as "nothing
+        # seen", it passed a version that open then refused as a rollback.
+        for record in (False, True):
+            with pytest.raises(SecpackError) as err:
+                state.check("m", [b"k"], 2, record=record, allow_downgrade=False)
+            assert err.value.code == "state.io"
+            # The refusal says how to get going again (a read-only container meets it first).
+            assert "SECPACK_STATE_DIR" in err.value.detail
+            assert "protect = false" in err.value.detail
     assert blocker.read_text() == ""
+    # A directory not made yet holds no state: a check that records nothing
+    # creates nothing and passes.
+    absent = VersionState(str(tmp_path / "not-yet"))
+    assert absent.check("m", [b"k"], 2, record=False, allow_downgrade=False) is None
+    assert not (tmp_path / "not-yet").exists()
 
 
 # An Ed25519 key encrypted with the passphrase "right" (a test key, made for this
@@ -284,3 +296,50 @@ def test_a_passphrase_that_is_not_utf8_is_the_variables_own_bytes(
     path.chmod(0o600)
     loaded = load_signing_key(str(path), passphrase_from_env("SECPACK_TEST_PASS"))
     assert public_pem(loaded.public_key()) == public_pem(key.public_key())
+
+
+def test_every_limit_at_its_ceiling_loads_and_reads_packages(tmp_path: Path) -> None:
+    from dataclasses import fields
+
+    from helpers import EXAMPLE_KEYS, build_model, seal_example
+
+    from secpack.api.verify import verify
+    from secpack.format.limits import Limits
+    from secpack.sign import policy_file
+
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "a.pub").write_bytes(
+        (EXAMPLE_KEYS / "signing-ed25519.key.pub").read_bytes()
+    )
+    ceilings = {
+        f.name: policy_file._LIMIT_CEILINGS.get(f.name, policy_file._LIMIT_CEILING)
+        for f in fields(Limits)
+    }
+    table = "\n".join(f"{k} = {v}" for k, v in ceilings.items())
+    (tmp_path / "p.toml").write_text(
+        f"version = 1\n[trust]\nkeys = ['keys/a.pub']\n[rollback]\nprotect = false\n"
+        f"[limits]\n{table}\n"
+    )
+    policy = resolve_policy([], str(tmp_path / "p.toml"))
+    assert policy.limits.max_cbor_depth == 256 and policy.limits.max_total_plain == 2**62
+    model = build_model(tmp_path / "m", scale=8)
+    seal_example(model, tmp_path / "m.spk", encrypt=False)
+    report = verify(str(tmp_path / "m.spk"), policy)
+    assert report.manifest.name == "m"
+
+
+def test_one_keyless_identity_listed_twice_is_one_signer(tmp_path: Path) -> None:
+    (tmp_path / "root.json").write_text("{}")  # parsed only when a bundle is checked
+    entry = (
+        "[[trust.sigstore]]\nidentity = 'https://ci.example/{who}'\n"
+        "issuer = 'https://issuer.example'\nrepository = '{repo}'\n"
+    )
+    head = "version = 1\n[trust]\ntrusted_root = 'root.json'\nthreshold = 2\n"
+    same = head + entry.format(who="a", repo="one") + entry.format(who="a", repo="two")
+    (tmp_path / "same.toml").write_text(same)
+    with pytest.raises(PolicyError) as err:
+        resolve_policy([], str(tmp_path / "same.toml"))
+    assert err.value.code == "policy.invalid" and "threshold 2 with 1" in err.value.detail
+    other = head + entry.format(who="a", repo="one") + entry.format(who="b", repo="one")
+    (tmp_path / "other.toml").write_text(other)
+    assert resolve_policy([], str(tmp_path / "other.toml")).threshold == 2
