@@ -20,13 +20,14 @@ bytes).
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import Sequence
 
 import numpy as np
 
 from secpack.codec import bgx, zstd
 
-__all__ = ["CHUNK", "MIN_FILE", "float_gain", "float_layout", "sample_offsets"]
+__all__ = ["CHUNK", "MIN_FILE", "float_gain", "float_layout", "is_text", "sample_offsets"]
 
 # Files below this stay with zstd unprobed: one sample (CHUNK) is all a file
 # must hold. Models kept as many small raw arrays gain from going this low
@@ -60,6 +61,11 @@ _INCOMPRESSIBLE = 0.985
 _TWO_BYTE_LIKENESS = 0.2
 _FOUR_BYTE_LIKENESS = 0.95
 _CLEAR_BITS = 0.5
+# Text (is_text) may hold this fraction of control bytes (besides tab, newline,
+# carriage return and form feed), so that a stray one does not make it binary;
+# zeros (a sparse array) and other small integers go far past it.
+_TEXT_CONTROLS = 0.01
+_NOT_CONTROL = bytes(b for b in range(256) if b >= 0x20 and b != 0x7F) + b"\t\n\r\f"
 # The best layout must code the samples at least this much smaller than zstd:
 # a smaller margin is within what the samples can tell about the rest of the file.
 _MIN_GAIN = 0.01
@@ -106,6 +112,29 @@ def float_gain(samples: Sequence[bytes]) -> tuple[str, int, float] | None:
     if best is None or best[0] > (1 - _MIN_GAIN) * zstd_total:
         return None
     return best[1], best[2], best[0] / zstd_total
+
+
+def is_text(samples: Sequence[bytes | memoryview]) -> bool:
+    """Whether every sample is UTF-8 text with at most _TEXT_CONTROLS of control
+    bytes. Arrays of floats are not: their mantissa bytes are random, and a byte of
+    0x80-0xBF without a lead byte before it is invalid UTF-8 (fp32's 1.0 is
+    00 00 80 3F). Text can code smaller as floats on its samples, as UTF-8 tables
+    of consecutive code points do (sacremoses' perluniprops: 0.80 of zstd -3's,
+    as bf16); see segment._deep_may_win for what that cost."""
+    for part in samples:
+        sample = bytes(part)
+        # A sample may begin inside a character (up to 3 continuation bytes) and
+        # end inside one (an incremental decoder, not final, leaves that out).
+        start = 0
+        while start < min(3, len(sample)) and 0x80 <= sample[start] <= 0xBF:
+            start += 1
+        try:
+            codecs.getincrementaldecoder("utf-8")().decode(sample[start:], final=False)
+        except UnicodeDecodeError:
+            return False
+        if len(sample.translate(None, _NOT_CONTROL)) > _TEXT_CONTROLS * len(sample):
+            return False  # NULs and other controls: a binary table that decodes by chance
+    return True
 
 
 def _candidates(samples: Sequence[bytes]) -> list[tuple[str, str, int, int]]:

@@ -79,6 +79,16 @@ MAX_PROBED = 4096
 # content: at 0.85, silero-vad's fp16 export (0.94 of its cost alone) split its
 # seven files in three, 5.56 MB against 4.51 MB in one run.
 RUN_GAIN = 0.95
+# A run with a member that would code as floats alone must cost less than the
+# members apart by at least this fraction of that member's cost: its float
+# coding is estimated from the probe's samples (codec.probe), not measured, and
+# the estimate is off by up to 2 % either way. pymorphy3-dicts-ru's 7.4 MB
+# words.dawg (a DAWG the probe takes for floats) joined a 35-byte version.py
+# that saved its segment and shared nothing (0.005 % by the estimate), and lost
+# 140 KB of float coding at max. Runs that share content are kept: gensim's
+# lee_fasttext pair at 0.31 % by the estimate won 32 KB at balanced (1 % cut it),
+# and speechmos' two exports of one ONNX network at 3.05 % won 25 KB at max.
+RUN_FLOAT_SHARE = 0.001
 # The trial's zstd level where the run is coded at level 19 (--level max): 19's
 # search finds short repeats anywhere in its window, which level 1 (hash tables
 # of 16 K entries) and long-distance matching (64 bytes and up) do not. Two
@@ -742,7 +752,8 @@ def _trial_runs(
     smaller), or of that plus a segment while such files come to at most
     RUN_LOOSE_BYTES of the run (a tiny file between two exports of one model
     joins them). A run is kept only where it costs less in all than its files
-    apart, the first one's float coding included. ``pool``, where given, codes
+    apart, their float coding included (by RUN_FLOAT_SHARE of it, where a file
+    has one). ``pool``, where given, codes
     each file alone beside its coding after the run; the outcome is the same."""
     out: dict[str, list[InputFile]] = {}
     run: list[InputFile] = []
@@ -750,6 +761,7 @@ def _trial_runs(
     together = 0  # the run's trial stream so far
     total = 0
     loose = 0  # bytes of the members that joined only for the segment they save
+    run_gains: list[float | None] = []  # each member's float gain (gains), if any
     # Two streams: the run's, and a fresh one that codes a file alone, which is
     # also the start of the next run where the file does not join (so that no
     # file is coded three times).
@@ -765,8 +777,11 @@ def _trial_runs(
 
     def close() -> None:
         # Apart, each member costs itself and a segment; together, the stream and
-        # one segment.
-        if len(run) > 1 and together < sum(alone) + RUN_SEGMENT_COST * (len(run) - 1):
+        # one segment. A member that would code as floats alone is costed from
+        # the probe's samples: the run must beat that by RUN_FLOAT_SHARE of it.
+        floaty = sum(a for a, g in zip(alone, run_gains, strict=True) if g is not None)
+        apart = sum(alone) + RUN_SEGMENT_COST * (len(run) - 1)
+        if len(run) > 1 and together + RUN_FLOAT_SHARE * floaty < apart:
             out[run[0].path] = list(run)
 
     fits = [f is not None and 0 < f.size <= cap // 2 for f in files] + [False]
@@ -774,7 +789,7 @@ def _trial_runs(
         if f is None or not fits[k] or (not run and not fits[k + 1]):
             # (A file that fits, between two that do not, is never read.)
             close()
-            run, alone, together, total, loose = [], [], 0, 0, 0
+            run, alone, together, total, loose, run_gains = [], [], 0, 0, 0, []
             continue
         data = tree.read_at(f.path, 0, f.size)
         if len(data) != f.size:
@@ -798,17 +813,20 @@ def _trial_runs(
                 loose += 0 if shares else f.size
                 run.append(f)
                 alone.append(own)
+                run_gains.append(gain)
                 together += cost
                 total += f.size
                 continue
             close()
             trial, spare = spare, trial
             run, alone, together, total, loose = [f], [own], fresh, f.size, 0
+            run_gains = [gain]
             continue
         close()
         trial.restart()
         together = trial.add(data)
         run, alone, total, loose = [f], [cost_alone(together, data, gain)], f.size, 0
+        run_gains = [gain]
     return out
 
 

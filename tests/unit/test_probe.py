@@ -247,6 +247,34 @@ def test_max_does_not_run_zstd_19_over_floats_it_cannot_come_near(
     assert len(real(data, top)) > 1.1 * len(got.payload)
 
 
+def test_text_is_told_from_float_arrays() -> None:
+    words = "".join(f"{chr(0x4E00 + i % 5000)}{i} " for i in range(40_000)).encode()
+    assert len(words) > 2 * probe.CHUNK
+    # A sample may start and end inside a three-byte character.
+    assert probe.is_text([words[1 : 1 + probe.CHUNK], words[-probe.CHUNK - 2 : -2]])
+    assert probe.is_text([b"def f(x):\n\treturn x\r\n" * 3000])
+    for dtype in ("F32", "BF16", "F16"):
+        assert not probe.is_text(_samples(_weights(dtype, 400_000)))
+    assert not probe.is_text([bytes(probe.CHUNK)])  # zeros: a sparse array, not text
+    small = np.random.default_rng(2).integers(0, 100, probe.CHUNK, dtype=np.uint8)
+    assert not probe.is_text([small.tobytes()])  # int8 codes of 0-99: controls
+    assert not probe.is_text([words[: probe.CHUNK], _weights("F32", probe.CHUNK // 4)])
+
+
+def test_at_max_text_taken_for_floats_gets_zstd_19_of_all_of_it() -> None:
+    """UTF-8 tables can code smaller as floats on the probe's samples, and repeat
+    far apart: sacremoses' perluniprops (1.5 MB) scaled from its first 256 KiB to
+    425 KB at level 19, more than its 329 KB as bf16, and was left at 274 KB;
+    level 19 of all of it is 140 KB. Text is always tried whole."""
+    rng = np.random.default_rng(3)
+    block = "".join(chr(int(c)) for c in rng.integers(0x4E00, 0x9FFF, 100_000)).encode()
+    data = memoryview(block * 6)  # 1.8 MB: each 300 KB block again and again
+    assert len(block) > codec._PROBE_BYTES
+    assert codec._deep_may_win(data, 1, codec.LEVELS["max"])  # whatever the probe says
+    noise = memoryview(rng.integers(0, 256, len(data), dtype=np.uint8).tobytes())
+    assert not codec._deep_may_win(noise, 1, codec.LEVELS["max"])
+
+
 def test_bg_at_zstd_level_3_is_tried_only_where_an_eighth_says_it_pays() -> None:
     level = codec.LEVELS["balanced"]
     fresh = memoryview(_weights("F32", 1 << 18, seed=8))
