@@ -57,12 +57,25 @@ def _sigstore_signer(entry: Any, where: str) -> SigstoreSigner:
 
 
 def _expect(doc: dict[str, Any], key: str, typ: type, where: str) -> Any:
+    """``doc[key]``, refused unless of type ``typ``; ``where`` is "FILE: table"."""
     value = doc[key]
-    if typ is int and type(value) is not int:
+    if typ is int and type(value) is not int:  # not true, not 1.0
         raise PolicyError("policy.invalid", f"{where}.{key} must be an integer")
     if not isinstance(value, typ):
-        raise PolicyError("policy.invalid", f"{where}.{key} must be {typ.__name__}")
+        raise PolicyError("policy.invalid", f"{where}.{key} must be {_TOML_TYPES[typ]}")
     return value
+
+
+def _path(value: str, name: str) -> str:
+    """A path the policy names: empty, or with a NUL byte (which no file name
+    holds, and which os.open refuses in its own words), it is refused here."""
+    if not value or "\0" in value:
+        raise PolicyError("policy.invalid", f"{name}: {value!r} is not a file path")
+    return value
+
+
+# What a TOML author calls each type _expect asks for.
+_TOML_TYPES = {list: "an array", str: "a string", bool: "true or false", int: "an integer"}
 
 
 def _check_keys(doc: dict[str, Any], allowed: set[str], where: str) -> None:
@@ -83,10 +96,10 @@ def _from_doc(
     _check_keys(
         trust, {"keys", "threshold", "algorithms", "sigstore", "trusted_root"}, f"{name} [trust]"
     )
-    paths = _expect(trust, "keys", list, "trust") if "keys" in trust else []
+    paths = _expect(trust, "keys", list, f"{name}: trust") if "keys" in trust else []
     keys: dict[bytes, SigningPublicKey] = {}
     for path in paths:
-        if not isinstance(path, str):
+        if not isinstance(path, str) or not path or "\0" in path:
             raise PolicyError("policy.invalid", f"{name}: trust.keys entries are file paths")
         key = signing_key(read_key(path), path)
         keys[key_id(key)] = key
@@ -94,10 +107,10 @@ def _from_doc(
     if "sigstore" in trust:
         kwargs["sigstore"] = tuple(
             _sigstore_signer(entry, f"{name} [[trust.sigstore]]")
-            for entry in _expect(trust, "sigstore", list, "trust")
+            for entry in _expect(trust, "sigstore", list, f"{name}: trust")
         )
     if "trusted_root" in trust:
-        root = resolve(_expect(trust, "trusted_root", str, "trust"))
+        root = resolve(_path(_expect(trust, "trusted_root", str, f"{name}: trust"), name))
         # Checked here, not only when a keyless signature is met: a policy with a
         # misspelt root would otherwise load, and fail on the first such package.
         # (Parsing it imports sigstore, which a key-only verify never needs.)
@@ -105,9 +118,9 @@ def _from_doc(
             raise PolicyError("policy.invalid", f"{name}: trust.trusted_root {root} is not a file")
         kwargs["trusted_root"] = root
     if "threshold" in trust:
-        kwargs["threshold"] = _expect(trust, "threshold", int, "trust")
+        kwargs["threshold"] = _expect(trust, "threshold", int, f"{name}: trust")
     if "algorithms" in trust:
-        algs = _expect(trust, "algorithms", list, "trust")
+        algs = _expect(trust, "algorithms", list, f"{name}: trust")
         if not algs or any(a not in SIGNING_ALGS for a in algs):
             raise PolicyError("policy.invalid", f"{name}: algorithms must be among {SIGNING_ALGS}")
         kwargs["algorithms"] = frozenset(algs)
@@ -116,11 +129,11 @@ def _from_doc(
         raise PolicyError("policy.invalid", f"{name}: [freshness] must be a table")
     _check_keys(fresh, {"require_expires", "max_age", "max_clock_skew"}, f"{name} [freshness]")
     if "require_expires" in fresh:
-        kwargs["require_expires"] = _expect(fresh, "require_expires", bool, "freshness")
+        kwargs["require_expires"] = _expect(fresh, "require_expires", bool, f"{name}: freshness")
     for setting in ("max_age", "max_clock_skew"):
         if setting in fresh:
             try:
-                kwargs[setting] = parse_duration(_expect(fresh, setting, str, "freshness"))
+                kwargs[setting] = parse_duration(_expect(fresh, setting, str, f"{name}: freshness"))
             except ValueError as exc:
                 raise PolicyError("policy.invalid", f"{name}: freshness.{setting}: {exc}") from None
     comps = doc.get("components", {})
@@ -128,7 +141,7 @@ def _from_doc(
         raise PolicyError("policy.invalid", f"{name}: [components] must be a table")
     _check_keys(comps, {"required"}, f"{name} [components]")
     if "required" in comps:
-        req = _expect(comps, "required", list, "components")
+        req = _expect(comps, "required", list, f"{name}: components")
         if not all(isinstance(c, str) and c for c in req):
             raise PolicyError("policy.invalid", f"{name}: components.required must list names")
         kwargs["required_components"] = tuple(req)
@@ -137,11 +150,9 @@ def _from_doc(
         raise PolicyError("policy.invalid", f"{name}: [rollback] must be a table")
     _check_keys(rollback, {"protect", "state_dir"}, f"{name} [rollback]")
     if "protect" in rollback:
-        kwargs["rollback"] = _expect(rollback, "protect", bool, "rollback")
+        kwargs["rollback"] = _expect(rollback, "protect", bool, f"{name}: rollback")
     if "state_dir" in rollback:
-        state_dir = _expect(rollback, "state_dir", str, "rollback")
-        if not state_dir:
-            raise PolicyError("policy.invalid", f"{name}: rollback.state_dir is empty")
+        state_dir = _path(_expect(rollback, "state_dir", str, f"{name}: rollback"), name)
         # Relative to the policy file, like its keys and trusted root: the same
         # policy must name the same state whatever directory a verb runs in.
         kwargs["state_dir"] = resolve(state_dir)

@@ -64,6 +64,10 @@ def test_default_policy_without_its_key_is_an_error() -> None:
         # Past 4300 digits int() fails with Python's own message; past 12 it is refused.
         "version = 1\n[trust]\nkeys = ['keys/a.pub']\n[freshness]\nmax_age = '" + "9" * 5000 + "d'",
         "version = 1\n[trust]\nkeys = ['keys/a.pub']\n[rollback]\nstate_dir = ''",
+        "version = 1\n[trust]\nkeys = ['keys/a.pub']\n[rollback]\nstate_dir = \"a\\u0000b\"",
+        "version = 1\n[trust]\nkeys = [\"keys/a.pub\\u0000\"]",
+        "version = 1\n[trust]\nkeys = ['keys/a.pub']\ntrusted_root = \"\\u0000\"",
+        "version = 1\n[trust]\nkeys = 'keys/a.pub'",
         # A trusted root that is not there, or not a file.
         "version = 1\n[trust]\nkeys = ['keys/a.pub']\ntrusted_root = 'missing.json'",
         "version = 1\n[trust]\nkeys = ['keys/a.pub']\ntrusted_root = 'keys'",
