@@ -9,12 +9,18 @@ output's commit holds these signals from just before its rename (:func:`held`)
 to the end of its verb (:func:`verb`), which finishes as it would have: its audit
 record says what it did. Then what came meanwhile is
 
-- delivered, in a library (``verb(deliver=True)``, around each audited verb), to
-  the handler that was there before: the caller sees its interrupt, once the
-  output is whole and recorded;
-- dropped, under the command line (the outermost ``verb(deliver=False)``), which
-  reports the verb's own outcome and exits with its status: the process is about
-  to end anyway, and nothing is left to stop.
+- given, in a library (``verb(deliver=True)``, around each audited verb), to the
+  handler that was there before, called once per signal: the caller sees its
+  interrupt once the output is whole and recorded (a host that also watches a
+  wakeup fd, as asyncio does, was told at once and is not told twice);
+- dropped, under the console script (the outermost ``verb(deliver=False)`` after
+  :func:`hold_to_exit`), which reports the verb's own outcome and exits with its
+  status; the hold then lasts until the process exits, since only the report and
+  the exit are left.
+
+A second signal while one is held is not held: the user insists (a verb that
+hangs after its commit, on a log another process keeps locked, can still be
+stopped with a second Ctrl-C, or by a supervisor's second SIGTERM).
 
 Only the main thread can change signal handlers; elsewhere nothing is held.
 """
@@ -28,7 +34,7 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
-__all__ = ["held", "verb"]
+__all__ = ["held", "hold_to_exit", "verb"]
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -39,15 +45,19 @@ class _State:
         # The verb() blocks entered, innermost last: whether each delivers. Under
         # one, a hold once begun lasts until the outermost has ended.
         self.verbs: list[bool] = []
+        self.to_exit = False  # the console script: hold from a verb's end to the exit
 
 
 _state = _State()
-_saved: dict[int, Any] = {}  # the handlers held() replaced, to put back
+_saved: dict[int, Any] = {}  # the handlers _install replaced, to put back
 _pending: list[int] = []  # signals that came while held
 
 
 def _note(signum: int, frame: FrameType | None) -> None:
+    insists = bool(_pending)
     _pending.append(signum)
+    if insists:  # a second signal: given at once (see the module's note)
+        _release(deliver=True)
 
 
 def _install() -> None:
@@ -64,17 +74,45 @@ def _install() -> None:
             del _saved[signum]
 
 
-def _restore(deliver: bool) -> None:
-    for signum, handler in list(_saved.items()):
+def _put_back(items: list[tuple[int, Any]]) -> None:
+    """Each handler back, the rest even when a signal raises out of one (a real
+    handler put back runs as soon as its signal comes)."""
+    if not items:
+        return
+    (signum, handler), rest = items[0], items[1:]
+    try:
         signal.signal(signum, handler)
-        del _saved[signum]
-    came = list(dict.fromkeys(_pending))  # each signal once, in the order they came
-    _pending.clear()
-    if deliver:
-        for signum in came:
-            # To the handler just put back: Python's raises KeyboardInterrupt here;
-            # SIG_DFL for SIGTERM (a library's host that set none) ends the process.
-            signal.raise_signal(signum)
+    finally:
+        _put_back(rest)
+
+
+def _call(signals: list[int], handlers: dict[int, Any]) -> None:
+    """Each signal's own handler, once, in the order they came; all of them even
+    when one raises (KeyboardInterrupt), as they would have run unheld."""
+    if not signals:
+        return
+    signum, rest = signals[0], signals[1:]
+    try:
+        handler = handlers.get(signum, signal.getsignal(signum))
+        if callable(handler):
+            handler(signum, None)
+        elif handler == signal.SIG_DFL:
+            signal.raise_signal(signum)  # its default action: the process ends
+    finally:
+        _call(rest, handlers)
+
+
+def _release(deliver: bool) -> None:
+    """Put the handlers back and give (or drop) what came while held."""
+    items = list(_saved.items())
+    _saved.clear()
+    try:
+        _put_back(items)
+    finally:
+        came = list(dict.fromkeys(_pending))  # each signal once, in the order they came
+        _pending.clear()
+        if deliver:
+            _call(came, dict(items))
 
 
 @contextmanager
@@ -91,14 +129,14 @@ def held() -> Iterator[None]:
     finally:
         _state.depth -= 1
         if _state.depth == 0 and not _state.verbs:
-            _restore(deliver=True)
+            _release(deliver=True)
 
 
 @contextmanager
 def verb(deliver: bool) -> Iterator[None]:
     """One verb: a hold begun inside it lasts until the outermost verb ends; then
-    the handlers are put back, and what came while held is delivered or dropped
-    as that verb says."""
+    the handlers are put back, and what came while held is given or dropped as
+    that verb says (the console script's keeps holding: see hold_to_exit)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -108,4 +146,17 @@ def verb(deliver: bool) -> Iterator[None]:
     finally:
         _state.verbs.pop()
         if not _state.verbs and _state.depth == 0:
-            _restore(deliver=deliver)
+            if _state.to_exit and not deliver:
+                # The verb has its outcome; only its report and the exit are left,
+                # and a signal now would report "interrupted" after it.
+                if not _saved:
+                    _install()
+                _pending.clear()
+            else:
+                _release(deliver)
+
+
+def hold_to_exit() -> None:
+    """The console script, which exits as soon as its verb has reported: from the
+    end of the verb to the exit, a signal (but a second) changes nothing."""
+    _state.to_exit = True

@@ -9,6 +9,7 @@ rollback-protection state directory.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,17 +21,29 @@ if str(Path(__file__).parent) not in sys.path:
 from helpers import KeyPair, KeyRing, build_model, ok
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The same for what module and session fixtures seal and open before any
+    test's own directory is set (their audit records went to the user's log)."""
+    state = tmp_path_factory.mktemp("session-state")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SECPACK_STATE_DIR", str(state))
+        patch.delenv("SECPACK_POLICY", raising=False)
+        yield state
+
+
 @pytest.fixture(autouse=True)
-def _isolated_state(
-    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
-) -> Path:
-    """Rollback-protection state (versions seen per package and signer) goes to a
-    fresh directory per test, never the user's own, in this process and in every
-    `secpack` subprocess (helpers.clean_env copies the environment)."""
+def _isolated_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Rollback-protection state (versions seen per package and signer) and the
+    audit log go to a fresh directory per test, never the user's own, in this
+    process and in every `secpack` subprocess (helpers.clean_env copies the
+    environment). A patcher of its own: a test's ``monkeypatch.undo()`` (which
+    takes back the test's patches) must not take this back with them."""
     state = tmp_path_factory.mktemp("state")
-    monkeypatch.setenv("SECPACK_STATE_DIR", str(state))
-    monkeypatch.delenv("SECPACK_POLICY", raising=False)
-    return state
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SECPACK_STATE_DIR", str(state))
+        patch.delenv("SECPACK_POLICY", raising=False)
+        yield state
 
 
 @pytest.fixture(scope="session")

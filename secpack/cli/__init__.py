@@ -267,6 +267,11 @@ def main() -> NoReturn:
     `secpack verify` here: more than the signature check. Standard streams are
     flushed first; nothing else of secpack's is left open by then."""
     _reported.clear()
+    from secpack.interrupts import hold_to_exit
+
+    # Once a verb has its outcome, only the report and os._exit are left: a signal
+    # then must not turn a finished verb into "interrupted" (secpack.interrupts).
+    hold_to_exit()
     try:
         app()
         code = 0

@@ -65,7 +65,7 @@ def test_default_policy_without_its_key_is_an_error() -> None:
         "version = 1\n[trust]\nkeys = ['keys/a.pub']\n[freshness]\nmax_age = '" + "9" * 5000 + "d'",
         "version = 1\n[trust]\nkeys = ['keys/a.pub']\n[rollback]\nstate_dir = ''",
         "version = 1\n[trust]\nkeys = ['keys/a.pub']\n[rollback]\nstate_dir = \"a\\u0000b\"",
-        "version = 1\n[trust]\nkeys = [\"keys/a.pub\\u0000\"]",
+        'version = 1\n[trust]\nkeys = ["keys/a.pub\\u0000"]',
         "version = 1\n[trust]\nkeys = ['keys/a.pub']\ntrusted_root = \"\\u0000\"",
         "version = 1\n[trust]\nkeys = 'keys/a.pub'",
         # A trusted root that is not there, or not a file.
