@@ -364,63 +364,93 @@ def verify_log(path: str | None = None, keys: dict[str, Any] | None = None) -> A
     """Check the chain, sequence numbers, the head file, and (given ``keys``: key id
     hex -> public key) every record's signature. Returns the first problem or None."""
     path = path or default_log_path()
-    # The head first, then the log: records are fsynced before the head names them,
-    # so a log read after its head holds every record the head names, and perhaps
-    # more (appended meanwhile by another process, or one whose writer was killed
-    # before it replaced the head). Records past the head are judged by the chain
-    # like any other; the head is there to catch records cut from the end.
     try:
-        head: dict[str, Any] | None = _read_head(path)
-        head_missing = False
+        fh = _open_regular(path)
     except FileNotFoundError:
-        head, head_missing = None, True
-    named = head.get("seq") if head is not None else None
-    if head is not None and (type(named) is not int or named < -1):
-        return AuditProblem(0, "the head file is unreadable")
-    named_hash = GENESIS if named == -1 else None  # the hash of the record it names
-    prev, expected_seq = GENESIS, 0
-    count = 0
-    for number, raw in read_log(path):
-        count = number
-        if not raw.endswith(b"\n"):
-            return AuditProblem(number, "truncated record (no end of line)")
-        try:
-            record = json.loads(raw)
-        except (ValueError, RecursionError):  # nesting past the parser's stack
-            return AuditProblem(number, "not a JSON record")
-        if not isinstance(record, dict) or _canonical(record) + b"\n" != raw:
-            return AuditProblem(number, "record was edited (not in canonical form)")
-        if record.get("hash") != _record_hash(record):
-            return AuditProblem(number, "record was edited (its digest does not match)")
-        if record.get("prev") != prev:
-            return AuditProblem(
-                number,
-                "hash chain broken: a record before it was edited, deleted, inserted or moved",
-            )
-        if record.get("seq") != expected_seq:
-            return AuditProblem(
-                number, f"sequence number {record.get('seq')}, expected {expected_seq}"
-            )
-        if keys is not None:
-            problem = _check_signature(record, keys)
-            if problem:
-                return AuditProblem(number, problem)
-        prev = _line_hash(raw)
-        if expected_seq == named:
-            named_hash = prev
-        expected_seq += 1
-    if head_missing:
+        return _check_head(_head_or_none(path), None, 0)
+    with fh:
+        # Shared with other readers, never with a writer, which holds the lock from
+        # its record to its head: read unlocked, the head could name records
+        # appended after the log was read (false alarms on a busy log).
+        with contextlib.suppress(OSError):  # a file system without locks: as before
+            fcntl.flock(fh.fileno(), fcntl.LOCK_SH)
+        head = _head_or_none(path)
+        named = head.get("seq") if isinstance(head, dict) else None
+        named_hash = None  # the line hash of the record the head names
+        prev, count = GENESIS, 0
+        for number, raw in enumerate(fh, start=1):
+            problem = _check_record(number, raw, prev, keys)
+            if problem is not None:
+                return problem
+            prev, count = _line_hash(raw), number
+            if number - 1 == named:
+                named_hash = prev
+        return _check_head(head, named_hash, count)
+
+
+def _head_or_none(path: str) -> dict[str, Any] | str:
+    """The head file's record; "missing" or "unreadable" otherwise."""
+    try:
+        head = _read_head(path)
+    except FileNotFoundError:
+        return "missing"
+    return "unreadable" if head is None else head
+
+
+def _check_record(
+    number: int, raw: bytes, prev: str, keys: dict[str, Any] | None
+) -> AuditProblem | None:
+    if not raw.endswith(b"\n"):
+        return AuditProblem(number, "truncated record (no end of line)")
+    try:
+        record = json.loads(raw)
+    except (ValueError, RecursionError):  # nesting past the parser's stack
+        return AuditProblem(number, "not a JSON record")
+    if not isinstance(record, dict) or _canonical(record) + b"\n" != raw:
+        return AuditProblem(number, "record was edited (not in canonical form)")
+    if record.get("hash") != _record_hash(record):
+        return AuditProblem(number, "record was edited (its digest does not match)")
+    if record.get("prev") != prev:
+        return AuditProblem(
+            number,
+            "hash chain broken: a record before it was edited, deleted, inserted or moved",
+        )
+    if record.get("seq") != number - 1:
+        return AuditProblem(number, f"sequence number {record.get('seq')}, expected {number - 1}")
+    if keys is not None:
+        problem = _check_signature(record, keys)
+        if problem:
+            return AuditProblem(number, problem)
+    return None
+
+
+def _check_head(
+    head: dict[str, Any] | str, named_hash: str | None, count: int
+) -> AuditProblem | None:
+    """The head against a log of ``count`` records, where the record it names has
+    line hash ``named_hash``. The head names the last record, or (a writer killed
+    between its record and its head) the one before it; a head naming no record
+    yet (seq -1) is written before the first. Anything else is a log cut short,
+    or a head that is not its own."""
+    if head == "missing":
         # Without its head file, a log cut short after a record would look whole.
         return AuditProblem(count, "the head file is missing") if count else None
-    if head is None or named is None:
+    named = head.get("seq") if isinstance(head, dict) else None
+    if not isinstance(head, dict) or type(named) is not int or named < -1:
         return AuditProblem(count, "the head file is unreadable")
-    if named >= expected_seq:
+    if named >= count:
         return AuditProblem(
             count + 1,
-            f"log truncated: the head records {named + 1} record(s), the log holds {expected_seq}",
+            f"log truncated: the head records {named + 1} record(s), the log holds {count}",
         )
-    if head.get("hash") != named_hash:
+    if head.get("hash") != (GENESIS if named == -1 else named_hash):
         return AuditProblem(named + 1, "the record the head file names does not match it")
+    if count - (named + 1) > 1:
+        return AuditProblem(
+            named + 3,
+            f"{count - named - 1} records past the last one the head file names "
+            "(a log cut short, with an older head put back)",
+        )
     return None
 
 

@@ -875,3 +875,26 @@ def test_verify_while_other_processes_append_sees_an_intact_log(tmp_path: Path) 
         assert w.exitcode == 0
     assert problems == [], (checks, problems[:3])
     assert verify_log(log) is None and len(list(read_log(log))) == 301
+
+
+def test_records_cut_from_the_end_with_an_older_head_put_back_are_caught(
+    tmp_path: Path,
+) -> None:
+    # Only the killed writer's one record may lie past the head: a stale head,
+    # or the "no record yet" head, must not hide records cut from the end.
+    log = tmp_path / "audit.jsonl"
+    head = Path(f"{log}.head")
+    heads = []
+    for i in range(10):
+        append("verify", outcome="ok", package={"name": f"p{i}"}, path=str(log))
+        heads.append(head.read_bytes())
+    lines = log.read_bytes().splitlines(keepends=True)
+    log.write_bytes(b"".join(lines[:7]))
+    for stale in (heads[4], json.dumps({"seq": -1, "hash": "0" * 64}).encode()):
+        head.write_bytes(stale)
+        problem = verify_log(str(log))
+        assert problem is not None and "past the last one" in problem.reason, problem
+    head.write_bytes(heads[5])  # one record past it: what a killed writer leaves
+    assert verify_log(str(log)) is None
+    head.write_bytes(heads[6])
+    assert verify_log(str(log)) is None
