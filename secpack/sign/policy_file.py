@@ -170,20 +170,17 @@ def _limits(table: Any, name: str) -> Limits:
             raise PolicyError("policy.invalid", f"{name}: limits.{key} must be a positive integer")
         ceiling = _LIMIT_CEILINGS.get(key, _LIMIT_CEILING)
         if value > ceiling:
-            # Loaded, a larger one failed every package later, in a decoder's words
-            # (cbor2's OverflowError for a depth past 2^64).
+            # Loaded, a larger one failed every package later, in a decoder's words.
             raise PolicyError("policy.invalid", f"{name}: limits.{key} must be at most {ceiling}")
     return replace(DEFAULT_LIMITS, **table)
 
 
-# Above any size or count a reader can meet (a signed 64-bit offset), so that
-# arithmetic on a limit never leaves the 64-bit range the decoders take.
-_LIMIT_CEILING = 2**62
+# TOML's own largest integer (it has 64-bit signed integers), the natural way to
+# write "no limit"; tomllib takes larger ones, and past 2^64 cbor2 failed every
+# package with OverflowError (max_cbor_depth).
+_LIMIT_CEILING = 2**63 - 1
 _LIMIT_CEILINGS = {
-    # The schemas nest 6 deep; past a few hundred levels the decoders (cbor2's
-    # recursion among them) would run out of stack before the limit said so.
-    "max_cbor_depth": 256,
     # numpy makes no array of more dimensions (2.x: "maximum supported dimension
-    # for an ndarray is currently 64"), so the loader could serve none.
+    # for an ndarray is currently 64"), so the loader could serve no such tensor.
     "max_tensor_ndim": 64,
 }
