@@ -172,11 +172,11 @@ def parse_bundle(data: bytes) -> Any:
         raise SignatureError("sig.malformed", "sigstore bundle too large")
     try:
         bundle = Bundle.from_json(data)
-        # Built on first use, not by from_json: a DSSE envelope of no signature, of
-        # two, or of an empty one is refused only here (sigstore's InvalidEnvelope),
-        # and must be malformed where every entry is parsed (signatures, unsign
-        # --malformed), not an error that escapes a verification later.
-        bundle._dsse_envelope  # noqa: B018
+        # The envelope is built on first use, not by from_json: one of no
+        # signature, of two, or of an empty one is refused only then (sigstore's
+        # InvalidEnvelope), and must be malformed where every entry is parsed
+        # (signatures, unsign --malformed), not an error that escapes a
+        # verification later. The public accessor builds it.
         bundle.signature  # noqa: B018
     except Exception as exc:  # pydantic validation and sigstore's own checks alike
         raise SignatureError(

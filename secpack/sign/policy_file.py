@@ -151,7 +151,8 @@ def _from_doc(
     _check_keys(rollback, {"protect", "state_dir"}, f"{name} [rollback]")
     if "protect" in rollback:
         kwargs["rollback"] = _expect(rollback, "protect", bool, f"{name}: rollback")
-    if "state_dir" in rollback:
+    # Empty: the default state directory, as it always meant.
+    if rollback.get("state_dir", "") != "":
         state_dir = _path(_expect(rollback, "state_dir", str, f"{name}: rollback"), name)
         # Relative to the policy file, like its keys and trusted root: the same
         # policy must name the same state whatever directory a verb runs in.

@@ -62,7 +62,7 @@ def test_default_policy_without_its_key_is_an_error() -> None:
         "version = 1\n[trust]\nkeys = ['keys/a.pub']\n[freshness]\nmax_age = 'soon'",
         # Past 4300 digits int() fails with Python's own message; past 12 it is refused.
         "version = 1\n[trust]\nkeys = ['keys/a.pub']\n[freshness]\nmax_age = '" + "9" * 5000 + "d'",
-        "version = 1\n[trust]\nkeys = ['keys/a.pub']\n[rollback]\nstate_dir = ''",
+        "version = 1\n[trust]\nkeys = ['keys/a.pub']\n[rollback]\nstate_dir = 1",
         "version = 1\n[trust]\nkeys = ['keys/a.pub']\n[rollback]\nstate_dir = \"a\\u0000b\"",
         'version = 1\n[trust]\nkeys = ["keys/a.pub\\u0000"]',
         "version = 1\n[trust]\nkeys = ['keys/a.pub']\ntrusted_root = \"\\u0000\"",
@@ -111,6 +111,11 @@ def test_a_relative_state_dir_is_relative_to_the_policy_file(
     monkeypatch.chdir(elsewhere)
     policy = resolve_policy([], str(tmp_path / "p.toml"))
     assert policy.state_dir == str(tmp_path / "state")
+    # Empty names the default, as it always did.
+    (tmp_path / "p.toml").write_text(
+        "version = 1\n[trust]\nkeys = ['keys/a.pub']\n[rollback]\nstate_dir = ''"
+    )
+    assert resolve_policy([], str(tmp_path / "p.toml")).state_dir is None
 
 
 def test_no_trust_anchor(monkeypatch: pytest.MonkeyPatch) -> None:
