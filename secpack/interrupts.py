@@ -20,7 +20,10 @@ record says what it did. Then what came meanwhile is
 
 A second signal while one is held is not held: the user insists (a verb that
 hangs after its commit, on a log another process keeps locked, can still be
-stopped with a second Ctrl-C, or by a supervisor's second SIGTERM).
+stopped with a second Ctrl-C, or by a supervisor's second SIGTERM). It waits
+only for a firm hold, the few milliseconds in which an audit record and its
+head are written, so that a record is never left without what it records; and
+after the console script's verb, when only the exit is left.
 
 Only the main thread can change signal handlers; elsewhere nothing is held.
 """
@@ -46,6 +49,8 @@ class _State:
         # one, a hold once begun lasts until the outermost has ended.
         self.verbs: list[bool] = []
         self.to_exit = False  # the console script: hold from a verb's end to the exit
+        self.firm = 0  # held(firm=True) blocks entered: not even a second signal lands
+        self.releasing = False  # _release under way (a signal then is only noted)
 
 
 _state = _State()
@@ -54,10 +59,17 @@ _pending: list[int] = []  # signals that came while held
 
 
 def _note(signum: int, frame: FrameType | None) -> None:
-    insists = bool(_pending)
     _pending.append(signum)
-    if insists:  # a second signal: given at once (see the module's note)
+    if _insists():  # a second signal: given at once (see the module's note)
         _release(deliver=True)
+
+
+def _insists() -> bool:
+    """Whether what is held is given now: a second signal, outside a firm hold and
+    a release, while a verb is under way (after the console script's verb only
+    the exit is left, and a signal there would interrupt that)."""
+    after_the_verb = _state.to_exit and not _state.verbs
+    return len(_pending) > 1 and not _state.firm and not _state.releasing and not after_the_verb
 
 
 def _install() -> None:
@@ -76,12 +88,18 @@ def _install() -> None:
 
 def _put_back(items: list[tuple[int, Any]]) -> None:
     """Each handler back, the rest even when a signal raises out of one (a real
-    handler put back runs as soon as its signal comes)."""
+    handler put back runs as soon as its signal comes). signal.signal runs the
+    handlers of signals already come before it swaps: one that raises there
+    leaves the swap undone, so it is made again."""
     if not items:
         return
     (signum, handler), rest = items[0], items[1:]
     try:
-        signal.signal(signum, handler)
+        try:
+            signal.signal(signum, handler)
+        except BaseException:
+            signal.signal(signum, handler)
+            raise
     finally:
         _put_back(rest)
 
@@ -93,8 +111,8 @@ def _call(signals: list[int], handlers: dict[int, Any]) -> None:
         return
     signum, rest = signals[0], signals[1:]
     try:
-        handler = handlers.get(signum, signal.getsignal(signum))
-        if callable(handler):
+        handler = handlers.get(signum)  # only signals whose handler was ours come
+        if callable(handler) and handler is not _note:
             handler(signum, None)
         elif handler == signal.SIG_DFL:
             signal.raise_signal(signum)  # its default action: the process ends
@@ -103,12 +121,17 @@ def _call(signals: list[int], handlers: dict[int, Any]) -> None:
 
 
 def _release(deliver: bool) -> None:
-    """Put the handlers back and give (or drop) what came while held."""
+    """Put the handlers back and give (or drop) what came while held. Not
+    re-entered: a signal while it runs is noted, and given with the rest."""
+    if _state.releasing:
+        return
+    _state.releasing = True
     items = list(_saved.items())
-    _saved.clear()
     try:
         _put_back(items)
     finally:
+        _saved.clear()
+        _state.releasing = False
         came = list(dict.fromkeys(_pending))  # each signal once, in the order they came
         _pending.clear()
         if deliver:
@@ -116,19 +139,25 @@ def _release(deliver: bool) -> None:
 
 
 @contextmanager
-def held() -> Iterator[None]:
-    """SIGINT and SIGTERM wait until the block has ended (see the module's note)."""
+def held(firm: bool = False) -> Iterator[None]:
+    """SIGINT and SIGTERM wait until the block has ended (see the module's note);
+    ``firm``: a second signal too, for a few milliseconds of local writes that
+    must not be cut in two (an audit record and its head)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     _state.depth += 1
+    _state.firm += firm
     try:
         if _state.depth == 1 and not _saved:
             _install()
         yield
     finally:
+        _state.firm -= firm
         _state.depth -= 1
-        if _state.depth == 0 and not _state.verbs:
+        # Given at the end of the last hold outside a verb, or now if a second
+        # signal waited for a firm block.
+        if (_state.depth == 0 and not _state.verbs) or _insists():
             _release(deliver=True)
 
 

@@ -118,13 +118,18 @@ def _recorded(action: str) -> Iterator[dict[str, Any]]:
             code = "internal"
         _record(action, "error", code, facts)
         raise
+    from secpack.audit.log import landed
+
+    before = landed()
     try:
         _record(action, "ok", None, facts)
     except BaseException:  # an interrupt while it is written leaves no record either
         # Required, and the log took the check before the verb but not its record
         # (a disk the verb itself filled): the verb must not stand unrecorded.
         # What it made anew is taken back (an opened tree of decrypted files).
-        for undo in facts.get("undo", ()):
-            with contextlib.suppress(Exception):
-                undo()
+        # Not if the record is in (a second Ctrl-C just after it): it says "ok".
+        if landed() == before:
+            for undo in facts.get("undo", ()):
+                with contextlib.suppress(Exception):
+                    undo()
         raise

@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import stat
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,7 +34,9 @@ __all__ = [
     "AUDIT_ENV",
     "AuditProblem",
     "append",
+    "check_log",
     "default_log_path",
+    "landed",
     "read_log",
     "read_records",
     "verify_log",
@@ -218,32 +221,55 @@ def append(
             # Never written: as the last line it would make every later append
             # audit.corrupt (_last_line). _bounded keeps real records far below.
             raise SecpackError("audit.io", f"{path}: a record of {len(line)} bytes is too large")
-        end = os.lseek(fd, 0, os.SEEK_END)
-        if seq == 0 and not _head_names(path, -1, GENESIS):
-            # A head that names no record yet, before the first is written: a writer
-            # killed between the record and its head then leaves a log one record
-            # past its head (which verifies), not one without a head (which does
-            # not: that is also what deleting the head of a cut log looks like).
-            _write_head(path, -1, GENESIS)
-        try:
-            view = memoryview(line)
-            while view:  # a full disk may take part of the line, then refuse the rest
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-            _write_head(path, seq, _line_hash(line))
-        except BaseException:
-            # The record is not written, whatever part of it reached the file: the log
-            # is cut back to where it ended, so that it and its head file still agree
-            # (a torn last line would make every later append audit.corrupt). Unless
-            # the head already names it (an interrupt just after its replacement):
-            # then the record stands, whole and fsynced.
-            if _head_names(path, seq, _line_hash(line)):
-                raise
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, end)
-                os.fsync(fd)
-            raise
+        from secpack.interrupts import held
+
+        # Local writes of a few milliseconds, which no signal cuts in two (not even
+        # a second one: secpack.interrupts), so that the record is whole and named
+        # by its head, or not there; and what the verb made is kept or taken back
+        # (api.auditing) by the same account.
+        with held(firm=True):
+            _write_record(fd, path, seq, line)
+            _landed.count = landed() + 1
         return record
+
+
+# Records this thread has appended whole (landed()), so that a verb interrupted
+# around its record knows whether the record is in.
+_landed = threading.local()
+
+
+def landed() -> int:
+    """How many records this thread has appended, head included."""
+    count: int = getattr(_landed, "count", 0)
+    return count
+
+
+def _write_record(fd: int, path: str, seq: int, line: bytes) -> None:
+    end = os.lseek(fd, 0, os.SEEK_END)
+    if seq == 0 and not _head_names(path, -1, GENESIS):
+        # A head that names no record yet, before the first is written: a writer
+        # killed between the record and its head then leaves a log one record
+        # past its head (which verifies), not one without a head (which does
+        # not: that is also what deleting the head of a cut log looks like).
+        _write_head(path, -1, GENESIS)
+    try:
+        view = memoryview(line)
+        while view:  # a full disk may take part of the line, then refuse the rest
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+        _write_head(path, seq, _line_hash(line))
+    except BaseException:
+        # The record is not written, whatever part of it reached the file: the log
+        # is cut back to where it ended, so that it and its head file still agree
+        # (a torn last line would make every later append audit.corrupt). Unless
+        # the head already names it (an interrupt just after its replacement):
+        # then the record stands, whole and fsynced.
+        if _head_names(path, seq, _line_hash(line)):
+            raise
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, end)
+            os.fsync(fd)
+        raise
 
 
 # The most characters of one text field a record keeps (a path, a CI variable):
@@ -363,17 +389,23 @@ class AuditProblem:
 def verify_log(path: str | None = None, keys: dict[str, Any] | None = None) -> AuditProblem | None:
     """Check the chain, sequence numbers, the head file, and (given ``keys``: key id
     hex -> public key) every record's signature. Returns the first problem or None."""
+    return check_log(path, keys)[0]
+
+
+def check_log(
+    path: str | None = None, keys: dict[str, Any] | None = None
+) -> tuple[AuditProblem | None, int]:
+    """``verify_log``'s answer, and how many records it checked."""
     path = path or default_log_path()
     try:
         fh = _open_regular(path)
     except FileNotFoundError:
-        return _check_head(_head_or_none(path), None, 0)
+        return _check_head(_head_or_none(path), None, 0), 0
     with fh:
         # Shared with other readers, never with a writer, which holds the lock from
         # its record to its head: read unlocked, the head could name records
         # appended after the log was read (false alarms on a busy log).
-        with contextlib.suppress(OSError):  # a file system without locks: as before
-            fcntl.flock(fh.fileno(), fcntl.LOCK_SH)
+        _lock_shared(fh.fileno(), path)
         head = _head_or_none(path)
         named = head.get("seq") if isinstance(head, dict) else None
         named_hash = None  # the line hash of the record the head names
@@ -381,11 +413,35 @@ def verify_log(path: str | None = None, keys: dict[str, Any] | None = None) -> A
         for number, raw in enumerate(fh, start=1):
             problem = _check_record(number, raw, prev, keys)
             if problem is not None:
-                return problem
+                return problem, number - 1
             prev, count = _line_hash(raw), number
             if number - 1 == named:
                 named_hash = prev
-        return _check_head(head, named_hash, count)
+        return _check_head(head, named_hash, count), count
+
+
+# A writer holds the log's lock for milliseconds; one that holds it this long is
+# stopped or stuck (Ctrl-Z, a hung network file system), and a verify that waited
+# on would wait without a word.
+_LOCK_WAIT_SECONDS = 10.0
+
+
+def _lock_shared(fd: int, path: str) -> None:
+    deadline = time.monotonic() + _LOCK_WAIT_SECONDS
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise SecpackError(
+                    "audit.io",
+                    f"{path}: another process has held the log locked for "
+                    f"{_LOCK_WAIT_SECONDS:.0f} s (a writer stopped or stuck)",
+                ) from None
+            time.sleep(0.05)
+        except OSError:  # a file system without locks: read as before
+            return
 
 
 def _head_or_none(path: str) -> dict[str, Any] | str:

@@ -118,7 +118,7 @@ def verify(
     def action() -> None:
         from cryptography.hazmat.primitives.asymmetric import x25519
 
-        from secpack.audit.log import default_log_path, verify_log
+        from secpack.audit.log import check_log, default_log_path
         from secpack.cli.render import out
         from secpack.errors import SecpackError
         from secpack.recipes.keys import key_id, load_public_pem
@@ -135,10 +135,9 @@ def verify(
                     )
                 keys[key_id(pub).hex()] = pub
         _given(log)
-        problem = verify_log(log, keys)
+        problem, count = check_log(log, keys)  # the records it checked, no more
         if problem is not None:
             raise SecpackError("audit.tampered", f"line {problem.line}: {problem.reason}")
-        count = sum(1 for _ in _records(log))
         path = log or default_log_path()
         out(
             {"log": path, "records": count},

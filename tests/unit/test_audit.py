@@ -898,3 +898,26 @@ def test_records_cut_from_the_end_with_an_older_head_put_back_are_caught(
     assert verify_log(str(log)) is None
     head.write_bytes(heads[6])
     assert verify_log(str(log)) is None
+
+
+def test_verify_counts_the_records_it_checked_and_waits_for_a_stuck_writer_a_while(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fcntl
+
+    from helpers import run_cli
+
+    from secpack.audit import log as audit_log
+
+    log = tmp_path / "audit.jsonl"
+    _fill(log, 3)
+    assert audit_log.check_log(str(log)) == (None, 3)
+    # A writer that holds the lock (stopped, or on a hung file system): verify
+    # says so after a while, instead of waiting without a word.
+    monkeypatch.setattr(audit_log, "_LOCK_WAIT_SECONDS", 0.3)
+    with open(log, "rb") as held_by_writer:
+        fcntl.flock(held_by_writer.fileno(), fcntl.LOCK_EX)
+        res = run_cli("audit", "verify", "--log", log)
+    assert res.error_code == "audit.io" and "locked" in res.stderr
+    ok = run_cli("audit", "verify", "--log", log, "--json")
+    assert ok.returncode == 0 and json.loads(ok.stdout)["records"] == 3

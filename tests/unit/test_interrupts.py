@@ -106,12 +106,13 @@ def test_a_signal_while_the_handlers_are_put_back_leaves_none_of_ours(
             raise KeyboardInterrupt
         return previous
 
+    before = signal.getsignal(signal.SIGTERM)  # another test may have set one
     monkeypatch.setattr(interrupts.signal, "signal", interrupted_once)
     with pytest.raises(KeyboardInterrupt), held():
         pass
     monkeypatch.undo()
     assert interrupts._saved == {} and interrupts._pending == []
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert signal.getsignal(signal.SIGTERM) is before
     _no_hold_left()
 
 
@@ -346,3 +347,109 @@ def test_a_signal_after_the_verb_has_its_outcome_changes_nothing(tmp_path: Path)
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr and key.exists() and Path(f"{key}.pub").exists()
+
+
+@pytest.mark.parametrize("lands", ["on our recorder", "on the handler put back"])
+def test_a_signal_while_a_release_runs_is_given_with_the_rest(
+    monkeypatch: pytest.MonkeyPatch, lands: str
+) -> None:
+    # signal.signal runs the handlers of signals already come before it swaps.
+    # A SIGINT landing on our recorder while SIGINT's handler was put back
+    # re-entered the release (RecursionError, a recorder left for good); one
+    # landing on the real handler, put back already, left SIGTERM's swap undone.
+    from secpack import interrupts
+
+    came: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: came.append(signum))
+    host = signal.getsignal(signal.SIGTERM)
+    real = signal.signal
+    fired: list[bool] = []
+
+    def landing(signum: int, handler: Any) -> Any:
+        if not fired and lands == "on our recorder" and signum == signal.SIGINT:
+            fired.append(True)
+            interrupts._note(signal.SIGINT, None)  # SIGINT's handler is still ours
+        if not fired and lands == "on the handler put back" and signum == signal.SIGTERM:
+            fired.append(True)
+            raise KeyboardInterrupt  # SIGINT's real handler, run before the swap
+        return real(signum, handler)
+
+    with pytest.raises(KeyboardInterrupt), held():
+        signal.raise_signal(signal.SIGTERM)
+        monkeypatch.setattr(interrupts.signal, "signal", landing)
+    monkeypatch.undo()
+    assert fired and came == [signal.SIGTERM]
+    assert signal.getsignal(signal.SIGTERM) is host
+    assert interrupts._saved == {} and interrupts._pending == []
+    _no_hold_left()
+
+
+def test_a_firm_hold_keeps_even_a_second_signal_to_its_end() -> None:
+    steps = []
+    with pytest.raises(KeyboardInterrupt), held(firm=True):
+        signal.raise_signal(signal.SIGINT)
+        signal.raise_signal(signal.SIGINT)
+        steps.append("both held")
+    assert steps == ["both held"]
+    _no_hold_left()
+    # Inside a verb, a second signal that waited for a firm block comes at its end.
+    with pytest.raises(KeyboardInterrupt), verb(deliver=False), held():
+        signal.raise_signal(signal.SIGINT)
+        with held(firm=True):
+            signal.raise_signal(signal.SIGINT)
+            steps.append("firm")
+        steps.append("not reached")
+    assert steps == ["both held", "firm"]
+    _no_hold_left()
+
+
+def test_after_the_console_scripts_verb_no_signal_lands(monkeypatch: pytest.MonkeyPatch) -> None:
+    from secpack import interrupts
+
+    monkeypatch.setattr(interrupts._state, "to_exit", True)
+    with verb(deliver=False):
+        pass
+    signal.raise_signal(signal.SIGINT)
+    signal.raise_signal(signal.SIGINT)  # nor a second: only the exit is left
+    assert interrupts._pending == [signal.SIGINT, signal.SIGINT]
+    interrupts._release(deliver=False)  # what os._exit would make moot
+    _no_hold_left()
+
+
+def test_a_record_that_is_in_keeps_what_it_records(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two Ctrl-Cs just after the package's rename: the second is given once the
+    # record and its head are written. The verb stops (the user insisted), and
+    # the record says "ok": the package stays. (It was removed, under the record.)
+    from secpack.audit import log as audit_log
+
+    model = build_model(tmp_path / "m", scale=8)
+    pkg = tmp_path / "m.spk"
+    log = tmp_path / "audit.jsonl"
+    real_link = os.link
+
+    def link_then_twice(src: str, dst: str) -> None:
+        real_link(src, dst)
+        if dst.endswith(".spk"):
+            signal.raise_signal(signal.SIGINT)
+
+    real_head = audit_log._write_head
+
+    def head_then_again(path: str, seq: int, digest: str) -> None:
+        real_head(path, seq, digest)
+        if seq == 0:
+            signal.raise_signal(signal.SIGINT)  # waits for the firm hold's end
+
+    monkeypatch.setattr(atomic.os, "link", link_then_twice)
+    monkeypatch.setattr(audit_log, "_write_head", head_then_again)
+    res = run_cli(
+        "seal", model, "-o", pkg, "--no-encrypt",
+        "--sign-key", EXAMPLE_KEYS / "signing-ed25519.key",
+        env={"SECPACK_AUDIT_LOG": str(log)},
+    )  # fmt: skip
+    monkeypatch.undo()
+    _no_hold_left()
+    assert res.returncode == 130
+    assert _records(log) == [("seal", "ok", None)] and pkg.exists()
+    ok("verify", pkg, "--trust", EXAMPLE_KEYS / "signing-ed25519.key.pub")
