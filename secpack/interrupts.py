@@ -187,5 +187,5 @@ def verb(deliver: bool) -> Iterator[None]:
 
 def hold_to_exit() -> None:
     """The console script, which exits as soon as its verb has reported: from the
-    end of the verb to the exit, a signal (but a second) changes nothing."""
+    end of the verb to the exit, no signal changes anything (see _insists)."""
     _state.to_exit = True
