@@ -160,6 +160,7 @@ def _locked_log(path: str) -> Iterator[tuple[int, int, str]]:
             if type(number) is not int or number < 0:
                 raise SecpackError("audit.corrupt", f"{path}: last record is unreadable")
             seq, prev = number + 1, _line_hash(last)
+        _refuse_a_cut(path, seq, prev)
         yield fd, seq, prev
     except OSError as exc:
         raise SecpackError("audit.io", f"{path}: {exc.strerror}") from None
@@ -167,6 +168,27 @@ def _locked_log(path: str) -> Iterator[tuple[int, int, str]]:
         with contextlib.suppress(OSError):
             fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+def _refuse_a_cut(path: str, seq: int, prev: str) -> None:
+    """``audit.corrupt`` where the head shows records cut from the end: the head
+    names a record past the log's last, or another last record, or one too far
+    back (an older head put back). A record appended there would continue the
+    chain and name itself in a new head, and the cut would verify. One record
+    past the head is a writer killed before its head, as verify takes it."""
+    head = _head_or_none(path)
+    if not isinstance(head, dict):
+        return  # no head (a log from before heads), or one verify reports itself
+    named = head.get("seq")
+    if type(named) is not int:
+        return
+    last = seq - 1
+    if named > last or named < last - 1 or (named == last and head.get("hash") != prev):
+        raise SecpackError(
+            "audit.corrupt",
+            f"{path}: its head names record {named}, and the log ends at record {last}: "
+            "records were cut or changed (secpack audit verify)",
+        )
 
 
 def check_appendable(path: str | None = None) -> None:

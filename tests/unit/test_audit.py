@@ -921,3 +921,27 @@ def test_verify_counts_the_records_it_checked_and_waits_for_a_stuck_writer_a_whi
     assert res.error_code == "audit.io" and "locked" in res.stderr
     ok = run_cli("audit", "verify", "--log", log, "--json")
     assert ok.returncode == 0 and json.loads(ok.stdout)["records"] == 3
+
+
+def test_a_cut_log_takes_no_record_that_would_hide_the_cut(tmp_path: Path) -> None:
+    # The next record continued the chain from the cut log's last and named
+    # itself in a new head: the cut then verified.
+    log = tmp_path / "audit.jsonl"
+    head = Path(f"{log}.head")
+    heads = []
+    for i in range(6):
+        append("verify", outcome="ok", package={"name": f"p{i}"}, path=str(log))
+        heads.append(head.read_bytes())
+    lines = log.read_bytes().splitlines(keepends=True)
+    log.write_bytes(b"".join(lines[:4]))
+    for stale in (heads[5], heads[1]):  # the head left as it was, or an older one put back
+        head.write_bytes(stale)
+        with pytest.raises(SecpackError) as err:
+            append("verify", outcome="ok", path=str(log))
+        assert err.value.code == "audit.corrupt" and "cut" in err.value.detail
+        assert log.read_bytes() == b"".join(lines[:4])  # nothing appended
+        assert verify_log(str(log)) is not None
+    # A writer killed before its head (one record past it) is no cut: appends go on.
+    head.write_bytes(heads[2])
+    append("verify", outcome="ok", path=str(log))
+    assert verify_log(str(log)) is None
