@@ -89,6 +89,10 @@ def audited(action: str) -> Iterator[dict[str, Any]]:
 
 @contextlib.contextmanager
 def _recorded(action: str) -> Iterator[dict[str, Any]]:
+    # Imported before the verb runs, as what records it is: an import that fails
+    # for want of memory once the output is in place left the output behind.
+    from secpack.audit.log import landed
+
     facts: dict[str, Any] = {}
     mode = os.environ.get("SECPACK_AUDIT", "on")
     if mode != "off":
@@ -118,8 +122,6 @@ def _recorded(action: str) -> Iterator[dict[str, Any]]:
             code = "internal"
         _record(action, "error", code, facts)
         raise
-    from secpack.audit.log import landed
-
     before = landed()
     try:
         _record(action, "ok", None, facts)
