@@ -341,13 +341,19 @@ def _write_head(path: str, seq: int, digest: str) -> None:
 
 def read_log(path: str | None = None) -> Iterator[tuple[int, bytes]]:
     """(line number from 1, raw line) for each line of the log."""
-    path = path or default_log_path()
-    try:
-        fh = _open_regular(path)
-    except FileNotFoundError:
+    fh = _open_log(path)
+    if fh is None:
         return
     with fh:
         yield from enumerate(fh, start=1)
+
+
+def _open_log(path: str | None) -> BinaryIO | None:
+    """The log (default: default_log_path) open for reading; None if absent."""
+    try:
+        return _open_regular(path or default_log_path())
+    except FileNotFoundError:
+        return None
 
 
 def read_records(path: str | None = None) -> Iterator[dict[str, Any]]:
@@ -358,10 +364,8 @@ def read_records(path: str | None = None) -> Iterator[dict[str, Any]]:
     must be a JSON object, or ``audit.corrupt``. Then the same open file is read
     again up to where the check ended (records appended meanwhile are left out).
     """
-    path = path or default_log_path()
-    try:
-        fh = _open_regular(path)
-    except FileNotFoundError:
+    fh = _open_log(path)
+    if fh is None:
         return
     with fh:
         checked = 0

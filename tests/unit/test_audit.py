@@ -877,18 +877,23 @@ def test_verify_while_other_processes_append_sees_an_intact_log(tmp_path: Path) 
     assert verify_log(log) is None and len(list(read_log(log))) == 301
 
 
+def _fill_keeping_heads(log: Path, n: int) -> tuple[list[bytes], list[bytes]]:
+    """``n`` records, the head file as it was after each, and the log's lines."""
+    head = Path(f"{log}.head")
+    heads = []
+    for i in range(n):
+        append("verify", outcome="ok", package={"name": f"p{i}"}, path=str(log))
+        heads.append(head.read_bytes())
+    return heads, log.read_bytes().splitlines(keepends=True)
+
+
 def test_records_cut_from_the_end_with_an_older_head_put_back_are_caught(
     tmp_path: Path,
 ) -> None:
     # Only the killed writer's one record may lie past the head: a stale head,
     # or the "no record yet" head, must not hide records cut from the end.
-    log = tmp_path / "audit.jsonl"
-    head = Path(f"{log}.head")
-    heads = []
-    for i in range(10):
-        append("verify", outcome="ok", package={"name": f"p{i}"}, path=str(log))
-        heads.append(head.read_bytes())
-    lines = log.read_bytes().splitlines(keepends=True)
+    log, head = tmp_path / "audit.jsonl", tmp_path / "audit.jsonl.head"
+    heads, lines = _fill_keeping_heads(log, 10)
     log.write_bytes(b"".join(lines[:7]))
     for stale in (heads[4], json.dumps({"seq": -1, "hash": "0" * 64}).encode()):
         head.write_bytes(stale)
@@ -926,13 +931,8 @@ def test_verify_counts_the_records_it_checked_and_waits_for_a_stuck_writer_a_whi
 def test_a_cut_log_takes_no_record_that_would_hide_the_cut(tmp_path: Path) -> None:
     # The next record continued the chain from the cut log's last and named
     # itself in a new head: the cut then verified.
-    log = tmp_path / "audit.jsonl"
-    head = Path(f"{log}.head")
-    heads = []
-    for i in range(6):
-        append("verify", outcome="ok", package={"name": f"p{i}"}, path=str(log))
-        heads.append(head.read_bytes())
-    lines = log.read_bytes().splitlines(keepends=True)
+    log, head = tmp_path / "audit.jsonl", tmp_path / "audit.jsonl.head"
+    heads, lines = _fill_keeping_heads(log, 6)
     log.write_bytes(b"".join(lines[:4]))
     for stale in (heads[5], heads[1]):  # the head left as it was, or an older one put back
         head.write_bytes(stale)

@@ -182,6 +182,11 @@ def _then_interrupt(real: Callable[..., Any]) -> Callable[..., Any]:
     return call
 
 
+def _model(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A small model, where its package goes, and the audit log to record in."""
+    return build_model(tmp_path / "m", scale=8), tmp_path / "m.spk", tmp_path / "audit.jsonl"
+
+
 def _records(log: Path) -> list[tuple[str, str, str | None]]:
     out = []
     for _, raw in read_log(str(log)):
@@ -218,9 +223,7 @@ def test_seal_interrupted_once_its_package_is_in_place_reports_its_success(
 def test_open_interrupted_once_its_directory_is_in_place_reports_its_success(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    model = build_model(tmp_path / "m", scale=8)
-    pkg = tmp_path / "m.spk"
-    log = tmp_path / "audit.jsonl"
+    model, pkg, log = _model(tmp_path)
     env = {"SECPACK_AUDIT_LOG": str(log)}
     ok(
         "seal", model, "-o", pkg, "--sign-key", EXAMPLE_KEYS / "signing-ed25519.key",
@@ -240,9 +243,7 @@ def test_open_interrupted_once_its_directory_is_in_place_reports_its_success(
 def test_an_interrupt_before_the_rename_still_stops_the_verb(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    model = build_model(tmp_path / "m", scale=8)
-    pkg = tmp_path / "m.spk"
-    log = tmp_path / "audit.jsonl"
+    model, pkg, log = _model(tmp_path)
 
     real_fsync = os.fsync
 
@@ -290,9 +291,7 @@ def test_a_library_caller_gets_its_interrupt_after_the_record(
     from secpack.api.keyfiles import load_signing_key
     from secpack.api.seal import seal
 
-    model = build_model(tmp_path / "m", scale=8)
-    pkg = tmp_path / "m.spk"
-    log = tmp_path / "audit.jsonl"
+    model, pkg, log = _model(tmp_path)
     monkeypatch.setenv("SECPACK_AUDIT_LOG", str(log))
     monkeypatch.setattr(atomic.os, "link", _then_interrupt(os.link))
     key = load_signing_key(str(EXAMPLE_KEYS / "signing-ed25519.key"))
@@ -424,9 +423,7 @@ def test_a_record_that_is_in_keeps_what_it_records(
     # the record says "ok": the package stays. (It was removed, under the record.)
     from secpack.audit import log as audit_log
 
-    model = build_model(tmp_path / "m", scale=8)
-    pkg = tmp_path / "m.spk"
-    log = tmp_path / "audit.jsonl"
+    model, pkg, log = _model(tmp_path)
     real_link = os.link
 
     def link_then_twice(src: str, dst: str) -> None:
